@@ -1,0 +1,236 @@
+//! Per-partition, in-order offset tracking: an offset becomes committable only when every
+//! sink has made every batch up to it durable.
+//!
+//! The source registers each batch (in offset order) before sending it downstream, saying
+//! how many sinks must acknowledge it. Sinks acknowledge in any order; a partition's
+//! committable offset advances only over the contiguous prefix of fully acknowledged
+//! batches and is `last + 1`, the Kafka convention for "next offset to read". The source
+//! thread takes the advanced offsets to store them with librdkafka, and waits on the
+//! tracker (a condvar) to drain a partition before committing on revoke and shutdown.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::batch::{BatchId, Provenance, TopicPartition};
+
+#[derive(Debug)]
+struct PendingBatch {
+    id: BatchId,
+    last_offset: i64,
+    remaining: usize,
+}
+
+#[derive(Debug, Default)]
+struct PartitionAcks {
+    pending: VecDeque<PendingBatch>,
+    /// Next offset to commit, advanced over fully acknowledged batches.
+    committable: Option<i64>,
+    /// Whether `committable` moved since the source last took it.
+    advanced: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    partitions: HashMap<TopicPartition, PartitionAcks>,
+    failed: bool,
+}
+
+/// Shared between the source thread and every sink.
+#[derive(Debug)]
+pub struct AckTracker {
+    sinks: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl AckTracker {
+    /// A tracker for a pipeline whose batches must be acknowledged by `sinks` sinks.
+    pub fn new(sinks: usize) -> Self {
+        AckTracker {
+            sinks,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn sinks(&self) -> usize {
+        self.sinks
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain counters behind: keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a batch the source is about to send. Batches of a partition must be
+    /// registered in offset order.
+    pub fn register(&self, provenance: &Provenance) {
+        let mut state = self.lock();
+        state
+            .partitions
+            .entry(provenance.tp.clone())
+            .or_default()
+            .pending
+            .push_back(PendingBatch {
+                id: provenance.id,
+                last_offset: provenance.last_offset,
+                remaining: self.sinks,
+            });
+    }
+
+    /// One sink made the batch durable.
+    pub fn ack(&self, tp: &TopicPartition, id: BatchId) {
+        let mut state = self.lock();
+        let Some(partition) = state.partitions.get_mut(tp) else {
+            return; // revoked meanwhile: its offsets are no longer ours to commit
+        };
+        if let Some(batch) = partition.pending.iter_mut().find(|b| b.id == id) {
+            batch.remaining = batch.remaining.saturating_sub(1);
+        }
+        while partition.pending.front().is_some_and(|b| b.remaining == 0) {
+            if let Some(done) = partition.pending.pop_front() {
+                partition.committable = Some(done.last_offset + 1);
+                partition.advanced = true;
+            }
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Offsets that advanced since the last call, as `(partition, next offset)`.
+    pub fn take_committable(&self) -> Vec<(TopicPartition, i64)> {
+        let mut state = self.lock();
+        state
+            .partitions
+            .iter_mut()
+            .filter(|(_, p)| p.advanced)
+            .filter_map(|(tp, p)| {
+                p.advanced = false;
+                p.committable.map(|offset| (tp.clone(), offset))
+            })
+            .collect()
+    }
+
+    /// The committable offset of each of `tps` that has one.
+    pub fn committable(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        let state = self.lock();
+        tps.iter()
+            .filter_map(|tp| {
+                let offset = state.partitions.get(tp)?.committable?;
+                Some((tp.clone(), offset))
+            })
+            .collect()
+    }
+
+    /// Batches registered but not yet acknowledged by every sink, over `tps` (all if None).
+    pub fn in_flight(&self, tps: Option<&[TopicPartition]>) -> usize {
+        let state = self.lock();
+        state
+            .partitions
+            .iter()
+            .filter(|(tp, _)| tps.is_none_or(|tps| tps.contains(tp)))
+            .map(|(_, p)| p.pending.len())
+            .sum()
+    }
+
+    /// Waits until no batch of `tps` (all if None) is in flight. Returns false on timeout
+    /// or when the pipeline failed (its sinks will not acknowledge any more).
+    pub fn wait_drained(&self, tps: Option<&[TopicPartition]>, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            let in_flight: usize = state
+                .partitions
+                .iter()
+                .filter(|(tp, _)| tps.is_none_or(|tps| tps.contains(tp)))
+                .map(|(_, p)| p.pending.len())
+                .sum();
+            if in_flight == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if state.failed || now >= deadline {
+                return false;
+            }
+            state = match self.changed.wait_timeout(state, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Forgets revoked partitions: late acknowledgements for them are ignored.
+    pub fn forget(&self, tps: &[TopicPartition]) {
+        let mut state = self.lock();
+        for tp in tps {
+            state.partitions.remove(tp);
+        }
+    }
+
+    /// Marks the pipeline failed, waking anyone waiting for a drain.
+    pub fn fail(&self) {
+        self.lock().failed = true;
+        self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(id: u64, first: i64, last: i64) -> Provenance {
+        Provenance {
+            id: BatchId(id),
+            tp: TopicPartition::new("t", 0),
+            first_offset: first,
+            last_offset: last,
+        }
+    }
+
+    #[test]
+    fn advances_only_over_batches_every_sink_acknowledged_in_order() {
+        let tracker = AckTracker::new(2);
+        let (a, b, c) = (batch(1, 0, 9), batch(2, 10, 19), batch(3, 20, 29));
+        for p in [&a, &b, &c] {
+            tracker.register(p);
+        }
+        let tp = a.tp.clone();
+        // Second batch fully acknowledged first: nothing is committable yet.
+        tracker.ack(&tp, b.id);
+        tracker.ack(&tp, b.id);
+        tracker.ack(&tp, a.id);
+        assert!(tracker.take_committable().is_empty());
+        // The first batch's second sink completes the prefix 0..=19.
+        tracker.ack(&tp, a.id);
+        assert_eq!(tracker.take_committable(), vec![(tp.clone(), 20)]);
+        assert!(tracker.take_committable().is_empty(), "taken once");
+        assert_eq!(tracker.in_flight(None), 1);
+        tracker.ack(&tp, c.id);
+        assert!(!tracker.wait_drained(None, Duration::from_millis(10)));
+        tracker.ack(&tp, c.id);
+        assert!(tracker.wait_drained(None, Duration::from_millis(10)));
+        assert_eq!(
+            tracker.committable(std::slice::from_ref(&tp)),
+            vec![(tp, 30)]
+        );
+    }
+
+    #[test]
+    fn acks_for_forgotten_partitions_are_ignored_and_failure_wakes_waiters() {
+        let tracker = std::sync::Arc::new(AckTracker::new(1));
+        let a = batch(1, 0, 9);
+        tracker.register(&a);
+        let waiter = {
+            let tracker = tracker.clone();
+            std::thread::spawn(move || tracker.wait_drained(None, Duration::from_secs(30)))
+        };
+        tracker.fail();
+        assert!(!waiter.join().unwrap());
+        tracker.forget(std::slice::from_ref(&a.tp));
+        tracker.ack(&a.tp, a.id);
+        assert!(tracker.take_committable().is_empty());
+    }
+}

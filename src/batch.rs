@@ -1,0 +1,148 @@
+//! What flows through a pipeline: raw records cut by the source, and decoded batches.
+//!
+//! A batch always holds a contiguous offset range of one topic-partition ([`Provenance`]).
+//! Stages and sinks see Arrow data; the provenance travels beside it so the runtime can
+//! acknowledge the range once every sink has made it durable.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+
+use crate::dead_letter::DeadLetter;
+
+/// A Kafka topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Identifies one batch from the source to every sink's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId(pub u64);
+
+/// Where a batch came from: one topic-partition, offsets `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub id: BatchId,
+    pub tp: TopicPartition,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+/// One record as read from Kafka, borrowed from its [`RawBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub offset: i64,
+    /// Kafka timestamp, milliseconds since the epoch (UTC).
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Range<usize>>,
+    payload: Option<Range<usize>>,
+}
+
+/// Records of one topic-partition as the source cut them: all keys and payloads live in
+/// one buffer, so a batch costs two allocations however many records it holds.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub provenance: Provenance,
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl RawBatch {
+    pub fn new(id: BatchId, tp: TopicPartition, capacity: usize) -> Self {
+        RawBatch {
+            provenance: Provenance {
+                id,
+                tp,
+                first_offset: -1,
+                last_offset: -1,
+            },
+            buf: Vec::new(),
+            entries: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends a record; offsets must increase.
+    pub fn push(
+        &mut self,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        let mut copy = |bytes: &[u8]| {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(bytes);
+            start..self.buf.len()
+        };
+        let key = key.map(&mut copy);
+        let payload = payload.map(&mut copy);
+        if self.entries.is_empty() {
+            self.provenance.first_offset = offset;
+        }
+        self.provenance.last_offset = offset;
+        self.entries.push(Entry {
+            offset,
+            timestamp,
+            key,
+            payload,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of keys and payloads held.
+    pub fn byte_size(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn records(&self) -> impl ExactSizeIterator<Item = RawRecord<'_>> + '_ {
+        self.entries.iter().map(|e| RawRecord {
+            offset: e.offset,
+            timestamp: e.timestamp,
+            key: e.key.clone().map(|r| &self.buf[r]),
+            payload: e.payload.clone().map(|r| &self.buf[r]),
+        })
+    }
+}
+
+/// A decoded batch: the rows that made it, and the records that went to dead letters.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub provenance: Provenance,
+    /// Record fields plus `_topic`, `_partition`, `_offset`, `_timestamp`.
+    pub rows: RecordBatch,
+    pub dead_letters: Vec<DeadLetter>,
+}

@@ -1,0 +1,66 @@
+//! Config errors: each one names the file, the key path, the line and what was expected.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path inside the file, e.g. `sinks[0].parquet.roll.max_rows` (`.` = the root).
+    pub path: String,
+    /// 1-based line of the key (or of its nearest ancestor present in the file).
+    pub line: Option<usize>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Every problem found in one pipeline file, reported together.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl ConfigError {
+    pub fn single(file: impl Into<PathBuf>, path: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.into(),
+            issues: vec![ConfigIssue {
+                path: path.to_owned(),
+                line: None,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "."
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.issues.len();
+        write!(
+            f,
+            "{} error{} in {}",
+            count,
+            if count == 1 { "" } else { "s" },
+            self.file.display()
+        )?;
+        for issue in &self.issues {
+            match issue.line {
+                Some(line) => write!(f, "\n  {}:{line}: {issue}", self.file.display())?,
+                None => write!(f, "\n  {}: {issue}", self.file.display())?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! Semantic checks of a parsed pipeline file, all reported together, and the checked
+//! [`Pipeline`] that the runtime builds from.
+//!
+//! These are the mistakes serde cannot see: a schema file that is missing or wrong, a
+//! partition key or output column that is not in the rows, a roll threshold of zero, a
+//! pipeline with nowhere to put its dead letters.
+
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::{Schema, SchemaRef};
+
+use super::{
+    ConfigIssue, KafkaSinkConfig, ParquetSinkConfig, PipelineConfig, SinkConfig, SourceConfig,
+};
+use crate::sink::parquet::partition::{PartitionKey, Partitioner};
+use crate::{dead_letter, schema};
+
+/// A pipeline file that parsed and passed every check.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub config: PipelineConfig,
+    /// The record fields declared by `decode.schema`.
+    pub record_schema: SchemaRef,
+    /// Decoded rows: record fields plus provenance columns (what sinks receive).
+    pub row_schema: SchemaRef,
+    /// The schema file, resolved against the pipeline file's directory.
+    pub schema_path: PathBuf,
+}
+
+impl Pipeline {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The consumer group: `source.kafka.group_id` or `sluice-<name>`.
+    pub fn group_id(&self) -> String {
+        let SourceConfig::Kafka(kafka) = &self.config.source;
+        kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}", self.config.name))
+    }
+}
+
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(
+    config: PipelineConfig,
+    base_dir: &Path,
+) -> Result<Pipeline, Vec<ConfigIssue>> {
+    let mut issues = Issues(Vec::new());
+    let name_ok = !config.name.is_empty()
+        && config
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        issues.add(
+            "name",
+            "expected letters, digits, `-` or `_` (it names the consumer group)",
+        );
+    }
+
+    let SourceConfig::Kafka(kafka) = &config.source;
+    if kafka.topics.is_empty() {
+        issues.add("source.kafka.topics", "expected at least one topic");
+    }
+    if kafka.batch.max_rows == 0 {
+        issues.add("source.kafka.batch.max_rows", "expected a number above 0");
+    }
+    if kafka.properties.contains_key("enable.auto.offset.store") {
+        issues.add(
+            "source.kafka.properties.enable.auto.offset.store",
+            "sluice stores offsets itself, only after every sink made a batch durable; remove this key",
+        );
+    }
+
+    let schema_path = base_dir.join(&config.decode.schema);
+    let record_schema = match schema::load(&schema_path) {
+        Ok(record) => Some(record.fields),
+        Err(e) => {
+            issues.add("decode.schema", e.to_string());
+            None
+        }
+    };
+    let row_schema = record_schema.as_deref().map(schema::with_provenance);
+
+    if config.sinks.is_empty() {
+        issues.add("sinks", "expected at least one sink (`parquet` or `kafka`)");
+    }
+    for (i, sink) in config.sinks.iter().enumerate() {
+        match sink {
+            SinkConfig::Parquet(parquet) => check_parquet(
+                parquet,
+                row_schema.as_deref(),
+                &format!("sinks[{i}].parquet"),
+                &mut issues,
+            ),
+            SinkConfig::Kafka(out) => check_kafka(
+                out,
+                row_schema.as_deref(),
+                &format!("sinks[{i}].kafka"),
+                &mut issues,
+            ),
+        }
+    }
+
+    let dead_letter = &config.dead_letter;
+    if dead_letter.parquet.is_none() && dead_letter.kafka.is_none() {
+        issues.add(
+            "dead_letter",
+            "expected `parquet`, `kafka` or both: bad records must go somewhere",
+        );
+    }
+    if let Some(parquet) = &dead_letter.parquet {
+        check_parquet(
+            parquet,
+            Some(&dead_letter::schema()),
+            "dead_letter.parquet",
+            &mut issues,
+        );
+    }
+    if let Some(out) = &dead_letter.kafka {
+        if out.topic.is_empty() {
+            issues.add("dead_letter.kafka.topic", "expected a topic name");
+        }
+    }
+
+    match (issues.0.is_empty(), record_schema, row_schema) {
+        (true, Some(record_schema), Some(row_schema)) => Ok(Pipeline {
+            config,
+            record_schema,
+            row_schema,
+            schema_path,
+        }),
+        _ => Err(issues.0),
+    }
+}
+
+fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
+    let mut keys = Vec::new();
+    for (j, spec) in sink.partition_by.iter().enumerate() {
+        match PartitionKey::parse(spec) {
+            Ok(key) => keys.push(key),
+            Err(e) => issues.add(format!("{path}.partition_by[{j}]"), e),
+        }
+    }
+    if let (Some(rows), true) = (rows, keys.len() == sink.partition_by.len()) {
+        if let Err(e) = Partitioner::new(keys, rows) {
+            issues.add(format!("{path}.partition_by"), e);
+        }
+    }
+    if sink.roll.max_rows == 0 {
+        issues.add(format!("{path}.roll.max_rows"), "expected a number above 0");
+    }
+    if sink.roll.max_bytes.as_u64() == 0 {
+        issues.add(format!("{path}.roll.max_bytes"), "expected a size above 0");
+    }
+    if sink.roll.max_age.is_zero() {
+        issues.add(
+            format!("{path}.roll.max_age"),
+            "expected a duration above 0",
+        );
+    }
+    if sink.max_open_files == 0 {
+        issues.add(
+            format!("{path}.max_open_files"),
+            "expected a number above 0",
+        );
+    }
+    if sink.row_group_rows == 0 {
+        issues.add(
+            format!("{path}.row_group_rows"),
+            "expected a number above 0",
+        );
+    }
+}
+
+fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
+    if sink.topic.is_empty() {
+        issues.add(format!("{path}.topic"), "expected a topic name");
+    }
+    let Some(rows) = rows else { return };
+    let known = |column: &str| rows.column_with_name(column).is_some();
+    for (j, column) in sink.columns.iter().flatten().enumerate() {
+        if !known(column) {
+            issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
+        }
+    }
+    if let Some(key) = &sink.key {
+        if !known(key) {
+            issues.add(format!("{path}.key"), unknown_column(key, rows));
+        }
+    }
+}
+
+fn unknown_column(column: &str, rows: &Schema) -> String {
+    let names: Vec<&str> = rows.fields().iter().map(|f| f.name().as_str()).collect();
+    format!(
+        "unknown column `{column}`, expected one of: {}",
+        names.join(", ")
+    )
+}

@@ -1,0 +1,174 @@
+//! The `sluice` command line: run, validate, demo, bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use sluice::telemetry::{init_logging, Stats};
+use sluice::{bench, config, demo, runtime};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka -> Arrow -> Parquet/Kafka stream pipelines"
+)]
+struct Cli {
+    /// Log as one JSON object per line.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGINT/SIGTERM, then drain, commit and exit 0.
+    Run {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+    },
+    /// Check pipeline files; report every error; exit non-zero if any is invalid.
+    Validate {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Run the whole flow on an in-process Kafka cluster with generated feedback.
+    Demo {
+        #[arg(long, default_value = "pipelines/demo.yaml")]
+        pipeline: PathBuf,
+        /// Output directory (the pipeline's `${SLUICE_OUT}`).
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        records: u64,
+        /// Fraction of records deliberately malformed.
+        #[arg(long, default_value_t = 0.01)]
+        malformed_rate: f64,
+    },
+    /// Measure topic -> Parquet throughput against the raw consume rate.
+    Bench {
+        #[arg(long, default_value = "pipelines/bench.yaml")]
+        pipeline: PathBuf,
+        #[arg(long, default_value = "out/bench")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        /// JSON-lines file the result is appended to.
+        #[arg(long, default_value = "benches/results/e2e.jsonl")]
+        results: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging("info", cli.log_json);
+    match execute(cli.command).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { pipeline } => {
+            let pipeline = match config::load(&pipeline) {
+                Ok(pipeline) => pipeline,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let stats = Arc::new(Stats::default());
+            let summary = runtime::run(&pipeline, shutdown, stats)
+                .await
+                .with_context(|| format!("pipeline `{}` stopped", pipeline.name()))?;
+            tracing::info!(?summary, "pipeline stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { pipelines } => {
+            let mut failed = false;
+            for file in &pipelines {
+                match config::load(file) {
+                    Ok(_) => println!("{}: ok", file.display()),
+                    Err(error) => {
+                        failed = true;
+                        eprintln!("{error}");
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo {
+            pipeline,
+            out,
+            records,
+            malformed_rate,
+        } => {
+            let options = demo::DemoOptions {
+                pipeline,
+                out,
+                records,
+                malformed_rate,
+            };
+            let summary = demo::run(&options).await.context("demo failed")?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            pipeline,
+            out,
+            records,
+            results,
+        } => {
+            let result = bench::run(&pipeline, &out, records)
+                .await
+                .context("bench failed")?;
+            println!("{result}");
+            bench::append_result(&results, &result)
+                .with_context(|| format!("appending to {}", results.display()))?;
+            println!("appended to {}", results.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

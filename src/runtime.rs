@@ -1,0 +1,224 @@
+//! Builds a running pipeline from a checked [`Pipeline`] and supervises it.
+//!
+//! ```text
+//! source thread --(bounded)--> decode task --(bounded, one per sink)--> sink tasks
+//!       ^                                                                   |
+//!       +------------------ AckTracker (durable -> committable) <----------+
+//! ```
+//!
+//! [`run`] takes the shutdown token as an argument (mini-redis style), so the binary
+//! wires it to SIGINT/SIGTERM and tests and the demo cancel it themselves. Only the
+//! source watches it; the rest ends as channels close. If a sink fails, the tracker is
+//! marked failed and the token cancelled: the source commits only what is durable and
+//! stops, and `run` returns the sink's error.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckTracker;
+use crate::config::{Pipeline, SinkConfig, SourceConfig};
+use crate::dead_letter;
+use crate::decode::JsonDecoder;
+use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
+use crate::sink::kafka::{Encoding, KafkaSink};
+use crate::sink::parquet::{ParquetInput, ParquetSink};
+use crate::sink::{SinkError, SinkMessage};
+use crate::source::kafka::{KafkaSource, SourceError};
+use crate::source::SourceMessage;
+use crate::telemetry::{Stats, StatsSnapshot};
+
+/// Batches buffered between two tasks. Small: batches are large, and a slow sink should
+/// slow the consumer down quickly.
+const CHANNEL_CAPACITY: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("decoding a batch failed inside Arrow (a bug, not bad input): {0}")]
+    Decode(#[from] arrow::error::ArrowError),
+    #[error("a pipeline task panicked or was cancelled: {0}")]
+    Task(String),
+}
+
+enum Sink {
+    Parquet(ParquetSink),
+    Kafka(KafkaSink),
+}
+
+impl Sink {
+    async fn run(self, input: mpsc::Receiver<SinkMessage>) -> Result<(), SinkError> {
+        match self {
+            Sink::Parquet(sink) => sink.run(input).await,
+            Sink::Kafka(sink) => sink.run(input).await,
+        }
+    }
+}
+
+/// Runs `pipeline` until `shutdown` is cancelled (or a component fails). Returns the
+/// run's counters once every in-flight batch is durable and offsets are committed.
+pub async fn run(
+    pipeline: &Pipeline,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+) -> Result<StatsSnapshot, RunError> {
+    let config = &pipeline.config;
+    let SourceConfig::Kafka(kafka) = &config.source;
+    let dead_letter = &config.dead_letter;
+    let sink_count = config.sinks.len()
+        + usize::from(dead_letter.parquet.is_some())
+        + usize::from(dead_letter.kafka.is_some());
+    let tracker = Arc::new(AckTracker::new(sink_count));
+
+    let mut sinks = Vec::with_capacity(sink_count);
+    for (i, sink) in config.sinks.iter().enumerate() {
+        sinks.push(match sink {
+            SinkConfig::Parquet(parquet) => Sink::Parquet(ParquetSink::new(
+                format!("sinks[{i}].parquet"),
+                ParquetInput::Rows,
+                parquet,
+                pipeline.row_schema.clone(),
+                tracker.clone(),
+                stats.clone(),
+            )?),
+            SinkConfig::Kafka(out) => {
+                let index =
+                    |name: &str| pipeline.row_schema.index_of(name).map_err(SinkError::from);
+                let columns = match &out.columns {
+                    Some(names) => Some(
+                        names
+                            .iter()
+                            .map(|n| index(n))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    None => None,
+                };
+                let key = out.key.as_deref().map(index).transpose()?;
+                let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);
+                Sink::Kafka(KafkaSink::new(
+                    format!("sinks[{i}].kafka"),
+                    out.topic.clone(),
+                    client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
+                    Encoding::Rows { columns, key },
+                    tracker.clone(),
+                    stats.clone(),
+                )?)
+            }
+        });
+    }
+    if let Some(parquet) = &dead_letter.parquet {
+        sinks.push(Sink::Parquet(ParquetSink::new(
+            "dead_letter.parquet".into(),
+            ParquetInput::DeadLetters,
+            parquet,
+            dead_letter::schema(),
+            tracker.clone(),
+            stats.clone(),
+        )?));
+    }
+    if let Some(out) = &dead_letter.kafka {
+        let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);
+        sinks.push(Sink::Kafka(KafkaSink::new(
+            "dead_letter.kafka".into(),
+            out.topic.clone(),
+            client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
+            Encoding::DeadLetters,
+            tracker.clone(),
+            stats.clone(),
+        )?));
+    }
+
+    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    let mut sink_inputs = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        sink_inputs.push(tx);
+        tasks.spawn(async move { sink.run(rx).await.map_err(RunError::from) });
+    }
+
+    let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let source = KafkaSource::new(
+        kafka,
+        &pipeline.group_id(),
+        source_tx,
+        tracker.clone(),
+        stats.clone(),
+    )?;
+    let decoder = JsonDecoder::new(
+        pipeline.record_schema.clone(),
+        config.decode.max_record_bytes.as_u64() as usize,
+        config.decode.unknown_fields,
+    );
+    tasks.spawn(decode_task(decoder, source_rx, sink_inputs, stats.clone()));
+    let source_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        tokio::task::spawn_blocking(move || source.run(source_shutdown))
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))?
+            .map_err(RunError::from)
+    });
+
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done
+            .map_err(|e| RunError::Task(e.to_string()))
+            .and_then(|r| r);
+        if let Err(error) = outcome {
+            // The pipeline closing behind a failed component is a consequence, not a cause.
+            let consequence = matches!(error, RunError::Source(SourceError::PipelineClosed));
+            if first_error.is_none()
+                || (!consequence
+                    && matches!(
+                        first_error,
+                        Some(RunError::Source(SourceError::PipelineClosed))
+                    ))
+            {
+                tracing::error!(error = %error, "pipeline component failed; stopping without committing past what is durable");
+                first_error = Some(error);
+            }
+            tracker.fail();
+            shutdown.cancel();
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(stats.snapshot()),
+    }
+}
+
+/// Decodes each raw batch and hands it to every sink; forwards flushes in order.
+async fn decode_task(
+    decoder: JsonDecoder,
+    mut input: mpsc::Receiver<SourceMessage>,
+    sinks: Vec<mpsc::Sender<SinkMessage>>,
+    stats: Arc<Stats>,
+) -> Result<(), RunError> {
+    while let Some(message) = input.recv().await {
+        let message = match message {
+            SourceMessage::Batch(raw) => {
+                let batch = decoder.decode(&raw)?;
+                stats.record_decoded(
+                    batch.rows.num_rows() as u64,
+                    batch.dead_letters.len() as u64,
+                );
+                for letter in &batch.dead_letters {
+                    tracing::debug!(topic = %letter.tp.topic, partition = letter.tp.partition, offset = letter.offset, reason = %letter.reason, "record sent to dead letters");
+                }
+                SinkMessage::Batch(Arc::new(batch))
+            }
+            SourceMessage::Flush(flush) => SinkMessage::Flush(flush),
+        };
+        for sink in &sinks {
+            if sink.send(message.clone()).await.is_err() {
+                // That sink failed; its error is reported by its own task.
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! The Kafka source: a consumer group member that cuts per-partition micro-batches and
+//! commits offsets only over batches every sink has made durable.
+//!
+//! librdkafka's consumer is polled on a dedicated blocking thread: rebalance callbacks
+//! run inside `poll`, and on a revoke the callback must block until in-flight batches
+//! are durable before the partitions go to another member. Offsets follow librdkafka's
+//! at-least-once recipe: `enable.auto.offset.store=false`, the source stores `last + 1`
+//! for a partition once the [`AckTracker`] says every batch up to it is durable, and
+//! auto-commit sends stored offsets every second. On revoke and on shutdown the source
+//! flushes the sinks, waits for the tracker to drain, and commits synchronously.
+//! Records buffered for a revoked partition but not yet sent are dropped: they were never
+//! committed, so the partition's new owner reads them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::SourceMessage;
+use crate::ack::AckTracker;
+use crate::batch::{BatchId, RawBatch, TopicPartition};
+use crate::config::{BatchConfig, KafkaSourceConfig, StartFrom};
+use crate::kafka_client::client_config;
+use crate::sink::Flush;
+use crate::telemetry::Stats;
+
+/// How long a revoke or shutdown waits for sinks to make in-flight batches durable.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("creating the Kafka consumer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("subscribing to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        source: KafkaError,
+    },
+    #[error("the pipeline downstream of the source stopped")]
+    PipelineClosed,
+}
+
+/// Rebalance handling. Runs on the source thread, inside `poll`.
+struct SourceContext {
+    out: mpsc::Sender<SourceMessage>,
+    tracker: Arc<AckTracker>,
+    /// Partitions revoked during the last poll; the loop drops their unsent buffers.
+    revoked: Mutex<Vec<TopicPartition>>,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let tps = partitions_of(list);
+                tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked: draining in-flight batches and committing");
+                self.drain_and_commit(consumer, Some(&tps), true);
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(tps);
+            }
+            Rebalance::Assign(list) => {
+                let tps = partitions_of(list);
+                tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl SourceContext {
+    fn take_revoked(&self) -> Vec<TopicPartition> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Registers a batch with the tracker and sends it downstream (blocking while the
+    /// pipeline is full: that is the backpressure).
+    fn send(&self, batch: RawBatch, stats: &Stats) -> Result<(), SourceError> {
+        self.tracker.register(&batch.provenance);
+        stats.record_batch_in(batch.len() as u64, batch.byte_size() as u64);
+        self.out
+            .blocking_send(SourceMessage::Batch(batch))
+            .map_err(|_| SourceError::PipelineClosed)
+    }
+
+    /// Stores offsets that advanced; librdkafka's auto-commit sends them.
+    fn store_offsets(&self, consumer: &BaseConsumer<Self>) {
+        let offsets = self.tracker.take_committable();
+        if offsets.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.store_offsets(&offset_list(&offsets)) {
+            tracing::debug!(error = %e, "storing offsets (a partition may have been revoked)");
+        }
+    }
+
+    /// Flushes the sinks for `tps` (all when None), waits until every batch sent for them
+    /// is durable, and commits their offsets synchronously.
+    fn drain_and_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tps: Option<&[TopicPartition]>,
+        revoke: bool,
+    ) {
+        let flush = Flush {
+            partitions: tps.map(<[TopicPartition]>::to_vec),
+            revoke,
+        };
+        if self.out.blocking_send(SourceMessage::Flush(flush)).is_err() {
+            tracing::warn!("pipeline already stopped: committing only what is durable");
+        } else if !self.tracker.wait_drained(tps, DRAIN_TIMEOUT) {
+            tracing::warn!("not every in-flight batch became durable: committing only what is");
+        }
+        let assigned: Vec<TopicPartition> = match tps {
+            Some(tps) => tps.to_vec(),
+            None => consumer
+                .assignment()
+                .map(|l| partitions_of(&l))
+                .unwrap_or_default(),
+        };
+        let offsets = self.tracker.committable(&assigned);
+        if !offsets.is_empty() {
+            let list = offset_list(&offsets);
+            match consumer.commit(&list, CommitMode::Sync) {
+                Ok(()) => tracing::info!(offsets = ?describe(&offsets), "committed offsets"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "synchronous offset commit failed; these records will be read again")
+                }
+            }
+        }
+        if revoke {
+            self.tracker.forget(&assigned);
+        }
+    }
+}
+
+struct Pending {
+    batch: RawBatch,
+    started: Instant,
+}
+
+/// Per-partition buffers of records not yet sent, cut by `max_rows` and `max_wait`.
+struct Batcher {
+    config: BatchConfig,
+    pending: HashMap<TopicPartition, Pending>,
+    next_id: u64,
+}
+
+impl Batcher {
+    /// How long `poll` may block before a buffer is due.
+    fn poll_timeout(&self) -> Duration {
+        let now = Instant::now();
+        self.pending
+            .values()
+            .map(|p| (p.started + self.config.max_wait).saturating_duration_since(now))
+            .min()
+            .map_or(POLL_INTERVAL, |due| due.min(POLL_INTERVAL))
+    }
+
+    /// Adds a record; returns the partition's batch when it is full.
+    fn push(&mut self, message: &BorrowedMessage<'_>) -> Option<RawBatch> {
+        let tp = TopicPartition::new(message.topic(), message.partition());
+        let max_rows = self.config.max_rows;
+        let next_id = &mut self.next_id;
+        let pending = self.pending.entry(tp.clone()).or_insert_with(|| {
+            *next_id += 1;
+            Pending {
+                batch: RawBatch::new(BatchId(*next_id), tp.clone(), max_rows.min(65_536)),
+                started: Instant::now(),
+            }
+        });
+        pending.batch.push(
+            message.offset(),
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+        );
+        if pending.batch.len() >= max_rows {
+            self.pending.remove(&tp).map(|p| p.batch)
+        } else {
+            None
+        }
+    }
+
+    /// Batches whose first record waited `max_wait`.
+    fn take_expired(&mut self) -> Vec<RawBatch> {
+        let max_wait = self.config.max_wait;
+        let expired: Vec<TopicPartition> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.started.elapsed() >= max_wait)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|tp| self.pending.remove(tp))
+            .map(|p| p.batch)
+            .collect()
+    }
+
+    fn take_all(&mut self) -> Vec<RawBatch> {
+        self.pending.drain().map(|(_, p)| p.batch).collect()
+    }
+
+    fn drop_partitions(&mut self, revoked: Vec<TopicPartition>) {
+        for tp in revoked {
+            if let Some(dropped) = self.pending.remove(&tp) {
+                tracing::debug!(partition = %tp, records = dropped.batch.len(), "dropped unsent records of a revoked partition");
+            }
+        }
+    }
+}
+
+/// A subscribed consumer, ready to run on its own thread.
+pub struct KafkaSource {
+    consumer: BaseConsumer<SourceContext>,
+    batcher: Batcher,
+    stats: Arc<Stats>,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes; fails fast on configuration errors.
+    pub fn new(
+        config: &KafkaSourceConfig,
+        group_id: &str,
+        out: mpsc::Sender<SourceMessage>,
+        tracker: Arc<AckTracker>,
+        stats: Arc<Stats>,
+    ) -> Result<Self, SourceError> {
+        let reset = match config.start {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let defaults = [
+            ("group.id", group_id),
+            ("auto.offset.reset", reset),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+        ];
+        let fixed = [("enable.auto.offset.store", "false")];
+        let context = SourceContext {
+            out,
+            tracker,
+            revoked: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<SourceContext> =
+            client_config(&config.brokers, &defaults, &config.properties, &fixed)
+                .create_with_context(context)
+                .map_err(SourceError::Create)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| SourceError::Subscribe {
+                topics: config.topics.clone(),
+                source,
+            })?;
+        Ok(KafkaSource {
+            consumer,
+            batcher: Batcher {
+                config: config.batch.clone(),
+                pending: HashMap::new(),
+                next_id: 0,
+            },
+            stats,
+        })
+    }
+
+    /// Polls until `shutdown`, then drains, commits and leaves the group. Blocking: run
+    /// it with `spawn_blocking`.
+    pub fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
+        let context = self.consumer.context().clone();
+        while !shutdown.is_cancelled() {
+            let message = self.consumer.poll(self.batcher.poll_timeout());
+            self.batcher.drop_partitions(context.take_revoked());
+            match message {
+                None => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)")
+                }
+                Some(Ok(message)) => {
+                    if let Some(full) = self.batcher.push(&message) {
+                        context.send(full, &self.stats)?;
+                    }
+                }
+            }
+            for batch in self.batcher.take_expired() {
+                context.send(batch, &self.stats)?;
+            }
+            context.store_offsets(&self.consumer);
+        }
+        tracing::info!("shutting down: flushing buffered records and committing offsets");
+        for batch in self.batcher.take_all() {
+            context.send(batch, &self.stats)?;
+        }
+        context.drain_and_commit(&self.consumer, None, false);
+        Ok(())
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+fn offset_list(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(offsets.len());
+    for (tp, offset) in offsets {
+        // Only fails for an invalid offset value, which `last + 1` never is.
+        let _ = list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset));
+    }
+    list
+}
+
+fn describe(offsets: &[(TopicPartition, i64)]) -> Vec<String> {
+    offsets.iter().map(|(tp, o)| format!("{tp}@{o}")).collect()
+}

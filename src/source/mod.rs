@@ -1,0 +1,17 @@
+//! Sources: where records come from, cut into per-partition micro-batches.
+//!
+//! A source owns its poll loop and is the only component that watches the shutdown
+//! token; everything downstream ends when the source's channel closes (DESIGN.md).
+
+pub mod kafka;
+
+use crate::batch::RawBatch;
+use crate::sink::Flush;
+
+/// What a source sends downstream, in order.
+#[derive(Debug)]
+pub enum SourceMessage {
+    Batch(RawBatch),
+    /// Make everything sent so far for these partitions durable (rebalance, shutdown).
+    Flush(Flush),
+}
