@@ -251,12 +251,12 @@ mod tests {
         assert!(batch.dead_letters.is_empty());
         let offsets = batch
             .rows
-            .column(4)
+            .column(5)
             .as_any()
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(offsets.values().to_vec(), vec![100, 101]);
-        assert_eq!(batch.rows.schema().field(5).name(), "_timestamp");
+        assert_eq!(batch.rows.schema().field(6).name(), "_timestamp");
         assert!(
             batch.rows.column(1).is_null(1),
             "missing nullable field is null"

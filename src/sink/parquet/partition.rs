@@ -239,7 +239,7 @@ mod tests {
             ),
         ]));
         let day = 86_400_000;
-        let ts = 1_795_392_000_000; // 2026-11-22T00:00:00Z
+        let ts = 1_795_305_600_000; // 2026-11-22T00:00:00Z
         RecordBatch::try_new(
             schema,
             vec![

@@ -1,0 +1,245 @@
+//! Helpers shared by the integration tests: pipeline files written for a test, reading
+//! datasets and topics back, and committed offsets.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use sluice::config::{self, Pipeline};
+use sluice::sink::parquet::read::{dataset_files, read_file};
+
+pub const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/customer_feedback.json"
+);
+
+/// Knobs of a test pipeline file.
+pub struct TestPipeline<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub group: &'a str,
+    pub out: &'a Path,
+    pub output_topic: Option<&'a str>,
+    pub dead_letter_topic: Option<&'a str>,
+    pub max_rows: usize,
+    pub roll_age: &'a str,
+}
+
+impl TestPipeline<'_> {
+    /// Writes the pipeline file under `out` and returns its path.
+    pub fn write(&self) -> PathBuf {
+        let mut sinks = format!(
+            "  - parquet:\n      path: {out}/feedback\n      partition_by: [date(_timestamp)]\n      roll:\n        max_age: {age}\n",
+            out = self.out.display(),
+            age = self.roll_age
+        );
+        if let Some(topic) = self.output_topic {
+            sinks += &format!("  - kafka:\n      topic: {topic}\n      columns: [id, text, rating, _partition, _offset]\n      key: id\n");
+        }
+        let mut dead_letter = format!(
+            "  parquet:\n    path: {out}/dead_letters\n    roll:\n      max_age: {age}\n",
+            out = self.out.display(),
+            age = self.roll_age
+        );
+        if let Some(topic) = self.dead_letter_topic {
+            dead_letter += &format!("  kafka:\n    topic: {topic}\n");
+        }
+        let text = format!(
+            "name: test\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [{topic}]\n    group_id: {group}\n    batch:\n      max_rows: {max_rows}\n      max_wait: 100ms\n    properties:\n      session.timeout.ms: 6000\n      heartbeat.interval.ms: 500\n      auto.commit.interval.ms: 200\ndecode:\n  schema: {SCHEMA}\n  max_record_bytes: 16 KiB\nsinks:\n{sinks}dead_letter:\n{dead_letter}",
+            brokers = self.brokers,
+            topic = self.topic,
+            group = self.group,
+            max_rows = self.max_rows,
+        );
+        std::fs::create_dir_all(self.out).unwrap();
+        let path = self.out.join(format!("{}.yaml", self.group));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn load(&self) -> Pipeline {
+        config::load(&self.write()).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Every row of every visible file of a dataset.
+pub fn read_dataset(root: &Path) -> Vec<RecordBatch> {
+    dataset_files(root)
+        .unwrap()
+        .iter()
+        .flat_map(|f| read_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())))
+        .collect()
+}
+
+/// `(column value as text, occurrences)` of a string column over a dataset.
+pub fn count_strings(batches: &[RecordBatch], column: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for batch in batches {
+        let values = batch.column_by_name(column).unwrap().as_string::<i32>();
+        for value in values.iter().flatten() {
+            *counts.entry(value.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// `_offset`s per `_partition` over a dataset.
+pub fn offsets_by_partition(batches: &[RecordBatch]) -> HashMap<i32, Vec<i64>> {
+    let mut offsets: HashMap<i32, Vec<i64>> = HashMap::new();
+    for batch in batches {
+        let partitions = batch
+            .column_by_name("_partition")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let values = batch
+            .column_by_name("_offset")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            offsets
+                .entry(partitions.value(i))
+                .or_default()
+                .push(values.value(i));
+        }
+    }
+    offsets
+}
+
+/// Files whose name says they are temp files, anywhere under `root`.
+pub fn temp_files(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// Committed offsets of `group` on `topic`'s partitions.
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            },
+        )
+        .collect()
+}
+
+/// High watermarks of `topic`'s partitions.
+pub fn high_watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+/// A message read back from a topic.
+pub struct ReadMessage {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `expected` messages from all partitions of `topic` (or stops after `timeout`).
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<ReadMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while messages.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            messages.push(ReadMessage {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    messages
+}
+
+/// Waits until `check` is true or `timeout` passes; returns whether it became true.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check()
+}
+
+/// A column's values as i64 (for checks of numeric fields).
+pub fn int_column(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
+    let array = arrow::compute::cast(
+        batch.column_by_name(column).unwrap(),
+        &arrow::datatypes::DataType::Int64,
+    )
+    .unwrap();
+    let array = array.as_primitive::<Int64Type>();
+    (0..array.len())
+        .map(|i| array.is_valid(i).then(|| array.value(i)))
+        .collect()
+}
