@@ -50,6 +50,7 @@ async fn every_record_lands_once_with_its_values_and_bad_records_land_in_dead_le
         dead_letter_topic: Some("dlq"),
         max_rows: 500,
         roll_age: "10m",
+        properties: &[],
     }
     .load();
     let stats = Arc::new(Stats::default());
@@ -173,6 +174,7 @@ async fn a_restarted_pipeline_resumes_from_its_commits_without_duplicates() {
         dead_letter_topic: None,
         max_rows: 300,
         roll_age: "1s",
+        properties: &[],
     };
     let all = records(2, 2_000, 0.0);
     for (round, chunk) in all.chunks(1_000).enumerate() {
@@ -221,6 +223,7 @@ async fn a_rebalance_between_two_members_loses_and_duplicates_nothing() {
             dead_letter_topic: None,
             max_rows: 200,
             roll_age: "300ms",
+            properties: &[],
         }
         .write();
         let renamed = member_out.join("pipeline.yaml");

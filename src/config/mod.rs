@@ -426,9 +426,14 @@ fn typed<T: DeserializeOwned>(value: &Value, prefix: &str) -> Result<T, ConfigIs
         // Positions refer to the re-serialized section; the line index gives the real one.
         let message = err.into_inner().to_string();
         let message = match message.rfind(" at line ") {
-            Some(cut) => message[..cut].to_owned(),
-            None => message,
+            Some(cut) => &message[..cut],
+            None => &message,
         };
-        issue(path, message)
+        // serde_norway starts messages with its own (section-relative) path: drop it.
+        let message = match message.split_once(": ") {
+            Some((own_path, rest)) if !own_path.contains(' ') && path.contains(own_path) => rest,
+            _ => message,
+        };
+        issue(path, message.to_owned())
     })
 }

@@ -30,6 +30,8 @@ pub struct TestPipeline<'a> {
     pub dead_letter_topic: Option<&'a str>,
     pub max_rows: usize,
     pub roll_age: &'a str,
+    /// More librdkafka consumer properties, e.g. `group.instance.id`.
+    pub properties: &'a [(&'a str, &'a str)],
 }
 
 impl TestPipeline<'_> {
@@ -51,8 +53,13 @@ impl TestPipeline<'_> {
         if let Some(topic) = self.dead_letter_topic {
             dead_letter += &format!("  kafka:\n    topic: {topic}\n");
         }
+        let extra: String = self
+            .properties
+            .iter()
+            .map(|(k, v)| format!("      {k}: {v}\n"))
+            .collect();
         let text = format!(
-            "name: test\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [{topic}]\n    group_id: {group}\n    batch:\n      max_rows: {max_rows}\n      max_wait: 100ms\n    properties:\n      session.timeout.ms: 6000\n      heartbeat.interval.ms: 500\n      auto.commit.interval.ms: 200\ndecode:\n  schema: {SCHEMA}\n  max_record_bytes: 16 KiB\nsinks:\n{sinks}dead_letter:\n{dead_letter}",
+            "name: test\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [{topic}]\n    group_id: {group}\n    batch:\n      max_rows: {max_rows}\n      max_wait: 100ms\n    properties:\n      session.timeout.ms: 6000\n      heartbeat.interval.ms: 500\n      auto.commit.interval.ms: 200\n{extra}decode:\n  schema: {SCHEMA}\n  max_record_bytes: 16 KiB\nsinks:\n{sinks}dead_letter:\n{dead_letter}",
             brokers = self.brokers,
             topic = self.topic,
             group = self.group,
