@@ -47,7 +47,7 @@ pub enum RunError {
 }
 
 enum Sink {
-    Parquet(ParquetSink),
+    Parquet(Box<ParquetSink>),
     Kafka(KafkaSink),
 }
 
@@ -78,14 +78,14 @@ pub async fn run(
     let mut sinks = Vec::with_capacity(sink_count);
     for (i, sink) in config.sinks.iter().enumerate() {
         sinks.push(match sink {
-            SinkConfig::Parquet(parquet) => Sink::Parquet(ParquetSink::new(
+            SinkConfig::Parquet(parquet) => Sink::Parquet(Box::new(ParquetSink::new(
                 format!("sinks[{i}].parquet"),
                 ParquetInput::Rows,
                 parquet,
                 pipeline.row_schema.clone(),
                 tracker.clone(),
                 stats.clone(),
-            )?),
+            )?)),
             SinkConfig::Kafka(out) => {
                 let index =
                     |name: &str| pipeline.row_schema.index_of(name).map_err(SinkError::from);
@@ -112,14 +112,14 @@ pub async fn run(
         });
     }
     if let Some(parquet) = &dead_letter.parquet {
-        sinks.push(Sink::Parquet(ParquetSink::new(
+        sinks.push(Sink::Parquet(Box::new(ParquetSink::new(
             "dead_letter.parquet".into(),
             ParquetInput::DeadLetters,
             parquet,
             dead_letter::schema(),
             tracker.clone(),
             stats.clone(),
-        )?));
+        )?)));
     }
     if let Some(out) = &dead_letter.kafka {
         let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);

@@ -102,7 +102,7 @@ impl Iterator for FeedbackGenerator {
             self.malformed_rate > 0.0 && self.rng.random_bool(self.malformed_rate.min(1.0));
         let payload = if broken {
             match id % 5 {
-                0 => json[..json.len() / 2].as_bytes().to_vec(),
+                0 => json.as_bytes()[..json.len() / 2].to_vec(),
                 1 => json
                     .replace(r#""channel""#, r#""rating":"five","x""#)
                     .into_bytes(),

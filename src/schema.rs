@@ -71,7 +71,10 @@ fn yes() -> bool {
 }
 
 /// Names accepted for `"type"`, with their Arrow type.
-const NAMED_TYPES: &[(&str, fn() -> DataType)] = &[
+/// A type name and the Arrow type it stands for.
+type NamedType = (&'static str, fn() -> DataType);
+
+const NAMED_TYPES: &[NamedType] = &[
     ("bool", || DataType::Boolean),
     ("int8", || DataType::Int8),
     ("int16", || DataType::Int16),
