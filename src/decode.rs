@@ -315,7 +315,11 @@ mod tests {
         assert!(reason_of(109).contains("empty"));
         let letter = &batch.dead_letters[0];
         assert_eq!(
-            (letter.stage, &*letter.tp.topic, letter.tp.partition),
+            (
+                letter.stage.as_str(),
+                &*letter.tp.topic,
+                letter.tp.partition
+            ),
             ("decode", "feedback", 2)
         );
         assert_eq!(letter.payload.as_deref(), Some(&b"{not json"[..]));

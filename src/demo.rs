@@ -1,9 +1,14 @@
 //! `sluice demo`: the whole flow with no external service.
 //!
 //! Starts librdkafka's in-process mock cluster (it speaks the real Kafka protocol on a
-//! loopback port), produces sample customer feedback including malformed records, runs
-//! `pipelines/demo.yaml` against it until every record is consumed, shuts the pipeline
-//! down cleanly (flush, commit), reads the Parquet dataset back and prints a summary.
+//! loopback port), produces customer feedback including malformed records, runs a
+//! pipeline (`pipelines/demo.yaml` by default) against it until every record is consumed,
+//! shuts the pipeline down cleanly (flush, commit), reads the Parquet dataset back and
+//! prints a summary.
+//!
+//! Pipelines with a `tokenize` stage (`--pipeline sentiment`) get real review texts
+//! replayed from `data/reviews.jsonl` instead of generated feedback, and the summary
+//! compares the labels the pipeline wrote with the reviews' own labels.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +17,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ConfigError, Pipeline};
+use crate::config::{self, ConfigError, Pipeline, StageConfig};
+use crate::reviews::{self, ReviewsError};
 use crate::runtime::{self, RunError};
 use crate::sample::{self, FeedbackGenerator};
 use crate::sink::parquet::read::count_rows;
@@ -31,6 +37,8 @@ pub enum DemoError {
     Run(#[from] RunError),
     #[error("reading the dataset back: {0}")]
     ReadBack(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    Reviews(#[from] ReviewsError),
     #[error("the pipeline consumed {consumed} of {expected} records within {timeout:?}")]
     Timeout {
         consumed: u64,
@@ -44,8 +52,29 @@ pub enum DemoError {
 pub struct DemoOptions {
     pub pipeline: PathBuf,
     pub out: PathBuf,
-    pub records: u64,
+    /// Default: 50000 generated records, or 2000 replayed reviews.
+    pub records: Option<u64>,
     pub malformed_rate: f64,
+    /// Labelled reviews replayed for pipelines that tokenize text.
+    pub reviews: PathBuf,
+}
+
+/// `--pipeline sentiment` means `pipelines/sentiment.yaml`; a path is taken as it is.
+pub fn pipeline_path(arg: &Path) -> PathBuf {
+    let text = arg.to_string_lossy();
+    if text.contains('/') || text.ends_with(".yaml") || text.ends_with(".yml") {
+        arg.to_owned()
+    } else {
+        PathBuf::from(format!("pipelines/{text}.yaml"))
+    }
+}
+
+/// How well the labels written by the pipeline agree with the reviews' own labels.
+#[derive(Debug, Clone, Default)]
+pub struct LabelReport {
+    pub compared: u64,
+    pub agreed: u64,
+    pub versions: Vec<String>,
 }
 
 /// What `sluice demo` reports.
@@ -57,6 +86,7 @@ pub struct DemoSummary {
     pub dead_letters_read_back: u64,
     pub elapsed: Duration,
     pub out: PathBuf,
+    pub labels: Option<LabelReport>,
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -81,6 +111,15 @@ impl std::fmt::Display for DemoSummary {
             s.parquet_files, s.parquet_bytes
         )?;
         writeln!(f, "  Kafka messages out {:>10}", s.kafka_messages)?;
+        if let Some(labels) = &self.labels {
+            writeln!(
+                f,
+                "  labels             {:>10}  agree with the reviews' labels: {:.1}% (model {})",
+                labels.compared,
+                100.0 * labels.agreed as f64 / labels.compared.max(1) as f64,
+                labels.versions.join(", ")
+            )?;
+        }
         writeln!(f, "  elapsed            {:>10.2} s", secs)?;
         writeln!(
             f,
@@ -151,18 +190,39 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let brokers = cluster.bootstrap_servers();
     let pipeline = load_pipeline(&options.pipeline, &brokers, &options.out)?;
 
+    let texts_matter = pipeline
+        .config
+        .stages
+        .iter()
+        .any(|s| matches!(s, StageConfig::Tokenize(_)));
+    let count = options
+        .records
+        .unwrap_or(if texts_matter { 2_000 } else { 50_000 });
     let now = chrono::Utc::now().timestamp_millis();
     let day = 86_400_000;
     // Spread over the last two days, so the dataset has more than one date partition.
-    let spacing = (2 * day / options.records.max(1) as i64).max(1);
-    let records = FeedbackGenerator::new(42, options.malformed_rate, now - 2 * day, spacing)
-        .take(options.records as usize);
-    let produced = sample::produce(&brokers, DEMO_TOPIC, records).await?;
+    let spacing = (2 * day / count.max(1) as i64).max(1);
+    let (produced, truth) = if texts_matter {
+        let replayed =
+            reviews::spread(&reviews::load(&options.reviews, "holdout")?, count as usize);
+        let records = reviews::replay(&replayed, options.malformed_rate, now - 2 * day, spacing);
+        let produced = sample::produce(&brokers, DEMO_TOPIC, records).await?;
+        let truth = replayed.into_iter().map(|r| (r.id, r.label)).collect();
+        (produced, Some(truth))
+    } else {
+        let records = FeedbackGenerator::new(42, options.malformed_rate, now - 2 * day, spacing)
+            .take(count as usize);
+        (sample::produce(&brokers, DEMO_TOPIC, records).await?, None)
+    };
     tracing::info!(produced, topic = DEMO_TOPIC, "sample records produced");
 
     let (stats, _) =
         run_until_consumed(pipeline.clone(), produced, Duration::from_secs(120)).await?;
     let (rows_read_back, dead_letters_read_back) = read_back(&pipeline)?;
+    let labels = match truth {
+        Some(truth) => Some(compare_labels(&pipeline, &truth)?),
+        None => None,
+    };
     Ok(DemoSummary {
         produced,
         stats,
@@ -170,7 +230,56 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         dead_letters_read_back,
         elapsed: started.elapsed(),
         out: options.out.clone(),
+        labels,
     })
+}
+
+fn first_parquet_sink(pipeline: &Pipeline) -> Option<&Path> {
+    pipeline.config.sinks.iter().find_map(|s| match s {
+        config::SinkConfig::Parquet(p) => Some(p.path.as_path()),
+        config::SinkConfig::Kafka(_) => None,
+    })
+}
+
+/// Compares the `label` column of the first Parquet sink with the known labels by `id`.
+fn compare_labels(
+    pipeline: &Pipeline,
+    truth: &std::collections::HashMap<String, String>,
+) -> Result<LabelReport, DemoError> {
+    use arrow::array::AsArray;
+    let mut report = LabelReport::default();
+    let Some(root) = first_parquet_sink(pipeline) else {
+        return Ok(report);
+    };
+    let files = crate::sink::parquet::read::dataset_files(root)
+        .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+    for file in files {
+        for batch in crate::sink::parquet::read::read_file(&file)? {
+            let (Some(ids), Some(labels)) =
+                (batch.column_by_name("id"), batch.column_by_name("label"))
+            else {
+                continue;
+            };
+            let versions = batch.column_by_name("model_version");
+            for row in 0..batch.num_rows() {
+                let (id, label) = (
+                    ids.as_string::<i32>().value(row),
+                    labels.as_string::<i32>().value(row),
+                );
+                if let Some(expected) = truth.get(id) {
+                    report.compared += 1;
+                    report.agreed += u64::from(expected == label);
+                }
+                if let Some(v) = versions {
+                    let v = v.as_string::<i32>().value(row);
+                    if !report.versions.iter().any(|known| known == v) {
+                        report.versions.push(v.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// Rows in the pipeline's first Parquet sink and in its dead-letter dataset.

@@ -13,7 +13,9 @@
 //! A pipeline is a YAML file ([`config`]). [`runtime::run`] builds it: the Kafka
 //! [`source`] cuts per-partition micro-batches ([`batch`]), [`decode`] turns JSON into
 //! Arrow against a schema from `schemas/` ([`schema`]) and sends bad records to the
-//! [`dead_letter`]s, and the [`sink`]s write Parquet datasets and Kafka topics. The
+//! [`dead_letter`]s, the [`stage`]s tokenize, run ONNX models from the [`model`] registry
+//! (hot-swapped while running) and enrich, and the [`sink`]s write Parquet datasets and
+//! Kafka topics. The
 //! [`ack`] tracker advances a partition's committable offset only over batches every
 //! sink reported durable. [`demo`] runs the whole flow on an in-process Kafka cluster.
 
@@ -29,9 +31,12 @@ pub mod dead_letter;
 pub mod decode;
 pub mod demo;
 pub mod kafka_client;
+pub mod model;
+pub mod reviews;
 pub mod runtime;
 pub mod sample;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod stage;
 pub mod telemetry;

@@ -37,15 +37,21 @@ enum Command {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
     },
-    /// Run the whole flow on an in-process Kafka cluster with generated feedback.
+    /// Run the whole flow on an in-process Kafka cluster with generated feedback (or, for
+    /// `--pipeline sentiment`, replayed real reviews).
     Demo {
-        #[arg(long, default_value = "pipelines/demo.yaml")]
+        /// A pipeline name in pipelines/ (`demo`, `sentiment`) or a file.
+        #[arg(long, default_value = "demo")]
         pipeline: PathBuf,
-        /// Output directory (the pipeline's `${SLUICE_OUT}`).
-        #[arg(long, default_value = "out/demo")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 50_000)]
-        records: u64,
+        /// Output directory (the pipeline's `${SLUICE_OUT}`). Default: out/NAME.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Records to produce. Default: 50000 generated, or 2000 replayed reviews.
+        #[arg(long)]
+        records: Option<u64>,
+        /// Labelled reviews replayed for pipelines that tokenize text.
+        #[arg(long, default_value = "data/reviews.jsonl")]
+        reviews: PathBuf,
         /// Fraction of records deliberately malformed.
         #[arg(long, default_value_t = 0.01)]
         malformed_rate: f64,
@@ -118,12 +124,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             out,
             records,
             malformed_rate,
+            reviews,
         } => {
+            let pipeline = demo::pipeline_path(&pipeline);
+            let stem = pipeline.file_stem().unwrap_or_default().to_string_lossy();
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("out/{stem}")));
             let options = demo::DemoOptions {
                 pipeline,
                 out,
                 records,
                 malformed_rate,
+                reviews,
             };
             let summary = demo::run(&options).await.context("demo failed")?;
             println!("{summary}");

@@ -1,10 +1,14 @@
 //! Builds a running pipeline from a checked [`Pipeline`] and supervises it.
 //!
 //! ```text
-//! source thread --(bounded)--> decode task --(bounded, one per sink)--> sink tasks
-//!       ^                                                                   |
-//!       +------------------ AckTracker (durable -> committable) <----------+
+//! source thread --(bounded)--> process task --(bounded, one per sink)--> sink tasks
+//!       ^                      decode + stages                               |
+//!       +------------------ AckTracker (durable -> committable) <-----------+
 //! ```
+//!
+//! The process task keeps up to [`STAGE_CONCURRENCY`] batches in flight through the
+//! stages at once and hands them on in source order; having several in flight is what lets
+//! an `infer` stage merge small batches into one model run.
 //!
 //! [`run`] takes the shutdown token as an argument (mini-redis style), so the binary
 //! wires it to SIGINT/SIGTERM and tests and the demo cancel it themselves. Only the
@@ -14,6 +18,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,11 +33,15 @@ use crate::sink::parquet::{ParquetInput, ParquetSink};
 use crate::sink::{SinkError, SinkMessage};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::source::SourceMessage;
+use crate::stage::{Chain, ChainSpec, StageError};
 use crate::telemetry::{Stats, StatsSnapshot};
 
 /// Batches buffered between two tasks. Small: batches are large, and a slow sink should
 /// slow the consumer down quickly.
 const CHANNEL_CAPACITY: usize = 4;
+
+/// Batches in flight through the stages at once (results stay in source order).
+const STAGE_CONCURRENCY: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -42,6 +51,8 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error("decoding a batch failed inside Arrow (a bug, not bad input): {0}")]
     Decode(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Stage(#[from] StageError),
     #[error("a pipeline task panicked or was cancelled: {0}")]
     Task(String),
 }
@@ -82,13 +93,17 @@ pub async fn run(
                 format!("sinks[{i}].parquet"),
                 ParquetInput::Rows,
                 parquet,
-                pipeline.row_schema.clone(),
+                pipeline.output_schema().clone(),
                 tracker.clone(),
                 stats.clone(),
             )?)),
             SinkConfig::Kafka(out) => {
-                let index =
-                    |name: &str| pipeline.row_schema.index_of(name).map_err(SinkError::from);
+                let index = |name: &str| {
+                    pipeline
+                        .output_schema()
+                        .index_of(name)
+                        .map_err(SinkError::from)
+                };
                 let columns = match &out.columns {
                     Some(names) => Some(
                         names
@@ -133,6 +148,20 @@ pub async fn run(
         )?));
     }
 
+    // Models load and warm up before the consumer joins the group.
+    let library = pipeline.onnxruntime_library();
+    let chain = Arc::new(
+        Chain::build(ChainSpec {
+            stages: &config.stages,
+            row_schema: &pipeline.row_schema,
+            stage_schemas: &pipeline.stage_schemas,
+            record_schema: &pipeline.record_schema,
+            ctx: &pipeline.plan_context,
+            onnxruntime_library: library.as_deref(),
+        })
+        .await?,
+    );
+
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     let mut sink_inputs = Vec::with_capacity(sinks.len());
     for sink in sinks {
@@ -154,7 +183,13 @@ pub async fn run(
         config.decode.max_record_bytes.as_u64() as usize,
         config.decode.unknown_fields,
     );
-    tasks.spawn(decode_task(decoder, source_rx, sink_inputs, stats.clone()));
+    tasks.spawn(process_task(
+        decoder,
+        chain,
+        source_rx,
+        sink_inputs,
+        stats.clone(),
+    ));
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
         tokio::task::spawn_blocking(move || source.run(source_shutdown))
@@ -191,28 +226,44 @@ pub async fn run(
     }
 }
 
-/// Decodes each raw batch and hands it to every sink; forwards flushes in order.
-async fn decode_task(
+/// Decodes each raw batch, runs it through the stages and hands it to every sink;
+/// forwards flushes in order.
+async fn process_task(
     decoder: JsonDecoder,
-    mut input: mpsc::Receiver<SourceMessage>,
+    chain: Arc<Chain>,
+    input: mpsc::Receiver<SourceMessage>,
     sinks: Vec<mpsc::Sender<SinkMessage>>,
     stats: Arc<Stats>,
 ) -> Result<(), RunError> {
-    while let Some(message) = input.recv().await {
-        let message = match message {
-            SourceMessage::Batch(raw) => {
-                let batch = decoder.decode(&raw)?;
-                stats.record_decoded(
-                    batch.rows.num_rows() as u64,
-                    batch.dead_letters.len() as u64,
-                );
-                for letter in &batch.dead_letters {
-                    tracing::debug!(topic = %letter.tp.topic, partition = letter.tp.partition, offset = letter.offset, reason = %letter.reason, "record sent to dead letters");
+    let decoder = &decoder;
+    let stats = &stats;
+    let messages = futures::stream::unfold(input, |mut input| async move {
+        input.recv().await.map(|message| (message, input))
+    });
+    let processed = messages
+        .map(|message| {
+            let chain = chain.clone();
+            async move {
+                match message {
+                    SourceMessage::Batch(raw) => {
+                        let batch = chain.process(decoder.decode(&raw)?).await?;
+                        stats.record_decoded(
+                            batch.rows.num_rows() as u64,
+                            batch.dead_letters.len() as u64,
+                        );
+                        for letter in &batch.dead_letters {
+                            tracing::debug!(topic = %letter.tp.topic, partition = letter.tp.partition, offset = letter.offset, stage = %letter.stage, reason = %letter.reason, "record sent to dead letters");
+                        }
+                        Ok::<_, RunError>(SinkMessage::Batch(Arc::new(batch)))
+                    }
+                    SourceMessage::Flush(flush) => Ok(SinkMessage::Flush(flush)),
                 }
-                SinkMessage::Batch(Arc::new(batch))
             }
-            SourceMessage::Flush(flush) => SinkMessage::Flush(flush),
-        };
+        })
+        .buffered(STAGE_CONCURRENCY);
+    futures::pin_mut!(processed);
+    while let Some(message) = processed.next().await {
+        let message = message?;
         for sink in &sinks {
             if sink.send(message.clone()).await.is_err() {
                 // That sink failed; its error is reported by its own task.

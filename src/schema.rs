@@ -16,6 +16,17 @@ pub const PARTITION_COLUMN: &str = "_partition";
 pub const OFFSET_COLUMN: &str = "_offset";
 pub const TIMESTAMP_COLUMN: &str = "_timestamp";
 
+/// Whether `name` is one of the provenance columns every row carries.
+pub fn is_provenance(name: &str) -> bool {
+    [
+        TOPIC_COLUMN,
+        PARTITION_COLUMN,
+        OFFSET_COLUMN,
+        TIMESTAMP_COLUMN,
+    ]
+    .contains(&name)
+}
+
 /// Why a schema file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

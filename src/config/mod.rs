@@ -7,12 +7,14 @@
 //! checks against the record schema ([`validate`]). Every error carries the file, the key
 //! path and the line ([`locate`]).
 //!
-//! Relative paths: `decode.schema` is relative to the pipeline file (it is part of the
-//! pipeline's definition); output paths are relative to the working directory.
+//! Relative paths: what defines the pipeline (`decode.schema`, `models`, tokenizer and
+//! lookup files, `onnxruntime.library`) is relative to the pipeline file; output paths are
+//! relative to the working directory.
 
 mod error;
 mod interpolate;
 mod locate;
+mod stages;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,10 @@ use serde_norway::Value;
 pub use error::{ConfigError, ConfigIssue};
 pub use interpolate::{interpolate, MissingVar};
 pub use locate::LineIndex;
+pub use stages::{
+    DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource, LookupConfig,
+    OnnxRuntimeConfig, StageConfig, TokenizeConfig,
+};
 pub use validate::Pipeline;
 
 /// A whole pipeline file.
@@ -37,7 +43,17 @@ pub struct PipelineConfig {
     pub name: String,
     pub source: SourceConfig,
     pub decode: DecodeConfig,
-    /// Where decoded rows go. At least one.
+    /// What happens to decoded rows before the sinks, in order. Default: nothing.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+    /// The model registry directory, relative to the pipeline file. Default: `../models`
+    /// (the project's `models/` for files in `pipelines/`).
+    #[serde(default = "default_models")]
+    pub models: PathBuf,
+    /// Where the ONNX Runtime library is (see `src/model/onnxruntime.rs`).
+    #[serde(default)]
+    pub onnxruntime: OnnxRuntimeConfig,
+    /// Where rows go after the stages. At least one.
     pub sinks: Vec<SinkConfig>,
     /// Where records that cannot be processed go, with the reason.
     pub dead_letter: DeadLetterConfig,
@@ -183,6 +199,10 @@ pub struct ParquetSinkConfig {
     /// Rows per Parquet row group. Default: 65536.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// Columns written. Default: all. The provenance columns (`_topic`, `_partition`,
+    /// `_offset`, `_timestamp`) are always written.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -262,6 +282,9 @@ pub struct DeadLetterKafkaConfig {
     pub properties: BTreeMap<String, PropertyValue>,
 }
 
+fn default_models() -> PathBuf {
+    PathBuf::from("../models")
+}
 fn default_batch_rows() -> usize {
     10_000
 }
@@ -296,6 +319,12 @@ struct TopLevelShape {
     name: Value,
     source: Value,
     decode: Value,
+    #[serde(default)]
+    stages: Option<Vec<Value>>,
+    #[serde(default)]
+    models: Option<Value>,
+    #[serde(default)]
+    onnxruntime: Option<Value>,
     sinks: Vec<Value>,
     dead_letter: Value,
 }
@@ -378,6 +407,14 @@ fn parse_sections(root: &Value) -> Result<PipelineConfig, Vec<ConfigIssue>> {
     }
     if let Some(decode) = section("decode") {
         issues.extend(typed::<DecodeConfig>(decode, "decode").err());
+    }
+    if let Some(Value::Sequence(stages)) = section("stages") {
+        for (i, stage) in stages.iter().enumerate() {
+            issues.extend(typed::<StageConfig>(stage, &format!("stages[{i}]")).err());
+        }
+    }
+    if let Some(onnxruntime) = section("onnxruntime") {
+        issues.extend(typed::<OnnxRuntimeConfig>(onnxruntime, "onnxruntime").err());
     }
     if let Some(Value::Sequence(sinks)) = section("sinks") {
         for (i, sink) in sinks.iter().enumerate() {

@@ -12,7 +12,9 @@ use arrow::datatypes::{Schema, SchemaRef};
 use super::{
     ConfigIssue, KafkaSinkConfig, ParquetSinkConfig, PipelineConfig, SinkConfig, SourceConfig,
 };
+use crate::model::Registry;
 use crate::sink::parquet::partition::{PartitionKey, Partitioner};
+use crate::stage::{self, PlanContext};
 use crate::{dead_letter, schema};
 
 /// A pipeline file that parsed and passed every check.
@@ -21,15 +23,33 @@ pub struct Pipeline {
     pub config: PipelineConfig,
     /// The record fields declared by `decode.schema`.
     pub record_schema: SchemaRef,
-    /// Decoded rows: record fields plus provenance columns (what sinks receive).
+    /// Decoded rows: record fields plus provenance columns (what the first stage gets).
     pub row_schema: SchemaRef,
+    /// Output schema of each stage, in order.
+    pub stage_schemas: Vec<SchemaRef>,
     /// The schema file, resolved against the pipeline file's directory.
     pub schema_path: PathBuf,
+    /// Paths the stages resolve (pipeline file directory, model registry).
+    pub plan_context: PlanContext,
 }
 
 impl Pipeline {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// What the sinks receive: the last stage's output, or the decoded rows.
+    pub fn output_schema(&self) -> &SchemaRef {
+        self.stage_schemas.last().unwrap_or(&self.row_schema)
+    }
+
+    /// `onnxruntime.library`, resolved against the pipeline file's directory.
+    pub fn onnxruntime_library(&self) -> Option<PathBuf> {
+        self.config
+            .onnxruntime
+            .library
+            .as_ref()
+            .map(|l| self.plan_context.base_dir.join(l))
     }
 
     /// The consumer group: `source.kafka.group_id` or `sluice-<name>`.
@@ -94,6 +114,25 @@ pub(super) fn validate(
         }
     };
     let row_schema = record_schema.as_deref().map(schema::with_provenance);
+    let plan_context = PlanContext {
+        base_dir: base_dir.to_owned(),
+        registry: Registry::new(base_dir.join(&config.models)),
+    };
+    let stage_schemas = match &row_schema {
+        Some(rows) => match stage::plan(&config.stages, rows, &plan_context) {
+            Ok(schemas) => Some(schemas),
+            Err(stage_issues) => {
+                issues.0.extend(stage_issues);
+                None
+            }
+        },
+        None => None,
+    };
+    // Sinks see the last stage's output; when the stages did not plan, skip column checks.
+    let sink_schema = match (&stage_schemas, &row_schema) {
+        (Some(stages), Some(rows)) => Some(stages.last().unwrap_or(rows).clone()),
+        _ => None,
+    };
 
     if config.sinks.is_empty() {
         issues.add("sinks", "expected at least one sink (`parquet` or `kafka`)");
@@ -102,13 +141,13 @@ pub(super) fn validate(
         match sink {
             SinkConfig::Parquet(parquet) => check_parquet(
                 parquet,
-                row_schema.as_deref(),
+                sink_schema.as_deref(),
                 &format!("sinks[{i}].parquet"),
                 &mut issues,
             ),
             SinkConfig::Kafka(out) => check_kafka(
                 out,
-                row_schema.as_deref(),
+                sink_schema.as_deref(),
                 &format!("sinks[{i}].kafka"),
                 &mut issues,
             ),
@@ -136,12 +175,19 @@ pub(super) fn validate(
         }
     }
 
-    match (issues.0.is_empty(), record_schema, row_schema) {
-        (true, Some(record_schema), Some(row_schema)) => Ok(Pipeline {
+    match (
+        issues.0.is_empty(),
+        record_schema,
+        row_schema,
+        stage_schemas,
+    ) {
+        (true, Some(record_schema), Some(row_schema), Some(stage_schemas)) => Ok(Pipeline {
             config,
             record_schema,
             row_schema,
+            stage_schemas,
             schema_path,
+            plan_context,
         }),
         _ => Err(issues.0),
     }
@@ -158,6 +204,13 @@ fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, is
     if let (Some(rows), true) = (rows, keys.len() == sink.partition_by.len()) {
         if let Err(e) = Partitioner::new(keys, rows) {
             issues.add(format!("{path}.partition_by"), e);
+        }
+    }
+    if let Some(rows) = rows {
+        for (j, column) in sink.columns.iter().flatten().enumerate() {
+            if rows.column_with_name(column).is_none() {
+                issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
+            }
         }
     }
     if sink.roll.max_rows == 0 {

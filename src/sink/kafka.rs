@@ -266,7 +266,7 @@ fn encode_dead_letters(batch: &Batch) -> Vec<Outgoing> {
                 })
                 .insert(Header {
                     key: "sluice.error.stage",
-                    value: Some(letter.stage),
+                    value: Some(letter.stage.as_str()),
                 })
                 .insert(Header {
                     key: "sluice.source.topic",

@@ -82,7 +82,10 @@ pub struct ParquetSink {
     name: String,
     input: ParquetInput,
     dataset: Dataset,
-    schema: SchemaRef,
+    /// Schema of the files: the received schema, projected to `columns`.
+    file_schema: SchemaRef,
+    /// Indices of the written columns when `columns` is set.
+    projection: Option<Vec<usize>>,
     partitioner: Partitioner,
     properties: WriterProperties,
     config: ParquetSinkConfig,
@@ -125,11 +128,30 @@ impl ParquetSink {
             path: config.path.clone(),
             source,
         })?;
+        let projection = match &config.columns {
+            None => None,
+            Some(columns) => Some(
+                schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| {
+                        columns.contains(f.name()) || crate::schema::is_provenance(f.name())
+                    })
+                    .map(|(i, _)| i)
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        let file_schema = match &projection {
+            Some(indices) => Arc::new(schema.project(indices)?),
+            None => schema,
+        };
         Ok(ParquetSink {
             name,
             input,
             dataset: Dataset::new(&config.path),
-            schema,
+            file_schema,
+            projection,
             partitioner: keys,
             properties,
             config: config.clone(),
@@ -232,7 +254,7 @@ impl ParquetSink {
                         })?;
                     let writer = ArrowWriter::try_new(
                         BufWriter::new(handle),
-                        self.schema.clone(),
+                        self.file_schema.clone(),
                         Some(self.properties.clone()),
                     )?;
                     let dir = entry.key().clone();
@@ -244,7 +266,10 @@ impl ParquetSink {
                     })
                 }
             };
-            file.writer.write(&part)?;
+            match &self.projection {
+                Some(indices) => file.writer.write(&part.project(indices)?)?,
+                None => file.writer.write(&part)?,
+            }
             file.rows += part.num_rows() as u64;
         }
         let full = group.rows >= self.config.roll.max_rows

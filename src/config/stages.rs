@@ -1,0 +1,228 @@
+//! The `stages` section and the model settings: typed structs for `tokenize`, `infer` and
+//! `enrich`, in the order rows pass through them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One entry of `stages`. Stages run in file order between decode and the sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum StageConfig {
+    Tokenize(TokenizeConfig),
+    Infer(InferConfig),
+    Enrich(EnrichConfig),
+}
+
+impl StageConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Tokenize(_) => "tokenize",
+            StageConfig::Infer(_) => "infer",
+            StageConfig::Enrich(_) => "enrich",
+        }
+    }
+}
+
+/// `tokenize`: a text column -> `input_ids`, `attention_mask`, `token_type_ids` (lists of
+/// int64, padded to the longest row of each batch).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeConfig {
+    /// The text column (Utf8).
+    pub input: String,
+    /// A `tokenizer.json` file, or a model name in the registry whose current version
+    /// holds one (e.g. `minilm-l6`). Files are relative to the pipeline file.
+    pub tokenizer: String,
+    /// Longer texts are truncated to this many tokens (special tokens included).
+    /// Default: 128.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Prefix of the three output columns. Default: none (`input_ids`, ...).
+    #[serde(default)]
+    pub output_prefix: String,
+}
+
+/// `infer`: run an ONNX model from the registry over columns of the rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferConfig {
+    /// Model name in the registry (`models/NAME/VERSION/model.onnx`); the version named
+    /// by `models/NAME/current` serves, and a change of that pointer is hot-swapped in.
+    pub model: String,
+    /// Model input name -> column. A list of columns is stacked into one
+    /// `[batch, n]` float tensor (numeric feature columns).
+    pub inputs: std::collections::BTreeMap<String, InputColumns>,
+    /// Model output name -> new column. Vector outputs become fixed-size lists.
+    pub outputs: std::collections::BTreeMap<String, String>,
+    /// Column that receives `NAME/VERSION` of the model that produced each row.
+    /// Default: `model_version`.
+    #[serde(default = "default_version_column")]
+    pub version_column: String,
+    /// `auto` (default: CUDA when the library and a GPU are there, else CPU), `cpu`, `cuda`.
+    #[serde(default)]
+    pub device: Device,
+    /// CUDA device ordinal. Default: 0.
+    #[serde(default)]
+    pub device_id: i32,
+    /// ONNX Runtime intra-op threads per session. Default: 0 (ONNX Runtime decides).
+    #[serde(default)]
+    pub intra_threads: usize,
+    /// Sessions (one worker thread each) serving this stage. Default: 1.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Rows per model run. Default: 64.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How long a worker waits for more rows before running a partial batch.
+    /// Default: `5ms`.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// A `[batch, seq]` input whose non-zero count per row is the row's real length (e.g.
+    /// `attention_mask`): rows are then sorted by length inside a run and each chunk is
+    /// trimmed to its own longest row, when that saves padding. Default: none.
+    #[serde(default)]
+    pub sort_by_length_of: Option<String>,
+    /// Drop the input columns from the rows after this stage. Default: false.
+    #[serde(default)]
+    pub drop_inputs: bool,
+    /// How often the registry's `current` pointer is checked. Default: `2s`.
+    #[serde(default = "default_watch_interval", with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+/// One model input's columns: one column, or several stacked into `[batch, n]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum InputColumns {
+    One(String),
+    Stacked(Vec<String>),
+}
+
+impl InputColumns {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            InputColumns::One(name) => vec![name.as_str()],
+            InputColumns::Stacked(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// `enrich`: derived columns from model outputs, and a lookup join.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Derived columns, computed in order (a later one may use an earlier one's output).
+    #[serde(default)]
+    pub derive: Vec<DeriveConfig>,
+    /// Reference tables joined on a key column.
+    #[serde(default)]
+    pub lookup: Vec<LookupConfig>,
+}
+
+/// One derived column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum DeriveConfig {
+    /// Index of the largest element of a vector column, as a label.
+    Argmax {
+        input: String,
+        output: String,
+        /// Label names by index, or `model` to read them from the manifest of the model
+        /// version named in `version_column` (so a swapped model's labels are used).
+        labels: LabelSource,
+        #[serde(default = "default_version_column")]
+        version_column: String,
+    },
+    /// Largest element of a vector column (e.g. the winning class probability).
+    Max { input: String, output: String },
+    /// One element of a vector column.
+    Element {
+        input: String,
+        index: usize,
+        output: String,
+    },
+    /// Softmax of a vector column (logits -> probabilities).
+    Softmax { input: String, output: String },
+    /// `input > above` as a boolean column.
+    Threshold {
+        input: String,
+        output: String,
+        above: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum LabelSource {
+    Listed(Vec<String>),
+    /// Must be the word `model`.
+    FromModel(String),
+}
+
+/// A reference table (Parquet or CSV with a header) joined on a key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupConfig {
+    /// The table file, relative to the pipeline file. `.parquet` or `.csv`.
+    pub path: PathBuf,
+    /// Row column whose value is looked up.
+    pub on: String,
+    /// Table column holding the key. Default: the same name as `on`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Table columns added to the rows (null where the key is not found).
+    pub columns: Vec<String>,
+    /// Re-read the file this often; the new table replaces the old one atomically.
+    /// Default: `5m`.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+impl LookupConfig {
+    pub fn key_column(&self) -> &str {
+        self.key.as_deref().unwrap_or(&self.on)
+    }
+}
+
+/// `onnxruntime`: where the ONNX Runtime shared library is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeConfig {
+    /// Path of `libonnxruntime.so.X.Y.Z`, relative to the pipeline file. Default:
+    /// `ORT_DYLIB_PATH`, then the project's `.tools/onnxruntime[-gpu]/lib/`.
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+}
+
+fn default_max_len() -> usize {
+    128
+}
+pub(super) fn default_version_column() -> String {
+    "model_version".into()
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_max_batch() -> usize {
+    64
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
+}

@@ -1,0 +1,13 @@
+//! Models: the on-disk registry of versions, the ONNX Runtime library, and sessions.
+//!
+//! - [`registry`]: `models/NAME/VERSION/{model.onnx,manifest.json}` and the `current`
+//!   pointer that publishing switches and running pipelines watch.
+//! - [`onnxruntime`]: finds and loads the shared library once per process.
+//! - [`session`]: opens sessions on the CPU or CUDA, warms them up.
+
+pub mod onnxruntime;
+pub mod registry;
+pub mod session;
+
+pub use registry::{Dim, Manifest, ModelVersion, Registry, RegistryError, TensorSpec};
+pub use session::{DevicePlan, ModelError, Placement};

@@ -1,0 +1,456 @@
+//! `infer`: run an ONNX model from the registry over columns of the rows.
+//!
+//! Model inputs are mapped from columns and outputs to new columns, by name, in the
+//! pipeline file; every row also gets the `NAME/VERSION` of the model that produced it.
+//! The model runs on worker threads ([`worker`]) with dynamic batching, never on the
+//! async runtime's threads, so Kafka polling and the sinks keep going during inference.
+//! The serving version is hot-swapped when the registry's pointer moves ([`serving`]).
+
+pub mod serving;
+pub mod tensors;
+pub mod worker;
+
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokio::sync::oneshot;
+
+use self::serving::{Contract, Serving, Watcher};
+use self::tensors::{input_matrix, Elem, OutputSpec};
+use self::worker::{Batching, Request};
+use super::{PlanContext, PlanIssues, StageError, StageOutput};
+use crate::config::{InferConfig, InputColumns};
+use crate::model::{DevicePlan, Dim, Manifest, Placement, Registry};
+
+pub struct InferStage {
+    name: String,
+    requests: mpsc::Sender<Request>,
+    /// Per model input (in the workers' order): the columns that feed it.
+    input_columns: Vec<Vec<usize>>,
+    input_elems: Vec<Elem>,
+    outputs: Vec<OutputSpec>,
+    drop: Vec<usize>,
+    output_schema: SchemaRef,
+    placement: Placement,
+    _stop_watcher: mpsc::Sender<()>,
+}
+
+/// How a model input is fed, decided from the manifest.
+struct InputPlan {
+    name: String,
+    elem: Elem,
+    /// `[batch, seq]` with a dynamic second dimension (token ids and masks).
+    sequence: bool,
+}
+
+fn input_plans(
+    config: &InferConfig,
+    manifest: &Manifest,
+    issues: &mut PlanIssues,
+) -> Vec<InputPlan> {
+    let mut plans = Vec::new();
+    for spec in &manifest.inputs {
+        if !config.inputs.contains_key(&spec.name) {
+            issues.add(
+                "inputs",
+                format!("model input `{}` is not mapped to a column", spec.name),
+            );
+        }
+    }
+    for name in config.inputs.keys() {
+        let Some(spec) = manifest.input(name) else {
+            let known: Vec<&str> = manifest.inputs.iter().map(|i| i.name.as_str()).collect();
+            issues.add(
+                &format!("inputs.{name}"),
+                format!(
+                    "model `{}` has no input `{name}`; its inputs are: {}",
+                    manifest.name,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let Some(elem) = Elem::from_dtype(&spec.dtype) else {
+            issues.add(
+                &format!("inputs.{name}"),
+                format!(
+                    "input dtype {} is not supported (int64, float32 are)",
+                    spec.dtype
+                ),
+            );
+            continue;
+        };
+        let sequence =
+            spec.shape.len() == 2 && matches!(spec.shape[1], Dim::Named(_) | Dim::Fixed(-1));
+        plans.push(InputPlan {
+            name: name.clone(),
+            elem,
+            sequence,
+        });
+    }
+    plans
+}
+
+fn output_specs(
+    config: &InferConfig,
+    manifest: &Manifest,
+    issues: &mut PlanIssues,
+) -> Vec<OutputSpec> {
+    let mut specs = Vec::new();
+    for (output, column) in &config.outputs {
+        let Some(spec) = manifest.output(output) else {
+            let known: Vec<&str> = manifest.outputs.iter().map(|o| o.name.as_str()).collect();
+            issues.add(
+                &format!("outputs.{output}"),
+                format!(
+                    "model `{}` has no output `{output}`; its outputs are: {}",
+                    manifest.name,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let Some(elem) = Elem::from_dtype(&spec.dtype) else {
+            issues.add(
+                &format!("outputs.{output}"),
+                format!(
+                    "output dtype {} is not supported (int64, float32 are)",
+                    spec.dtype
+                ),
+            );
+            continue;
+        };
+        let Some(tail) = spec.fixed_tail() else {
+            issues.add(&format!("outputs.{output}"), "the output has a dynamic dimension after the batch one; sluice maps fixed-width outputs to columns");
+            continue;
+        };
+        specs.push(OutputSpec {
+            output: output.clone(),
+            column: column.clone(),
+            elem,
+            width: tail.iter().product::<i64>() as usize,
+            vector: !tail.is_empty(),
+        });
+    }
+    specs
+}
+
+fn check_columns(
+    config: &InferConfig,
+    plans: &[InputPlan],
+    manifest: &Manifest,
+    input: &Schema,
+    issues: &mut PlanIssues,
+) {
+    for plan in plans {
+        let Some(columns) = config.inputs.get(&plan.name) else {
+            continue;
+        };
+        let key = format!("inputs.{}", plan.name);
+        let names = columns.names();
+        let mut fields = Vec::new();
+        for name in &names {
+            match input.field_with_name(name) {
+                Ok(f) => fields.push(f),
+                Err(_) => issues.unknown_column(&key, name, input),
+            }
+        }
+        if fields.len() != names.len() {
+            continue;
+        }
+        let spec = manifest.input(&plan.name);
+        let width = spec
+            .and_then(|s| s.fixed_tail())
+            .map(|t| t.iter().product::<i64>());
+        let ok = match (columns, fields.as_slice()) {
+            (InputColumns::One(_), [f]) => match f.data_type() {
+                DataType::List(item) | DataType::LargeList(item) => {
+                    plan.sequence && item.data_type().is_integer()
+                }
+                DataType::FixedSizeList(item, n) => {
+                    !plan.sequence && item.data_type().is_numeric() && width == Some(i64::from(*n))
+                }
+                dt => !plan.sequence && dt.is_numeric() && width == Some(1),
+            },
+            (_, fields) => {
+                !plan.sequence
+                    && fields.iter().all(|f| f.data_type().is_numeric())
+                    && width == Some(fields.len() as i64)
+            }
+        };
+        if !ok {
+            let want = spec
+                .map(|s| format!("{} {:?}", s.dtype, s.shape))
+                .unwrap_or_default();
+            let have: Vec<String> = fields
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect();
+            issues.add(&key, format!("columns [{}] cannot feed model input `{}` ({want}): token inputs take a list column, vector inputs a fixed-size list of the same width or that many numeric columns", have.join(", "), plan.name));
+        }
+    }
+    if let Some(length) = &config.sort_by_length_of {
+        if !plans.iter().any(|p| &p.name == length && p.sequence) {
+            issues.add(
+                "sort_by_length_of",
+                format!("`{length}` is not one of the model's [batch, seq] inputs"),
+            );
+        }
+    }
+}
+
+/// The manifest of the model's current version, for planning.
+fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifest, String> {
+    let version = registry.current(&config.model).map_err(|e| e.to_string())?;
+    registry.manifest(&version).map_err(|e| e.to_string())
+}
+
+/// Output schema: the input (minus the inputs with `drop_inputs`), the mapped outputs and
+/// the version column. Shapes come from the current version's manifest.
+pub fn output_schema(
+    config: &InferConfig,
+    input: &Schema,
+    ctx: &PlanContext,
+    issues: &mut PlanIssues,
+) -> Schema {
+    if config.max_batch == 0 {
+        issues.add("max_batch", "expected a number above 0");
+    }
+    if config.workers == 0 {
+        issues.add("workers", "expected a number above 0");
+    }
+    if config.outputs.is_empty() {
+        issues.add(
+            "outputs",
+            "expected at least one model output mapped to a column",
+        );
+    }
+    let manifest = match current_manifest(config, &ctx.registry) {
+        Ok(m) => m,
+        Err(e) => {
+            issues.add("model", e);
+            return input.clone();
+        }
+    };
+    let plans = input_plans(config, &manifest, issues);
+    check_columns(config, &plans, &manifest, input, issues);
+    let specs = output_specs(config, &manifest, issues);
+    let dropped: Vec<&str> = if config.drop_inputs {
+        config.inputs.values().flat_map(|c| c.names()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut fields: Vec<Arc<Field>> = input
+        .fields()
+        .iter()
+        .filter(|f| !dropped.contains(&f.name().as_str()))
+        .cloned()
+        .collect();
+    for spec in &specs {
+        if fields.iter().any(|f| f.name() == &spec.column) {
+            issues.add(
+                &format!("outputs.{}", spec.output),
+                format!("column `{}` already exists", spec.column),
+            );
+        }
+        fields.push(Arc::new(spec.field()));
+    }
+    if fields.iter().any(|f| f.name() == &config.version_column) {
+        issues.add(
+            "version_column",
+            format!(
+                "column `{}` already exists (give each infer stage its own version_column)",
+                config.version_column
+            ),
+        );
+    }
+    fields.push(Arc::new(Field::new(
+        &config.version_column,
+        DataType::Utf8,
+        false,
+    )));
+    Schema::new(fields)
+}
+
+impl InferStage {
+    /// Loads ONNX Runtime, decides the device, opens and warms up the current version,
+    /// and starts the workers and the registry watcher.
+    pub async fn start(
+        name: String,
+        config: &InferConfig,
+        registry: &Registry,
+        library: Option<&Path>,
+        input: &Schema,
+        output_schema: SchemaRef,
+    ) -> Result<InferStage, StageError> {
+        let setup = |message: String| StageError::Setup {
+            stage: name.clone(),
+            message,
+        };
+        let manifest = current_manifest(config, registry).map_err(setup)?;
+        let mut issues = PlanIssues::new(name.clone());
+        let plans = input_plans(config, &manifest, &mut issues);
+        let outputs = output_specs(config, &manifest, &mut issues);
+        if let Some(issue) = issues.issues.first() {
+            return Err(setup(issue.message.clone()));
+        }
+        let input_columns = plans
+            .iter()
+            .map(|p| {
+                config.inputs[&p.name]
+                    .names()
+                    .iter()
+                    .map(|n| input.index_of(n))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let drop = if config.drop_inputs {
+            input_columns.iter().flatten().copied().collect()
+        } else {
+            Vec::new()
+        };
+        let contract = Contract {
+            inputs: plans.iter().map(|p| (p.name.clone(), p.elem)).collect(),
+            outputs: outputs.clone(),
+        };
+        let version = registry.current(&config.model)?;
+        let (device, device_id, threads, workers) = (
+            config.device,
+            config.device_id,
+            config.intra_threads,
+            config.workers,
+        );
+        let library = library.map(Path::to_owned);
+        let stage = name.clone();
+        let startup_contract = contract.clone();
+        let (plan, model) = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
+            let plan = DevicePlan::resolve(
+                device,
+                device_id,
+                threads,
+                library.as_deref(),
+                &version.model_path(),
+                &stage,
+            )?;
+            let model = serving::load(&plan, &version, workers, &startup_contract)?;
+            Ok((plan, model))
+        })
+        .await
+        .map_err(|e| StageError::Task(e.to_string()))??;
+        tracing::info!(stage = %name, model = %model.label, device = %plan.placement, workers, "model loaded");
+        let placement = plan.placement;
+        let serving = Arc::new(Serving::new(model));
+
+        let batching = Arc::new(Batching {
+            stage: name.clone(),
+            input_names: plans.iter().map(|p| p.name.clone()).collect(),
+            sequence_inputs: plans.iter().map(|p| p.sequence).collect(),
+            length_input: config
+                .sort_by_length_of
+                .as_ref()
+                .and_then(|l| plans.iter().position(|p| &p.name == l)),
+            outputs: outputs.clone(),
+            max_batch: config.max_batch,
+            max_wait: config.max_wait,
+        });
+        let (requests, queue) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..config.workers {
+            let (batching, serving, queue) = (batching.clone(), serving.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name(format!("sluice-infer-{index}"))
+                .spawn(move || worker::run(index, batching, serving, queue))
+                .map_err(|e| setup(format!("cannot start a worker thread: {e}")))?;
+        }
+        let (stop, stopped) = mpsc::channel();
+        let watcher = Watcher {
+            stage: name.clone(),
+            model: config.model.clone(),
+            registry: registry.clone(),
+            plan,
+            workers: config.workers,
+            contract,
+            serving,
+            interval: config.watch_interval,
+        };
+        std::thread::Builder::new()
+            .name("sluice-model-watch".into())
+            .spawn(move || watcher.run(stopped))
+            .map_err(|e| setup(format!("cannot start the model watcher: {e}")))?;
+
+        Ok(InferStage {
+            name,
+            requests,
+            input_elems: plans.iter().map(|p| p.elem).collect(),
+            input_columns,
+            outputs,
+            drop,
+            output_schema,
+            placement,
+            _stop_watcher: stop,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    pub async fn process(&self, rows: RecordBatch) -> Result<StageOutput, StageError> {
+        let mut invalid = Vec::new();
+        let mut inputs = Vec::with_capacity(self.input_columns.len());
+        for (columns, elem) in self.input_columns.iter().zip(&self.input_elems) {
+            let arrays: Vec<&ArrayRef> = columns.iter().map(|&i| rows.column(i)).collect();
+            let mut nulls = Vec::new();
+            let matrix =
+                input_matrix(&arrays, *elem, &mut nulls).map_err(|message| StageError::Failed {
+                    stage: self.name.clone(),
+                    message,
+                })?;
+            invalid.extend(
+                nulls
+                    .into_iter()
+                    .map(|row| (row, "a model input column is null".to_owned())),
+            );
+            inputs.push(matrix);
+        }
+        invalid.sort_by_key(|(row, _)| *row);
+        invalid.dedup_by_key(|(row, _)| *row);
+        let (reply, response) = oneshot::channel();
+        let request = Request {
+            inputs,
+            rows: rows.num_rows(),
+            invalid,
+            reply,
+        };
+        let closed = || StageError::Failed {
+            stage: self.name.clone(),
+            message: "the inference workers stopped".into(),
+        };
+        self.requests.send(request).map_err(|_| closed())?;
+        let reply = response.await.map_err(|_| closed())?;
+
+        let mut columns: Vec<ArrayRef> = rows
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.drop.contains(i))
+            .map(|(_, c)| c.clone())
+            .collect();
+        for (spec, buffer) in self.outputs.iter().zip(reply.outputs) {
+            columns.push(spec.array(buffer)?);
+        }
+        columns.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(&*reply.version, rows.num_rows()),
+        )));
+        Ok(StageOutput {
+            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
+            rejected: reply.rejected,
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! Stages: what happens to decoded rows between decode and the sinks.
+//!
+//! A stage takes a `RecordBatch` and returns one with the same rows (plus or minus
+//! columns), and may reject rows with a reason. It never sees offsets: the [`Chain`]
+//! carries provenance beside the data, turns rejected rows into dead letters (from the
+//! row's `_topic/_partition/_offset/_timestamp` columns, with the row as JSON for payload)
+//! and drops them before the next stage.
+//!
+//! Every stage's output schema is computed from its input schema and its config by
+//! [`plan`], at load time (`sluice validate` included), so a pipeline whose stages do not
+//! fit together fails before it touches Kafka.
+//!
+//! Stages take `&self` and keep their state behind their own locks, so the runtime can
+//! have several batches in flight through the chain at once: that is what lets `infer`
+//! merge rows of different micro-batches into one model run (dynamic batching).
+
+pub mod enrich;
+pub mod infer;
+pub mod tokenize;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Int64Type, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::error::ArrowError;
+
+use crate::batch::{Batch, TopicPartition};
+use crate::config::{ConfigIssue, StageConfig};
+use crate::dead_letter::DeadLetter;
+use crate::model::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("stage {stage}: {message}")]
+    Setup { stage: String, message: String },
+    #[error("stage {stage}: {message}")]
+    Failed { stage: String, message: String },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Registry(#[from] crate::model::RegistryError),
+    #[error("Arrow error in a stage (a bug, not bad input): {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("a stage's blocking task failed: {0}")]
+    Task(String),
+}
+
+/// A row a stage could not process, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub row: usize,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(row: usize, reason: impl Into<String>) -> Self {
+        Rejection {
+            row,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a stage returns: one output row per input row, and the rows to reject.
+#[derive(Debug)]
+pub struct StageOutput {
+    pub rows: RecordBatch,
+    pub rejected: Vec<Rejection>,
+}
+
+/// What stage planning needs: where relative paths start and the model registry.
+#[derive(Debug, Clone)]
+pub struct PlanContext {
+    pub base_dir: PathBuf,
+    pub registry: Registry,
+}
+
+/// Problems found while planning one stage, with key paths relative to the stage.
+pub struct PlanIssues {
+    prefix: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl PlanIssues {
+    fn new(prefix: String) -> Self {
+        PlanIssues {
+            prefix,
+            issues: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, key: &str, message: impl Into<String>) {
+        let path = if key.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{key}", self.prefix)
+        };
+        self.issues.push(ConfigIssue {
+            path,
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    pub fn unknown_column(&mut self, key: &str, column: &str, schema: &Schema) {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        self.add(
+            key,
+            format!(
+                "unknown column `{column}`, expected one of: {}",
+                names.join(", ")
+            ),
+        );
+    }
+}
+
+/// Output schema of every stage in order (the last is what sinks receive), or every
+/// problem found.
+pub fn plan(
+    stages: &[StageConfig],
+    input: &SchemaRef,
+    ctx: &PlanContext,
+) -> Result<Vec<SchemaRef>, Vec<ConfigIssue>> {
+    let mut schemas = Vec::with_capacity(stages.len());
+    let mut current = input.clone();
+    let mut all = Vec::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let mut issues = PlanIssues::new(format!("stages[{i}].{}", stage.kind()));
+        let schema = match stage {
+            StageConfig::Tokenize(config) => {
+                if let Err(e) = tokenize::tokenizer_path(config, ctx) {
+                    issues.add("tokenizer", e);
+                }
+                tokenize::output_schema(config, &current, &mut issues)
+            }
+            StageConfig::Infer(config) => infer::output_schema(config, &current, ctx, &mut issues),
+            StageConfig::Enrich(config) => {
+                enrich::output_schema(config, &current, ctx, &mut issues)
+            }
+        };
+        let failed = !issues.issues.is_empty();
+        all.extend(issues.issues);
+        if failed {
+            // Later stages would only report consequences of this one.
+            return Err(all);
+        }
+        current = Arc::new(schema);
+        schemas.push(current.clone());
+    }
+    Ok(schemas)
+}
+
+/// One running stage.
+pub enum Stage {
+    Tokenize(tokenize::TokenizeStage),
+    Infer(infer::InferStage),
+    Enrich(enrich::EnrichStage),
+}
+
+impl Stage {
+    pub fn name(&self) -> &str {
+        match self {
+            Stage::Tokenize(s) => s.name(),
+            Stage::Infer(s) => s.name(),
+            Stage::Enrich(s) => s.name(),
+        }
+    }
+
+    pub async fn process(&self, rows: RecordBatch) -> Result<StageOutput, StageError> {
+        match self {
+            Stage::Tokenize(s) => s.process(rows).await,
+            Stage::Infer(s) => s.process(rows).await,
+            Stage::Enrich(s) => s.process(rows).await,
+        }
+    }
+}
+
+/// The stages of a pipeline, built from its config.
+pub struct Chain {
+    stages: Vec<Stage>,
+    /// Columns written as a rejected row's payload (the decoded record's fields).
+    record_columns: Vec<String>,
+}
+
+/// Everything [`Chain::build`] needs from the checked pipeline.
+pub struct ChainSpec<'a> {
+    pub stages: &'a [StageConfig],
+    pub row_schema: &'a SchemaRef,
+    pub stage_schemas: &'a [SchemaRef],
+    pub record_schema: &'a Schema,
+    pub ctx: &'a PlanContext,
+    pub onnxruntime_library: Option<&'a Path>,
+}
+
+impl Chain {
+    /// Builds every stage: loads tokenizers, opens and warms up model sessions, reads
+    /// lookup tables. Slow (seconds), so it runs before the source subscribes.
+    pub async fn build(spec: ChainSpec<'_>) -> Result<Chain, StageError> {
+        let mut stages = Vec::with_capacity(spec.stages.len());
+        let mut input = spec.row_schema.clone();
+        for (i, (config, output)) in spec.stages.iter().zip(spec.stage_schemas).enumerate() {
+            let name = format!("stages[{i}].{}", config.kind());
+            let stage = match config {
+                StageConfig::Tokenize(config) => {
+                    let file = tokenize::tokenizer_path(config, spec.ctx).map_err(|message| {
+                        StageError::Setup {
+                            stage: name.clone(),
+                            message,
+                        }
+                    })?;
+                    Stage::Tokenize(tokenize::TokenizeStage::new(
+                        name,
+                        config,
+                        &file,
+                        &input,
+                        output.clone(),
+                    )?)
+                }
+                StageConfig::Infer(config) => Stage::Infer(
+                    infer::InferStage::start(
+                        name,
+                        config,
+                        &spec.ctx.registry,
+                        spec.onnxruntime_library,
+                        &input,
+                        output.clone(),
+                    )
+                    .await?,
+                ),
+                StageConfig::Enrich(config) => Stage::Enrich(
+                    enrich::EnrichStage::start(name, config, spec.ctx, &input, output.clone())
+                        .await?,
+                ),
+            };
+            stages.push(stage);
+            input = output.clone();
+        }
+        Ok(Chain {
+            stages,
+            record_columns: spec
+                .record_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Runs `batch` through every stage; rejected rows become dead letters.
+    pub async fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+        for stage in &self.stages {
+            if batch.rows.num_rows() == 0 {
+                break;
+            }
+            let input = batch.rows;
+            let output = stage.process(input.clone()).await?;
+            batch.rows = if output.rejected.is_empty() {
+                output.rows
+            } else {
+                let mut keep = vec![true; input.num_rows()];
+                for rejection in &output.rejected {
+                    keep[rejection.row] = false;
+                }
+                batch.dead_letters.extend(self.dead_letters(
+                    stage.name(),
+                    &batch.provenance.tp,
+                    &input,
+                    &output.rejected,
+                )?);
+                filter_record_batch(&output.rows, &BooleanArray::from(keep))?
+            };
+        }
+        batch.dead_letters.sort_by_key(|d| d.offset);
+        Ok(batch)
+    }
+
+    fn dead_letters(
+        &self,
+        stage: &str,
+        tp: &TopicPartition,
+        rows: &RecordBatch,
+        rejected: &[Rejection],
+    ) -> Result<Vec<DeadLetter>, ArrowError> {
+        let column = |name: &str| {
+            rows.column_by_name(name).ok_or_else(|| {
+                ArrowError::SchemaError(format!("provenance column `{name}` missing"))
+            })
+        };
+        let offsets = column(crate::schema::OFFSET_COLUMN)?;
+        let offsets = offsets.as_primitive::<Int64Type>();
+        let timestamps = column(crate::schema::TIMESTAMP_COLUMN)?;
+        let timestamps = timestamps.as_primitive::<TimestampMillisecondType>();
+        let record_indices: Vec<usize> = self
+            .record_columns
+            .iter()
+            .filter_map(|name| rows.schema().index_of(name).ok())
+            .collect();
+        let record = rows.project(&record_indices)?;
+        let failed_at = chrono::Utc::now().timestamp_millis();
+        rejected
+            .iter()
+            .map(|rejection| {
+                let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+                writer.write(&record.slice(rejection.row, 1))?;
+                writer.finish()?;
+                let mut payload = writer.into_inner();
+                if payload.last() == Some(&b'\n') {
+                    payload.pop();
+                }
+                Ok(DeadLetter {
+                    reason: rejection.reason.clone(),
+                    stage: stage.to_owned(),
+                    tp: tp.clone(),
+                    offset: offsets.value(rejection.row),
+                    timestamp: timestamps
+                        .is_valid(rejection.row)
+                        .then(|| timestamps.value(rejection.row)),
+                    failed_at,
+                    key: None,
+                    payload: Some(payload),
+                })
+            })
+            .collect()
+    }
+}
