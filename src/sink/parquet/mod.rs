@@ -128,20 +128,17 @@ impl ParquetSink {
             path: config.path.clone(),
             source,
         })?;
-        let projection = match &config.columns {
-            None => None,
-            Some(columns) => Some(
-                schema
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| {
-                        columns.contains(f.name()) || crate::schema::is_provenance(f.name())
-                    })
-                    .map(|(i, _)| i)
-                    .collect::<Vec<_>>(),
-            ),
-        };
+        let projection = config.columns.as_ref().map(|columns| {
+            schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| {
+                    columns.contains(f.name()) || crate::schema::is_provenance(f.name())
+                })
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        });
         let file_schema = match &projection {
             Some(indices) => Arc::new(schema.project(indices)?),
             None => schema,

@@ -53,12 +53,7 @@ fn vector_width(field: &Field) -> Option<usize> {
 }
 
 /// Adds the derived fields to `fields`, reporting problems under `derive[i]`.
-pub fn plan(
-    derive: &[DeriveConfig],
-    fields: &mut Vec<Arc<Field>>,
-    registry: &Registry,
-    issues: &mut PlanIssues,
-) {
+pub fn plan(derive: &[DeriveConfig], fields: &mut Vec<Arc<Field>>, issues: &mut PlanIssues) {
     for (i, op) in derive.iter().enumerate() {
         let key = format!("derive[{i}]");
         let schema = Schema::new(fields.clone());
@@ -107,7 +102,6 @@ pub fn plan(
                     version_column,
                     width.unwrap_or(0),
                     &schema,
-                    registry,
                     &key,
                     issues,
                 );
@@ -147,7 +141,6 @@ fn check_labels(
     version_column: &str,
     width: usize,
     schema: &Schema,
-    registry: &Registry,
     key: &str,
     issues: &mut PlanIssues,
 ) {
@@ -167,7 +160,6 @@ fn check_labels(
             ),
         },
     }
-    let _ = registry;
 }
 
 fn float_values(column: &ArrayRef) -> Result<(Vec<f32>, usize), StageError> {

@@ -32,7 +32,7 @@ pub fn output_schema(
     issues: &mut PlanIssues,
 ) -> Schema {
     let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
-    derive::plan(&config.derive, &mut fields, &ctx.registry, issues);
+    derive::plan(&config.derive, &mut fields, issues);
     for (i, lookup) in config.lookup.iter().enumerate() {
         let key = format!("lookup[{i}]");
         let schema = Schema::new(fields.clone());

@@ -1,0 +1,531 @@
+//! Inference end to end with the real models (built by `scripts/setup.sh`) and real ONNX
+//! Runtime: tokenizer/encoder parity with the numpy reference, golden labels through the
+//! whole sentiment pipeline on the mock cluster, a hot swap under a running stream (and a
+//! corrupt version rejected while the old one serves), and the CUDA device choice on a
+//! machine without a GPU.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, Int64Type};
+use rdkafka::mocking::MockCluster;
+use tokio_util::sync::CancellationToken;
+
+use common::*;
+use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
+use sluice::config::{self, Pipeline, UnknownFields};
+use sluice::decode::JsonDecoder;
+use sluice::model::{Manifest, Registry};
+use sluice::runtime;
+use sluice::sample::{produce, SampleRecord};
+use sluice::stage::{Chain, ChainSpec};
+use sluice::telemetry::Stats;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn models() -> PathBuf {
+    let models = Path::new(ROOT).join("models");
+    assert!(
+        models.join("minilm-l6/current").is_file()
+            && models.join("sentiment-head/current").is_file(),
+        "models/ is missing: run scripts/setup.sh first"
+    );
+    models
+}
+
+/// Loads `pipelines/sentiment.yaml` against `brokers`, writing under `out`.
+fn sentiment(brokers: &str, out: &Path, models: &Path) -> Pipeline {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("SLUICE_BROKERS", brokers.to_owned()),
+        ("SLUICE_OUT", out.display().to_string()),
+        ("SLUICE_MODELS", models.display().to_string()),
+        ("SLUICE_DEVICE", "cpu".to_owned()),
+    ]);
+    config::load_with_vars(&Path::new(ROOT).join("pipelines/sentiment.yaml"), &|name| {
+        vars.get(name).cloned()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A pipeline file with the given `stages:` block (YAML, indented two spaces).
+fn pipeline_with_stages(dir: &Path, stages: &str) -> Result<Pipeline, config::ConfigError> {
+    let text = format!(
+        "name: stages\nsource:\n  kafka:\n    brokers: localhost:1\n    topics: [t]\ndecode:\n  schema: {SCHEMA}\nmodels: {models}\nstages:\n{stages}sinks:\n  - parquet:\n      path: {out}/rows\ndead_letter:\n  parquet:\n    path: {out}/dead\n",
+        models = models().display(),
+        out = dir.display()
+    );
+    let path = dir.join("stages.yaml");
+    std::fs::write(&path, text).unwrap();
+    config::load(&path)
+}
+
+async fn chain(pipeline: &Pipeline) -> Result<Chain, sluice::stage::StageError> {
+    Chain::build(ChainSpec {
+        stages: &pipeline.config.stages,
+        row_schema: &pipeline.row_schema,
+        stage_schemas: &pipeline.stage_schemas,
+        record_schema: &pipeline.record_schema,
+        ctx: &pipeline.plan_context,
+        onnxruntime_library: None,
+    })
+    .await
+}
+
+/// A decoded batch of feedback records with these texts.
+fn feedback_batch(pipeline: &Pipeline, texts: &[&str]) -> Batch {
+    let mut raw = RawBatch::new(BatchId(1), TopicPartition::new("t", 0), texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let json =
+            serde_json::json!({"id": format!("r{i}"), "customer_id": "c-0001", "text": text});
+        raw.push(
+            i as i64,
+            Some(1_795_305_600_000),
+            None,
+            Some(json.to_string().as_bytes()),
+        );
+    }
+    JsonDecoder::new(
+        pipeline.record_schema.clone(),
+        1 << 20,
+        UnknownFields::Ignore,
+    )
+    .decode(&raw)
+    .unwrap()
+}
+
+fn vectors(batch: &RecordBatch, column: &str) -> Vec<Vec<f32>> {
+    let list = batch.column_by_name(column).unwrap().as_fixed_size_list();
+    (0..list.len())
+        .map(|i| {
+            list.value(i)
+                .as_primitive::<Float32Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    sentences: Vec<String>,
+    input_ids: Vec<Vec<i64>>,
+    sentence_embedding: Vec<Vec<f32>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenizer_and_encoder_match_the_numpy_reference() {
+    let registry = Registry::new(models());
+    let version = registry.current("minilm-l6").unwrap();
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(version.dir.join("reference.json")).unwrap())
+            .unwrap();
+    let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    // One run fed straight from the Arrow buffers; then runs of 2 rows, sorted by length,
+    // gathered and trimmed: both must give the reference embeddings.
+    for batching in [
+        "max_batch: 64",
+        "max_batch: 2\n      sort_by_length_of: attention_mask",
+    ] {
+        let stages = format!(
+            "  - tokenize: {{input: text, tokenizer: minilm-l6}}\n  - infer:\n      model: minilm-l6\n      device: cpu\n      inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}\n      outputs: {{sentence_embedding: embedding}}\n      {batching}\n"
+        );
+        let pipeline = pipeline_with_stages(dir.path(), &stages).unwrap_or_else(|e| panic!("{e}"));
+        let chain = chain(&pipeline).await.unwrap();
+        let out = chain
+            .process(feedback_batch(&pipeline, &texts))
+            .await
+            .unwrap();
+        assert!(out.dead_letters.is_empty());
+
+        let ids = out
+            .rows
+            .column_by_name("input_ids")
+            .unwrap()
+            .as_list::<i32>();
+        let mask = out
+            .rows
+            .column_by_name("attention_mask")
+            .unwrap()
+            .as_list::<i32>();
+        let longest = reference.input_ids.iter().map(Vec::len).max().unwrap();
+        for (row, expected) in reference.input_ids.iter().enumerate() {
+            let got = ids.value(row);
+            let got = got.as_primitive::<Int64Type>().values();
+            assert_eq!(got.len(), longest, "padded to the batch's longest row");
+            assert_eq!(
+                &got[..expected.len()],
+                &expected[..],
+                "token ids of {:?}",
+                texts[row]
+            );
+            assert!(got[expected.len()..].iter().all(|&t| t == 0));
+            let m = mask.value(row);
+            assert_eq!(
+                m.as_primitive::<Int64Type>().values().iter().sum::<i64>() as usize,
+                expected.len()
+            );
+        }
+        let embeddings = vectors(&out.rows, "embedding");
+        let mut worst = 0.0_f32;
+        for (got, want) in embeddings.iter().zip(&reference.sentence_embedding) {
+            for (g, w) in got.iter().zip(want) {
+                worst = worst.max((g - w).abs());
+            }
+        }
+        assert!(worst < 1e-4, "max abs diff {worst} ({batching})");
+        let versions = out
+            .rows
+            .column_by_name("model_version")
+            .unwrap()
+            .as_string::<i32>();
+        assert!(versions.iter().all(|v| v == Some(version.label().as_str())));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_mistakes_are_config_errors_with_key_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = [
+        ("  - tokenize: {input: nope, tokenizer: minilm-l6}\n", "stages[0].tokenize.input", "unknown column `nope`"),
+        ("  - tokenize: {input: text, tokenizer: missing-model}\n", "stages[0].tokenize.tokenizer", "scripts/setup.sh"),
+        (
+            "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer: {model: minilm-l6, inputs: {input_ids: input_ids, attention_mask: attention_mask}, outputs: {sentence_embedding: e}}\n",
+            "stages[1].infer.inputs",
+            "model input `token_type_ids` is not mapped",
+        ),
+        (
+            "  - infer: {model: sentiment-head, inputs: {embedding: text}, outputs: {probabilities: p}}\n",
+            "stages[0].infer.inputs.embedding",
+            "cannot feed model input `embedding`",
+        ),
+        (
+            "  - enrich: {derive: [{max: {input: rating, output: m}}]}\n",
+            "stages[0].enrich.derive[0].input",
+            "expected a vector of floats",
+        ),
+    ];
+    for (stages, path, message) in bad {
+        let err = pipeline_with_stages(dir.path(), stages).expect_err(stages);
+        let issue = err
+            .issues
+            .iter()
+            .find(|i| i.path == path)
+            .unwrap_or_else(|| panic!("no issue at {path}: {err}"));
+        assert!(issue.message.contains(message), "{path}: {}", issue.message);
+        assert!(issue.line.is_some(), "{path} has a line");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cuda_without_a_gpu_fails_clearly_and_auto_falls_back_to_the_cpu() {
+    let gpu_library = Path::new(ROOT).join(".tools/onnxruntime-gpu");
+    if gpu_library.exists() {
+        eprintln!(
+            "skipped: this machine has the GPU build of ONNX Runtime ({})",
+            gpu_library.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = |device: &str| {
+        format!("  - tokenize: {{input: text, tokenizer: minilm-l6}}\n  - infer: {{model: minilm-l6, device: {device}, inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}, outputs: {{sentence_embedding: embedding}}}}\n")
+    };
+    let cuda = pipeline_with_stages(dir.path(), &encoder("cuda")).unwrap();
+    let err = chain(&cuda)
+        .await
+        .err()
+        .expect("device: cuda must fail without a CUDA provider");
+    let text = err.to_string();
+    assert!(text.contains("device: cuda"), "{text}");
+    assert!(text.contains("no CUDA execution provider"), "{text}");
+    assert!(text.contains("scripts/setup.sh --gpu"), "{text}");
+
+    let auto = pipeline_with_stages(dir.path(), &encoder("auto")).unwrap();
+    let chain = chain(&auto)
+        .await
+        .expect("device: auto falls back to the CPU");
+    let out = chain
+        .process(feedback_batch(&auto, &["it still runs"]))
+        .await
+        .unwrap();
+    assert_eq!(out.rows.num_rows(), 1);
+}
+
+const GOLDEN: &[(&str, &str)] = &[
+    (
+        "I love this product, it works perfectly and the support team was wonderful.",
+        "positive",
+    ),
+    (
+        "Absolutely fantastic service, thank you so much!",
+        "positive",
+    ),
+    (
+        "Great value for the money, I am very happy with it.",
+        "positive",
+    ),
+    (
+        "This is the worst purchase I have ever made, a total waste of money.",
+        "negative",
+    ),
+    (
+        "Terrible support, nobody answered and the app keeps crashing.",
+        "negative",
+    ),
+    (
+        "I hate it. It arrived broken and the refund never came.",
+        "negative",
+    ),
+];
+
+fn feedback(id: &str, customer: &str, text: &str, offset_ms: i64) -> SampleRecord {
+    let json = serde_json::json!({"id": id, "customer_id": customer, "text": text, "rating": 3, "ts": "2026-11-22T10:00:00Z"});
+    SampleRecord {
+        key: id.to_owned(),
+        payload: json.to_string().into_bytes(),
+        timestamp_ms: 1_795_305_600_000 + offset_ms,
+        well_formed: !text.is_empty(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_sentences_get_their_labels_through_the_whole_sentiment_pipeline() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("customer-feedback", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut records: Vec<SampleRecord> = GOLDEN
+        .iter()
+        .enumerate()
+        .map(|(i, (text, _))| feedback(&format!("g{i}"), "c-0001", text, i as i64))
+        .collect();
+    records.push(feedback("empty", "c-0002", "", 10));
+    records.push(SampleRecord {
+        key: "torn".into(),
+        payload: br#"{"id":"torn","text":"half a rec"#.to_vec(),
+        timestamp_ms: 1_795_305_600_011,
+        well_formed: false,
+    });
+    produce(&brokers, "customer-feedback", records.clone())
+        .await
+        .unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let pipeline = sentiment(&brokers, out.path(), &models());
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        async move { runtime::run(&pipeline, shutdown, stats).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(90), || stats.snapshot().records_in
+            == records.len() as u64)
+        .await
+    );
+    shutdown.cancel();
+    let summary = running.await.unwrap().unwrap();
+    assert_eq!((summary.rows_decoded, summary.dead_letters), (6, 2));
+
+    // Parquet: the expected label for each sentence, a unit-length embedding, the lookup.
+    let rows = read_dataset(&out.path().join("feedback"));
+    let mut seen = 0;
+    for batch in &rows {
+        let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        let labels = batch.column_by_name("label").unwrap().as_string::<i32>();
+        let scores = batch
+            .column_by_name("score")
+            .unwrap()
+            .as_primitive::<Float32Type>();
+        let segments = batch.column_by_name("segment").unwrap().as_string::<i32>();
+        let versions = batch
+            .column_by_name("model_version")
+            .unwrap()
+            .as_string::<i32>();
+        let embeddings = vectors(batch, "embedding");
+        assert!(
+            batch.column_by_name("input_ids").is_none(),
+            "token columns are not written"
+        );
+        for (row, embedding) in embeddings.iter().enumerate() {
+            let index: usize = ids.value(row)[1..].parse().unwrap();
+            assert_eq!(labels.value(row), GOLDEN[index].1, "{:?}", GOLDEN[index].0);
+            assert!(scores.value(row) > 0.5 && scores.value(row) <= 1.0);
+            assert_eq!(
+                (segments.value(row), versions.value(row)),
+                ("smb", "sentiment-head/1")
+            );
+            let norm: f32 = embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert_eq!(embedding.len(), 384);
+            assert!((norm - 1.0).abs() < 1e-4, "embedding norm {norm}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, GOLDEN.len());
+
+    // The output topic: id, label, score, model_version per row.
+    let messages = read_topic(
+        &brokers,
+        "feedback-sentiment",
+        GOLDEN.len(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(messages.len(), GOLDEN.len());
+    for message in &messages {
+        let value: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let index: usize = value["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(value["label"], GOLDEN[index].1);
+        assert_eq!(value["model_version"], "sentiment-head/1");
+        assert_eq!(value.as_object().unwrap().len(), 4, "{value}");
+    }
+
+    // Dead letters: the torn record at decode, the empty text at tokenize.
+    let dead = read_dataset(&out.path().join("dead_letters"));
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .flat_map(|b| {
+            let stage = b
+                .column_by_name("stage")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            let reason = b
+                .column_by_name("reason")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            (0..b.num_rows()).map(move |i| (stage.value(i).to_owned(), reason.value(i).to_owned()))
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2);
+    assert_eq!(reasons[0].0, "decode");
+    assert_eq!(
+        reasons[1],
+        ("stages[0].tokenize".to_owned(), "text is empty".to_owned())
+    );
+}
+
+/// A registry for one test: the encoder linked from models/, the head copied (version 1).
+fn private_registry(dir: &Path) -> Registry {
+    let models = models();
+    std::os::unix::fs::symlink(models.join("minilm-l6"), dir.join("minilm-l6")).unwrap();
+    let shipped = Registry::new(&models);
+    let head = shipped.current("sentiment-head").unwrap();
+    let registry = Registry::new(dir);
+    let manifest = shipped.manifest(&head).unwrap();
+    registry
+        .publish(&head.model_path(), manifest, &[], true)
+        .unwrap();
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is_rejected() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("customer-feedback", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = private_registry(registry_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let pipeline = sentiment(&brokers, out.path(), registry_dir.path());
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        async move { runtime::run(&pipeline, shutdown, stats).await }
+    });
+    let wave = |name: &str, n: usize| -> Vec<SampleRecord> {
+        (0..n)
+            .map(|i| {
+                feedback(
+                    &format!("{name}-{i:03}"),
+                    "c-0003",
+                    GOLDEN[i % GOLDEN.len()].0,
+                    i as i64,
+                )
+            })
+            .collect()
+    };
+    let rows_written = || stats.snapshot().rows_decoded;
+
+    // Wave 1 on version 1.
+    produce(&brokers, "customer-feedback", wave("one", 60))
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(90), || rows_written() == 60).await);
+
+    // Version 2 published while wave 2 streams in.
+    let head = registry.current("sentiment-head").unwrap();
+    let manifest: Manifest = registry.manifest(&head).unwrap();
+    let producing = tokio::spawn({
+        let brokers = brokers.clone();
+        let records = wave("two", 200);
+        async move { produce(&brokers, "customer-feedback", records).await }
+    });
+    let v2 = registry
+        .publish(&head.model_path(), manifest.clone(), &[], true)
+        .unwrap();
+    producing.await.unwrap().unwrap();
+    assert!(eventually(Duration::from_secs(90), || rows_written() == 260).await);
+    // The watcher polls every second; give it time to load version 2.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Version 3 is corrupt: it must be rejected, version 2 keeps serving wave 3.
+    let corrupt = registry_dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"this is not an ONNX model").unwrap();
+    let v3 = registry.publish(&corrupt, manifest, &[], true).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&brokers, "customer-feedback", wave("three", 60))
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(90), || rows_written() == 320).await);
+    shutdown.cancel();
+    let summary = running
+        .await
+        .unwrap()
+        .expect("the pipeline ran through both swaps");
+    assert_eq!(summary.dead_letters, 0, "no batch failed during the swaps");
+
+    let rows = read_dataset(&out.path().join("feedback"));
+    let mut versions_by_wave: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for batch in &rows {
+        let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        let versions = batch
+            .column_by_name("model_version")
+            .unwrap()
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let wave = ids.value(row).split('-').next().unwrap().to_owned();
+            *versions_by_wave
+                .entry(wave)
+                .or_default()
+                .entry(versions.value(row).to_owned())
+                .or_default() += 1;
+        }
+    }
+    let (one, two) = ("sentiment-head/1".to_owned(), v2.label());
+    assert_eq!(versions_by_wave["one"], HashMap::from([(one.clone(), 60)]));
+    let wave_two = &versions_by_wave["two"];
+    assert_eq!(wave_two.values().sum::<usize>(), 200);
+    assert!(
+        wave_two.keys().all(|v| *v == one || *v == two),
+        "{wave_two:?}"
+    );
+    assert_eq!(
+        versions_by_wave["three"],
+        HashMap::from([(two.clone(), 60)]),
+        "corrupt {} rejected",
+        v3.label()
+    );
+    assert_eq!(
+        registry.current("sentiment-head").unwrap().label(),
+        v3.label()
+    );
+}
