@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Read a sluice Parquet dataset with pyarrow and DuckDB, as a user would.
 
-Usage: check_dataset.py DATASET_DIR EXPECTED_ROWS
+Usage: check_dataset.py DATASET_DIR EXPECTED_ROWS [--vector COLUMN:WIDTH]
 
 Checks that both readers see the Hive-partitioned dataset (the `date` partition column
 included), that the row count matches, that `_timestamp` is a UTC timestamp, that no
-temp or bookkeeping file is read, and that no row appears twice. Exits non-zero with a
-message on the first mismatch.
+temp or bookkeeping file is read, and that no row appears twice. With --vector, COLUMN
+must be a fixed-size list of WIDTH floats in pyarrow and FLOAT[WIDTH] in DuckDB. Exits
+non-zero with a message on the first mismatch.
 """
 import os
 import sys
@@ -23,6 +24,10 @@ def fail(message: str) -> None:
 
 def main() -> None:
     root, expected = sys.argv[1], int(sys.argv[2])
+    vector = None
+    if len(sys.argv) == 5 and sys.argv[3] == "--vector":
+        name, width = sys.argv[4].split(":")
+        vector = (name, int(width))
 
     dataset = ds.dataset(root, format="parquet", partitioning="hive")
     table = dataset.to_table()
@@ -52,6 +57,17 @@ def main() -> None:
     dates = duckdb.sql(
         f"SELECT count(DISTINCT date) FROM read_parquet('{glob}', hive_partitioning = true)"
     ).fetchall()[0][0]
+
+    if vector:
+        name, width = vector
+        field = table.schema.field(name).type
+        if not (pa.types.is_fixed_size_list(field) and field.list_size == width and pa.types.is_float32(field.value_type)):
+            fail(f"{name} is {field}, expected a fixed-size list of {width} float32")
+        duck_type = duckdb.sql(
+            f"SELECT any_value(typeof({name})) FROM read_parquet('{glob}', hive_partitioning = true)"
+        ).fetchall()[0][0]
+        if duck_type != f"FLOAT[{width}]":
+            fail(f"DuckDB sees {name} as {duck_type}, expected FLOAT[{width}]")
 
     print(f"check_dataset: ok: {expected} rows, {len(dataset.files)} files, {dates} date partitions, _timestamp {ts_type}")
 

@@ -41,7 +41,7 @@ enum Command {
     /// `--pipeline sentiment`, replayed real reviews).
     Demo {
         /// A pipeline name in pipelines/ (`demo`, `sentiment`) or a file.
-        #[arg(long, default_value = "demo")]
+        #[arg(long, default_value = "sentiment")]
         pipeline: PathBuf,
         /// Output directory (the pipeline's `${SLUICE_OUT}`). Default: out/NAME.
         #[arg(long)]
