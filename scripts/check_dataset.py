@@ -6,7 +6,7 @@ Usage: check_dataset.py DATASET_DIR EXPECTED_ROWS [--vector COLUMN:WIDTH]
 Checks that both readers see the Hive-partitioned dataset (the `date` partition column
 included), that the row count matches, that `_timestamp` is a UTC timestamp, that no
 temp or bookkeeping file is read, and that no row appears twice. With --vector, COLUMN
-must be a fixed-size list of WIDTH floats in pyarrow and FLOAT[WIDTH] in DuckDB. Exits
+must be a fixed-size list of WIDTH floats in pyarrow and WIDTH floats per row in DuckDB. Exits
 non-zero with a message on the first mismatch.
 """
 import os
@@ -63,11 +63,14 @@ def main() -> None:
         field = table.schema.field(name).type
         if not (pa.types.is_fixed_size_list(field) and field.list_size == width and pa.types.is_float32(field.value_type)):
             fail(f"{name} is {field}, expected a fixed-size list of {width} float32")
-        duck_type = duckdb.sql(
-            f"SELECT any_value(typeof({name})) FROM read_parquet('{glob}', hive_partitioning = true)"
-        ).fetchall()[0][0]
-        if duck_type != f"FLOAT[{width}]":
-            fail(f"DuckDB sees {name} as {duck_type}, expected FLOAT[{width}]")
+        # Parquet has no fixed-size list type: DuckDB reads the column as a FLOAT list;
+        # every row must still hold exactly WIDTH values.
+        duck_type, shortest, longest = duckdb.sql(
+            f"SELECT any_value(typeof({name})), min(len({name})), max(len({name})) "
+            f"FROM read_parquet('{glob}', hive_partitioning = true)"
+        ).fetchall()[0]
+        if duck_type not in ("FLOAT[]", f"FLOAT[{width}]") or (shortest, longest) != (width, width):
+            fail(f"DuckDB sees {name} as {duck_type} with {shortest}..{longest} values, expected {width} floats")
 
     print(f"check_dataset: ok: {expected} rows, {len(dataset.files)} files, {dates} date partitions, _timestamp {ts_type}")
 

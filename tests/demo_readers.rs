@@ -97,8 +97,20 @@ fn the_sentiment_demo_labels_real_reviews_and_its_vectors_read_back() {
     // Labels of real held-out reviews: the head's accuracy is about 77%, so well above
     // chance but not perfect.
     let agree_line = stdout.lines().find(|l| l.contains("agree with")).unwrap();
-    let percent: f64 = agree_line.split(": ").nth(1).unwrap().split('%').next().unwrap().parse().unwrap();
+    let percent: f64 = agree_line
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(percent > 65.0, "{agree_line}");
-    python_check(&out.path().join("feedback"), rows, &["--vector", "embedding:384"]);
+    python_check(
+        &out.path().join("feedback"),
+        rows,
+        &["--vector", "embedding:384"],
+    );
     python_check(&out.path().join("dead_letters"), dead, &[]);
 }
