@@ -474,8 +474,35 @@ async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is
         .unwrap();
     producing.await.unwrap().unwrap();
     assert!(eventually(Duration::from_secs(90), || rows_written() == 260).await);
-    // The watcher polls every second; give it time to load version 2.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Probe until a new record comes out on version 2 (the watcher polls every second).
+    let mut written = 260;
+    let mut swapped = false;
+    for attempt in 0..60 {
+        let probe = format!("probe-{attempt:03}");
+        let record = feedback(&probe, "c-0003", GOLDEN[0].0, 0);
+        produce(&brokers, "customer-feedback", [record])
+            .await
+            .unwrap();
+        written += 1;
+        assert!(eventually(Duration::from_secs(30), || rows_written() == written).await);
+        let out = read_topic(
+            &brokers,
+            "feedback-sentiment",
+            written as usize,
+            Duration::from_secs(10),
+        );
+        let version = out.iter().find_map(|m| {
+            let value: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+            (value["id"] == probe.as_str())
+                .then(|| value["model_version"].as_str().map(str::to_owned))?
+        });
+        if version.as_deref() == Some(v2.label().as_str()) {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(swapped, "version 2 was never swapped in");
 
     // Version 3 is corrupt: it must be rejected, version 2 keeps serving wave 3.
     let corrupt = registry_dir.path().join("corrupt.onnx");
@@ -485,7 +512,7 @@ async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is
     produce(&brokers, "customer-feedback", wave("three", 60))
         .await
         .unwrap();
-    assert!(eventually(Duration::from_secs(90), || rows_written() == 320).await);
+    assert!(eventually(Duration::from_secs(90), || rows_written() == written + 60).await);
     shutdown.cancel();
     let summary = running
         .await
