@@ -556,3 +556,35 @@ async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is
         v3.label()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_every_row_is_rejected_still_leaves_with_the_output_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer: {model: minilm-l6, device: cpu, inputs: {input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}, outputs: {sentence_embedding: embedding}}\n";
+    let pipeline = pipeline_with_stages(dir.path(), stages).unwrap();
+    let chain = chain(&pipeline).await.unwrap();
+    // Every text empty: tokenize rejects all rows.
+    let out = chain
+        .process(feedback_batch(&pipeline, &["", "   "]))
+        .await
+        .unwrap();
+    assert_eq!((out.rows.num_rows(), out.dead_letters.len()), (0, 2));
+    assert_eq!(out.rows.schema(), *pipeline.output_schema());
+    assert!(out
+        .dead_letters
+        .iter()
+        .all(|d| d.stage == "stages[0].tokenize"));
+    // Nothing decodes: the batch reaches the stages empty.
+    let mut raw = RawBatch::new(BatchId(2), TopicPartition::new("t", 0), 1);
+    raw.push(0, None, None, Some(b"{not json"));
+    let decoded = JsonDecoder::new(
+        pipeline.record_schema.clone(),
+        1 << 20,
+        UnknownFields::Ignore,
+    )
+    .decode(&raw)
+    .unwrap();
+    let out = chain.process(decoded).await.unwrap();
+    assert_eq!(out.rows.schema(), *pipeline.output_schema());
+    assert_eq!(out.dead_letters.len(), 1);
+}

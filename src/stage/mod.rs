@@ -180,6 +180,8 @@ impl Stage {
 /// The stages of a pipeline, built from its config.
 pub struct Chain {
     stages: Vec<Stage>,
+    /// What the sinks expect (the last stage's output schema).
+    output_schema: SchemaRef,
     /// Columns written as a rejected row's payload (the decoded record's fields).
     record_columns: Vec<String>,
 }
@@ -239,6 +241,7 @@ impl Chain {
         }
         Ok(Chain {
             stages,
+            output_schema: input,
             record_columns: spec
                 .record_schema
                 .fields()
@@ -252,10 +255,12 @@ impl Chain {
         self.stages.is_empty()
     }
 
-    /// Runs `batch` through every stage; rejected rows become dead letters.
+    /// Runs `batch` through every stage; rejected rows become dead letters. A batch left
+    /// without rows (all dead letters) still leaves with the output schema.
     pub async fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
         for stage in &self.stages {
             if batch.rows.num_rows() == 0 {
+                batch.rows = RecordBatch::new_empty(self.output_schema.clone());
                 break;
             }
             let input = batch.rows;
