@@ -21,7 +21,8 @@ use crate::sample::{self, FeedbackGenerator};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
-    pub bench: &'static str,
+    /// `e2e/PIPELINE` (`e2e/bench` is topic -> Parquet with no model).
+    pub bench: String,
     pub unix_time: i64,
     pub git_rev: Option<String>,
     pub profile: &'static str,
@@ -70,12 +71,13 @@ pub async fn run(pipeline_file: &Path, out: &Path, records: u64) -> Result<Bench
             .map_err(|e| crate::runtime::RunError::Task(e.to_string()))??
     };
     let pipeline = demo::load_pipeline(pipeline_file, &brokers, out)?;
+    let bench = format!("e2e/{}", pipeline.name());
     let (stats, pipeline_elapsed) =
         demo::run_until_consumed(pipeline, produced, Duration::from_secs(600)).await?;
     let raw_rate = produced as f64 / raw_elapsed.as_secs_f64().max(1e-9);
     let pipeline_rate = produced as f64 / pipeline_elapsed.as_secs_f64().max(1e-9);
     Ok(BenchResult {
-        bench: "e2e_topic_to_parquet",
+        bench,
         unix_time: chrono::Utc::now().timestamp(),
         git_rev: git_rev(),
         profile: if cfg!(debug_assertions) {

@@ -56,9 +56,10 @@ enum Command {
         #[arg(long, default_value_t = 0.01)]
         malformed_rate: f64,
     },
-    /// Measure topic -> Parquet throughput against the raw consume rate.
+    /// Measure a pipeline's end-to-end throughput against the raw consume rate.
     Bench {
-        #[arg(long, default_value = "pipelines/bench.yaml")]
+        /// A pipeline name in pipelines/ (`bench`: no model; `sentiment`) or a file.
+        #[arg(long, default_value = "bench")]
         pipeline: PathBuf,
         #[arg(long, default_value = "out/bench")]
         out: PathBuf,
@@ -146,7 +147,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             records,
             results,
         } => {
-            let result = bench::run(&pipeline, &out, records)
+            let result = bench::run(&demo::pipeline_path(&pipeline), &out, records)
                 .await
                 .context("bench failed")?;
             println!("{result}");

@@ -199,3 +199,83 @@ pub fn spawn_refresh(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+
+    fn config(refresh_ms: u64) -> LookupConfig {
+        LookupConfig {
+            path: "customers.csv".into(),
+            on: "customer_id".into(),
+            key: None,
+            columns: vec!["segment".into()],
+            refresh: Duration::from_millis(refresh_ms),
+        }
+    }
+
+    fn segments(table: &Table, keys: &[Option<&str>]) -> Vec<Option<String>> {
+        let keys: ArrayRef = Arc::new(StringArray::from(keys.to_vec()));
+        let joined = table.join(&keys).unwrap();
+        let column = joined[0].as_string::<i32>();
+        column.iter().map(|v| v.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn csv_and_parquet_tables_join_on_the_key_with_nulls_for_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("customers.csv");
+        std::fs::write(&csv, "customer_id,segment\nc-1,smb\nc-2,enterprise\n").unwrap();
+        let batch = read(&csv).unwrap();
+        let table = Table::build(&batch, &config(1000), &csv).unwrap();
+        let want = vec![Some("enterprise".to_owned()), None, None];
+        assert_eq!(segments(&table, &[Some("c-2"), Some("c-9"), None]), want);
+
+        let parquet = dir.path().join("customers.parquet");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&parquet).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let table = Table::build(&read(&parquet).unwrap(), &config(1000), &parquet).unwrap();
+        assert_eq!(segments(&table, &[Some("c-2"), Some("c-9"), None]), want);
+        assert!(
+            output_fields(&config(1000), &read(&parquet).unwrap().schema()).unwrap()[0]
+                .is_nullable()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refreshed_file_is_swapped_in_and_a_broken_one_keeps_the_old_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("customers.csv");
+        std::fs::write(&csv, "customer_id,segment\nc-1,smb\n").unwrap();
+        let config = config(100);
+        let table: SharedTable = Arc::new(RwLock::new(Arc::new(
+            Table::build(&read(&csv).unwrap(), &config, &csv).unwrap(),
+        )));
+        spawn_refresh(Arc::downgrade(&table), config, csv.clone(), "test".into());
+
+        std::fs::write(&csv, "customer_id,segment\nc-1,enterprise\n").unwrap();
+        let mut refreshed = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if segments(&current(&table), &[Some("c-1")]) == [Some("enterprise".to_owned())] {
+                refreshed = true;
+                break;
+            }
+        }
+        assert!(refreshed, "the new file was not picked up");
+
+        std::fs::write(&csv, "no_key_column\n1\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            segments(&current(&table), &[Some("c-1")]),
+            [Some("enterprise".to_owned())]
+        );
+    }
+}
