@@ -588,3 +588,80 @@ async fn a_batch_whose_every_row_is_rejected_still_leaves_with_the_output_schema
     assert_eq!(out.rows.schema(), *pipeline.output_schema());
     assert_eq!(out.dead_letters.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_model_fails_on_is_rejected_and_the_others_still_get_results() {
+    use arrow::array::{ArrayRef, Int64Array, ListArray};
+    use sluice::config::StageConfig;
+    use sluice::stage::infer::InferStage;
+
+    let dir = tempfile::tempdir().unwrap();
+    let stages = "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer: {model: minilm-l6, device: cpu, max_batch: 8, inputs: {input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}, outputs: {sentence_embedding: embedding}}\n";
+    let pipeline = pipeline_with_stages(dir.path(), stages).unwrap();
+    let StageConfig::Infer(infer_config) = &pipeline.config.stages[1] else {
+        panic!("second stage is infer")
+    };
+    let texts = ["first review", "second review", "third review"];
+    let tokenized = {
+        let tokenize_only =
+            pipeline_with_stages(dir.path(), &stages[..stages.find("  - infer").unwrap()]).unwrap();
+        chain(&tokenize_only)
+            .await
+            .unwrap()
+            .process(feedback_batch(&tokenize_only, &texts))
+            .await
+            .unwrap()
+            .rows
+    };
+    let infer = InferStage::start(
+        "stages[1].infer".into(),
+        infer_config,
+        &pipeline.plan_context.registry,
+        None,
+        &pipeline.stage_schemas[0],
+        pipeline.stage_schemas[1].clone(),
+    )
+    .await
+    .unwrap();
+    let clean = infer.process(tokenized.clone()).await.unwrap();
+    assert!(clean.rejected.is_empty());
+
+    // Row 1 gets a token id past the vocabulary: the embedding lookup fails for it alone.
+    let ids_index = tokenized.schema().index_of("input_ids").unwrap();
+    let ids = tokenized.column(ids_index).as_list::<i32>();
+    let mut values = ids.values().as_primitive::<Int64Type>().values().to_vec();
+    let row_start = ids.value_offsets()[1] as usize;
+    values[row_start + 1] = 9_999_999;
+    let poisoned: ArrayRef = Arc::new(ListArray::new(
+        Arc::new(arrow::datatypes::Field::new_list_field(
+            arrow::datatypes::DataType::Int64,
+            false,
+        )),
+        ids.offsets().clone(),
+        Arc::new(Int64Array::from(values)),
+        None,
+    ));
+    let mut columns = tokenized.columns().to_vec();
+    columns[ids_index] = poisoned;
+    let rows = RecordBatch::try_new(tokenized.schema(), columns).unwrap();
+    let out = infer.process(rows).await.unwrap();
+    assert_eq!(out.rejected.len(), 1, "{:?}", out.rejected);
+    assert_eq!(out.rejected[0].row, 1);
+    assert!(
+        out.rejected[0].reason.contains("minilm-l6/1 failed"),
+        "{}",
+        out.rejected[0].reason
+    );
+    let (good, expected) = (
+        vectors(&out.rows, "embedding"),
+        vectors(&clean.rows, "embedding"),
+    );
+    for row in [0, 2] {
+        let diff = good[row]
+            .iter()
+            .zip(&expected[row])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-5, "row {row} differs by {diff}");
+    }
+}

@@ -362,6 +362,51 @@ fn scatter(batching: &Batching, replies: &mut [Reply], chunk: &[Item], outputs: 
 mod tests {
     use super::*;
 
+    fn request(rows: usize) -> Request {
+        let (reply, _) = oneshot::channel();
+        Request {
+            inputs: vec![Matrix::F32 {
+                data: vec![0.0; rows].into(),
+                width: 1,
+            }],
+            rows,
+            invalid: Vec::new(),
+            reply,
+        }
+    }
+
+    fn batching(max_batch: usize, max_wait: Duration) -> Batching {
+        Batching {
+            stage: "test".into(),
+            input_names: vec!["x".into()],
+            sequence_inputs: vec![false],
+            length_input: None,
+            outputs: Vec::new(),
+            max_batch,
+            max_wait,
+        }
+    }
+
+    #[test]
+    fn small_batches_are_merged_up_to_max_batch_or_max_wait() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queue = Mutex::new(rx);
+        for _ in 0..3 {
+            tx.send(request(10)).unwrap();
+        }
+        // Room for all three: they share one run.
+        let merged = collect(&batching(64, Duration::from_millis(20)), &queue).unwrap();
+        assert_eq!(merged.len(), 3);
+        // A run closes once it holds max_batch rows; the rest wait for the next one.
+        for _ in 0..3 {
+            tx.send(request(10)).unwrap();
+        }
+        let first = collect(&batching(15, Duration::from_secs(5)), &queue).unwrap();
+        assert_eq!(first.iter().map(|r| r.rows).sum::<usize>(), 20);
+        let second = collect(&batching(15, Duration::from_millis(20)), &queue).unwrap();
+        assert_eq!(second.len(), 1, "max_wait ends a run that is not full");
+    }
+
     #[test]
     fn sorting_by_length_cuts_padding_for_mixed_lengths() {
         // Alternating short and long rows, runs of 2: unsorted every run pads to 100.
