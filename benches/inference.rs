@@ -3,7 +3,8 @@
 //! Input: 256 real review texts from `data/reviews.jsonl` (holdout split), decoded into
 //! one batch. `encoder/fast_path` feeds one run of 32 rows straight from the Arrow buffers;
 //! `encoder/sorted_runs_of_32` feeds all 256 rows, sorted by length and cut into runs of 32
-//! (the dynamic batching path); `encoder/unsorted_runs_of_32` is the same without sorting.
+//! (the dynamic batching path); `encoder/unsorted_runs_of_32` is the same without sorting;
+//! `encoder/int8_sorted_runs_of_32` is the sorted path with the int8-quantized encoder.
 //! Needs the models and data from `scripts/setup.sh`.
 
 use std::hint::black_box;
@@ -23,7 +24,7 @@ fn pipeline(dir: &Path, stages: &str) -> Pipeline {
         "name: bench\nsource:\n  kafka:\n    brokers: localhost:1\n    topics: [t]\ndecode:\n  schema: {ROOT}/schemas/customer_feedback.json\nmodels: {ROOT}/models\nstages:\n{stages}sinks:\n  - parquet:\n      path: {out}/rows\ndead_letter:\n  parquet:\n    path: {out}/dead\n",
         out = dir.display()
     );
-    let path = dir.join(format!("bench-{}.yaml", stages.len()));
+    let path = dir.join("bench.yaml");
     std::fs::write(&path, text).expect("write pipeline");
     config::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -72,13 +73,13 @@ fn batch(pipeline: &Pipeline, rows: usize) -> Batch {
 
 const TOKENIZE: &str = "  - tokenize: {input: text, tokenizer: minilm-l6}\n";
 
-fn encoder(max_batch: usize, sort: bool) -> String {
+fn encoder(model: &str, max_batch: usize, sort: bool) -> String {
     let sort = if sort {
         ", sort_by_length_of: attention_mask"
     } else {
         ""
     };
-    format!("{TOKENIZE}  - infer: {{model: minilm-l6, device: cpu, max_batch: {max_batch}{sort}, inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}, outputs: {{sentence_embedding: embedding}}}}\n")
+    format!("{TOKENIZE}  - infer: {{model: {model}, device: cpu, max_batch: {max_batch}{sort}, inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}, outputs: {{sentence_embedding: embedding}}}}\n")
 }
 
 fn bench_inference(c: &mut Criterion) {
@@ -101,12 +102,13 @@ fn bench_inference(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("encoder");
     group.sample_size(10);
-    for (name, rows, max_batch, sort) in [
-        ("fast_path_32_rows", 32, 32, false),
-        ("unsorted_runs_of_32", 256, 32, false),
-        ("sorted_runs_of_32", 256, 32, true),
+    for (name, model, rows, max_batch, sort) in [
+        ("fast_path_32_rows", "minilm-l6", 32, 32, false),
+        ("unsorted_runs_of_32", "minilm-l6", 256, 32, false),
+        ("sorted_runs_of_32", "minilm-l6", 256, 32, true),
+        ("int8_sorted_runs_of_32", "minilm-l6-int8", 256, 32, true),
     ] {
-        let pipeline = pipeline(dir.path(), &encoder(max_batch, sort));
+        let pipeline = pipeline(dir.path(), &encoder(model, max_batch, sort));
         let input = batch(&pipeline, rows);
         let chain = chain(&runtime, &pipeline);
         group.throughput(Throughput::Elements(rows as u64));

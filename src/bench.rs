@@ -45,8 +45,8 @@ impl std::fmt::Display for BenchResult {
         )?;
         writeln!(
             f,
-            "sluice topic -> Parquet {:.0} records/s",
-            self.pipeline_records_per_s
+            "sluice {:<17}{:.0} records/s",
+            self.bench, self.pipeline_records_per_s
         )?;
         write!(f, "ratio pipeline/raw      {:.3}", self.pipeline_over_raw)
     }
