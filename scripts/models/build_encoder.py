@@ -224,6 +224,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", default=str(ROOT / "models"))
     parser.add_argument("--int8", action="store_true", help="also publish the int8 variant minilm-l6-int8")
+    parser.add_argument("--force", action="store_true", help="publish new versions even if the models are already there")
     args = parser.parse_args()
 
     cfg = Config(WEIGHTS / "config.json")
@@ -249,12 +250,19 @@ def main():
         }))
         tokenizer_json = WEIGHTS / "tokenizer.json"
         metrics = {"parity_max_abs_diff_vs_numpy": diff}
-        version = registry.publish(args.registry, "minilm-l6", fp32, metrics=metrics, extra_files=[tokenizer_json, ref],
-                                   description="all-MiniLM-L6-v2 sentence encoder, fp32, built from safetensors")
-        print(f"encoder: published minilm-l6 version {version}")
+        if args.force or registry.current(args.registry, "minilm-l6") is None:
+            version = registry.publish(args.registry, "minilm-l6", fp32, metrics=metrics, extra_files=[tokenizer_json, ref],
+                                       description="all-MiniLM-L6-v2 sentence encoder, fp32, built from safetensors")
+            print(f"encoder: published minilm-l6 version {version}")
 
-        if args.int8:
+        if args.int8 and (args.force or registry.current(args.registry, "minilm-l6-int8") is None):
+            import logging
+
             from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # ORT suggests shape-inference pre-processing, which dynamic quantization of
+            # MatMul weights does not need; keep set-up output quiet.
+            logging.getLogger().setLevel(logging.ERROR)
 
             int8 = Path(tmp) / "model.int8.onnx"
             quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
