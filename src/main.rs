@@ -1,4 +1,4 @@
-//! The `sluice` command line: run, validate, demo, bench.
+//! The `sluice` command line: run, validate, demo, bench, retrain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use sluice::telemetry::{init_logging, Stats};
-use sluice::{bench, config, demo, runtime};
+use sluice::{bench, config, demo, retrain, runtime};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +68,21 @@ enum Command {
         /// JSON-lines file the result is appended to.
         #[arg(long, default_value = "benches/results/e2e.jsonl")]
         results: PathBuf,
+    },
+    /// Train a model version from a pipeline's Parquet dataset; publish it if it beats the
+    /// serving version on the same holdout.
+    Retrain {
+        /// The retrain job file (YAML), e.g. pipelines/retrain-sentiment.yaml.
+        job: PathBuf,
+        /// Publish even if the candidate does not pass the gate.
+        #[arg(long)]
+        force: bool,
+        /// Train and evaluate only; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run again every DURATION (e.g. `24h`) until SIGINT/SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
     },
 }
 
@@ -154,6 +169,48 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             bench::append_result(&results, &result)
                 .with_context(|| format!("appending to {}", results.display()))?;
             println!("appended to {}", results.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retrain {
+            job,
+            force,
+            dry_run,
+            every,
+        } => {
+            let options = retrain::RetrainOptions { force, dry_run };
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(stop.clone()));
+            loop {
+                let loaded = retrain::job::load(&job, &|name| std::env::var(name).ok())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let report = tokio::task::spawn_blocking({
+                    let options = options.clone();
+                    move || {
+                        let bar = indicatif::ProgressBar::new(loaded.job.trainer.epochs as u64)
+                            .with_style(
+                                indicatif::ProgressStyle::with_template(
+                                    "training {bar:30} {pos}/{len} epochs  loss {msg}  eta {eta}",
+                                )
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                            );
+                        let report = retrain::run(&loaded, &options, |_, _, loss| {
+                            bar.set_message(format!("{loss:.4}"));
+                            bar.inc(1);
+                        });
+                        bar.finish_and_clear();
+                        report
+                    }
+                })
+                .await
+                .context("retrain task failed")?
+                .with_context(|| format!("retrain {} failed", job.display()))?;
+                println!("{report}");
+                let Some(every) = every else { break };
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tracing_subscriber::EnvFilter;
 
-/// Sets up `tracing` to stderr. `RUST_LOG` overrides the default level; `json` switches
+/// Sets up `tracing` to stderr (ONNX Runtime's own log at warn and above, it is noisy).
+/// `RUST_LOG` overrides the default level; `json` switches
 /// to one JSON object per line for log shippers.
 pub fn init_logging(default_level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rdkafka=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rdkafka=warn,ort=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

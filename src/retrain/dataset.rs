@@ -1,0 +1,304 @@
+//! Training data from a sink's Parquet dataset, with polars.
+//!
+//! A lazy scan of the Hive-partitioned dataset; the time range, the SQL filter and the
+//! label rules become polars expressions, so predicates and the column projection are
+//! pushed into the scan (only the id, time, label inputs and feature columns are read, and
+//! row groups outside the range are skipped by their statistics). Rows are then
+//! deduplicated by id (the latest wins), labelled (rules, a label column, or a join with a
+//! labels dataset), optionally balanced and sampled, and split into train and holdout by a
+//! hash of the id, so the same rows land on the same side on every run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use super::job::{DatasetConfig, FeatureColumns, LabelConfig};
+use super::trainer::Examples;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("dataset {path}: {source}")]
+    Polars { path: PathBuf, source: PolarsError },
+    #[error("dataset {path}: {message}")]
+    Shape { path: PathBuf, message: String },
+}
+
+/// Labelled rows, split.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    pub train: Examples,
+    pub holdout: Examples,
+    pub holdout_ids: Vec<String>,
+    /// Rows read after deduplication and labelling, before balancing and sampling.
+    pub labelled_rows: usize,
+    /// Rows per class after balancing and sampling (train + holdout).
+    pub class_counts: Vec<usize>,
+}
+
+/// FNV-1a: a stable hash (std's is not guaranteed stable across releases).
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn scan(path: &Path) -> PolarsResult<LazyFrame> {
+    let args = ScanArgsParquet {
+        hive_options: HiveOptions {
+            enabled: Some(true),
+            ..Default::default()
+        },
+        glob: true,
+        ..Default::default()
+    };
+    let pattern = format!("{}/**/*.parquet", path.display());
+    LazyFrame::scan_parquet(PlRefPath::new(pattern.as_str()), args)
+}
+
+fn millis(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Reads, labels and splits the dataset for classes `labels`.
+pub fn load(
+    config: &DatasetConfig,
+    root: &Path,
+    labels_path: Option<&Path>,
+    labels: &[String],
+) -> Result<Split, DatasetError> {
+    let fail = |source: PolarsError| DatasetError::Polars {
+        path: root.to_owned(),
+        source,
+    };
+    let shape = |message: String| DatasetError::Shape {
+        path: root.to_owned(),
+        message,
+    };
+    let mut frame = scan(root).map_err(fail)?;
+
+    let time = col(config.time_column.as_str()).cast(DataType::Int64);
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Some(last) = config.last {
+        frame = frame.filter(time.clone().gt_eq(lit(now - last.as_millis() as i64)));
+    }
+    if let Some(from) = config.from.as_deref().and_then(millis) {
+        frame = frame.filter(time.clone().gt_eq(lit(from)));
+    }
+    if let Some(to) = config.to.as_deref().and_then(millis) {
+        frame = frame.filter(time.clone().lt(lit(to)));
+    }
+    if let Some(filter) = &config.filter {
+        frame = frame.filter(polars::sql::sql_expr(filter).map_err(fail)?);
+    }
+
+    // The label as a string column `__label`.
+    frame = match &config.label {
+        LabelConfig::Rules(rules) => {
+            let mut expr = lit(NULL).cast(DataType::String);
+            for rule in rules.iter().rev() {
+                let condition = polars::sql::sql_expr(&rule.when).map_err(fail)?;
+                expr = when(condition)
+                    .then(lit(rule.label.clone()))
+                    .otherwise(expr);
+            }
+            frame.with_column(expr.alias("__label"))
+        }
+        LabelConfig::Column(column) => {
+            frame.with_column(col(column.as_str()).cast(DataType::String).alias("__label"))
+        }
+        LabelConfig::Join(join) => {
+            let path = labels_path.unwrap_or(&join.path);
+            let found = scan(path).map_err(fail)?.select([
+                col(join.id.as_str())
+                    .cast(DataType::String)
+                    .alias("__label_id"),
+                col(join.label.as_str())
+                    .cast(DataType::String)
+                    .alias("__label"),
+            ]);
+            frame
+                .with_column(
+                    col(config.id.as_str())
+                        .cast(DataType::String)
+                        .alias("__label_id"),
+                )
+                .join(
+                    found,
+                    [col("__label_id")],
+                    [col("__label_id")],
+                    JoinArgs::new(JoinType::Inner),
+                )
+        }
+    };
+
+    let features: Vec<String> = match &config.features {
+        FeatureColumns::Vector(name) => vec![name.clone()],
+        FeatureColumns::Columns(names) => names.clone(),
+    };
+    let mut selected = vec![
+        col(config.id.as_str()).cast(DataType::String).alias("__id"),
+        col(config.time_column.as_str())
+            .cast(DataType::Int64)
+            .alias("__time"),
+        col("__label"),
+    ];
+    selected.extend(features.iter().map(|f| col(f.as_str())));
+    let frame = frame
+        .select(selected)
+        .filter(col("__label").is_in(
+            lit(Series::new("labels".into(), labels.to_vec())).implode(false),
+            false,
+        ))
+        .drop_nulls(None)
+        .sort(["__time"], SortMultipleOptions::default())
+        .unique_stable(
+            Some(Selector::ByName {
+                names: [PlSmallStr::from("__id")].into(),
+                strict: true,
+            }),
+            UniqueKeepStrategy::Last,
+        );
+    let df = frame.collect().map_err(fail)?;
+
+    let ids: Vec<String> = df
+        .column("__id")
+        .map_err(fail)?
+        .str()
+        .map_err(fail)?
+        .iter()
+        .map(|v| v.unwrap_or_default().to_owned())
+        .collect();
+    let row_labels: Vec<usize> = df
+        .column("__label")
+        .map_err(fail)?
+        .str()
+        .map_err(fail)?
+        .iter()
+        .map(|l| l.unwrap_or_default())
+        .map(|l| labels.iter().position(|known| known == l).unwrap_or(0))
+        .collect();
+    let (x, width) = feature_matrix(&df, &features).map_err(|e| match e {
+        FeatureError::Polars(e) => fail(e),
+        FeatureError::Shape(m) => shape(m),
+    })?;
+
+    // Balance and sample deterministically, by the id hash order.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| stable_hash(&ids[i]));
+    let mut per_class = vec![0_usize; labels.len()];
+    for &label in &row_labels {
+        per_class[label] += 1;
+    }
+    let cap = if config.balance {
+        per_class
+            .iter()
+            .copied()
+            .filter(|&n| n > 0)
+            .min()
+            .unwrap_or(0)
+    } else {
+        usize::MAX
+    };
+    let mut taken = vec![0_usize; labels.len()];
+    let mut kept = Vec::new();
+    for i in order {
+        if taken[row_labels[i]] < cap && kept.len() < config.sample_rows.unwrap_or(usize::MAX) {
+            taken[row_labels[i]] += 1;
+            kept.push(i);
+        }
+    }
+    kept.sort_unstable();
+
+    let threshold = (config.holdout * 10_000.0) as u64;
+    let mut split = Split {
+        labelled_rows: ids.len(),
+        class_counts: taken,
+        ..Default::default()
+    };
+    split.train.width = width;
+    split.holdout.width = width;
+    for i in kept {
+        let side = if stable_hash(&format!("split:{}", ids[i])) % 10_000 < threshold {
+            split.holdout_ids.push(ids[i].clone());
+            &mut split.holdout
+        } else {
+            &mut split.train
+        };
+        side.x.extend_from_slice(&x[i * width..(i + 1) * width]);
+        side.y.push(row_labels[i]);
+    }
+    Ok(split)
+}
+
+enum FeatureError {
+    Polars(PolarsError),
+    Shape(String),
+}
+
+impl From<PolarsError> for FeatureError {
+    fn from(e: PolarsError) -> Self {
+        FeatureError::Polars(e)
+    }
+}
+
+/// Row-major float features from one vector column or several numeric columns.
+fn feature_matrix(df: &DataFrame, features: &[String]) -> Result<(Vec<f32>, usize), FeatureError> {
+    let rows = df.height();
+    if let [name] = features {
+        let series = df.column(name)?.as_materialized_series().clone();
+        let inner = match series.dtype() {
+            DataType::Array(_, _) => Some(series.array()?.get_inner()),
+            DataType::List(_) => Some(series.list()?.get_inner()),
+            _ => None,
+        };
+        if let Some(inner) = inner {
+            let values: Vec<f32> = inner
+                .cast(&DataType::Float32)?
+                .f32()?
+                .iter()
+                .map(|v| v.unwrap_or(f32::NAN))
+                .collect();
+            let width = values.len().checked_div(rows).unwrap_or(0);
+            if width * rows != values.len() {
+                return Err(FeatureError::Shape(format!(
+                    "vector column `{name}` has rows of different lengths"
+                )));
+            }
+            return Ok((values, width));
+        }
+    }
+    let columns: Vec<Vec<f32>> = features
+        .iter()
+        .map(|name| -> Result<Vec<f32>, FeatureError> {
+            let series = df
+                .column(name)?
+                .as_materialized_series()
+                .cast(&DataType::Float32)?;
+            Ok(series
+                .f32()?
+                .iter()
+                .map(|v| v.unwrap_or(f32::NAN))
+                .collect())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut x = Vec::with_capacity(rows * columns.len());
+    for row in 0..rows {
+        x.extend(columns.iter().map(|c| c[row]));
+    }
+    Ok((x, columns.len()))
+}
+
+/// Counts by label, for the summary line.
+pub fn describe(counts: &[usize], labels: &[String]) -> String {
+    let parts: HashMap<&str, usize> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(counts.iter().copied())
+        .collect();
+    let mut parts: Vec<String> = parts.into_iter().map(|(l, n)| format!("{l} {n}")).collect();
+    parts.sort();
+    parts.join(", ")
+}

@@ -1,0 +1,348 @@
+//! `sluice retrain JOB.yaml`: train a new model version from what a pipeline accumulated,
+//! check it against the serving one on the same holdout, and publish it if it is better.
+//!
+//! ```text
+//! Parquet dataset --polars--> labelled rows --split by id hash--> train | holdout
+//!   train --trainer--> classifier --export--> ONNX --ONNX Runtime--> holdout predictions
+//!   current version --ONNX Runtime--> holdout predictions
+//!   gate: candidate beats current by min_improvement on the metric -> publish + move `current`
+//! ```
+//!
+//! The running pipelines pick the new version up through the registry watcher (see
+//! `stage::infer::serving`); nothing here talks to them.
+
+pub mod dataset;
+pub mod job;
+pub mod metrics;
+pub mod onnx_export;
+pub mod onnx_proto;
+pub mod trainer;
+
+use std::path::Path;
+
+use ort::value::TensorRef;
+use serde::Serialize;
+
+use self::job::{LabelConfig, LoadedJob};
+use self::metrics::Metrics;
+use crate::config::Device;
+use crate::model::{DevicePlan, ModelError, ModelVersion, Registry, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetrainError {
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("retrain {job}: {message}")]
+    Job { job: String, message: String },
+    #[error("writing {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RetrainOptions {
+    /// Publish even if the gate says no.
+    pub force: bool,
+    /// Train and evaluate, publish nothing.
+    pub dry_run: bool,
+}
+
+/// What one retrain run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrainReport {
+    pub job: String,
+    pub model: String,
+    pub train_rows: usize,
+    pub holdout_rows: usize,
+    pub labelled_rows: usize,
+    pub class_counts: Vec<usize>,
+    pub gate_metric: metrics::GateMetric,
+    pub min_improvement: f64,
+    pub candidate: Metrics,
+    /// `NAME/VERSION` and metrics of the serving version on the same holdout.
+    pub current: Option<(String, Metrics)>,
+    /// ONNX Runtime vs the trainer's own predictions on the holdout.
+    pub onnx_max_abs_diff: f32,
+    pub published: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for RetrainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let metric = serde_json::to_value(self.gate_metric)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let candidate = self.candidate.score(self.gate_metric);
+        write!(
+            f,
+            "retrain {}: candidate {metric} {:.4}",
+            self.job,
+            candidate.abs()
+        )?;
+        if let Some((version, current)) = &self.current {
+            write!(
+                f,
+                " vs {version} {:.4}",
+                current.score(self.gate_metric).abs()
+            )?;
+        }
+        write!(
+            f,
+            " on {} holdout rows ({} train); ",
+            self.holdout_rows, self.train_rows
+        )?;
+        match &self.published {
+            Some(version) => write!(f, "published {version} ({})", self.reason),
+            None => write!(f, "not published ({})", self.reason),
+        }
+    }
+}
+
+/// Predictions of an ONNX classifier on row-major features.
+fn predict_onnx(
+    plan: &DevicePlan,
+    model: &Path,
+    input: &str,
+    x: &[f32],
+    width: usize,
+    classes: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let fail = |e: ort::Error| ModelError::Load {
+        path: model.to_owned(),
+        message: e.to_string(),
+    };
+    let mut session = plan.open(model)?;
+    let mut out = Vec::with_capacity(x.len() / width.max(1) * classes);
+    for chunk in x.chunks(4096 * width.max(1)) {
+        let rows = chunk.len() / width.max(1);
+        let tensor = TensorRef::from_array_view(([rows, width], chunk)).map_err(fail)?;
+        let outputs = session
+            .run(vec![(
+                input.to_owned(),
+                ort::session::SessionInputValue::from(tensor),
+            )])
+            .map_err(fail)?;
+        let value = outputs
+            .get("probabilities")
+            .ok_or_else(|| ModelError::Incompatible {
+                path: model.to_owned(),
+                message: "the model has no `probabilities` output".into(),
+            })?;
+        let (_, data) = value.try_extract_tensor::<f32>().map_err(fail)?;
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
+/// Runs one retrain job.
+pub fn run(
+    loaded: &LoadedJob,
+    options: &RetrainOptions,
+    mut on_epoch: impl FnMut(usize, usize, f32),
+) -> Result<RetrainReport, RetrainError> {
+    let job = &loaded.job;
+    let bad = |message: String| RetrainError::Job {
+        job: job.name.clone(),
+        message,
+    };
+    let registry = Registry::new(loaded.path(&job.models));
+    let labels = &job.model.labels;
+    let labels_path = match &job.dataset.label {
+        LabelConfig::Join(join) => Some(loaded.path(&join.path)),
+        _ => None,
+    };
+    let split = dataset::load(
+        &job.dataset,
+        &loaded.path(&job.dataset.path),
+        labels_path.as_deref(),
+        labels,
+    )?;
+    if split.train.rows() < labels.len() || split.holdout.rows() == 0 {
+        return Err(bad(format!(
+            "too few labelled rows: {} train, {} holdout ({} labelled: {})",
+            split.train.rows(),
+            split.holdout.rows(),
+            split.labelled_rows,
+            dataset::describe(&split.class_counts, labels)
+        )));
+    }
+    tracing::info!(job = %job.name, train = split.train.rows(), holdout = split.holdout.rows(), classes = %dataset::describe(&split.class_counts, labels), "dataset ready");
+
+    let epochs = job.trainer.epochs;
+    let candidate = trainer::train(
+        &split.train,
+        labels.clone(),
+        &job.model.input,
+        &job.trainer,
+        |epoch, loss| on_epoch(epoch, epochs, loss),
+    );
+    let work = tempfile::tempdir().map_err(|source| RetrainError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let onnx_path = work.path().join("model.onnx");
+    std::fs::write(&onnx_path, candidate.to_onnx(&job.model.name)).map_err(|source| {
+        RetrainError::Io {
+            path: onnx_path.clone(),
+            source,
+        }
+    })?;
+
+    let plan = DevicePlan::resolve(Device::Cpu, 0, 0, None, &onnx_path, "retrain")?;
+    let holdout = &split.holdout;
+    let onnx_probs = predict_onnx(
+        &plan,
+        &onnx_path,
+        &job.model.input,
+        &holdout.x,
+        holdout.width,
+        labels.len(),
+    )?;
+    let own: Vec<f32> = (0..holdout.rows())
+        .flat_map(|r| candidate.predict_proba(holdout.row(r)))
+        .collect();
+    let onnx_max_abs_diff = own
+        .iter()
+        .zip(&onnx_probs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    if onnx_max_abs_diff > 1e-4 {
+        return Err(bad(format!(
+            "the exported ONNX model disagrees with the trainer by {onnx_max_abs_diff}"
+        )));
+    }
+    let candidate_metrics = Metrics::compute(labels, &holdout.y, &onnx_probs);
+
+    let current = match registry.current(&job.model.name) {
+        Ok(version) => Some(evaluate_current(
+            &registry, &plan, &version, loaded, holdout,
+        )?),
+        Err(RegistryError::NoCurrent { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let metric = job.gate.metric;
+    let (publish, reason) = match &current {
+        None => (true, "no current version".to_owned()),
+        Some((_, Err(why))) => (
+            options.force,
+            format!("the current version cannot be compared: {why}"),
+        ),
+        Some((version, Ok(current))) => {
+            let gain = candidate_metrics.score(metric) - current.score(metric);
+            let beats = gain > 0.0 && gain >= job.gate.min_improvement;
+            let text = format!(
+                "{gain:+.4} vs {version}, needed +{}",
+                job.gate.min_improvement
+            );
+            (
+                beats || options.force,
+                if options.force && !beats {
+                    format!("forced; {text}")
+                } else {
+                    text
+                },
+            )
+        }
+    };
+    let mut report = RetrainReport {
+        job: job.name.clone(),
+        model: job.model.name.clone(),
+        train_rows: split.train.rows(),
+        holdout_rows: holdout.rows(),
+        labelled_rows: split.labelled_rows,
+        class_counts: split.class_counts.clone(),
+        gate_metric: metric,
+        min_improvement: job.gate.min_improvement,
+        candidate: candidate_metrics.clone(),
+        current: current
+            .as_ref()
+            .and_then(|(v, m)| m.as_ref().ok().map(|m| (v.clone(), m.clone()))),
+        onnx_max_abs_diff,
+        published: None,
+        reason,
+    };
+    if publish && !options.dry_run {
+        let mut metrics = serde_json::Map::new();
+        metrics.insert("holdout_accuracy".into(), candidate_metrics.accuracy.into());
+        metrics.insert("holdout_macro_f1".into(), candidate_metrics.macro_f1.into());
+        metrics.insert("holdout_log_loss".into(), candidate_metrics.log_loss.into());
+        metrics.insert("train_rows".into(), split.train.rows().into());
+        metrics.insert("holdout_rows".into(), holdout.rows().into());
+        let manifest = candidate.manifest(
+            &job.model.name,
+            metrics,
+            &format!("trained by `sluice retrain` ({})", job.name),
+        );
+        let report_path = work.path().join("report.json");
+        report.published = Some(format!(
+            "{}/{}",
+            job.model.name,
+            registry
+                .versions(&job.model.name)
+                .map(|v| v.len() + 1)
+                .unwrap_or(1)
+        ));
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(&report_path, json).map_err(|source| RetrainError::Io {
+            path: report_path.clone(),
+            source,
+        })?;
+        let version = registry.publish(&onnx_path, manifest, &[&report_path], true)?;
+        report.published = Some(version.label());
+    }
+    Ok(report)
+}
+
+/// The serving version's metrics on the holdout, or why it cannot be compared.
+fn evaluate_current(
+    registry: &Registry,
+    plan: &DevicePlan,
+    version: &ModelVersion,
+    loaded: &LoadedJob,
+    holdout: &trainer::Examples,
+) -> Result<(String, Result<Metrics, String>), RetrainError> {
+    let job = &loaded.job;
+    let manifest = registry.manifest(version)?;
+    let label = version.label();
+    if manifest.labels.as_ref() != Some(&job.model.labels) {
+        return Ok((
+            label,
+            Err(format!(
+                "its labels {:?} differ from the job's {:?}",
+                manifest.labels, job.model.labels
+            )),
+        ));
+    }
+    let input = manifest
+        .input(&job.model.input)
+        .and_then(|i| i.fixed_tail());
+    if input != Some(vec![holdout.width as i64]) {
+        return Ok((
+            label,
+            Err(format!(
+                "its input `{}` does not take {} features",
+                job.model.input, holdout.width
+            )),
+        ));
+    }
+    let probs = predict_onnx(
+        plan,
+        &version.model_path(),
+        &job.model.input,
+        &holdout.x,
+        holdout.width,
+        job.model.labels.len(),
+    )?;
+    Ok((
+        label,
+        Ok(Metrics::compute(&job.model.labels, &holdout.y, &probs)),
+    ))
+}
