@@ -32,7 +32,8 @@ enum Command {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
     },
-    /// Check pipeline files; report every error; exit non-zero if any is invalid.
+    /// Check pipeline files (and `retrain-*.yaml` job files); report every error; exit
+    /// non-zero if any is invalid.
     Validate {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
@@ -121,8 +122,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { pipelines } => {
             let mut failed = false;
             for file in &pipelines {
-                match config::load(file) {
-                    Ok(_) => println!("{}: ok", file.display()),
+                let checked = if retrain::job::is_job_file(file) {
+                    retrain::job::load(file, &|name| std::env::var(name).ok()).map(|_| ())
+                } else {
+                    config::load(file).map(|_| ())
+                };
+                match checked {
+                    Ok(()) => println!("{}: ok", file.display()),
                     Err(error) => {
                         failed = true;
                         eprintln!("{error}");

@@ -45,7 +45,11 @@ fn every_shipped_pipeline_validates() {
     for entry in std::fs::read_dir(pipelines_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            config::load_with_vars(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+            if sluice::retrain::job::is_job_file(&path) {
+                sluice::retrain::job::load(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+            } else {
+                config::load_with_vars(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+            }
             checked += 1;
         }
     }

@@ -165,6 +165,13 @@ fn default_metric() -> GateMetric {
     GateMetric::MacroF1
 }
 
+/// Retrain jobs live beside pipelines as `retrain-*.yaml`.
+pub fn is_job_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("retrain-"))
+}
+
 /// A loaded job and the directory its relative paths start from.
 #[derive(Debug, Clone)]
 pub struct LoadedJob {
