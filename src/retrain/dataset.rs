@@ -302,3 +302,207 @@ pub fn describe(counts: &[usize], labels: &[String]) -> String {
     parts.sort();
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, FixedSizeListArray, Float32Array, Int8Array, RecordBatch, StringArray,
+        TimestampMillisecondArray,
+    };
+    use arrow::datatypes::{DataType, Field};
+
+    use super::*;
+    use crate::retrain::job::{LabelJoin, LabelRule};
+
+    const DAY: i64 = 86_400_000;
+
+    /// Writes one Hive partition file of rows `(id, rating, ts_ms, [x, y])`.
+    fn write_part(root: &Path, date: &str, rows: &[(&str, Option<i8>, i64, [f32; 2])]) {
+        let dir = root.join(format!("date={date}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let item = Arc::new(Field::new_list_field(DataType::Float32, false));
+        let values: Vec<f32> = rows.iter().flat_map(|r| r.3).collect();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "id",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            ),
+            (
+                "rating",
+                Arc::new(Int8Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "_timestamp",
+                Arc::new(
+                    TimestampMillisecondArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                        .with_timezone("UTC"),
+                ),
+            ),
+            (
+                "embedding",
+                Arc::new(
+                    FixedSizeListArray::try_new(
+                        item,
+                        2,
+                        Arc::new(Float32Array::from(values)),
+                        None,
+                    )
+                    .unwrap(),
+                ),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let file = std::fs::File::create(dir.join("part.parquet")).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    fn config(label: LabelConfig) -> DatasetConfig {
+        DatasetConfig {
+            path: "unused".into(),
+            id: "id".into(),
+            time_column: "_timestamp".into(),
+            last: None,
+            from: None,
+            to: None,
+            filter: None,
+            features: FeatureColumns::Vector("embedding".into()),
+            label,
+            balance: false,
+            sample_rows: None,
+            holdout: 0.5,
+        }
+    }
+
+    fn rules() -> LabelConfig {
+        LabelConfig::Rules(vec![
+            LabelRule {
+                when: "rating >= 4".into(),
+                label: "pos".into(),
+            },
+            LabelRule {
+                when: "rating <= 2".into(),
+                label: "neg".into(),
+            },
+        ])
+    }
+
+    fn labels() -> Vec<String> {
+        vec!["neg".into(), "pos".into()]
+    }
+
+    #[test]
+    fn rules_dedup_time_range_filter_and_a_stable_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        write_part(
+            dir.path(),
+            "old",
+            &[
+                ("a", Some(5), now - 40 * DAY, [1.0, 1.0]),
+                ("b", Some(1), now - 40 * DAY, [0.0, 0.0]),
+            ],
+        );
+        write_part(
+            dir.path(),
+            "new",
+            &[
+                ("c", Some(5), now - DAY, [1.0, 2.0]),
+                ("c", Some(1), now - DAY / 2, [9.0, 9.0]), // a later copy of c: it wins
+                ("d", Some(3), now - DAY, [3.0, 3.0]),     // rating 3: no rule, dropped
+                ("e", None, now - DAY, [4.0, 4.0]),        // no rating: dropped
+                ("f", Some(2), now - DAY, [5.0, 5.0]),
+                ("g", Some(4), now - DAY, [6.0, 6.0]),
+            ],
+        );
+        let mut all = config(rules());
+        let split = load(&all, dir.path(), None, &labels()).unwrap();
+        assert_eq!(split.labelled_rows, 5, "a, b, c (once), f, g");
+        assert_eq!(split.train.rows() + split.holdout.rows(), 5);
+        assert_eq!(split.train.width, 2);
+        let again = load(&all, dir.path(), None, &labels()).unwrap();
+        assert_eq!(again.holdout_ids, split.holdout_ids, "the split is stable");
+        // c's latest row: rating 1 -> neg, features [9, 9].
+        let both: Vec<(Vec<f32>, usize)> = [&split.train, &split.holdout]
+            .iter()
+            .flat_map(|e| (0..e.rows()).map(move |r| (e.row(r).to_vec(), e.y[r])))
+            .collect();
+        assert!(both.contains(&(vec![9.0, 9.0], 0)));
+        assert!(!both.iter().any(|(x, _)| x == &vec![1.0, 2.0]));
+
+        all.last = Some(std::time::Duration::from_secs(30 * 86_400));
+        let recent = load(&all, dir.path(), None, &labels()).unwrap();
+        assert_eq!(recent.labelled_rows, 3, "c, f, g");
+        all.filter = Some("id <> 'g'".into());
+        assert_eq!(
+            load(&all, dir.path(), None, &labels())
+                .unwrap()
+                .labelled_rows,
+            2
+        );
+        all.filter = None;
+        all.balance = true;
+        let balanced = load(&all, dir.path(), None, &labels()).unwrap();
+        assert_eq!(
+            balanced.class_counts,
+            vec![1, 1],
+            "c and f are neg, g is pos: one of each"
+        );
+    }
+
+    #[test]
+    fn labels_can_come_from_a_joined_dataset() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let now = chrono::Utc::now().timestamp_millis();
+        write_part(
+            &data,
+            "x",
+            &[
+                ("a", None, now, [1.0, 0.0]),
+                ("b", None, now, [0.0, 1.0]),
+                ("c", None, now, [0.5, 0.5]),
+            ],
+        );
+        let label_dir = dir.path().join("labels").join("batch=1");
+        std::fs::create_dir_all(&label_dir).unwrap();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
+            (
+                "label",
+                Arc::new(StringArray::from(vec!["pos", "neg"])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(label_dir.join("l.parquet")).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let join = LabelConfig::Join(LabelJoin {
+            path: "labels".into(),
+            id: "id".into(),
+            label: "label".into(),
+        });
+        let split = load(
+            &config(join),
+            &data,
+            Some(&dir.path().join("labels")),
+            &labels(),
+        )
+        .unwrap();
+        assert_eq!(split.labelled_rows, 2, "c has no label yet");
+        assert_eq!(split.class_counts, vec![1, 1]);
+    }
+}
