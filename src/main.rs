@@ -82,8 +82,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Run again every DURATION (e.g. `24h`) until SIGINT/SIGTERM.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "cron")]
         every: Option<std::time::Duration>,
+        /// Run again at the times of a cron expression (UTC, e.g. "0 3 * * *").
+        #[arg(long)]
+        cron: Option<String>,
     },
 }
 
@@ -182,8 +185,16 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             force,
             dry_run,
             every,
+            cron,
         } => {
             let options = retrain::RetrainOptions { force, dry_run };
+            let schedule = match (every, cron) {
+                (Some(every), _) => Some(retrain::schedule::Schedule::Every(every)),
+                (None, Some(cron)) => {
+                    Some(retrain::schedule::Schedule::cron(&cron).map_err(anyhow::Error::msg)?)
+                }
+                (None, None) => None,
+            };
             let stop = CancellationToken::new();
             tokio::spawn(cancel_on_signal(stop.clone()));
             loop {
@@ -211,9 +222,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .context("retrain task failed")?
                 .with_context(|| format!("retrain {} failed", job.display()))?;
                 println!("{report}");
-                let Some(every) = every else { break };
+                let Some(schedule) = &schedule else { break };
+                let delay = schedule
+                    .delay_after(chrono::Utc::now())
+                    .map_err(anyhow::Error::msg)?;
+                tracing::info!(next_in = %humantime::format_duration(delay), "next retrain scheduled");
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => break,
                 }
             }

@@ -16,6 +16,7 @@ pub mod job;
 pub mod metrics;
 pub mod onnx_export;
 pub mod onnx_proto;
+pub mod schedule;
 pub mod trainer;
 
 use std::path::Path;
