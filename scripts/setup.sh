@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what sluice needs on a fresh Debian/Ubuntu machine, from package registries only.
 #
-#   scripts/setup.sh          build dependencies (C toolchain for the vendored librdkafka),
+#   scripts/setup.sh          build dependencies (C toolchain for the vendored librdkafka, a
+#                             font for retrain report pictures),
 #                             ONNX Runtime's shared library from the PyPI wheel into
 #                             .tools/onnxruntime/, and the models under models/ (the MiniLM
 #                             encoder built from its safetensors weights, fp32 + int8, and
@@ -32,7 +33,7 @@ pip_install() { # requirements file, what it is for
   fi
 }
 
-apt_packages=(build-essential pkg-config zlib1g-dev)
+apt_packages=(build-essential pkg-config zlib1g-dev fonts-dejavu-core)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -16,6 +16,7 @@ pub mod job;
 pub mod metrics;
 pub mod onnx_export;
 pub mod onnx_proto;
+pub mod report;
 pub mod schedule;
 pub mod trainer;
 
@@ -71,6 +72,8 @@ pub struct RetrainReport {
     pub current: Option<(String, Metrics)>,
     /// ONNX Runtime vs the trainer's own predictions on the holdout.
     pub onnx_max_abs_diff: f32,
+    /// Area under the ROC curve of the second class (binary models).
+    pub roc_auc: Option<f64>,
     pub published: Option<String>,
     pub reason: String,
 }
@@ -221,6 +224,11 @@ pub fn run(
         )));
     }
     let candidate_metrics = Metrics::compute(labels, &holdout.y, &onnx_probs);
+    let roc_curve = (labels.len() == 2).then(|| {
+        let truth: Vec<bool> = holdout.y.iter().map(|&y| y == 1).collect();
+        let scores: Vec<f32> = onnx_probs.chunks(2).map(|p| p[1]).collect();
+        report::roc(&truth, &scores)
+    });
 
     let current = match registry.current(&job.model.name) {
         Ok(version) => Some(evaluate_current(
@@ -267,6 +275,7 @@ pub fn run(
             .as_ref()
             .and_then(|(v, m)| m.as_ref().ok().map(|m| (v.clone(), m.clone()))),
         onnx_max_abs_diff,
+        roc_auc: roc_curve.as_ref().map(|(_, auc)| *auc),
         published: None,
         reason,
     };
@@ -296,7 +305,22 @@ pub fn run(
             path: report_path.clone(),
             source,
         })?;
-        let version = registry.publish(&onnx_path, manifest, &[&report_path], true)?;
+        let picture = work.path().join("report.png");
+        let title = format!(
+            "{} candidate: accuracy {:.3}, macro-F1 {:.3}",
+            job.model.name, candidate_metrics.accuracy, candidate_metrics.macro_f1
+        );
+        let curve = roc_curve
+            .as_ref()
+            .map(|(points, auc)| (points.as_slice(), *auc));
+        let mut extra: Vec<&Path> = vec![&report_path];
+        match report::draw(&picture, &title, &candidate_metrics, labels, curve) {
+            Ok(()) => extra.push(&picture),
+            Err(e) => {
+                tracing::warn!(error = %e, "the report picture could not be drawn; publishing without it")
+            }
+        }
+        let version = registry.publish(&onnx_path, manifest, &extra, true)?;
         report.published = Some(version.label());
     }
     Ok(report)
