@@ -226,11 +226,11 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
     let (current_version, current_metrics) = report.current.clone().unwrap();
     assert_eq!(current_version, "sentiment-head/1");
     assert!(report.candidate.macro_f1 > current_metrics.macro_f1 + 0.005);
-    assert!(registry
-        .version("sentiment-head", "2")
-        .dir
-        .join("report.json")
-        .is_file());
+    let published = registry.version("sentiment-head", "2").dir;
+    assert!(published.join("report.json").is_file());
+    let picture = std::fs::read(published.join("report.png")).unwrap();
+    assert_eq!(&picture[1..4], b"PNG");
+    assert!(report.roc_auc.unwrap() > 0.75, "{report}");
 
     // A worse candidate (no training at all) is not published.
     let mut worse = loaded.clone();
