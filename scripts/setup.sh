@@ -6,7 +6,8 @@
 #                             ONNX Runtime's shared library from the PyPI wheel into
 #                             .tools/onnxruntime/, and the models under models/ (the MiniLM
 #                             encoder built from its safetensors weights, fp32 + int8, and
-#                             the first sentiment head trained on public labelled reviews)
+#                             the first sentiment head, trained by `sluice retrain` on public
+#                             labelled reviews: this step builds sluice)
 #   scripts/setup.sh --test   also the Python tools the tests use (scripts/requirements-test.txt):
 #                             noida-db (a Kafka-protocol broker process), pyarrow, duckdb
 #   scripts/setup.sh --gpu    also onnxruntime-gpu into .tools/onnxruntime-gpu/ (255 MB)
@@ -56,5 +57,16 @@ $want_test && pip_install scripts/requirements-test.txt "Python test tools"
 if $want_gpu; then python3 scripts/models/fetch_assets.py --gpu; else python3 scripts/models/fetch_assets.py; fi
 [[ -f data/reviews.jsonl ]] || python3 scripts/models/prepare_reviews.py
 [[ -f models/minilm-l6/current && -f models/minilm-l6-int8/current ]] || python3 scripts/models/build_encoder.py --int8
-[[ -f models/sentiment-head/current ]] || python3 scripts/models/train_head.py
+# The first sentiment head is trained by sluice itself (sluice retrain), which needs the
+# binary: the dev build for the tests (cargo test reuses it), the release build otherwise
+# (what `cargo run --release` then runs).
+if [[ ! -f models/sentiment-head/current ]]; then
+  if $want_test; then
+    cargo build --locked --bin sluice
+    scripts/models/bootstrap_head.sh target/debug/sluice
+  else
+    cargo build --release --locked --bin sluice
+    scripts/models/bootstrap_head.sh target/release/sluice
+  fi
+fi
 echo "setup: ok"

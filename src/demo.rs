@@ -57,6 +57,8 @@ pub struct DemoOptions {
     pub malformed_rate: f64,
     /// Labelled reviews replayed for pipelines that tokenize text.
     pub reviews: PathBuf,
+    /// Which split of the reviews: `holdout` (default) or `train`.
+    pub split: String,
 }
 
 /// `--pipeline sentiment` means `pipelines/sentiment.yaml`; a path is taken as it is.
@@ -111,7 +113,7 @@ impl std::fmt::Display for DemoSummary {
             s.parquet_files, s.parquet_bytes
         )?;
         writeln!(f, "  Kafka messages out {:>10}", s.kafka_messages)?;
-        if let Some(labels) = &self.labels {
+        if let Some(labels) = self.labels.as_ref().filter(|l| l.compared > 0) {
             writeln!(
                 f,
                 "  labels             {:>10}  agree with the reviews' labels: {:.1}% (model {})",
@@ -203,8 +205,10 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     // Spread over the last two days, so the dataset has more than one date partition.
     let spacing = (2 * day / count.max(1) as i64).max(1);
     let (produced, truth) = if texts_matter {
-        let replayed =
-            reviews::spread(&reviews::load(&options.reviews, "holdout")?, count as usize);
+        let replayed = reviews::spread(
+            &reviews::load(&options.reviews, &options.split)?,
+            count as usize,
+        );
         let records = reviews::replay(&replayed, options.malformed_rate, now - 2 * day, spacing);
         let produced = sample::produce(&brokers, DEMO_TOPIC, records).await?;
         let truth = replayed.into_iter().map(|r| (r.id, r.label)).collect();

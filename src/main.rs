@@ -53,6 +53,9 @@ enum Command {
         /// Labelled reviews replayed for pipelines that tokenize text.
         #[arg(long, default_value = "data/reviews.jsonl")]
         reviews: PathBuf,
+        /// Which split of the reviews to replay: `holdout` or `train`.
+        #[arg(long, default_value = "holdout")]
+        split: String,
         /// Fraction of records deliberately malformed.
         #[arg(long, default_value_t = 0.01)]
         malformed_rate: f64,
@@ -150,6 +153,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             records,
             malformed_rate,
             reviews,
+            split,
         } => {
             let pipeline = demo::pipeline_path(&pipeline);
             let stem = pipeline.file_stem().unwrap_or_default().to_string_lossy();
@@ -160,6 +164,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 records,
                 malformed_rate,
                 reviews,
+                split,
             };
             let summary = demo::run(&options).await.context("demo failed")?;
             println!("{summary}");
