@@ -329,21 +329,16 @@ struct TopLevelShape {
     dead_letter: Value,
 }
 
-/// Loads and validates a pipeline file, reading `${VAR}`s from the process environment.
-pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
-    load_with_vars(file, &|name| std::env::var(name).ok())
-}
-
-/// Loads and validates a pipeline file with `${VAR}`s resolved by `lookup` (the demo and
-/// tests point brokers at an in-process cluster this way).
-pub fn load_with_vars(
+/// Reads a YAML file (`what`: "pipeline", "job") and resolves its `${VAR}`s with `lookup`;
+/// a missing variable is an error at its line.
+pub fn read_interpolated(
     file: &Path,
+    what: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, ConfigError> {
-    let raw = std::fs::read_to_string(file).map_err(|e| {
-        ConfigError::single(file, ".", format!("cannot read the pipeline file: {e}"))
-    })?;
-    let text = interpolate(&raw, lookup).map_err(|missing| ConfigError {
+) -> Result<String, ConfigError> {
+    let raw = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::single(file, ".", format!("cannot read the {what} file: {e}")))?;
+    interpolate(&raw, lookup).map_err(|missing| ConfigError {
         file: file.to_owned(),
         issues: missing
             .into_iter()
@@ -357,7 +352,21 @@ pub fn load_with_vars(
                 ),
             })
             .collect(),
-    })?;
+    })
+}
+
+/// Loads and validates a pipeline file, reading `${VAR}`s from the process environment.
+pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
+    load_with_vars(file, &|name| std::env::var(name).ok())
+}
+
+/// Loads and validates a pipeline file with `${VAR}`s resolved by `lookup` (the demo and
+/// tests point brokers at an in-process cluster this way).
+pub fn load_with_vars(
+    file: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    let text = read_interpolated(file, "pipeline", lookup)?;
     let lines = LineIndex::new(&text);
     let root: Value = serde_norway::from_str(&text).map_err(|e| ConfigError {
         file: file.to_owned(),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::metrics::GateMetric;
 use super::trainer::TrainConfig;
-use crate::config::{interpolate, ConfigError, ConfigIssue, LineIndex};
+use crate::config::{read_interpolated, ConfigError, ConfigIssue, LineIndex};
 
 /// A whole retrain job file.
 #[derive(Debug, Clone, Deserialize)]
@@ -191,22 +191,7 @@ pub fn load(
     file: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedJob, ConfigError> {
-    let raw = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::single(file, ".", format!("cannot read the job file: {e}")))?;
-    let text = interpolate(&raw, lookup).map_err(|missing| ConfigError {
-        file: file.to_owned(),
-        issues: missing
-            .into_iter()
-            .map(|m| ConfigIssue {
-                path: ".".into(),
-                line: Some(m.line),
-                message: format!(
-                    "environment variable `{}` is not set and has no default",
-                    m.name
-                ),
-            })
-            .collect(),
-    })?;
+    let text = read_interpolated(file, "job", lookup)?;
     let lines = LineIndex::new(&text);
     let deserializer = serde_norway::Deserializer::from_str(&text);
     let mut track = serde_path_to_error::Track::new();

@@ -118,25 +118,33 @@ fn list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
         return Err("list rows have different lengths; pad them to one length per batch (the tokenize stage does)".into());
     }
     let start = offsets.first().copied().unwrap_or(0) as usize;
-    let len = list.len() * width;
-    Ok(match want {
+    Ok(slice_values(
+        list.values(),
+        start,
+        list.len() * width,
+        width,
+        want,
+    ))
+}
+
+/// A `[rows, width]` matrix over `values[start..start + len]`: the list's own buffer.
+fn slice_values(values: &ArrayRef, start: usize, len: usize, width: usize, want: Elem) -> Matrix {
+    match want {
         Elem::I64 => Matrix::I64 {
-            data: list
-                .values()
+            data: values
                 .as_primitive::<Int64Type>()
                 .values()
                 .slice(start, len),
             width,
         },
         Elem::F32 => Matrix::F32 {
-            data: list
-                .values()
+            data: values
                 .as_primitive::<Float32Type>()
                 .values()
                 .slice(start, len),
             width,
         },
-    })
+    }
 }
 
 fn fixed_list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
@@ -155,25 +163,13 @@ fn fixed_list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
     } else {
         list.value_offset_at(0)
     };
-    let len = list.len() * width;
-    Ok(match want {
-        Elem::I64 => Matrix::I64 {
-            data: list
-                .values()
-                .as_primitive::<Int64Type>()
-                .values()
-                .slice(start, len),
-            width,
-        },
-        Elem::F32 => Matrix::F32 {
-            data: list
-                .values()
-                .as_primitive::<Float32Type>()
-                .values()
-                .slice(start, len),
-            width,
-        },
-    })
+    Ok(slice_values(
+        list.values(),
+        start,
+        list.len() * width,
+        width,
+        want,
+    ))
 }
 
 fn stacked_matrix(columns: &[&ArrayRef], want: Elem) -> Result<Matrix, String> {
