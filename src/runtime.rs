@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
-use crate::config::{Pipeline, SinkConfig, SourceConfig};
+use crate::config::{Pipeline, ScheduledRetrain, SinkConfig, SourceConfig};
 use crate::dead_letter;
 use crate::decode::JsonDecoder;
 use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
@@ -163,6 +163,9 @@ pub async fn run(
     );
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    if let Some(retrain) = pipeline.retrain.clone() {
+        tasks.spawn(retrain_task(retrain, shutdown.clone()));
+    }
     let mut sink_inputs = Vec::with_capacity(sinks.len());
     for sink in sinks {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -272,4 +275,45 @@ async fn process_task(
         }
     }
     Ok(())
+}
+
+/// Runs the pipeline's `retrain` job on its schedule until shutdown, on a blocking thread
+/// so the stream never waits for it. A failed run is logged; the next one still happens.
+/// A version it publishes reaches this pipeline's infer stages through the registry
+/// watcher, like one published by a separate `sluice retrain`.
+async fn retrain_task(
+    retrain: ScheduledRetrain,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    loop {
+        let delay = match retrain.schedule.delay_after(chrono::Utc::now()) {
+            Ok(delay) => delay,
+            Err(e) => {
+                tracing::error!(error = %e, "retrain schedule has no next run; scheduled retraining stops");
+                return Ok(());
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        let job = retrain.job.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            crate::retrain::run(
+                &job,
+                &crate::retrain::RetrainOptions::default(),
+                |_, _, _| {},
+            )
+        });
+        tokio::select! {
+            outcome = run => match outcome {
+                Ok(Ok(report)) => tracing::info!(report = %report, "scheduled retrain finished"),
+                Ok(Err(e)) => tracing::error!(error = %e, "scheduled retrain failed; the serving model stays"),
+                Err(e) => tracing::error!(error = %e, "scheduled retrain task failed"),
+            },
+            // Shutdown does not wait for a run in progress. Publishing is a rename at its
+            // very end, so a run cut off by the process exiting leaves nothing half-written.
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
 }

@@ -291,3 +291,125 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
         "{versions:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipeline() {
+    let models = Path::new(ROOT).join("models");
+    let registry_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        models.join("minilm-l6"),
+        registry_dir.path().join("minilm-l6"),
+    )
+    .unwrap();
+    let registry = Registry::new(registry_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let weak = untrained_head();
+    let weak_path = work.path().join("weak.onnx");
+    std::fs::write(&weak_path, weak.to_onnx("weak")).unwrap();
+    registry
+        .publish(
+            &weak_path,
+            weak.manifest("sentiment-head", Default::default(), "untrained"),
+            &[],
+            true,
+        )
+        .unwrap();
+
+    // pipelines/sentiment.yaml with a `retrain` section, written where the test runs.
+    let text = std::fs::read_to_string(Path::new(ROOT).join("pipelines/sentiment.yaml"))
+        .unwrap()
+        .replace("../schemas/", &format!("{ROOT}/schemas/"))
+        .replace(
+            "path: reference/",
+            &format!("path: {ROOT}/pipelines/reference/"),
+        );
+    let file = work.path().join("sentiment-retrain.yaml");
+    std::fs::write(
+        &file,
+        format!("{text}retrain:\n  job: {ROOT}/pipelines/retrain-sentiment.yaml\n  every: 3s\n"),
+    )
+    .unwrap();
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("customer-feedback", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = work.path().join("out");
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("SLUICE_BROKERS", brokers.clone()),
+        ("SLUICE_OUT", out.display().to_string()),
+        ("SLUICE_MODELS", registry_dir.path().display().to_string()),
+        ("SLUICE_DEVICE", "cpu".to_owned()),
+    ]);
+    let pipeline = config::load_with_vars(&file, &|name| vars.get(name).cloned())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(pipeline.retrain.is_some());
+    let stats = Arc::new(Stats::default());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        async move { runtime::run(&pipeline, shutdown, stats).await }
+    });
+
+    let all = reviews::load(&Path::new(ROOT).join("data/reviews.jsonl"), "holdout").unwrap();
+    let picked = reviews::spread(&all, 650);
+    let (first, later) = picked.split_at(600);
+    let now = chrono::Utc::now().timestamp_millis();
+    produce(
+        &brokers,
+        "customer-feedback",
+        reviews::replay(first, 0.0, now - 3_600_000, 1_000),
+    )
+    .await
+    .unwrap();
+    let published = eventually(Duration::from_secs(120), || {
+        registry
+            .current("sentiment-head")
+            .map(|v| v.version != "1")
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        published,
+        "the pipeline's own schedule published a better head"
+    );
+    // Give the watcher time to serve it, then new rows carry a trained version.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = stats.snapshot().rows_decoded;
+    produce(
+        &brokers,
+        "customer-feedback",
+        reviews::replay(later, 0.0, now, 1_000),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().rows_decoded
+            == before + 50)
+        .await
+    );
+    shutdown.cancel();
+    running
+        .await
+        .unwrap()
+        .expect("the stream kept running beside the retrain runs");
+
+    let later_ids: std::collections::HashSet<&str> = later.iter().map(|r| r.id.as_str()).collect();
+    let mut later_versions = Vec::new();
+    for batch in read_dataset(&out.join("feedback")) {
+        let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        let model = batch
+            .column_by_name("model_version")
+            .unwrap()
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            if later_ids.contains(ids.value(row)) {
+                later_versions.push(model.value(row).to_owned());
+            }
+        }
+    }
+    assert_eq!(later_versions.len(), 50);
+    assert!(
+        later_versions.iter().all(|v| v != "sentiment-head/1"),
+        "{later_versions:?}"
+    );
+}

@@ -53,10 +53,27 @@ pub struct PipelineConfig {
     /// Where the ONNX Runtime library is (see `src/model/onnxruntime.rs`).
     #[serde(default)]
     pub onnxruntime: OnnxRuntimeConfig,
+    /// A retrain job that `sluice run` executes on a schedule, beside the stream.
+    #[serde(default)]
+    pub retrain: Option<PipelineRetrainConfig>,
     /// Where rows go after the stages. At least one.
     pub sinks: Vec<SinkConfig>,
     /// Where records that cannot be processed go, with the reason.
     pub dead_letter: DeadLetterConfig,
+}
+
+/// `retrain`: run a retrain job (`sluice retrain`) from inside `sluice run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineRetrainConfig {
+    /// The job file, relative to the pipeline file (e.g. `retrain-sentiment.yaml`).
+    pub job: PathBuf,
+    /// Run every DURATION (e.g. `24h`). One of `every` and `cron`.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Run at the times of a cron expression (UTC, e.g. `0 3 * * *`).
+    #[serde(default)]
+    pub cron: Option<String>,
 }
 
 /// Where records come from.
@@ -325,6 +342,8 @@ struct TopLevelShape {
     models: Option<Value>,
     #[serde(default)]
     onnxruntime: Option<Value>,
+    #[serde(default)]
+    retrain: Option<Value>,
     sinks: Vec<Value>,
     dead_letter: Value,
 }
@@ -381,10 +400,55 @@ pub fn load_with_vars(
         issues: with_lines(issues, &lines),
     })?;
     let base_dir = file.parent().unwrap_or(Path::new("."));
-    validate::validate(config, base_dir).map_err(|issues| ConfigError {
+    let mut pipeline = validate::validate(config, base_dir).map_err(|issues| ConfigError {
         file: file.to_owned(),
         issues: with_lines(issues, &lines),
-    })
+    })?;
+    pipeline.retrain = scheduled_retrain(&pipeline, file, &lines, lookup)?;
+    Ok(pipeline)
+}
+
+/// The pipeline's `retrain` job, loaded with the same variables, and its schedule.
+fn scheduled_retrain(
+    pipeline: &Pipeline,
+    file: &Path,
+    lines: &LineIndex,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ScheduledRetrain>, ConfigError> {
+    let Some(retrain) = &pipeline.config.retrain else {
+        return Ok(None);
+    };
+    let issue = |path: &str, message: String| ConfigError {
+        file: file.to_owned(),
+        issues: vec![ConfigIssue {
+            path: path.into(),
+            line: lines.line_of(path),
+            message,
+        }],
+    };
+    let schedule = match (&retrain.every, &retrain.cron) {
+        (Some(every), None) => crate::retrain::schedule::Schedule::Every(*every),
+        (None, Some(cron)) => {
+            crate::retrain::schedule::Schedule::cron(cron).map_err(|e| issue("retrain.cron", e))?
+        }
+        _ => {
+            return Err(issue(
+                "retrain",
+                "expected exactly one of `every` and `cron`".into(),
+            ))
+        }
+    };
+    let job_file = pipeline.plan_context.base_dir.join(&retrain.job);
+    let job = crate::retrain::job::load(&job_file, lookup)
+        .map_err(|e| issue("retrain.job", e.to_string()))?;
+    Ok(Some(ScheduledRetrain { job, schedule }))
+}
+
+/// A retrain job that `sluice run` executes on its schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduledRetrain {
+    pub job: crate::retrain::job::LoadedJob,
+    pub schedule: crate::retrain::schedule::Schedule,
 }
 
 fn with_lines(mut issues: Vec<ConfigIssue>, lines: &LineIndex) -> Vec<ConfigIssue> {
@@ -424,6 +488,9 @@ fn parse_sections(root: &Value) -> Result<PipelineConfig, Vec<ConfigIssue>> {
     }
     if let Some(onnxruntime) = section("onnxruntime") {
         issues.extend(typed::<OnnxRuntimeConfig>(onnxruntime, "onnxruntime").err());
+    }
+    if let Some(retrain) = section("retrain") {
+        issues.extend(typed::<PipelineRetrainConfig>(retrain, "retrain").err());
     }
     if let Some(Value::Sequence(sinks)) = section("sinks") {
         for (i, sink) in sinks.iter().enumerate() {

@@ -31,6 +31,8 @@ pub struct Pipeline {
     pub schema_path: PathBuf,
     /// Paths the stages resolve (pipeline file directory, model registry).
     pub plan_context: PlanContext,
+    /// The `retrain` section's job, loaded (set by the loader after these checks).
+    pub retrain: Option<super::ScheduledRetrain>,
 }
 
 impl Pipeline {
@@ -188,6 +190,7 @@ pub(super) fn validate(
             stage_schemas,
             schema_path,
             plan_context,
+            retrain: None,
         }),
         _ => Err(issues.0),
     }
