@@ -15,7 +15,7 @@ use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
 use sluice::config::{self, Pipeline, UnknownFields};
 use sluice::decode::JsonDecoder;
 use sluice::reviews;
-use sluice::stage::{Chain, ChainSpec};
+use sluice::stage::Chain;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -31,14 +31,7 @@ fn pipeline(dir: &Path, stages: &str) -> Pipeline {
 
 fn chain(runtime: &tokio::runtime::Runtime, pipeline: &Pipeline) -> Chain {
     runtime
-        .block_on(Chain::build(ChainSpec {
-            stages: &pipeline.config.stages,
-            row_schema: &pipeline.row_schema,
-            stage_schemas: &pipeline.stage_schemas,
-            record_schema: &pipeline.record_schema,
-            ctx: &pipeline.plan_context,
-            onnxruntime_library: None,
-        }))
+        .block_on(Chain::build(pipeline))
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -33,7 +33,7 @@ use crate::sink::parquet::{ParquetInput, ParquetSink};
 use crate::sink::{SinkError, SinkMessage};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::source::SourceMessage;
-use crate::stage::{Chain, ChainSpec, StageError};
+use crate::stage::{Chain, StageError};
 use crate::telemetry::{Stats, StatsSnapshot};
 
 /// Batches buffered between two tasks. Small: batches are large, and a slow sink should
@@ -149,18 +149,7 @@ pub async fn run(
     }
 
     // Models load and warm up before the consumer joins the group.
-    let library = pipeline.onnxruntime_library();
-    let chain = Arc::new(
-        Chain::build(ChainSpec {
-            stages: &config.stages,
-            row_schema: &pipeline.row_schema,
-            stage_schemas: &pipeline.stage_schemas,
-            record_schema: &pipeline.record_schema,
-            ctx: &pipeline.plan_context,
-            onnxruntime_library: library.as_deref(),
-        })
-        .await?,
-    );
+    let chain = Arc::new(Chain::build(pipeline).await?);
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     if let Some(retrain) = pipeline.retrain.clone() {

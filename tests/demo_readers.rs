@@ -35,21 +35,31 @@ fn python_check(dataset: &Path, rows: u64, extra: &[&str]) {
     );
 }
 
-#[test]
-fn the_demo_prints_its_summary_and_pyarrow_and_duckdb_read_what_it_wrote() {
-    let out = tempfile::tempdir().unwrap();
+/// Runs `sluice demo ARGS --out OUT` (on the CPU) and returns its stdout; fails on a
+/// non-zero exit.
+fn run_demo(args: &[&str], out: &Path) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["demo", "--pipeline", "demo", "--records", "5000", "--out"])
-        .arg(out.path())
+        .arg("demo")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .env("SLUICE_DEVICE", "cpu")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_demo_prints_its_summary_and_pyarrow_and_duckdb_read_what_it_wrote() {
+    let out = tempfile::tempdir().unwrap();
+    let stdout = run_demo(&["--pipeline", "demo", "--records", "5000"], out.path());
 
     assert_eq!(summary_number(&stdout, "records in"), 5_000);
     let rows = summary_number(&stdout, "rows written");
@@ -77,19 +87,7 @@ fn the_demo_prints_its_summary_and_pyarrow_and_duckdb_read_what_it_wrote() {
 #[test]
 fn the_sentiment_demo_labels_real_reviews_and_its_vectors_read_back() {
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["demo", "--records", "400", "--out"])
-        .arg(out.path())
-        .env("SLUICE_DEVICE", "cpu")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_demo(&["--records", "400"], out.path());
     let rows = summary_number(&stdout, "rows written");
     let dead = summary_number(&stdout, "dead letters");
     assert_eq!(rows + dead, 400, "{stdout}");

@@ -14,17 +14,14 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::mocking::MockCluster;
-use tokio_util::sync::CancellationToken;
 
 use common::*;
 use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
 use sluice::config::{self, Pipeline, UnknownFields};
 use sluice::decode::JsonDecoder;
 use sluice::model::{Manifest, Registry};
-use sluice::runtime;
 use sluice::sample::{produce, SampleRecord};
-use sluice::stage::{Chain, ChainSpec};
-use sluice::telemetry::Stats;
+use sluice::stage::Chain;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -62,18 +59,6 @@ fn pipeline_with_stages(dir: &Path, stages: &str) -> Result<Pipeline, config::Co
     let path = dir.join("stages.yaml");
     std::fs::write(&path, text).unwrap();
     config::load(&path)
-}
-
-async fn chain(pipeline: &Pipeline) -> Result<Chain, sluice::stage::StageError> {
-    Chain::build(ChainSpec {
-        stages: &pipeline.config.stages,
-        row_schema: &pipeline.row_schema,
-        stage_schemas: &pipeline.stage_schemas,
-        record_schema: &pipeline.record_schema,
-        ctx: &pipeline.plan_context,
-        onnxruntime_library: None,
-    })
-    .await
 }
 
 /// A decoded batch of feedback records with these texts.
@@ -137,7 +122,7 @@ async fn tokenizer_and_encoder_match_the_numpy_reference() {
             "  - tokenize: {{input: text, tokenizer: minilm-l6}}\n  - infer:\n      model: minilm-l6\n      device: cpu\n      inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}\n      outputs: {{sentence_embedding: embedding}}\n      {batching}\n"
         );
         let pipeline = pipeline_with_stages(dir.path(), &stages).unwrap_or_else(|e| panic!("{e}"));
-        let chain = chain(&pipeline).await.unwrap();
+        let chain = Chain::build(&pipeline).await.unwrap();
         let out = chain
             .process(feedback_batch(&pipeline, &texts))
             .await
@@ -238,7 +223,7 @@ async fn device_cuda_without_a_gpu_fails_clearly_and_auto_falls_back_to_the_cpu(
         format!("  - tokenize: {{input: text, tokenizer: minilm-l6}}\n  - infer: {{model: minilm-l6, device: {device}, inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}, outputs: {{sentence_embedding: embedding}}}}\n")
     };
     let cuda = pipeline_with_stages(dir.path(), &encoder("cuda")).unwrap();
-    let err = chain(&cuda)
+    let err = Chain::build(&cuda)
         .await
         .err()
         .expect("device: cuda must fail without a CUDA provider");
@@ -248,7 +233,7 @@ async fn device_cuda_without_a_gpu_fails_clearly_and_auto_falls_back_to_the_cpu(
     assert!(text.contains("scripts/setup.sh --gpu"), "{text}");
 
     let auto = pipeline_with_stages(dir.path(), &encoder("auto")).unwrap();
-    let chain = chain(&auto)
+    let chain = Chain::build(&auto)
         .await
         .expect("device: auto falls back to the CPU");
     let out = chain
@@ -318,12 +303,11 @@ async fn golden_sentences_get_their_labels_through_the_whole_sentiment_pipeline(
 
     let out = tempfile::tempdir().unwrap();
     let pipeline = sentiment(&brokers, out.path(), &models());
-    let stats = Arc::new(Stats::default());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move { runtime::run(&pipeline, shutdown, stats).await }
-    });
+    let Running {
+        stats,
+        shutdown,
+        handle: running,
+    } = spawn_pipeline(pipeline);
     assert!(
         eventually(Duration::from_secs(90), || stats.snapshot().records_in
             == records.len() as u64)
@@ -435,12 +419,11 @@ async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is
     let registry = private_registry(registry_dir.path());
     let out = tempfile::tempdir().unwrap();
     let pipeline = sentiment(&brokers, out.path(), registry_dir.path());
-    let stats = Arc::new(Stats::default());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move { runtime::run(&pipeline, shutdown, stats).await }
-    });
+    let Running {
+        stats,
+        shutdown,
+        handle: running,
+    } = spawn_pipeline(pipeline);
     let wave = |name: &str, n: usize| -> Vec<SampleRecord> {
         (0..n)
             .map(|i| {
@@ -562,7 +545,7 @@ async fn a_batch_whose_every_row_is_rejected_still_leaves_with_the_output_schema
     let dir = tempfile::tempdir().unwrap();
     let stages = "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer: {model: minilm-l6, device: cpu, inputs: {input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}, outputs: {sentence_embedding: embedding}}\n";
     let pipeline = pipeline_with_stages(dir.path(), stages).unwrap();
-    let chain = chain(&pipeline).await.unwrap();
+    let chain = Chain::build(&pipeline).await.unwrap();
     // Every text empty: tokenize rejects all rows.
     let out = chain
         .process(feedback_batch(&pipeline, &["", "   "]))
@@ -605,7 +588,7 @@ async fn a_row_the_model_fails_on_is_rejected_and_the_others_still_get_results()
     let tokenized = {
         let tokenize_only =
             pipeline_with_stages(dir.path(), &stages[..stages.find("  - infer").unwrap()]).unwrap();
-        chain(&tokenize_only)
+        Chain::build(&tokenize_only)
             .await
             .unwrap()
             .process(feedback_batch(&tokenize_only, &texts))

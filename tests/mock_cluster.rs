@@ -53,12 +53,11 @@ async fn every_record_lands_once_with_its_values_and_bad_records_land_in_dead_le
         properties: &[],
     }
     .load();
-    let stats = Arc::new(Stats::default());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move { runtime::run(&pipeline, shutdown, stats).await }
-    });
+    let Running {
+        stats,
+        shutdown,
+        handle: running,
+    } = spawn_pipeline(pipeline);
     assert!(
         eventually(Duration::from_secs(60), || stats.snapshot().records_in
             == 3_000)
@@ -179,13 +178,12 @@ async fn a_restarted_pipeline_resumes_from_its_commits_without_duplicates() {
     let all = records(2, 2_000, 0.0);
     for (round, chunk) in all.chunks(1_000).enumerate() {
         produce(&brokers, "feedback", chunk.to_vec()).await.unwrap();
-        let stats = Arc::new(Stats::default());
-        let shutdown = CancellationToken::new();
         let pipeline = test_pipeline.load();
-        let running = tokio::spawn({
-            let (stats, shutdown) = (stats.clone(), shutdown.clone());
-            async move { runtime::run(&pipeline, shutdown, stats).await }
-        });
+        let Running {
+            stats,
+            shutdown,
+            handle: running,
+        } = spawn_pipeline(pipeline);
         assert!(
             eventually(Duration::from_secs(60), || stats.snapshot().records_in
                 >= 1_000)

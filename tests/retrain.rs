@@ -8,14 +8,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::AsArray;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
-use tokio_util::sync::CancellationToken;
 
 use common::*;
 use sluice::config::{self, Device};
@@ -24,9 +22,7 @@ use sluice::retrain::onnx_export::{Classifier, Dense};
 use sluice::retrain::trainer::{train, Examples, TrainConfig};
 use sluice::retrain::{self, job, RetrainOptions};
 use sluice::reviews;
-use sluice::runtime;
 use sluice::sample::produce;
-use sluice::telemetry::Stats;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -131,32 +127,28 @@ fn untrained_head() -> Classifier {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_swap() {
+/// A private registry: the encoder linked from models/, and an untrained head as version 1.
+fn registry_serving_an_untrained_head() -> (tempfile::TempDir, Registry) {
     let models = Path::new(ROOT).join("models");
     assert!(
         models.join("minilm-l6/current").is_file(),
         "models/ is missing: run scripts/setup.sh first"
     );
-    let registry_dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        models.join("minilm-l6"),
-        registry_dir.path().join("minilm-l6"),
-    )
-    .unwrap();
-    let registry = Registry::new(registry_dir.path());
-    let work = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(models.join("minilm-l6"), dir.path().join("minilm-l6")).unwrap();
+    let registry = Registry::new(dir.path());
     let weak = untrained_head();
-    let weak_path = work.path().join("weak.onnx");
+    let weak_path = dir.path().join("weak.onnx");
     std::fs::write(&weak_path, weak.to_onnx("weak")).unwrap();
-    registry
-        .publish(
-            &weak_path,
-            weak.manifest("sentiment-head", Default::default(), "untrained"),
-            &[],
-            true,
-        )
-        .unwrap();
+    let manifest = weak.manifest("sentiment-head", Default::default(), "untrained");
+    registry.publish(&weak_path, manifest, &[], true).unwrap();
+    (dir, registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_swap() {
+    let (registry_dir, registry) = registry_serving_an_untrained_head();
+    let work = tempfile::tempdir().unwrap();
 
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("customer-feedback", 2, 1).unwrap();
@@ -172,12 +164,11 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
     let pipeline =
         config::load_with_vars(&Path::new(ROOT).join("pipelines/sentiment.yaml"), &lookup)
             .unwrap_or_else(|e| panic!("{e}"));
-    let stats = Arc::new(Stats::default());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move { runtime::run(&pipeline, shutdown, stats).await }
-    });
+    let Running {
+        stats,
+        shutdown,
+        handle: running,
+    } = spawn_pipeline(pipeline);
 
     // Wave A: labelled reviews (ratings 1-2 or 4-5) accumulate in Parquet.
     let all = reviews::load(&Path::new(ROOT).join("data/reviews.jsonl"), "holdout").unwrap();
@@ -294,26 +285,8 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipeline() {
-    let models = Path::new(ROOT).join("models");
-    let registry_dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        models.join("minilm-l6"),
-        registry_dir.path().join("minilm-l6"),
-    )
-    .unwrap();
-    let registry = Registry::new(registry_dir.path());
+    let (registry_dir, registry) = registry_serving_an_untrained_head();
     let work = tempfile::tempdir().unwrap();
-    let weak = untrained_head();
-    let weak_path = work.path().join("weak.onnx");
-    std::fs::write(&weak_path, weak.to_onnx("weak")).unwrap();
-    registry
-        .publish(
-            &weak_path,
-            weak.manifest("sentiment-head", Default::default(), "untrained"),
-            &[],
-            true,
-        )
-        .unwrap();
 
     // pipelines/sentiment.yaml with a `retrain` section, written where the test runs.
     let text = std::fs::read_to_string(Path::new(ROOT).join("pipelines/sentiment.yaml"))
@@ -343,12 +316,11 @@ async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipel
     let pipeline = config::load_with_vars(&file, &|name| vars.get(name).cloned())
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(pipeline.retrain.is_some());
-    let stats = Arc::new(Stats::default());
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move { runtime::run(&pipeline, shutdown, stats).await }
-    });
+    let Running {
+        stats,
+        shutdown,
+        handle: running,
+    } = spawn_pipeline(pipeline);
 
     let all = reviews::load(&Path::new(ROOT).join("data/reviews.jsonl"), "holdout").unwrap();
     let picked = reviews::spread(&all, 650);

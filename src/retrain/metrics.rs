@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::stage::enrich::derive::argmax;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
     pub label: String,
@@ -30,17 +32,7 @@ impl Metrics {
         let mut log_loss = 0.0;
         for (row, &t) in truth.iter().enumerate() {
             let p = &probabilities[row * classes..(row + 1) * classes];
-            let predicted = p
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 {
-                        (i, v)
-                    } else {
-                        best
-                    }
-                })
-                .0;
+            let predicted = argmax(p);
             confusion[t][predicted] += 1;
             log_loss -= f64::from(p[t].clamp(1e-7, 1.0)).ln();
         }

@@ -18,7 +18,7 @@ pub mod enrich;
 pub mod infer;
 pub mod tokenize;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
@@ -27,7 +27,7 @@ use arrow::datatypes::{Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::error::ArrowError;
 
 use crate::batch::{Batch, TopicPartition};
-use crate::config::{ConfigIssue, StageConfig};
+use crate::config::{ConfigIssue, Pipeline, StageConfig};
 use crate::dead_letter::DeadLetter;
 use crate::model::Registry;
 
@@ -186,27 +186,20 @@ pub struct Chain {
     record_columns: Vec<String>,
 }
 
-/// Everything [`Chain::build`] needs from the checked pipeline.
-pub struct ChainSpec<'a> {
-    pub stages: &'a [StageConfig],
-    pub row_schema: &'a SchemaRef,
-    pub stage_schemas: &'a [SchemaRef],
-    pub record_schema: &'a Schema,
-    pub ctx: &'a PlanContext,
-    pub onnxruntime_library: Option<&'a Path>,
-}
-
 impl Chain {
     /// Builds every stage: loads tokenizers, opens and warms up model sessions, reads
     /// lookup tables. Slow (seconds), so it runs before the source subscribes.
-    pub async fn build(spec: ChainSpec<'_>) -> Result<Chain, StageError> {
-        let mut stages = Vec::with_capacity(spec.stages.len());
-        let mut input = spec.row_schema.clone();
-        for (i, (config, output)) in spec.stages.iter().zip(spec.stage_schemas).enumerate() {
+    pub async fn build(pipeline: &Pipeline) -> Result<Chain, StageError> {
+        let configs = &pipeline.config.stages;
+        let ctx = &pipeline.plan_context;
+        let library = pipeline.onnxruntime_library();
+        let mut stages = Vec::with_capacity(configs.len());
+        let mut input = pipeline.row_schema.clone();
+        for (i, (config, output)) in configs.iter().zip(&pipeline.stage_schemas).enumerate() {
             let name = format!("stages[{i}].{}", config.kind());
             let stage = match config {
                 StageConfig::Tokenize(config) => {
-                    let file = tokenize::tokenizer_path(config, spec.ctx).map_err(|message| {
+                    let file = tokenize::tokenizer_path(config, ctx).map_err(|message| {
                         StageError::Setup {
                             stage: name.clone(),
                             message,
@@ -224,16 +217,15 @@ impl Chain {
                     infer::InferStage::start(
                         name,
                         config,
-                        &spec.ctx.registry,
-                        spec.onnxruntime_library,
+                        &ctx.registry,
+                        library.as_deref(),
                         &input,
                         output.clone(),
                     )
                     .await?,
                 ),
                 StageConfig::Enrich(config) => Stage::Enrich(
-                    enrich::EnrichStage::start(name, config, spec.ctx, &input, output.clone())
-                        .await?,
+                    enrich::EnrichStage::start(name, config, ctx, &input, output.clone()).await?,
                 ),
             };
             stages.push(stage);
@@ -242,7 +234,7 @@ impl Chain {
         Ok(Chain {
             stages,
             output_schema: input,
-            record_columns: spec
+            record_columns: pipeline
                 .record_schema
                 .fields()
                 .iter()

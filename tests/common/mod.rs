@@ -250,3 +250,27 @@ pub fn int_column(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
         .map(|i| array.is_valid(i).then(|| array.value(i)))
         .collect()
 }
+
+/// A pipeline running on a tokio task, with its counters and its shutdown token.
+pub struct Running {
+    pub stats: std::sync::Arc<sluice::telemetry::Stats>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub handle: tokio::task::JoinHandle<
+        Result<sluice::telemetry::StatsSnapshot, sluice::runtime::RunError>,
+    >,
+}
+
+/// Starts `pipeline` (`runtime::run`) on a task.
+pub fn spawn_pipeline(pipeline: Pipeline) -> Running {
+    let stats = std::sync::Arc::new(sluice::telemetry::Stats::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn({
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        async move { sluice::runtime::run(&pipeline, shutdown, stats).await }
+    });
+    Running {
+        stats,
+        shutdown,
+        handle,
+    }
+}

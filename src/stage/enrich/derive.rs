@@ -9,6 +9,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch,
     StringArray,
 };
+use arrow::buffer::ScalarBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
 
@@ -162,33 +163,21 @@ fn check_labels(
     }
 }
 
-fn float_values(column: &ArrayRef) -> Result<(Vec<f32>, usize), StageError> {
+/// A vector column's values as one row-major float buffer, and its width. Float32
+/// vectors (what `infer` writes) are read in place; other types are cast once.
+fn float_values(column: &ArrayRef) -> Result<(ScalarBuffer<f32>, usize), StageError> {
     let list = column.as_fixed_size_list();
     let width = list.value_length() as usize;
-    let start = if list.is_empty() {
-        0
-    } else {
-        list.value_offset_at(0)
+    let values = list.values().slice(0, list.len() * width);
+    let values = match values.data_type() {
+        DataType::Float32 => values,
+        _ => cast(&values, &DataType::Float32)?,
     };
-    let values = list.values().slice(start, list.len() * width);
-    let values: Vec<f32> = match values.data_type() {
-        DataType::Float32 => values.as_primitive::<Float32Type>().values().to_vec(),
-        DataType::Float64 => values
-            .as_primitive::<Float64Type>()
-            .values()
-            .iter()
-            .map(|v| *v as f32)
-            .collect(),
-        other => cast(&values, &DataType::Float32)
-            .map_err(|_| StageError::Task(format!("vector of {other}")))?
-            .as_primitive::<Float32Type>()
-            .values()
-            .to_vec(),
-    };
-    Ok((values, width))
+    Ok((values.as_primitive::<Float32Type>().values().clone(), width))
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// Index of the largest value (the first of equal ones).
+pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
@@ -257,7 +246,8 @@ pub fn compute(
             ))
         }
         DeriveConfig::Softmax { input, .. } => {
-            let (mut values, width) = float_values(&column(input)?)?;
+            let (values, width) = float_values(&column(input)?)?;
+            let mut values = values.to_vec();
             for row in values.chunks_mut(width.max(1)) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;

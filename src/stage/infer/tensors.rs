@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int64Array};
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Float32Type, Int64Type};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, Int64Type};
 
 /// The element types sluice feeds to and reads from models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,46 +173,35 @@ fn fixed_list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
 }
 
 fn stacked_matrix(columns: &[&ArrayRef], want: Elem) -> Result<Matrix, String> {
-    let rows = columns.first().map_or(0, |c| c.len());
     let width = columns.len();
-    let cast_all = |dt: &DataType| -> Result<Vec<ArrayRef>, String> {
-        columns
-            .iter()
-            .map(|c| cast(c, dt).map_err(|e| e.to_string()))
-            .collect()
-    };
     Ok(match want {
-        Elem::F32 => {
-            let cols = cast_all(&DataType::Float32)?;
-            let cols: Vec<&[f32]> = cols
-                .iter()
-                .map(|c| c.as_primitive::<Float32Type>().values().as_ref())
-                .collect();
-            let mut data = Vec::with_capacity(rows * width);
-            for row in 0..rows {
-                data.extend(cols.iter().map(|c| c[row]));
-            }
-            Matrix::F32 {
-                data: data.into(),
-                width,
-            }
-        }
-        Elem::I64 => {
-            let cols = cast_all(&DataType::Int64)?;
-            let cols: Vec<&[i64]> = cols
-                .iter()
-                .map(|c| c.as_primitive::<Int64Type>().values().as_ref())
-                .collect();
-            let mut data = Vec::with_capacity(rows * width);
-            for row in 0..rows {
-                data.extend(cols.iter().map(|c| c[row]));
-            }
-            Matrix::I64 {
-                data: data.into(),
-                width,
-            }
-        }
+        Elem::F32 => Matrix::F32 {
+            data: interleave::<Float32Type>(columns)?.into(),
+            width,
+        },
+        Elem::I64 => Matrix::I64 {
+            data: interleave::<Int64Type>(columns)?.into(),
+            width,
+        },
     })
+}
+
+/// Columns cast to `T`, interleaved row by row (Arrow stores them column by column).
+fn interleave<T: ArrowPrimitiveType>(columns: &[&ArrayRef]) -> Result<Vec<T::Native>, String> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let cast: Vec<ArrayRef> = columns
+        .iter()
+        .map(|c| cast(c, &T::DATA_TYPE).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let values: Vec<&[T::Native]> = cast
+        .iter()
+        .map(|c| c.as_primitive::<T>().values().as_ref())
+        .collect();
+    let mut data = Vec::with_capacity(rows * columns.len());
+    for row in 0..rows {
+        data.extend(values.iter().map(|c| c[row]));
+    }
+    Ok(data)
 }
 
 /// One model output's values for the rows of one request, row-major.
