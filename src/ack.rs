@@ -4,7 +4,8 @@
 //! The source registers each batch (in offset order) before sending it downstream, saying
 //! how many sinks must acknowledge it. Sinks acknowledge in any order; a partition's
 //! committable offset advances only over the contiguous prefix of fully acknowledged
-//! batches and is `last + 1`, the Kafka convention for "next offset to read". The source
+//! batches and is `last + 1`, the Kafka convention for "next offset to read", or the
+//! batch's `retain_from` when a stateful stage still needs earlier records. The source
 //! thread takes the advanced offsets to store them with librdkafka, and waits on the
 //! tracker (a condvar) to drain a partition before committing on revoke and shutdown.
 
@@ -19,6 +20,8 @@ struct PendingBatch {
     id: BatchId,
     last_offset: i64,
     remaining: usize,
+    /// Earliest offset a stateful stage still holds after this batch.
+    retain_from: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +81,21 @@ impl AckTracker {
                 id: provenance.id,
                 last_offset: provenance.last_offset,
                 remaining: self.sinks,
+                retain_from: None,
             });
+    }
+
+    /// After processing a batch, a stateful stage still holds records of its partition
+    /// from `offset` on: commits for this batch stop there. Call before any sink acks it.
+    pub fn retain(&self, tp: &TopicPartition, id: BatchId, offset: i64) {
+        let mut state = self.lock();
+        if let Some(batch) = state
+            .partitions
+            .get_mut(tp)
+            .and_then(|p| p.pending.iter_mut().find(|b| b.id == id))
+        {
+            batch.retain_from = Some(offset);
+        }
     }
 
     /// One sink made the batch durable.
@@ -92,7 +109,8 @@ impl AckTracker {
         }
         while partition.pending.front().is_some_and(|b| b.remaining == 0) {
             if let Some(done) = partition.pending.pop_front() {
-                partition.committable = Some(done.last_offset + 1);
+                let next = done.last_offset + 1;
+                partition.committable = Some(done.retain_from.map_or(next, |r| r.min(next)));
                 partition.advanced = true;
             }
         }
@@ -216,6 +234,22 @@ mod tests {
             tracker.committable(std::slice::from_ref(&tp)),
             vec![(tp, 30)]
         );
+    }
+
+    #[test]
+    fn commits_stop_at_what_a_stateful_stage_retains() {
+        let tracker = AckTracker::new(1);
+        let (a, b) = (batch(1, 0, 9), batch(2, 10, 19));
+        tracker.register(&a);
+        tracker.register(&b);
+        let tp = a.tp.clone();
+        // After batch a an open window holds offsets from 4; after b, from 12.
+        tracker.retain(&tp, a.id, 4);
+        tracker.retain(&tp, b.id, 12);
+        tracker.ack(&tp, a.id);
+        assert_eq!(tracker.take_committable(), vec![(tp.clone(), 4)]);
+        tracker.ack(&tp, b.id);
+        assert_eq!(tracker.take_committable(), vec![(tp, 12)]);
     }
 
     #[test]

@@ -145,4 +145,7 @@ pub struct Batch {
     /// Record fields plus `_topic`, `_partition`, `_offset`, `_timestamp`.
     pub rows: RecordBatch,
     pub dead_letters: Vec<DeadLetter>,
+    /// The earliest offset of the partition a stateful stage still holds in memory (an
+    /// open window): a restart must re-read from there, so commits stop there.
+    pub retain_from: Option<i64>,
 }

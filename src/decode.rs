@@ -83,6 +83,7 @@ impl JsonDecoder {
             provenance: raw.provenance.clone(),
             rows,
             dead_letters,
+            retain_from: None,
         })
     }
 

@@ -6,9 +6,11 @@
 //!       +------------------ AckTracker (durable -> committable) <-----------+
 //! ```
 //!
-//! The process task keeps up to [`STAGE_CONCURRENCY`] batches in flight through the
-//! stages at once and hands them on in source order; having several in flight is what lets
-//! an `infer` stage merge small batches into one model run.
+//! The process task decodes and runs the stateful stages (`window`) one batch at a time in
+//! source order, then keeps up to [`STAGE_CONCURRENCY`] batches in flight through the
+//! other stages at once and hands them on in source order; having several in flight is
+//! what lets an `infer` stage merge small batches into one model run. A revoke reaches the
+//! stateful stages in order too, after the revoked partitions' last batch.
 //!
 //! [`run`] takes the shutdown token as an argument (mini-redis style), so the binary
 //! wires it to SIGINT/SIGTERM and tests and the demo cancel it themselves. Only the
@@ -180,6 +182,7 @@ pub async fn run(
         chain,
         source_rx,
         sink_inputs,
+        tracker.clone(),
         stats.clone(),
     ));
     let source_shutdown = shutdown.clone();
@@ -218,6 +221,12 @@ pub async fn run(
     }
 }
 
+/// A source message after the ordered part of the chain.
+enum Ordered {
+    Batch(crate::batch::Batch),
+    Flush(crate::sink::Flush),
+}
+
 /// Decodes each raw batch, runs it through the stages and hands it to every sink;
 /// forwards flushes in order.
 async fn process_task(
@@ -225,20 +234,45 @@ async fn process_task(
     chain: Arc<Chain>,
     input: mpsc::Receiver<SourceMessage>,
     sinks: Vec<mpsc::Sender<SinkMessage>>,
+    tracker: Arc<AckTracker>,
     stats: Arc<Stats>,
 ) -> Result<(), RunError> {
-    let decoder = &decoder;
+    let decoder = Arc::new(decoder);
     let stats = &stats;
     let messages = futures::stream::unfold(input, |mut input| async move {
         input.recv().await.map(|message| (message, input))
     });
-    let processed = messages
+    let ordered = {
+        let chain = chain.clone();
+        messages.then(move |message| {
+            let (chain, decoder, tracker) = (chain.clone(), decoder.clone(), tracker.clone());
+            async move {
+                Ok::<_, RunError>(match message {
+                    SourceMessage::Batch(raw) => {
+                        let batch = chain.process_ordered(decoder.decode(&raw)?).await?;
+                        if let Some(offset) = batch.retain_from {
+                            let prov = &batch.provenance;
+                            tracker.retain(&prov.tp, prov.id, offset);
+                        }
+                        Ordered::Batch(batch)
+                    }
+                    SourceMessage::Flush(flush) => {
+                        if flush.revoke || flush.partitions.is_none() {
+                            chain.revoke(flush.partitions.as_deref());
+                        }
+                        Ordered::Flush(flush)
+                    }
+                })
+            }
+        })
+    };
+    let processed = ordered
         .map(|message| {
             let chain = chain.clone();
             async move {
-                match message {
-                    SourceMessage::Batch(raw) => {
-                        let batch = chain.process(decoder.decode(&raw)?).await?;
+                match message? {
+                    Ordered::Batch(batch) => {
+                        let batch = chain.process_rest(batch).await?;
                         stats.record_decoded(
                             batch.rows.num_rows() as u64,
                             batch.dead_letters.len() as u64,
@@ -248,7 +282,7 @@ async fn process_task(
                         }
                         Ok::<_, RunError>(SinkMessage::Batch(Arc::new(batch)))
                     }
-                    SourceMessage::Flush(flush) => Ok(SinkMessage::Flush(flush)),
+                    Ordered::Flush(flush) => Ok(SinkMessage::Flush(flush)),
                 }
             }
         })

@@ -30,8 +30,9 @@ pub use error::{ConfigError, ConfigIssue};
 pub use interpolate::{interpolate, MissingVar};
 pub use locate::LineIndex;
 pub use stages::{
-    DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource, LookupConfig,
-    OnnxRuntimeConfig, StageConfig, TokenizeConfig,
+    BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,
+    LookupConfig, OnnxRuntimeConfig, StageConfig, TokenizeConfig, WindowConfig, WindowFeature,
+    WindowField,
 };
 pub use validate::Pipeline;
 

@@ -1,5 +1,5 @@
-//! The `stages` section and the model settings: typed structs for `tokenize`, `infer` and
-//! `enrich`, in the order rows pass through them.
+//! The `stages` section and the model settings: typed structs for `window`, `tokenize`,
+//! `infer` and `enrich`, in the order rows usually pass through them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum StageConfig {
+    Window(WindowConfig),
     Tokenize(TokenizeConfig),
     Infer(InferConfig),
     Enrich(EnrichConfig),
@@ -18,11 +19,118 @@ pub enum StageConfig {
 impl StageConfig {
     pub fn kind(&self) -> &'static str {
         match self {
+            StageConfig::Window(_) => "window",
             StageConfig::Tokenize(_) => "tokenize",
             StageConfig::Infer(_) => "infer",
             StageConfig::Enrich(_) => "enrich",
         }
     }
+}
+
+/// `window`: per-key event-time windows over the rows, one output row per closed window
+/// with features of the values inside it (see `stage::window`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Utf8 columns that identify the series (e.g. `[machine_id]`); windows are per key.
+    pub key: Vec<String>,
+    /// Event-time column (`timestamp_ms`).
+    pub time: String,
+    /// Window length.
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// Distance between window starts. Default: `size` (tumbling windows); smaller gives
+    /// sliding windows, each record then counts in `size / slide` windows.
+    #[serde(default, with = "humantime_serde")]
+    pub slide: Option<Duration>,
+    /// How long after a window's end records may still arrive for it (measured on the
+    /// key's event time). Later records go to the dead letters as late. Default: `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Rows where any of these columns is null are not windowed (they belong to another
+    /// feed on the same topic). Default: none.
+    #[serde(default)]
+    pub only_with: Vec<String>,
+    /// Utf8 columns copied from the window's latest record (e.g. a known condition).
+    #[serde(default)]
+    pub carry: Vec<String>,
+    /// The columns to summarize and how.
+    pub fields: Vec<WindowField>,
+}
+
+impl WindowConfig {
+    pub fn slide(&self) -> Duration {
+        self.slide.unwrap_or(self.size)
+    }
+}
+
+/// One summarized column: a number per record, or a chunk of samples per record
+/// (`list<float64>` with `sample_rate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowField {
+    pub input: String,
+    /// Features, each written to `INPUT_FEATURE` (Float64).
+    pub features: Vec<WindowFeature>,
+    /// For a list column: the Float64 column giving each chunk's samples per second
+    /// (sample `i` of a chunk is at `time + i / rate`). Required for list columns.
+    #[serde(default)]
+    pub sample_rate: Option<String>,
+    /// Spectral band power of the window's samples (list columns), each written to
+    /// `INPUT_band_NAME`: the signal's mean square in `[low_hz, high_hz)`, from an FFT of
+    /// the window's samples in time order.
+    #[serde(default)]
+    pub bands: Vec<BandConfig>,
+}
+
+/// Window features (population statistics over the window's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowFeature {
+    Mean,
+    Std,
+    Rms,
+    Min,
+    Max,
+    /// Largest absolute value.
+    Peak,
+    /// Peak / RMS.
+    Crest,
+    /// Pearson kurtosis m4 / m2² (3 for a normal distribution).
+    Kurtosis,
+    /// m3 / m2^1.5.
+    Skew,
+    /// Least-squares slope of value over time, per second.
+    Slope,
+    /// Values in the window.
+    Count,
+}
+
+impl WindowFeature {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowFeature::Mean => "mean",
+            WindowFeature::Std => "std",
+            WindowFeature::Rms => "rms",
+            WindowFeature::Min => "min",
+            WindowFeature::Max => "max",
+            WindowFeature::Peak => "peak",
+            WindowFeature::Crest => "crest",
+            WindowFeature::Kurtosis => "kurtosis",
+            WindowFeature::Skew => "skew",
+            WindowFeature::Slope => "slope",
+            WindowFeature::Count => "count",
+        }
+    }
+}
+
+/// A frequency band whose energy becomes a feature.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandConfig {
+    pub name: String,
+    pub low_hz: f64,
+    pub high_hz: f64,
 }
 
 /// `tokenize`: a text column -> `input_ids`, `attention_mask`, `token_type_ids` (lists of
@@ -154,6 +262,13 @@ pub enum DeriveConfig {
     },
     /// Softmax of a vector column (logits -> probabilities).
     Softmax { input: String, output: String },
+    /// Sum of some elements of a vector column (e.g. the probabilities of every fault
+    /// class).
+    Sum {
+        input: String,
+        indices: Vec<usize>,
+        output: String,
+    },
     /// `input > above` as a boolean column.
     Threshold {
         input: String,

@@ -1,10 +1,18 @@
 //! Stages: what happens to decoded rows between decode and the sinks.
 //!
 //! A stage takes a `RecordBatch` and returns one with the same rows (plus or minus
-//! columns), and may reject rows with a reason. It never sees offsets: the [`Chain`]
+//! columns), and may reject rows with a reason; `window` instead returns one row per
+//! window that closed (an aggregating stage). Stages never see offsets: the [`Chain`]
 //! carries provenance beside the data, turns rejected rows into dead letters (from the
 //! row's `_topic/_partition/_offset/_timestamp` columns, with the row as JSON for payload)
 //! and drops them before the next stage.
+//!
+//! Stateful stages (`window`) must see a partition's batches in offset order, so the chain
+//! is run in two parts: [`Chain::process_ordered`] (every stage up to the last stateful
+//! one, one batch at a time, in source order) and [`Chain::process_rest`] (the others,
+//! several batches at once). A stateful stage also says how far back a restart must
+//! re-read to rebuild its state; the batch carries that as `retain_from`, and offsets are
+//! never committed past it.
 //!
 //! Every stage's output schema is computed from its input schema and its config by
 //! [`plan`], at load time (`sluice validate` included), so a pipeline whose stages do not
@@ -17,6 +25,7 @@
 pub mod enrich;
 pub mod infer;
 pub mod tokenize;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,11 +72,14 @@ impl Rejection {
     }
 }
 
-/// What a stage returns: one output row per input row, and the rows to reject.
+/// What a stage returns: one output row per input row (or per closed window when
+/// `aggregated`), and the input rows to reject.
 #[derive(Debug)]
 pub struct StageOutput {
     pub rows: RecordBatch,
     pub rejected: Vec<Rejection>,
+    /// The rows are new rows (not one per input row); rejected rows are not among them.
+    pub aggregated: bool,
 }
 
 /// What stage planning needs: where relative paths start and the model registry.
@@ -129,6 +141,7 @@ pub fn plan(
     for (i, stage) in stages.iter().enumerate() {
         let mut issues = PlanIssues::new(format!("stages[{i}].{}", stage.kind()));
         let schema = match stage {
+            StageConfig::Window(config) => window::output_schema(config, &current, &mut issues),
             StageConfig::Tokenize(config) => {
                 if let Err(e) = tokenize::tokenizer_path(config, ctx) {
                     issues.add("tokenizer", e);
@@ -154,6 +167,7 @@ pub fn plan(
 
 /// One running stage.
 pub enum Stage {
+    Window(window::WindowStage),
     Tokenize(tokenize::TokenizeStage),
     Infer(infer::InferStage),
     Enrich(enrich::EnrichStage),
@@ -162,6 +176,7 @@ pub enum Stage {
 impl Stage {
     pub fn name(&self) -> &str {
         match self {
+            Stage::Window(s) => s.name(),
             Stage::Tokenize(s) => s.name(),
             Stage::Infer(s) => s.name(),
             Stage::Enrich(s) => s.name(),
@@ -170,6 +185,7 @@ impl Stage {
 
     pub async fn process(&self, rows: RecordBatch) -> Result<StageOutput, StageError> {
         match self {
+            Stage::Window(s) => s.process(rows).await,
             Stage::Tokenize(s) => s.process(rows).await,
             Stage::Infer(s) => s.process(rows).await,
             Stage::Enrich(s) => s.process(rows).await,
@@ -180,6 +196,9 @@ impl Stage {
 /// The stages of a pipeline, built from its config.
 pub struct Chain {
     stages: Vec<Stage>,
+    /// Stages `..ordered` run one batch at a time in source order (they end with the last
+    /// stateful stage).
+    ordered: usize,
     /// What the sinks expect (the last stage's output schema).
     output_schema: SchemaRef,
     /// Columns written as a rejected row's payload (the decoded record's fields).
@@ -198,6 +217,9 @@ impl Chain {
         for (i, (config, output)) in configs.iter().zip(&pipeline.stage_schemas).enumerate() {
             let name = format!("stages[{i}].{}", config.kind());
             let stage = match config {
+                StageConfig::Window(config) => {
+                    Stage::Window(window::WindowStage::new(name, config, output.clone()))
+                }
                 StageConfig::Tokenize(config) => {
                     let file = tokenize::tokenizer_path(config, ctx).map_err(|message| {
                         StageError::Setup {
@@ -231,8 +253,13 @@ impl Chain {
             stages.push(stage);
             input = output.clone();
         }
+        let ordered = stages
+            .iter()
+            .rposition(|s| matches!(s, Stage::Window(_)))
+            .map_or(0, |i| i + 1);
         Ok(Chain {
             stages,
+            ordered,
             output_schema: input,
             record_columns: pipeline
                 .record_schema
@@ -249,15 +276,64 @@ impl Chain {
 
     /// Runs `batch` through every stage; rejected rows become dead letters. A batch left
     /// without rows (all dead letters) still leaves with the output schema.
-    pub async fn process(&self, mut batch: Batch) -> Result<Batch, StageError> {
+    pub async fn process(&self, batch: Batch) -> Result<Batch, StageError> {
+        let batch = self.process_ordered(batch).await?;
+        self.process_rest(batch).await
+    }
+
+    /// The stages up to the last stateful one. Call it for one batch at a time, in the
+    /// order the source sent them.
+    pub async fn process_ordered(&self, batch: Batch) -> Result<Batch, StageError> {
+        let mut batch = self.run_stages(batch, 0..self.ordered).await?;
+        batch.retain_from = self
+            .stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Window(w) => w.retain_from(&batch.provenance.tp),
+                _ => None,
+            })
+            .min();
+        Ok(batch)
+    }
+
+    /// The stages after the last stateful one; any number of batches at once.
+    pub async fn process_rest(&self, batch: Batch) -> Result<Batch, StageError> {
+        let mut batch = self.run_stages(batch, self.ordered..self.stages.len()).await?;
+        batch.dead_letters.sort_by_key(|d| d.offset);
+        Ok(batch)
+    }
+
+    /// The partitions were revoked (or the pipeline stops): stateful stages drop what they
+    /// hold for them, the next owner rebuilds it from the committed offsets.
+    pub fn revoke(&self, partitions: Option<&[TopicPartition]>) {
         for stage in &self.stages {
+            if let Stage::Window(w) = stage {
+                w.revoke(partitions);
+            }
+        }
+    }
+
+    async fn run_stages(
+        &self,
+        mut batch: Batch,
+        range: std::ops::Range<usize>,
+    ) -> Result<Batch, StageError> {
+        let last = range.end == self.stages.len();
+        for stage in &self.stages[range] {
             if batch.rows.num_rows() == 0 {
-                batch.rows = RecordBatch::new_empty(self.output_schema.clone());
                 break;
             }
             let input = batch.rows;
             let output = stage.process(input.clone()).await?;
-            batch.rows = if output.rejected.is_empty() {
+            batch.rows = if output.rejected.is_empty() || output.aggregated {
+                if !output.rejected.is_empty() {
+                    batch.dead_letters.extend(self.dead_letters(
+                        stage.name(),
+                        &batch.provenance.tp,
+                        &input,
+                        &output.rejected,
+                    )?);
+                }
                 output.rows
             } else {
                 let mut keep = vec![true; input.num_rows()];
@@ -273,7 +349,9 @@ impl Chain {
                 filter_record_batch(&output.rows, &BooleanArray::from(keep))?
             };
         }
-        batch.dead_letters.sort_by_key(|d| d.offset);
+        if last && batch.rows.num_rows() == 0 {
+            batch.rows = RecordBatch::new_empty(self.output_schema.clone());
+        }
         Ok(batch)
     }
 

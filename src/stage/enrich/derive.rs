@@ -62,6 +62,7 @@ pub fn plan(derive: &[DeriveConfig], fields: &mut Vec<Arc<Field>>, issues: &mut 
             DeriveConfig::Argmax { input, output, .. }
             | DeriveConfig::Max { input, output }
             | DeriveConfig::Element { input, output, .. }
+            | DeriveConfig::Sum { input, output, .. }
             | DeriveConfig::Softmax { input, output }
             | DeriveConfig::Threshold { input, output, .. } => (input, output),
         };
@@ -116,6 +117,19 @@ pub fn plan(derive: &[DeriveConfig], fields: &mut Vec<Arc<Field>>, issues: &mut 
                             "index {index} is outside the vector's {} elements",
                             width.unwrap_or(0)
                         ),
+                    );
+                }
+                DataType::Float32
+            }
+            DeriveConfig::Sum { indices, .. } => {
+                let width = width.unwrap_or(0);
+                if indices.is_empty() {
+                    issues.add(&format!("{key}.indices"), "expected at least one index");
+                }
+                if let Some(bad) = indices.iter().find(|&&i| i >= width) {
+                    issues.add(
+                        &format!("{key}.indices"),
+                        format!("index {bad} is outside the vector's {width} elements"),
                     );
                 }
                 DataType::Float32
@@ -245,6 +259,14 @@ pub fn compute(
                 values.chunks(width.max(1)).map(|r| r[*index]),
             ))
         }
+        DeriveConfig::Sum { input, indices, .. } => {
+            let (values, width) = float_values(&column(input)?)?;
+            Arc::new(Float32Array::from_iter_values(
+                values
+                    .chunks(width.max(1))
+                    .map(|r| indices.iter().map(|&i| r[i]).sum::<f32>()),
+            ))
+        }
         DeriveConfig::Softmax { input, .. } => {
             let (values, width) = float_values(&column(input)?)?;
             let mut values = values.to_vec();
@@ -338,6 +360,17 @@ mod tests {
         assert_eq!(
             second.as_primitive::<Float32Type>().values().to_vec(),
             [0.8, 0.1]
+        );
+        let sum = compute(
+            &op(r#"{"sum": {"input": "p", "indices": [0, 1], "output": "t"}}"#),
+            &rows,
+            &registry,
+            &cache,
+        )
+        .unwrap();
+        assert_eq!(
+            sum.as_primitive::<Float32Type>().values().to_vec(),
+            [1.0, 1.0]
         );
         let soft = compute(
             &op(r#"{"softmax": {"input": "p", "output": "s"}}"#),

@@ -1,0 +1,635 @@
+//! `window`: per-key event-time windows (tumbling or sliding) with allowed lateness, one
+//! output row per closed window with features of what fell into it ([`features`]).
+//!
+//! State is kept per topic-partition and key (`key` columns, e.g. `machine_id`):
+//! - the key's *watermark* is the latest event time seen for it. A window `[start, end)`
+//!   closes when the watermark reaches `end + allowed_lateness`; it is emitted then, by the
+//!   record that moved the watermark (its `_offset` becomes the window row's `_offset`,
+//!   `end` its `_timestamp`).
+//! - a record is added to every window containing its time that is not closed yet. A
+//!   record for which all such windows are closed is late: it goes to the dead letters.
+//! - records are kept until no open window needs them.
+//!
+//! Delivery: window state lives in memory, so it must be rebuilt after a restart or a
+//! rebalance. The stage reports, per partition, the earliest offset still held in an open
+//! window ([`WindowStage::retain_from`]); the runtime never commits past it, so a restart
+//! re-reads every record of every open window. Windows already emitted close again during
+//! that replay at the same record (watermarks are per key, and the key's records replay in
+//! the same order), and the Parquet sink drops rows at offsets it already holds, so they
+//! are not written twice. On a revoke the state of the revoked partitions is dropped
+//! ([`WindowStage::revoke`]): the next owner rebuilds it from the committed offset.
+//! A window whose key goes quiet stays open (and holds commits back) until the key's
+//! next record; the last windows of a bounded input are therefore not emitted.
+
+pub mod features;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int32Array, Int64Array,
+    RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
+};
+
+use self::features::Spectra;
+use super::{PlanIssues, Rejection, StageError, StageOutput};
+use crate::batch::TopicPartition;
+use crate::config::{WindowConfig, WindowField};
+use crate::schema::{OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_COLUMN};
+
+/// Output columns besides keys, carried columns and features.
+pub const WINDOW_ID_COLUMN: &str = "window_id";
+pub const WINDOW_START_COLUMN: &str = "window_start";
+pub const WINDOW_END_COLUMN: &str = "window_end";
+pub const RECORDS_COLUMN: &str = "records";
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// Name of the column holding `feature` of `field`.
+pub fn feature_column(field: &str, feature: &str) -> String {
+    format!("{field}_{feature}")
+}
+
+/// Name of the column holding band `band` of `field`.
+pub fn band_column(field: &str, band: &str) -> String {
+    format!("{field}_band_{band}")
+}
+
+/// The stage's output schema: keys, window bounds, carried columns, features, provenance.
+pub fn output_schema(config: &WindowConfig, input: &Schema, issues: &mut PlanIssues) -> Schema {
+    let mut fields = Vec::new();
+    let utf8 = |key: &str, name: &str, issues: &mut PlanIssues| match input.field_with_name(name)
+    {
+        Ok(f) if f.data_type() == &DataType::Utf8 => {}
+        Ok(f) => issues.add(
+            key,
+            format!("column `{name}` is {}, expected utf8", f.data_type()),
+        ),
+        Err(_) => issues.unknown_column(key, name, input),
+    };
+    if config.key.is_empty() {
+        issues.add("key", "expected at least one key column");
+    }
+    for (i, name) in config.key.iter().enumerate() {
+        utf8(&format!("key[{i}]"), name, issues);
+        fields.push(Field::new(name, DataType::Utf8, false));
+    }
+    match input.field_with_name(&config.time) {
+        Ok(f) if matches!(f.data_type(), DataType::Timestamp(TimeUnit::Millisecond, _)) => {}
+        Ok(f) => issues.add(
+            "time",
+            format!(
+                "column `{}` is {}, expected timestamp_ms",
+                config.time,
+                f.data_type()
+            ),
+        ),
+        Err(_) => issues.unknown_column("time", &config.time, input),
+    }
+    if config.size.as_millis() == 0 {
+        issues.add("size", "expected a window of at least 1ms");
+    }
+    let slide = config.slide();
+    if slide.as_millis() == 0 || slide > config.size {
+        issues.add(
+            "slide",
+            "expected a slide between 1ms and the window size (larger would skip records)",
+        );
+    }
+    fields.push(Field::new(WINDOW_ID_COLUMN, DataType::Utf8, false));
+    fields.push(Field::new(WINDOW_START_COLUMN, timestamp_type(), false));
+    fields.push(Field::new(WINDOW_END_COLUMN, timestamp_type(), false));
+    fields.push(Field::new(RECORDS_COLUMN, DataType::Int64, false));
+    for (i, name) in config.only_with.iter().enumerate() {
+        if input.field_with_name(name).is_err() {
+            issues.unknown_column(&format!("only_with[{i}]"), name, input);
+        }
+    }
+    for (i, name) in config.carry.iter().enumerate() {
+        utf8(&format!("carry[{i}]"), name, issues);
+        fields.push(Field::new(name, DataType::Utf8, true));
+    }
+    if config.fields.is_empty() {
+        issues.add("fields", "expected at least one field to summarize");
+    }
+    for (i, field) in config.fields.iter().enumerate() {
+        let key = format!("fields[{i}]");
+        let is_list = match input.field_with_name(&field.input) {
+            Ok(f) => match f.data_type() {
+                t if t.is_numeric() => false,
+                DataType::List(item) if item.data_type().is_numeric() => true,
+                other => {
+                    issues.add(
+                        &format!("{key}.input"),
+                        format!(
+                            "column `{}` is {other}, expected a number or a list of numbers",
+                            field.input
+                        ),
+                    );
+                    false
+                }
+            },
+            Err(_) => {
+                issues.unknown_column(&format!("{key}.input"), &field.input, input);
+                false
+            }
+        };
+        match (&field.sample_rate, is_list) {
+            (Some(rate), _) => match input.field_with_name(rate) {
+                Ok(f) if f.data_type().is_numeric() => {}
+                Ok(f) => issues.add(
+                    &format!("{key}.sample_rate"),
+                    format!("column `{rate}` is {}, expected a number", f.data_type()),
+                ),
+                Err(_) => issues.unknown_column(&format!("{key}.sample_rate"), rate, input),
+            },
+            (None, true) => issues.add(
+                &format!("{key}.sample_rate"),
+                format!(
+                    "`{}` holds chunks of samples: name the column with their sample rate",
+                    field.input
+                ),
+            ),
+            (None, false) => {}
+        }
+        if !field.bands.is_empty() && !is_list {
+            issues.add(
+                &format!("{key}.bands"),
+                "band power needs a list column of samples with a sample_rate",
+            );
+        }
+        for (b, band) in field.bands.iter().enumerate() {
+            if !(band.low_hz >= 0.0 && band.high_hz > band.low_hz) {
+                issues.add(
+                    &format!("{key}.bands[{b}]"),
+                    "expected 0 <= low_hz < high_hz",
+                );
+            }
+        }
+        for feature in &field.features {
+            fields.push(Field::new(
+                feature_column(&field.input, feature.name()),
+                DataType::Float64,
+                false,
+            ));
+        }
+        for band in &field.bands {
+            fields.push(Field::new(
+                band_column(&field.input, &band.name),
+                DataType::Float64,
+                false,
+            ));
+        }
+    }
+    fields.extend(crate::schema::provenance_fields());
+    let mut seen = std::collections::HashSet::new();
+    for f in &fields {
+        if !seen.insert(f.name().clone()) {
+            issues.add("", format!("output column `{}` would appear twice", f.name()));
+        }
+    }
+    Schema::new(fields)
+}
+
+/// One record's contribution to its windows.
+#[derive(Debug)]
+struct Entry {
+    time: i64,
+    offset: i64,
+    /// Per configured field: the record's values (one for a number, a chunk for a list)
+    /// and the chunk's sample rate.
+    values: Vec<(Vec<f64>, Option<f64>)>,
+    carry: Vec<Option<String>>,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    key: Vec<String>,
+    /// Latest event time seen for this key.
+    watermark: i64,
+    entries: Vec<Entry>,
+    /// Starts of windows holding at least one record and not yet emitted.
+    open: BTreeSet<i64>,
+}
+
+/// A window ready to be written.
+struct Closed {
+    key: Vec<String>,
+    start: i64,
+    trigger_offset: i64,
+    records: i64,
+    carry: Vec<Option<String>>,
+    features: Vec<f64>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    keys: HashMap<Vec<String>, KeyState>,
+}
+
+pub struct WindowStage {
+    name: String,
+    config: WindowConfig,
+    size: i64,
+    slide: i64,
+    lateness: i64,
+    spectra: Spectra,
+    output_schema: SchemaRef,
+    state: Mutex<HashMap<TopicPartition, PartitionState>>,
+}
+
+/// The columns a batch is read from, typed once per batch.
+struct Columns {
+    keys: Vec<StringArray>,
+    time: TimestampMillisecondArray,
+    offsets: Int64Array,
+    only_with: Vec<ArrayRef>,
+    carry: Vec<StringArray>,
+    fields: Vec<FieldColumn>,
+}
+
+enum FieldColumn {
+    Numbers(Float64Array),
+    Chunks {
+        list: arrow::array::ListArray,
+        values: Float64Array,
+        rates: Float64Array,
+    },
+}
+
+impl WindowStage {
+    pub fn new(name: String, config: &WindowConfig, output_schema: SchemaRef) -> Self {
+        WindowStage {
+            name,
+            size: config.size.as_millis() as i64,
+            slide: config.slide().as_millis() as i64,
+            lateness: config.allowed_lateness.as_millis() as i64,
+            config: config.clone(),
+            spectra: Spectra::default(),
+            output_schema,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<TopicPartition, PartitionState>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The earliest offset of `tp` that a restart must re-read to rebuild the open
+    /// windows; `None` when no window of `tp` is open.
+    pub fn retain_from(&self, tp: &TopicPartition) -> Option<i64> {
+        let state = self.lock();
+        state
+            .get(tp)?
+            .keys
+            .values()
+            .flat_map(|k| k.entries.iter().map(|e| e.offset))
+            .min()
+    }
+
+    /// Forgets the windows of partitions this member no longer owns.
+    pub fn revoke(&self, partitions: Option<&[TopicPartition]>) {
+        let mut state = self.lock();
+        match partitions {
+            Some(tps) => {
+                for tp in tps {
+                    state.remove(tp);
+                }
+            }
+            None => state.clear(),
+        }
+    }
+
+    fn columns(&self, rows: &RecordBatch) -> Result<Columns, StageError> {
+        let column = |name: &str| {
+            rows.column_by_name(name).cloned().ok_or_else(|| StageError::Failed {
+                stage: self.name.clone(),
+                message: format!("column `{name}` missing at run time"),
+            })
+        };
+        let strings = |name: &str| -> Result<StringArray, StageError> {
+            Ok(column(name)?.as_string::<i32>().clone())
+        };
+        let floats = |array: &ArrayRef| -> Result<Float64Array, StageError> {
+            Ok(cast(array, &DataType::Float64)?
+                .as_primitive::<Float64Type>()
+                .clone())
+        };
+        let mut fields = Vec::with_capacity(self.config.fields.len());
+        for field in &self.config.fields {
+            let array = column(&field.input)?;
+            fields.push(match array.data_type() {
+                DataType::List(_) => {
+                    let list = array.as_list::<i32>().clone();
+                    let rate_column = field.sample_rate.as_deref().unwrap_or_default();
+                    FieldColumn::Chunks {
+                        values: floats(list.values())?,
+                        rates: floats(&column(rate_column)?)?,
+                        list,
+                    }
+                }
+                _ => FieldColumn::Numbers(floats(&array)?),
+            });
+        }
+        let time = cast(&column(&self.config.time)?, &timestamp_type())?;
+        Ok(Columns {
+            keys: self
+                .config
+                .key
+                .iter()
+                .map(|k| strings(k))
+                .collect::<Result<_, _>>()?,
+            time: time.as_primitive().clone(),
+            offsets: column(OFFSET_COLUMN)?.as_primitive::<Int64Type>().clone(),
+            only_with: self
+                .config
+                .only_with
+                .iter()
+                .map(|c| column(c))
+                .collect::<Result<_, _>>()?,
+            carry: self
+                .config
+                .carry
+                .iter()
+                .map(|c| strings(c))
+                .collect::<Result<_, _>>()?,
+            fields,
+        })
+    }
+
+    /// Adds the batch's records to their windows and returns the windows that closed.
+    pub async fn process(&self, rows: RecordBatch) -> Result<StageOutput, StageError> {
+        if rows.num_rows() == 0 {
+            return Ok(StageOutput {
+                rows: RecordBatch::new_empty(self.output_schema.clone()),
+                rejected: Vec::new(),
+                aggregated: true,
+            });
+        }
+        let topic = rows
+            .column_by_name(TOPIC_COLUMN)
+            .map(|c| c.as_string::<i32>().value(0).to_owned())
+            .unwrap_or_default();
+        let partition = rows
+            .column_by_name(PARTITION_COLUMN)
+            .map(|c| c.as_primitive::<Int32Type>().value(0))
+            .unwrap_or_default();
+        let tp = TopicPartition::new(topic, partition);
+        let columns = self.columns(&rows)?;
+        let mut rejected = Vec::new();
+        let mut closed = Vec::new();
+        let mut state = self.lock();
+        let partition_state = state.entry(tp.clone()).or_default();
+        for row in 0..rows.num_rows() {
+            if columns.only_with.iter().any(|c| c.is_null(row)) {
+                continue;
+            }
+            if let Some(reason) = self.add(partition_state, &columns, row, &mut closed) {
+                rejected.push(Rejection::new(row, reason));
+            }
+        }
+        drop(state);
+        Ok(StageOutput {
+            rows: self.to_rows(&tp, &closed)?,
+            rejected,
+            aggregated: true,
+        })
+    }
+
+    /// Adds one record; returns why it was rejected, if it was.
+    fn add(
+        &self,
+        partition: &mut PartitionState,
+        columns: &Columns,
+        row: usize,
+        closed: &mut Vec<Closed>,
+    ) -> Option<String> {
+        let mut key = Vec::with_capacity(columns.keys.len());
+        for (name, keys) in self.config.key.iter().zip(&columns.keys) {
+            if keys.is_null(row) {
+                return Some(format!("key column `{name}` is null"));
+            }
+            key.push(keys.value(row).to_owned());
+        }
+        if columns.time.is_null(row) {
+            return Some(format!("event time column `{}` is null", self.config.time));
+        }
+        let time = columns.time.value(row);
+        let mut values = Vec::with_capacity(columns.fields.len());
+        for (field, column) in self.config.fields.iter().zip(&columns.fields) {
+            values.push(match column {
+                FieldColumn::Numbers(numbers) if numbers.is_null(row) => (Vec::new(), None),
+                FieldColumn::Numbers(numbers) => (vec![numbers.value(row)], None),
+                FieldColumn::Chunks { list, .. } if list.is_null(row) => (Vec::new(), None),
+                FieldColumn::Chunks {
+                    list,
+                    values,
+                    rates,
+                } => {
+                    if rates.is_null(row) || rates.value(row) <= 0.0 || !rates.value(row).is_finite()
+                    {
+                        return Some(format!(
+                            "`{}` has samples but no positive sample rate in `{}`",
+                            field.input,
+                            field.sample_rate.as_deref().unwrap_or_default()
+                        ));
+                    }
+                    let offsets = list.value_offsets();
+                    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+                    let chunk = values.slice(start, end - start);
+                    if chunk.null_count() > 0 {
+                        return Some(format!("`{}` has null samples", field.input));
+                    }
+                    (chunk.values().to_vec(), Some(rates.value(row)))
+                }
+            });
+        }
+        let offset = columns.offsets.value(row);
+        let state = partition
+            .keys
+            .entry(key.clone())
+            .or_insert_with(|| KeyState {
+                key,
+                watermark: i64::MIN,
+                entries: Vec::new(),
+                open: BTreeSet::new(),
+            });
+        let starts = self.starts_containing(time);
+        let open_now: Vec<i64> = starts
+            .into_iter()
+            .filter(|&s| s.saturating_add(self.size + self.lateness) > state.watermark)
+            .collect();
+        if open_now.is_empty() {
+            return Some(format!(
+                "late: event time {} is past every window's end + allowed lateness (watermark {})",
+                format_ms(time),
+                format_ms(state.watermark)
+            ));
+        }
+        state.open.extend(open_now);
+        state.entries.push(Entry {
+            time,
+            offset,
+            values,
+            carry: columns
+                .carry
+                .iter()
+                .map(|c| c.is_valid(row).then(|| c.value(row).to_owned()))
+                .collect(),
+        });
+        state.watermark = state.watermark.max(time);
+        let due: Vec<i64> = state
+            .open
+            .iter()
+            .copied()
+            .take_while(|&s| s + self.size + self.lateness <= state.watermark)
+            .collect();
+        for start in due {
+            state.open.remove(&start);
+            closed.push(self.summarize(state, start, offset));
+        }
+        // Keep only the records an open window still needs.
+        match state.open.first().copied() {
+            Some(earliest) => state.entries.retain(|e| e.time >= earliest),
+            None => state.entries.clear(),
+        }
+        None
+    }
+
+    /// Starts of every window containing `time`, latest first.
+    fn starts_containing(&self, time: i64) -> Vec<i64> {
+        let last = time.div_euclid(self.slide) * self.slide;
+        let mut starts = Vec::new();
+        let mut start = last;
+        while start + self.size > time {
+            starts.push(start);
+            start -= self.slide;
+        }
+        starts
+    }
+
+    fn summarize(&self, state: &KeyState, start: i64, trigger_offset: i64) -> Closed {
+        let end = start + self.size;
+        let mut inside: Vec<&Entry> = state
+            .entries
+            .iter()
+            .filter(|e| e.time >= start && e.time < end)
+            .collect();
+        inside.sort_by_key(|e| (e.time, e.offset));
+        let mut features = Vec::new();
+        let mut values = Vec::new();
+        let mut times = Vec::new();
+        for (i, field) in self.config.fields.iter().enumerate() {
+            values.clear();
+            times.clear();
+            let mut rate = None;
+            for entry in &inside {
+                let (chunk, chunk_rate) = &entry.values[i];
+                let t0 = (entry.time - start) as f64 / 1000.0;
+                match chunk_rate {
+                    Some(r) => {
+                        rate = rate.or(Some(*r));
+                        times.extend((0..chunk.len()).map(|j| t0 + j as f64 / r));
+                    }
+                    None => times.extend(std::iter::repeat_n(t0, chunk.len())),
+                }
+                values.extend_from_slice(chunk);
+            }
+            features.extend(features::compute(&field.features, &values, &times));
+            if !field.bands.is_empty() {
+                features.extend(self.spectra.band_power(
+                    &values,
+                    rate.unwrap_or(0.0),
+                    &field.bands,
+                ));
+            }
+        }
+        let carry = inside
+            .last()
+            .map(|e| e.carry.clone())
+            .unwrap_or_else(|| vec![None; self.config.carry.len()]);
+        Closed {
+            key: state.key.clone(),
+            start,
+            trigger_offset,
+            records: inside.len() as i64,
+            carry,
+            features,
+        }
+    }
+
+    fn to_rows(&self, tp: &TopicPartition, closed: &[Closed]) -> Result<RecordBatch, StageError> {
+        let n = closed.len();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output_schema.fields().len());
+        for k in 0..self.config.key.len() {
+            columns.push(Arc::new(StringArray::from_iter_values(
+                closed.iter().map(|c| c.key[k].as_str()),
+            )));
+        }
+        columns.push(Arc::new(StringArray::from_iter_values(closed.iter().map(
+            |c| format!("{}@{}", c.key.join("/"), format_ms(c.start)),
+        ))));
+        let starts = closed.iter().map(|c| c.start);
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(starts.clone()).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(starts.clone().map(|s| s + self.size))
+                .with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            closed.iter().map(|c| c.records),
+        )));
+        for k in 0..self.config.carry.len() {
+            let mut builder = StringBuilder::with_capacity(n, n * 8);
+            for c in closed {
+                builder.append_option(c.carry[k].as_deref());
+            }
+            columns.push(Arc::new(builder.finish()));
+        }
+        let feature_count: usize = self.config.fields.iter().map(feature_width).sum();
+        for f in 0..feature_count {
+            let mut builder = Float64Builder::with_capacity(n);
+            builder.append_slice(&closed.iter().map(|c| c.features[f]).collect::<Vec<_>>());
+            columns.push(Arc::new(builder.finish()));
+        }
+        columns.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(tp.topic.as_ref(), n),
+        )));
+        columns.push(Arc::new(Int32Array::from_value(tp.partition, n)));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            closed.iter().map(|c| c.trigger_offset),
+        )));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(starts.map(|s| s + self.size))
+                .with_timezone("UTC"),
+        ));
+        Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
+    }
+}
+
+fn feature_width(field: &WindowField) -> usize {
+    field.features.len() + field.bands.len()
+}
+
+fn format_ms(ms: i64) -> String {
+    if ms == i64::MIN {
+        return "none".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests;
