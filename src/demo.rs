@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::{Array, AsArray};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,7 @@ use crate::config::{self, ConfigError, Pipeline, StageConfig};
 use crate::reviews::{self, ReviewsError};
 use crate::runtime::{self, RunError};
 use crate::sample::{self, FeedbackGenerator};
+use crate::sensors::{ai4i, mfpt};
 use crate::sink::parquet::read::count_rows;
 use crate::telemetry::{Stats, StatsSnapshot};
 
@@ -39,6 +41,8 @@ pub enum DemoError {
     ReadBack(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     Reviews(#[from] ReviewsError),
+    #[error(transparent)]
+    Signals(#[from] mfpt::SignalsError),
     #[error("the pipeline consumed {consumed} of {expected} records within {timeout:?}")]
     Timeout {
         consumed: u64,
@@ -57,8 +61,10 @@ pub struct DemoOptions {
     pub malformed_rate: f64,
     /// Labelled reviews replayed for pipelines that tokenize text.
     pub reviews: PathBuf,
-    /// Which split of the reviews: `holdout` (default) or `train`.
+    /// Which split of the reviews or recordings: `holdout` (default) or `train`.
     pub split: String,
+    /// The MFPT recordings (`data/signals`), replayed for bearing pipelines.
+    pub signals: PathBuf,
 }
 
 /// `--pipeline sentiment` means `pipelines/sentiment.yaml`; a path is taken as it is.
@@ -77,6 +83,8 @@ pub struct LabelReport {
     pub compared: u64,
     pub agreed: u64,
     pub versions: Vec<String>,
+    /// By true label: (rows, rows labelled correctly).
+    pub classes: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 /// What `sluice demo` reports.
@@ -89,6 +97,8 @@ pub struct DemoSummary {
     pub elapsed: Duration,
     pub out: PathBuf,
     pub labels: Option<LabelReport>,
+    /// Maintenance pipelines: alerts sent, by machine.
+    pub alerts: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -120,6 +130,27 @@ impl std::fmt::Display for DemoSummary {
                 labels.compared,
                 100.0 * labels.agreed as f64 / labels.compared.max(1) as f64,
                 labels.versions.join(", ")
+            )?;
+            if labels.classes.len() > 1 {
+                for (class, (rows, correct)) in &labels.classes {
+                    writeln!(
+                        f,
+                        "    {class:<16} {rows:>8}  recall {:.1}%",
+                        100.0 * *correct as f64 / (*rows).max(1) as f64
+                    )?;
+                }
+            }
+        }
+        if let Some(alerts) = &self.alerts {
+            let total: u64 = alerts.values().sum();
+            writeln!(
+                f,
+                "  alerts             {total:>10}  machines: {}",
+                alerts
+                    .iter()
+                    .map(|(m, n)| format!("{m} ({n})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )?;
         }
         writeln!(f, "  elapsed            {:>10.2} s", secs)?;
@@ -161,6 +192,9 @@ pub async fn run_until_consumed(
     let mut first_record = None;
     loop {
         let consumed = stats.snapshot().records_in;
+        if std::env::var("DBG").is_ok() {
+            eprintln!("consumed {consumed} {:?}", stats.snapshot());
+        }
         if consumed > 0 && first_record.is_none() {
             first_record = Some(Instant::now());
         }
@@ -184,48 +218,139 @@ pub async fn run_until_consumed(
     Ok((snapshot, busy))
 }
 
+/// What the demo feeds a pipeline with, chosen from its stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Generated customer feedback (with malformed records).
+    Feedback,
+    /// Labelled review texts (pipelines that tokenize).
+    Reviews,
+    /// MFPT bearing vibration chunks (a window stage over `vibration`).
+    Bearings,
+    /// AI4I-style process readings (a window stage over `torque`).
+    Process,
+}
+
+impl Feed {
+    pub fn of(pipeline: &Pipeline) -> Feed {
+        let windows_over = |column: &str| {
+            pipeline.config.stages.iter().any(
+                |s| matches!(s, StageConfig::Window(w) if w.only_with.iter().any(|c| c == column)),
+            )
+        };
+        if windows_over("vibration") {
+            Feed::Bearings
+        } else if windows_over("torque") {
+            Feed::Process
+        } else if pipeline
+            .config
+            .stages
+            .iter()
+            .any(|s| matches!(s, StageConfig::Tokenize(_)))
+        {
+            Feed::Reviews
+        } else {
+            Feed::Feedback
+        }
+    }
+}
+
+/// Machines in the generated process feed.
+pub const PROCESS_MACHINES: usize = 100;
+
 /// Runs the demo end to end.
 pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
     let cluster = MockCluster::new(1)?;
-    cluster.create_topic(DEMO_TOPIC, DEMO_PARTITIONS, 1)?;
     let brokers = cluster.bootstrap_servers();
     let pipeline = load_pipeline(&options.pipeline, &brokers, &options.out)?;
+    let config::SourceConfig::Kafka(source) = &pipeline.config.source;
+    let topic = source
+        .topics
+        .first()
+        .map_or(DEMO_TOPIC, String::as_str)
+        .to_owned();
+    cluster.create_topic(&topic, DEMO_PARTITIONS, 1)?;
 
-    let texts_matter = pipeline
-        .config
-        .stages
-        .iter()
-        .any(|s| matches!(s, StageConfig::Tokenize(_)));
-    let count = options
-        .records
-        .unwrap_or(if texts_matter { 2_000 } else { 50_000 });
+    let feed = Feed::of(&pipeline);
     let now = chrono::Utc::now().timestamp_millis();
     let day = 86_400_000;
-    // Spread over the last two days, so the dataset has more than one date partition.
-    let spacing = (2 * day / count.max(1) as i64).max(1);
-    let (produced, truth) = if texts_matter {
-        let replayed = reviews::spread(
-            &reviews::load(&options.reviews, &options.split)?,
-            count as usize,
-        );
-        let records = reviews::replay(&replayed, options.malformed_rate, now - 2 * day, spacing);
-        let produced = sample::produce(&brokers, DEMO_TOPIC, records).await?;
-        let truth = replayed.into_iter().map(|r| (r.id, r.label)).collect();
-        (produced, Some(truth))
-    } else {
-        let records = FeedbackGenerator::new(42, options.malformed_rate, now - 2 * day, spacing)
-            .take(count as usize);
-        (sample::produce(&brokers, DEMO_TOPIC, records).await?, None)
+    let mut truth: Option<std::collections::HashMap<String, String>> = None;
+    let records: Vec<sample::SampleRecord> = match feed {
+        Feed::Reviews => {
+            let count = options.records.unwrap_or(2_000);
+            // Spread over the last two days, so the dataset has more than one date partition.
+            let spacing = (2 * day / count.max(1) as i64).max(1);
+            let replayed = reviews::spread(
+                &reviews::load(&options.reviews, &options.split)?,
+                count as usize,
+            );
+            truth = Some(
+                replayed
+                    .iter()
+                    .map(|r| (r.id.clone(), r.label.clone()))
+                    .collect(),
+            );
+            reviews::replay(&replayed, options.malformed_rate, now - 2 * day, spacing)
+        }
+        Feed::Feedback => {
+            let count = options.records.unwrap_or(50_000);
+            let spacing = (2 * day / count.max(1) as i64).max(1);
+            FeedbackGenerator::new(42, options.malformed_rate, now - 2 * day, spacing)
+                .take(count as usize)
+                .collect()
+        }
+        Feed::Bearings => {
+            let split = if options.split == "train" {
+                "train"
+            } else {
+                "test"
+            };
+            let recordings = mfpt::load(&options.signals, split)?;
+            let mut records = mfpt::replay(&recordings, now - day, 50);
+            if let Some(limit) = options.records {
+                records.truncate(limit as usize);
+            }
+            records
+        }
+        Feed::Process => {
+            let count = options.records.unwrap_or(60_000) as usize;
+            let minutes = (count / PROCESS_MACHINES).max(1) as i64;
+            ai4i::ProcessGenerator::new(42, PROCESS_MACHINES, now - minutes * 60_000, 60_000)
+                .take(count)
+                .map(|r| r.to_record())
+                .collect()
+        }
     };
-    tracing::info!(produced, topic = DEMO_TOPIC, "sample records produced");
+    let produced = sample::produce(&brokers, &topic, records).await?;
+    tracing::info!(produced, topic, "sample records produced");
 
     let (stats, _) =
-        run_until_consumed(pipeline.clone(), produced, Duration::from_secs(120)).await?;
+        run_until_consumed(pipeline.clone(), produced, Duration::from_secs(300)).await?;
     let (rows_read_back, dead_letters_read_back) = read_back(&pipeline)?;
-    let labels = match truth {
-        Some(truth) => Some(compare_labels(&pipeline, &truth)?),
-        None => None,
+    let labels = match (feed, truth) {
+        (Feed::Reviews, Some(truth)) => Some(compare_labels(&pipeline, &|batch, row| {
+            let id = batch.column_by_name("id")?.as_string::<i32>().value(row);
+            truth.get(id).cloned()
+        })?),
+        (Feed::Bearings, _) => Some(compare_labels(&pipeline, &|batch, row| {
+            let condition = batch.column_by_name("condition")?.as_string::<i32>();
+            condition
+                .is_valid(row)
+                .then(|| condition.value(row).to_owned())
+        })?),
+        (Feed::Process, _) => Some(compare_labels(&pipeline, &|batch, row| {
+            let failed = batch
+                .column_by_name("machine_failure_max")?
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(row);
+            Some(if failed > 0.0 { "failure" } else { "ok" }.to_owned())
+        })?),
+        _ => None,
+    };
+    let alerts = match feed {
+        Feed::Bearings | Feed::Process => Some(read_alerts(&brokers)?),
+        _ => None,
     };
     Ok(DemoSummary {
         produced,
@@ -235,7 +360,52 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         elapsed: started.elapsed(),
         out: options.out.clone(),
         labels,
+        alerts,
     })
+}
+
+/// Topic the maintenance pipelines send alerts to.
+pub const ALERTS_TOPIC: &str = "maintenance-alerts";
+
+/// Alerts sent to [`ALERTS_TOPIC`], counted by machine.
+fn read_alerts(brokers: &str) -> Result<std::collections::BTreeMap<String, u64>, DemoError> {
+    let mut alerts = std::collections::BTreeMap::new();
+    for message in read_topic(brokers, ALERTS_TOPIC)? {
+        let value: serde_json::Value = serde_json::from_slice(&message).unwrap_or_default();
+        if let Some(machine) = value["machine_id"].as_str() {
+            *alerts.entry(machine.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(alerts)
+}
+
+/// Every message of `topic` (all partitions, from the beginning to the current end).
+pub fn read_topic(brokers: &str, topic: &str) -> Result<Vec<Vec<u8>>, DemoError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sluice-demo-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
+        remaining += high - low;
+        list.add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (messages.len() as i64) < remaining && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            messages.push(message?.payload().unwrap_or_default().to_vec());
+        }
+    }
+    Ok(messages)
 }
 
 fn first_parquet_sink(pipeline: &Pipeline) -> Option<&Path> {
@@ -245,10 +415,11 @@ fn first_parquet_sink(pipeline: &Pipeline) -> Option<&Path> {
     })
 }
 
-/// Compares the `label` column of the first Parquet sink with the known labels by `id`.
+/// Compares the `label` column of the first Parquet sink with the true label of each row
+/// (`truth` returns None for rows whose truth is unknown).
 fn compare_labels(
     pipeline: &Pipeline,
-    truth: &std::collections::HashMap<String, String>,
+    truth: &dyn Fn(&arrow::array::RecordBatch, usize) -> Option<String>,
 ) -> Result<LabelReport, DemoError> {
     use arrow::array::AsArray;
     let mut report = LabelReport::default();
@@ -259,20 +430,19 @@ fn compare_labels(
         .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
     for file in files {
         for batch in crate::sink::parquet::read::read_file(&file)? {
-            let (Some(ids), Some(labels)) =
-                (batch.column_by_name("id"), batch.column_by_name("label"))
-            else {
+            let Some(labels) = batch.column_by_name("label") else {
                 continue;
             };
             let versions = batch.column_by_name("model_version");
             for row in 0..batch.num_rows() {
-                let (id, label) = (
-                    ids.as_string::<i32>().value(row),
-                    labels.as_string::<i32>().value(row),
-                );
-                if let Some(expected) = truth.get(id) {
+                let label = labels.as_string::<i32>().value(row);
+                if let Some(expected) = truth(&batch, row) {
+                    let correct = expected == label;
                     report.compared += 1;
-                    report.agreed += u64::from(expected == label);
+                    report.agreed += u64::from(correct);
+                    let class = report.classes.entry(expected).or_default();
+                    class.0 += 1;
+                    class.1 += u64::from(correct);
                 }
                 if let Some(v) = versions {
                     let v = v.as_string::<i32>().value(row);

@@ -37,6 +37,7 @@ pub mod reviews;
 pub mod runtime;
 pub mod sample;
 pub mod schema;
+pub mod sensors;
 pub mod sink;
 pub mod source;
 pub mod stage;

@@ -53,9 +53,12 @@ enum Command {
         /// Labelled reviews replayed for pipelines that tokenize text.
         #[arg(long, default_value = "data/reviews.jsonl")]
         reviews: PathBuf,
-        /// Which split of the reviews to replay: `holdout` or `train`.
+        /// Which split of the reviews or bearing recordings to replay: `holdout` or `train`.
         #[arg(long, default_value = "holdout")]
         split: String,
+        /// The MFPT bearing recordings, replayed for pipelines that window `vibration`.
+        #[arg(long, default_value = "data/signals")]
+        signals: PathBuf,
         /// Fraction of records deliberately malformed.
         #[arg(long, default_value_t = 0.01)]
         malformed_rate: f64,
@@ -154,6 +157,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             malformed_rate,
             reviews,
             split,
+            signals,
         } => {
             let pipeline = demo::pipeline_path(&pipeline);
             let stem = pipeline.file_stem().unwrap_or_default().to_string_lossy();
@@ -165,6 +169,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 malformed_rate,
                 reviews,
                 split,
+                signals,
             };
             let summary = demo::run(&options).await.context("demo failed")?;
             println!("{summary}");

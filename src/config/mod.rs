@@ -275,6 +275,21 @@ pub struct KafkaSinkConfig {
     /// `enable.idempotence=true` unless overridden here.
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Send only rows that raise an alert (with hysteresis per key). Default: every row.
+    #[serde(default)]
+    pub alert: Option<AlertConfig>,
+}
+
+/// `alert` of a `kafka` sink: a row is sent when its `score` rises above `raise_above`
+/// while its `key` is not alerting; the key's alert clears when its score falls below
+/// `clear_below`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub key: String,
+    pub score: String,
+    pub raise_above: f64,
+    pub clear_below: f64,
 }
 
 /// `dead_letter`: at least one of `parquet` and `kafka`.

@@ -258,6 +258,35 @@ fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues
             issues.add(format!("{path}.key"), unknown_column(key, rows));
         }
     }
+    if let Some(alert) = &sink.alert {
+        if !known(&alert.key) {
+            issues.add(
+                format!("{path}.alert.key"),
+                unknown_column(&alert.key, rows),
+            );
+        }
+        match rows.column_with_name(&alert.score) {
+            Some((_, f)) if f.data_type().is_numeric() => {}
+            Some((_, f)) => issues.add(
+                format!("{path}.alert.score"),
+                format!(
+                    "column `{}` is {}, expected a number",
+                    alert.score,
+                    f.data_type()
+                ),
+            ),
+            None => issues.add(
+                format!("{path}.alert.score"),
+                unknown_column(&alert.score, rows),
+            ),
+        }
+        if alert.clear_below > alert.raise_above {
+            issues.add(
+                format!("{path}.alert.clear_below"),
+                "expected clear_below <= raise_above (the hysteresis band)",
+            );
+        }
+    }
 }
 
 fn unknown_column(column: &str, rows: &Schema) -> String {

@@ -23,9 +23,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::alert::Hysteresis;
 use super::{SinkError, SinkMessage};
 use crate::ack::AckTracker;
 use crate::batch::{Batch, BatchId, TopicPartition};
+use crate::config::AlertConfig;
 use crate::telemetry::Stats;
 
 pub const MAX_IN_FLIGHT_BATCHES: usize = 64;
@@ -33,10 +35,12 @@ pub const MAX_IN_FLIGHT_BATCHES: usize = 64;
 /// What the sink sends for a batch.
 #[derive(Debug, Clone)]
 pub enum Encoding {
-    /// One JSON object per row with `columns` (all when None), keyed by `key`'s value.
+    /// One JSON object per row with `columns` (all when None), keyed by `key`'s value;
+    /// with `alert`, only the rows that raise an alert.
     Rows {
         columns: Option<Vec<usize>>,
         key: Option<usize>,
+        alert: Option<AlertConfig>,
     },
     /// One message per dead letter: original key and bytes, context in headers.
     DeadLetters,
@@ -47,6 +51,7 @@ pub struct KafkaSink {
     topic: String,
     producer: FutureProducer,
     encoding: Encoding,
+    alerts: Option<Hysteresis>,
     acks: Arc<AckTracker>,
     stats: Arc<Stats>,
     in_flight: JoinSet<Result<u64, SinkError>>,
@@ -72,11 +77,18 @@ impl KafkaSink {
             sink: name.clone(),
             source,
         })?;
+        let alerts = match &encoding {
+            Encoding::Rows {
+                alert: Some(alert), ..
+            } => Some(Hysteresis::new(alert.clone())),
+            _ => None,
+        };
         Ok(KafkaSink {
             name,
             topic,
             producer,
             encoding,
+            alerts,
             acks,
             stats,
             in_flight: JoinSet::new(),
@@ -138,7 +150,14 @@ impl KafkaSink {
             }
         }
         let messages = match &self.encoding {
-            Encoding::Rows { columns, key } => encode_rows(&batch.rows, columns.as_deref(), *key)?,
+            Encoding::Rows { columns, key, .. } => match &mut self.alerts {
+                Some(alerts) => {
+                    let raised = alerts.raises(&batch.rows)?;
+                    let rows = arrow::compute::filter_record_batch(&batch.rows, &raised)?;
+                    encode_rows(&rows, columns.as_deref(), *key)?
+                }
+                None => encode_rows(&batch.rows, columns.as_deref(), *key)?,
+            },
             Encoding::DeadLetters => encode_dead_letters(batch),
         };
         let mut deliveries = Vec::with_capacity(messages.len());

@@ -7,6 +7,7 @@
 //! make everything it holds for some partitions durable now (partitions revoked,
 //! shutdown). Sinks are a closed set, so they are plain types, not trait objects.
 
+pub mod alert;
 pub mod kafka;
 pub mod parquet;
 

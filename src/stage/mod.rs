@@ -298,7 +298,9 @@ impl Chain {
 
     /// The stages after the last stateful one; any number of batches at once.
     pub async fn process_rest(&self, batch: Batch) -> Result<Batch, StageError> {
-        let mut batch = self.run_stages(batch, self.ordered..self.stages.len()).await?;
+        let mut batch = self
+            .run_stages(batch, self.ordered..self.stages.len())
+            .await?;
         batch.dead_letters.sort_by_key(|d| d.offset);
         Ok(batch)
     }

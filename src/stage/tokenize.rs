@@ -210,6 +210,6 @@ fn tokenize(
     Ok(StageOutput {
         rows: RecordBatch::try_new(schema, columns)?,
         rejected,
-            aggregated: false,
+        aggregated: false,
     })
 }

@@ -121,7 +121,7 @@ impl EnrichStage {
         Ok(StageOutput {
             rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
             rejected: Vec::new(),
-                    aggregated: false,
+            aggregated: false,
         })
     }
 }

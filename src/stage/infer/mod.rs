@@ -451,7 +451,7 @@ impl InferStage {
         Ok(StageOutput {
             rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
             rejected: reply.rejected,
-                    aggregated: false,
+            aggregated: false,
         })
     }
 }

@@ -27,8 +27,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int32Array, Int64Array,
-    RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int32Array, Int64Array, RecordBatch,
+    StringArray, StringBuilder, TimestampMillisecondArray,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{
@@ -64,8 +64,7 @@ pub fn band_column(field: &str, band: &str) -> String {
 /// The stage's output schema: keys, window bounds, carried columns, features, provenance.
 pub fn output_schema(config: &WindowConfig, input: &Schema, issues: &mut PlanIssues) -> Schema {
     let mut fields = Vec::new();
-    let utf8 = |key: &str, name: &str, issues: &mut PlanIssues| match input.field_with_name(name)
-    {
+    let utf8 = |key: &str, name: &str, issues: &mut PlanIssues| match input.field_with_name(name) {
         Ok(f) if f.data_type() == &DataType::Utf8 => {}
         Ok(f) => issues.add(
             key,
@@ -191,7 +190,10 @@ pub fn output_schema(config: &WindowConfig, input: &Schema, issues: &mut PlanIss
     let mut seen = std::collections::HashSet::new();
     for f in &fields {
         if !seen.insert(f.name().clone()) {
-            issues.add("", format!("output column `{}` would appear twice", f.name()));
+            issues.add(
+                "",
+                format!("output column `{}` would appear twice", f.name()),
+            );
         }
     }
     Schema::new(fields)
@@ -312,10 +314,12 @@ impl WindowStage {
 
     fn columns(&self, rows: &RecordBatch) -> Result<Columns, StageError> {
         let column = |name: &str| {
-            rows.column_by_name(name).cloned().ok_or_else(|| StageError::Failed {
-                stage: self.name.clone(),
-                message: format!("column `{name}` missing at run time"),
-            })
+            rows.column_by_name(name)
+                .cloned()
+                .ok_or_else(|| StageError::Failed {
+                    stage: self.name.clone(),
+                    message: format!("column `{name}` missing at run time"),
+                })
         };
         let strings = |name: &str| -> Result<StringArray, StageError> {
             Ok(column(name)?.as_string::<i32>().clone())
@@ -436,7 +440,9 @@ impl WindowStage {
                     values,
                     rates,
                 } => {
-                    if rates.is_null(row) || rates.value(row) <= 0.0 || !rates.value(row).is_finite()
+                    if rates.is_null(row)
+                        || rates.value(row) <= 0.0
+                        || !rates.value(row).is_finite()
                     {
                         return Some(format!(
                             "`{}` has samples but no positive sample rate in `{}`",
@@ -576,9 +582,11 @@ impl WindowStage {
                 closed.iter().map(|c| c.key[k].as_str()),
             )));
         }
-        columns.push(Arc::new(StringArray::from_iter_values(closed.iter().map(
-            |c| format!("{}@{}", c.key.join("/"), format_ms(c.start)),
-        ))));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            closed
+                .iter()
+                .map(|c| format!("{}@{}", c.key.join("/"), format_ms(c.start))),
+        )));
         let starts = closed.iter().map(|c| c.start);
         columns.push(Arc::new(
             TimestampMillisecondArray::from_iter_values(starts.clone()).with_timezone("UTC"),

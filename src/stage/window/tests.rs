@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, ListBuilder, RecordBatch,
-    StringArray, TimestampMillisecondArray,
+    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{Float64Type, Int64Type, Schema};
 
@@ -104,9 +104,17 @@ async fn tumbling_windows_close_per_key_and_accept_records_within_lateness() {
     assert!(out.aggregated);
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].row, 6);
-    assert!(out.rejected[0].reason.starts_with("late"), "{:?}", out.rejected);
+    assert!(
+        out.rejected[0].reason.starts_with("late"),
+        "{:?}",
+        out.rejected
+    );
     let w = &out.rows;
-    assert_eq!(w.num_rows(), 1, "only a's first window closed; b's watermark is 2s");
+    assert_eq!(
+        w.num_rows(),
+        1,
+        "only a's first window closed; b's watermark is 2s"
+    );
     assert_eq!(strings(w, "machine_id"), ["a"]);
     assert_eq!(strings(w, "window_id"), ["a@1970-01-01T00:00:00.000Z"]);
     assert_eq!(floats(w, "value_mean"), [2.0]);
@@ -115,13 +123,23 @@ async fn tumbling_windows_close_per_key_and_accept_records_within_lateness() {
     // values 1, 2, 3 at 1s, 8s, 9s: least-squares slope per second.
     let (t, v) = ([1.0, 8.0, 9.0], [1.0, 2.0, 3.0]);
     let (mt, mv) = (6.0, 2.0);
-    let slope: f64 = t.iter().zip(v).map(|(t, v)| (t - mt) * (v - mv)).sum::<f64>()
+    let slope: f64 = t
+        .iter()
+        .zip(v)
+        .map(|(t, v)| (t - mt) * (v - mv))
+        .sum::<f64>()
         / t.iter().map(|t| (t - mt) * (t - mt)).sum::<f64>();
     assert!((floats(w, "value_slope")[0] - slope).abs() < 1e-12);
     // Emitted by the record that moved the watermark (offset 5), stamped with the end.
-    let offsets = w.column_by_name("_offset").unwrap().as_primitive::<Int64Type>();
+    let offsets = w
+        .column_by_name("_offset")
+        .unwrap()
+        .as_primitive::<Int64Type>();
     assert_eq!(offsets.value(0), 5);
-    let records = w.column_by_name("records").unwrap().as_primitive::<Int64Type>();
+    let records = w
+        .column_by_name("records")
+        .unwrap()
+        .as_primitive::<Int64Type>();
     assert_eq!(records.value(0), 3);
     // Open: b's [0, 10s) from offset 1, a's [10s, 20s) from offsets 3 and 5.
     let tp = TopicPartition::new("s", 0);
@@ -138,7 +156,11 @@ async fn state_survives_batches_and_revoke_forgets_it() {
     assert_eq!(stage.retain_from(&tp), Some(0));
     let out = stage.process(rows(2, &[("a", 15_000, 7.0)])).await.unwrap();
     assert_eq!(floats(&out.rows, "value_mean"), [2.0]);
-    assert_eq!(stage.retain_from(&tp), Some(2), "only the new window's record is held");
+    assert_eq!(
+        stage.retain_from(&tp),
+        Some(2),
+        "only the new window's record is held"
+    );
     stage.revoke(Some(std::slice::from_ref(&tp)));
     assert_eq!(stage.retain_from(&tp), None);
 }
@@ -156,7 +178,10 @@ fields:
     features: [count, mean]
 ",
     );
-    let batch = rows(0, &[("a", 6_000, 1.0), ("a", 12_000, 3.0), ("a", 40_000, 0.0)]);
+    let batch = rows(
+        0,
+        &[("a", 6_000, 1.0), ("a", 12_000, 3.0), ("a", 40_000, 0.0)],
+    );
     let stage = stage(&config, &batch.schema());
     let out = stage.process(batch).await.unwrap();
     let starts = out
@@ -195,8 +220,11 @@ fields:
     let mut list = ListBuilder::new(arrow::array::Float64Builder::new());
     let order = [1usize, 0, 3, 2];
     for &chunk in &order {
-        list.values()
-            .append_slice(&(chunk * 250..(chunk + 1) * 250).map(sine).collect::<Vec<_>>());
+        list.values().append_slice(
+            &(chunk * 250..(chunk + 1) * 250)
+                .map(sine)
+                .collect::<Vec<_>>(),
+        );
         list.append(true);
     }
     list.append(false);
@@ -206,7 +234,10 @@ fields:
     ts.extend([500, 1_000]);
     let n = ts.len();
     let batch = RecordBatch::try_from_iter(vec![
-        ("machine_id", Arc::new(StringArray::from(vec!["m"; n])) as ArrayRef),
+        (
+            "machine_id",
+            Arc::new(StringArray::from(vec!["m"; n])) as ArrayRef,
+        ),
         (
             "ts",
             Arc::new(TimestampMillisecondArray::from(ts).with_timezone("UTC")),
@@ -221,7 +252,10 @@ fields:
         ),
         ("_topic", Arc::new(StringArray::from(vec!["s"; n]))),
         ("_partition", Arc::new(Int32Array::from(vec![0; n]))),
-        ("_offset", Arc::new(Int64Array::from_iter_values(0..n as i64))),
+        (
+            "_offset",
+            Arc::new(Int64Array::from_iter_values(0..n as i64)),
+        ),
         (
             "_timestamp",
             Arc::new(TimestampMillisecondArray::from(vec![0; n]).with_timezone("UTC")),
