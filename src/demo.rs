@@ -43,6 +43,13 @@ pub enum DemoError {
     Reviews(#[from] ReviewsError),
     #[error(transparent)]
     Signals(#[from] mfpt::SignalsError),
+    #[error("output directory {}: {source}", path.display())]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("output directory {} is not empty and was not written by `sluice demo`; pass an empty or new --out", .0.display())]
+    OutputInUse(PathBuf),
     #[error("the pipeline consumed {consumed} of {expected} records within {timeout:?}")]
     Timeout {
         consumed: u64,
@@ -77,15 +84,37 @@ pub fn pipeline_path(arg: &Path) -> PathBuf {
     }
 }
 
-/// How well the labels written by the pipeline agree with the reviews' own labels.
+/// How well the labels written by the pipeline agree with the known true labels.
 #[derive(Debug, Clone, Default)]
 pub struct LabelReport {
     pub compared: u64,
     pub agreed: u64,
     pub versions: Vec<String>,
-    /// By true label: (rows, rows labelled correctly).
-    pub classes: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Rows by (true label, written label).
+    pub pairs: std::collections::BTreeMap<(String, String), usize>,
 }
+
+impl LabelReport {
+    /// Accuracy, macro-F1 and per-class precision/recall of the written labels.
+    pub fn metrics(&self) -> crate::retrain::metrics::Metrics {
+        let mut labels: Vec<String> = self
+            .pairs
+            .keys()
+            .flat_map(|(t, p)| [t.clone(), p.clone()])
+            .collect();
+        labels.sort();
+        labels.dedup();
+        let index = |l: &String| labels.iter().position(|x| x == l).unwrap_or(0);
+        let mut confusion = vec![vec![0; labels.len()]; labels.len()];
+        for ((truth, predicted), rows) in &self.pairs {
+            confusion[index(truth)][index(predicted)] += rows;
+        }
+        crate::retrain::metrics::Metrics::from_confusion(&labels, confusion, f64::NAN)
+    }
+}
+
+/// Machines named in the summary's alert line (the most alerted first).
+const ALERT_MACHINES_SHOWN: usize = 8;
 
 /// What `sluice demo` reports.
 #[derive(Debug, Clone)]
@@ -124,33 +153,46 @@ impl std::fmt::Display for DemoSummary {
         )?;
         writeln!(f, "  Kafka messages out {:>10}", s.kafka_messages)?;
         if let Some(labels) = self.labels.as_ref().filter(|l| l.compared > 0) {
+            let metrics = labels.metrics();
             writeln!(
                 f,
-                "  labels             {:>10}  agree with the reviews' labels: {:.1}% (model {})",
+                "  labels             {:>10}  agree with the known labels: {:.1}%, macro-F1 {:.3} (model {})",
                 labels.compared,
                 100.0 * labels.agreed as f64 / labels.compared.max(1) as f64,
+                metrics.macro_f1,
                 labels.versions.join(", ")
             )?;
-            if labels.classes.len() > 1 {
-                for (class, (rows, correct)) in &labels.classes {
-                    writeln!(
-                        f,
-                        "    {class:<16} {rows:>8}  recall {:.1}%",
-                        100.0 * *correct as f64 / (*rows).max(1) as f64
-                    )?;
-                }
+            for class in metrics.per_class.iter().filter(|c| c.support > 0) {
+                writeln!(
+                    f,
+                    "    {:<16} {:>8}  precision {:.1}%  recall {:.1}%",
+                    class.label,
+                    class.support,
+                    100.0 * class.precision,
+                    100.0 * class.recall
+                )?;
             }
         }
         if let Some(alerts) = &self.alerts {
             let total: u64 = alerts.values().sum();
+            let mut by_count: Vec<_> = alerts.iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let shown = by_count
+                .iter()
+                .take(ALERT_MACHINES_SHOWN)
+                .map(|(m, n)| format!("{m} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = alerts.len().saturating_sub(ALERT_MACHINES_SHOWN);
             writeln!(
                 f,
-                "  alerts             {total:>10}  machines: {}",
-                alerts
-                    .iter()
-                    .map(|(m, n)| format!("{m} ({n})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "  alerts             {total:>10}  from {} machines: {shown}{}",
+                alerts.len(),
+                if more > 0 {
+                    format!(", and {more} more")
+                } else {
+                    String::new()
+                }
             )?;
         }
         writeln!(f, "  elapsed            {:>10.2} s", secs)?;
@@ -182,7 +224,41 @@ pub async fn run_until_consumed(
     expected: u64,
     timeout: Duration,
 ) -> Result<(StatsSnapshot, Duration), DemoError> {
+    consume(pipeline, expected, timeout, Arc::new(Stats::default())).await
+}
+
+/// Runs `pipeline` while producing `records` to `topic`, at most `max_ahead` records in
+/// front of the pipeline's consumer (see [`sample::produce_paced`]), until it has
+/// consumed them all. Returns the records produced, the counters and the busy time.
+pub async fn run_replaying(
+    pipeline: Pipeline,
+    brokers: &str,
+    topic: &str,
+    records: Vec<sample::SampleRecord>,
+    max_ahead: u64,
+    timeout: Duration,
+) -> Result<(u64, StatsSnapshot, Duration), DemoError> {
     let stats = Arc::new(Stats::default());
+    let expected = records.len() as u64;
+    let pace = sample::Pace {
+        consumer: stats.clone(),
+        max_ahead,
+    };
+    let producing = sample::produce_paced(brokers, topic, records, Some(pace));
+    let (produced, consumed) = tokio::join!(
+        producing,
+        consume(pipeline, expected, timeout, stats)
+    );
+    let (snapshot, busy) = consumed?;
+    Ok((produced?, snapshot, busy))
+}
+
+async fn consume(
+    pipeline: Pipeline,
+    expected: u64,
+    timeout: Duration,
+    stats: Arc<Stats>,
+) -> Result<(StatsSnapshot, Duration), DemoError> {
     let shutdown = CancellationToken::new();
     let running = {
         let (stats, shutdown) = (stats.clone(), shutdown.clone());
@@ -192,9 +268,6 @@ pub async fn run_until_consumed(
     let mut first_record = None;
     loop {
         let consumed = stats.snapshot().records_in;
-        if std::env::var("DBG").is_ok() {
-            eprintln!("consumed {consumed} {:?}", stats.snapshot());
-        }
         if consumed > 0 && first_record.is_none() {
             first_record = Some(Instant::now());
         }
@@ -255,12 +328,42 @@ impl Feed {
     }
 }
 
+/// How far the bearing replay may run ahead of the pipeline: 32 chunks of at most ~100 KB
+/// stay well inside the 5 MB the mock cluster keeps per partition.
+const BEARING_RECORDS_AHEAD: u64 = 32;
+
+/// Marks a directory as a demo's output, which the next demo run may clear.
+const DEMO_MARKER: &str = ".sluice-demo";
+
+/// Empties the output of an earlier demo run: each run starts a fresh cluster whose
+/// offsets begin at zero again, and the Parquet sink would skip those offsets as already
+/// written. A non-empty directory without the demo's marker is left alone.
+fn prepare_output(out: &Path) -> Result<(), DemoError> {
+    let io = |source| DemoError::Output {
+        path: out.to_owned(),
+        source,
+    };
+    if out.exists() {
+        let empty = std::fs::read_dir(out).map_err(io)?.next().is_none();
+        if !empty {
+            if !out.join(DEMO_MARKER).exists() {
+                return Err(DemoError::OutputInUse(out.to_owned()));
+            }
+            std::fs::remove_dir_all(out).map_err(io)?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(io)?;
+    std::fs::write(out.join(DEMO_MARKER), b"written by sluice demo; the next run clears it\n")
+        .map_err(io)
+}
+
 /// Machines in the generated process feed.
 pub const PROCESS_MACHINES: usize = 100;
 
 /// Runs the demo end to end.
 pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
+    prepare_output(&options.out)?;
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let pipeline = load_pipeline(&options.pipeline, &brokers, &options.out)?;
@@ -316,17 +419,32 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         Feed::Process => {
             let count = options.records.unwrap_or(60_000) as usize;
             let minutes = (count / PROCESS_MACHINES).max(1) as i64;
-            ai4i::ProcessGenerator::new(42, PROCESS_MACHINES, now - minutes * 60_000, 60_000)
+            // Different machines' luck for training and for the held-out evaluation.
+            let seed = if options.split == "train" { 1 } else { 2 };
+            ai4i::ProcessGenerator::new(seed, PROCESS_MACHINES, now - minutes * 60_000, 60_000)
                 .take(count)
                 .map(|r| r.to_record())
                 .collect()
         }
     };
-    let produced = sample::produce(&brokers, &topic, records).await?;
-    tracing::info!(produced, topic, "sample records produced");
-
-    let (stats, _) =
-        run_until_consumed(pipeline.clone(), produced, Duration::from_secs(300)).await?;
+    let timeout = Duration::from_secs(300);
+    let (produced, stats) = if feed == Feed::Bearings {
+        // Vibration chunks are large: replay them beside the pipeline, not all up front.
+        let (produced, stats, _) = run_replaying(
+            pipeline.clone(),
+            &brokers,
+            &topic,
+            records,
+            BEARING_RECORDS_AHEAD,
+            timeout,
+        )
+        .await?;
+        (produced, stats)
+    } else {
+        let produced = sample::produce(&brokers, &topic, records).await?;
+        tracing::info!(produced, topic, "sample records produced");
+        (produced, run_until_consumed(pipeline.clone(), produced, timeout).await?.0)
+    };
     let (rows_read_back, dead_letters_read_back) = read_back(&pipeline)?;
     let labels = match (feed, truth) {
         (Feed::Reviews, Some(truth)) => Some(compare_labels(&pipeline, &|batch, row| {
@@ -348,9 +466,13 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         })?),
         _ => None,
     };
-    let alerts = match feed {
-        Feed::Bearings | Feed::Process => Some(read_alerts(&brokers)?),
+    let alerts_topic = pipeline.config.sinks.iter().find_map(|sink| match sink {
+        config::SinkConfig::Kafka(out) if out.alert.is_some() => Some(out.topic.as_str()),
         _ => None,
+    });
+    let alerts = match alerts_topic {
+        Some(topic) => Some(read_alerts(&brokers, topic)?),
+        None => None,
     };
     Ok(DemoSummary {
         produced,
@@ -364,13 +486,13 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     })
 }
 
-/// Topic the maintenance pipelines send alerts to.
-pub const ALERTS_TOPIC: &str = "maintenance-alerts";
-
-/// Alerts sent to [`ALERTS_TOPIC`], counted by machine.
-fn read_alerts(brokers: &str) -> Result<std::collections::BTreeMap<String, u64>, DemoError> {
+/// Alerts sent to `topic`, counted by machine.
+fn read_alerts(
+    brokers: &str,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<String, u64>, DemoError> {
     let mut alerts = std::collections::BTreeMap::new();
-    for message in read_topic(brokers, ALERTS_TOPIC)? {
+    for message in read_topic(brokers, topic)? {
         let value: serde_json::Value = serde_json::from_slice(&message).unwrap_or_default();
         if let Some(machine) = value["machine_id"].as_str() {
             *alerts.entry(machine.to_owned()).or_default() += 1;
@@ -437,12 +559,9 @@ fn compare_labels(
             for row in 0..batch.num_rows() {
                 let label = labels.as_string::<i32>().value(row);
                 if let Some(expected) = truth(&batch, row) {
-                    let correct = expected == label;
                     report.compared += 1;
-                    report.agreed += u64::from(correct);
-                    let class = report.classes.entry(expected).or_default();
-                    class.0 += 1;
-                    class.1 += u64::from(correct);
+                    report.agreed += u64::from(expected == label);
+                    *report.pairs.entry((expected, label.to_owned())).or_default() += 1;
                 }
                 if let Some(v) = versions {
                     let v = v.as_string::<i32>().value(row);

@@ -137,6 +137,26 @@ pub async fn produce(
     topic: &str,
     records: impl IntoIterator<Item = SampleRecord>,
 ) -> Result<u64, KafkaError> {
+    produce_paced(brokers, topic, records, None).await
+}
+
+/// Keeps a producer at most `max_ahead` records in front of a consumer.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// The consumer's counters (records consumed so far).
+    pub consumer: std::sync::Arc<crate::telemetry::Stats>,
+    pub max_ahead: u64,
+}
+
+/// Like [`produce`], but with `pace`, waits before each record until the consumer is
+/// close enough behind: for records too large for a broker to keep them all (the mock
+/// cluster keeps 5 MB per partition and drops older segments beyond that).
+pub async fn produce_paced(
+    brokers: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = SampleRecord>,
+    pace: Option<Pace>,
+) -> Result<u64, KafkaError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -144,7 +164,12 @@ pub async fn produce(
         .set("message.max.bytes", "2000000")
         .create()?;
     let mut deliveries = Vec::new();
-    for record in records {
+    for (sent, record) in records.into_iter().enumerate() {
+        if let Some(pace) = &pace {
+            while pace.consumer.records_in() + pace.max_ahead <= sent as u64 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         loop {
             let future_record = FutureRecord::to(topic)
                 .key(&record.key)

@@ -74,6 +74,11 @@ impl Stats {
         self.kafka_messages.fetch_add(messages, Relaxed);
     }
 
+    /// Records consumed so far.
+    pub fn records_in(&self) -> u64 {
+        self.records_in.load(Relaxed)
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             records_in: self.records_in.load(Relaxed),

@@ -20,7 +20,7 @@ fi
 if [[ ! -f models/process-failure/current ]]; then
   rm -rf "$out"
   echo "bootstrap: windowing 60000 generated process readings with pipelines/process-windows.yaml"
-  "$sluice" demo --pipeline process-windows --records 60000 --out "$out" >/dev/null
+  "$sluice" demo --pipeline process-windows --split train --records 60000 --out "$out" >/dev/null
   echo "bootstrap: training process-failure with sluice retrain"
   SLUICE_OUT="$out" SLUICE_MODELS="$PWD/models" "$sluice" retrain pipelines/retrain-process.yaml
 fi

@@ -36,7 +36,14 @@ impl Metrics {
             confusion[t][predicted] += 1;
             log_loss -= f64::from(p[t].clamp(1e-7, 1.0)).ln();
         }
-        let rows = truth.len();
+        Metrics::from_confusion(labels, confusion, log_loss / truth.len().max(1) as f64)
+    }
+
+    /// Metrics of hard predictions given as a confusion matrix (rows = true class,
+    /// columns = predicted); `log_loss` is whatever the caller measured (NaN if none).
+    pub fn from_confusion(labels: &[String], confusion: Vec<Vec<usize>>, log_loss: f64) -> Metrics {
+        let classes = labels.len();
+        let rows: usize = confusion.iter().flatten().sum();
         let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
         let per_class: Vec<ClassMetrics> = (0..classes)
             .map(|c| {
@@ -65,7 +72,7 @@ impl Metrics {
             rows,
             accuracy: correct as f64 / rows.max(1) as f64,
             macro_f1: per_class.iter().map(|c| c.f1).sum::<f64>() / classes.max(1) as f64,
-            log_loss: log_loss / rows.max(1) as f64,
+            log_loss,
             per_class,
             confusion,
         }

@@ -136,7 +136,11 @@ impl Partitioner {
 
     /// Splits `batch` into `(relative directory, rows)` pairs, e.g. `date=2026-11-22`.
     pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>, ArrowError> {
-        if self.keys.is_empty() || batch.num_rows() == 0 {
+        if batch.num_rows() == 0 {
+            // No file for no rows (an empty file in the root would not carry the keys).
+            return Ok(Vec::new());
+        }
+        if self.keys.is_empty() {
             return Ok(vec![(String::new(), batch.clone())]);
         }
         let key_arrays = self
@@ -296,6 +300,19 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn an_empty_batch_makes_no_files() {
+        let batch = batch().slice(0, 0);
+        for specs in [&[][..], &["date(_timestamp)"][..]] {
+            let keys = specs
+                .iter()
+                .map(|s| PartitionKey::parse(s).unwrap())
+                .collect();
+            let partitioner = Partitioner::new(keys, batch.schema_ref()).unwrap();
+            assert!(partitioner.split(&batch).unwrap().is_empty(), "{specs:?}");
+        }
     }
 
     #[test]
