@@ -7,7 +7,9 @@
 #                             .tools/onnxruntime/, and the models under models/ (the MiniLM
 #                             encoder built from its safetensors weights, fp32 + int8, and
 #                             the first sentiment head, trained by `sluice retrain` on public
-#                             labelled reviews: this step builds sluice)
+#                             labelled reviews, and the predictive-maintenance models,
+#                             trained by `sluice retrain` on windows of the MFPT recordings
+#                             and of generated AI4I-style readings: this step builds sluice)
 #   scripts/setup.sh --test   also the Python tools the tests use (scripts/requirements-test.txt):
 #                             noida-db (a Kafka-protocol broker process), pyarrow, duckdb
 #   scripts/setup.sh --gpu    also onnxruntime-gpu into .tools/onnxruntime-gpu/ (255 MB)
@@ -60,13 +62,17 @@ if $want_gpu; then python3 scripts/models/fetch_assets.py --gpu; else python3 sc
 # The first sentiment head is trained by sluice itself (sluice retrain), which needs the
 # binary: the dev build for the tests (cargo test reuses it), the release build otherwise
 # (what `cargo run --release` then runs).
-if [[ ! -f models/sentiment-head/current ]]; then
+# Same for the predictive-maintenance models (scripts/models/bootstrap_maintenance.sh).
+if [[ ! -f models/sentiment-head/current || ! -f models/bearing-health/current
+      || ! -f models/process-failure/current ]]; then
   if $want_test; then
     cargo build --locked --bin sluice
-    scripts/models/bootstrap_head.sh target/debug/sluice
+    sluice=target/debug/sluice
   else
     cargo build --release --locked --bin sluice
-    scripts/models/bootstrap_head.sh target/release/sluice
+    sluice=target/release/sluice
   fi
+  [[ -f models/sentiment-head/current ]] || scripts/models/bootstrap_head.sh "$sluice"
+  scripts/models/bootstrap_maintenance.sh "$sluice"
 fi
 echo "setup: ok"

@@ -332,6 +332,12 @@ impl Feed {
 /// stay well inside the 5 MB the mock cluster keeps per partition.
 const BEARING_RECORDS_AHEAD: u64 = 32;
 
+/// `ms` rounded down to a whole hour: sensor feeds start on one, so every run cuts the
+/// same windows out of the same readings (windows are aligned to the epoch).
+fn whole_hour(ms: i64) -> i64 {
+    ms.div_euclid(3_600_000) * 3_600_000
+}
+
 /// Marks a directory as a demo's output, which the next demo run may clear.
 const DEMO_MARKER: &str = ".sluice-demo";
 
@@ -410,7 +416,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
                 "test"
             };
             let recordings = mfpt::load(&options.signals, split)?;
-            let mut records = mfpt::replay(&recordings, now - day, 50);
+            let mut records = mfpt::replay(&recordings, whole_hour(now - day), 50);
             if let Some(limit) = options.records {
                 records.truncate(limit as usize);
             }
@@ -421,7 +427,12 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
             let minutes = (count / PROCESS_MACHINES).max(1) as i64;
             // Different machines' luck for training and for the held-out evaluation.
             let seed = if options.split == "train" { 1 } else { 2 };
-            ai4i::ProcessGenerator::new(seed, PROCESS_MACHINES, now - minutes * 60_000, 60_000)
+            ai4i::ProcessGenerator::new(
+                seed,
+                PROCESS_MACHINES,
+                whole_hour(now - minutes * 60_000),
+                60_000,
+            )
                 .take(count)
                 .map(|r| r.to_record())
                 .collect()
