@@ -50,6 +50,8 @@ pub enum DemoError {
     },
     #[error("output directory {} is not empty and was not written by `sluice demo`; pass an empty or new --out", .0.display())]
     OutputInUse(PathBuf),
+    #[error("`sluice bench` has no generated feed for pipeline `{0}` (bearing recordings are replayed by `sluice demo`)")]
+    NoBenchFeed(String),
     #[error("the pipeline consumed {consumed} of {expected} records within {timeout:?}")]
     Timeout {
         consumed: u64,
@@ -332,6 +334,28 @@ impl Feed {
 /// stay well inside the 5 MB the mock cluster keeps per partition.
 const BEARING_RECORDS_AHEAD: u64 = 32;
 
+/// The topic the demo and the bench feed: the pipeline's first source topic.
+pub fn source_topic(pipeline: &Pipeline) -> String {
+    let config::SourceConfig::Kafka(source) = &pipeline.config.source;
+    source
+        .topics
+        .first()
+        .map_or(DEMO_TOPIC, String::as_str)
+        .to_owned()
+}
+
+/// `count` generated process readings of [`PROCESS_MACHINES`] machines, one per machine
+/// and minute, ending about `now`. Seeds give different machines' luck (the demo trains
+/// on seed 1 and evaluates on seed 2).
+pub fn process_readings(seed: u64, count: u64, now: i64) -> Vec<sample::SampleRecord> {
+    let minutes = (count as i64 / PROCESS_MACHINES as i64).max(1);
+    let start = whole_hour(now - minutes * 60_000);
+    ai4i::ProcessGenerator::new(seed, PROCESS_MACHINES, start, 60_000)
+        .take(count as usize)
+        .map(|r| r.to_record())
+        .collect()
+}
+
 /// `ms` rounded down to a whole hour: sensor feeds start on one, so every run cuts the
 /// same windows out of the same readings (windows are aligned to the epoch).
 fn whole_hour(ms: i64) -> i64 {
@@ -373,12 +397,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let pipeline = load_pipeline(&options.pipeline, &brokers, &options.out)?;
-    let config::SourceConfig::Kafka(source) = &pipeline.config.source;
-    let topic = source
-        .topics
-        .first()
-        .map_or(DEMO_TOPIC, String::as_str)
-        .to_owned();
+    let topic = source_topic(&pipeline);
     cluster.create_topic(&topic, DEMO_PARTITIONS, 1)?;
 
     let feed = Feed::of(&pipeline);
@@ -422,21 +441,11 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
             }
             records
         }
-        Feed::Process => {
-            let count = options.records.unwrap_or(60_000) as usize;
-            let minutes = (count / PROCESS_MACHINES).max(1) as i64;
-            // Different machines' luck for training and for the held-out evaluation.
-            let seed = if options.split == "train" { 1 } else { 2 };
-            ai4i::ProcessGenerator::new(
-                seed,
-                PROCESS_MACHINES,
-                whole_hour(now - minutes * 60_000),
-                60_000,
-            )
-                .take(count)
-                .map(|r| r.to_record())
-                .collect()
-        }
+        Feed::Process => process_readings(
+            if options.split == "train" { 1 } else { 2 },
+            options.records.unwrap_or(60_000),
+            now,
+        ),
     };
     let timeout = Duration::from_secs(300);
     let (produced, stats) = if feed == Feed::Bearings {

@@ -75,6 +75,9 @@ enum Command {
         /// JSON-lines file the result is appended to.
         #[arg(long, default_value = "benches/results/e2e.jsonl")]
         results: PathBuf,
+        /// Also write the generated payloads here (JSON lines) for a baseline to replay.
+        #[arg(long)]
+        export_input: Option<PathBuf>,
     },
     /// Train a model version from a pipeline's Parquet dataset; publish it if it beats the
     /// serving version on the same holdout.
@@ -180,8 +183,14 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             out,
             records,
             results,
+            export_input,
         } => {
-            let result = bench::run(&demo::pipeline_path(&pipeline), &out, records)
+            let result = bench::run(
+                &demo::pipeline_path(&pipeline),
+                &out,
+                records,
+                export_input.as_deref(),
+            )
                 .await
                 .context("bench failed")?;
             println!("{result}");

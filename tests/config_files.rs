@@ -191,3 +191,28 @@ fn the_validate_command_reports_errors_and_exits_non_zero() {
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(stderr.contains("missing field `decode`"), "{stderr}");
 }
+
+/// The window stage of `stages[0]` in a shipped pipeline file, as YAML.
+fn first_window(file: &str) -> serde_norway::Value {
+    let text = std::fs::read_to_string(pipelines_dir().join(file)).unwrap();
+    let value: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let window = value["stages"][0]["window"].clone();
+    assert!(window.is_mapping(), "{file}: stages[0] is not a window stage");
+    window
+}
+
+#[test]
+fn models_are_trained_on_the_same_windows_they_serve() {
+    // The bootstrap pipelines make the training windows; the maintenance pipelines feed
+    // the trained models the same features only if their window stages are identical.
+    for (training, serving) in [
+        ("bearing-windows.yaml", "maintenance.yaml"),
+        ("process-windows.yaml", "maintenance-process.yaml"),
+    ] {
+        assert_eq!(
+            first_window(training),
+            first_window(serving),
+            "{training} and {serving} must window alike"
+        );
+    }
+}
