@@ -247,10 +247,7 @@ pub async fn run_replaying(
         max_ahead,
     };
     let producing = sample::produce_paced(brokers, topic, records, Some(pace));
-    let (produced, consumed) = tokio::join!(
-        producing,
-        consume(pipeline, expected, timeout, stats)
-    );
+    let (produced, consumed) = tokio::join!(producing, consume(pipeline, expected, timeout, stats));
     let (snapshot, busy) = consumed?;
     Ok((produced?, snapshot, busy))
 }
@@ -383,8 +380,11 @@ fn prepare_output(out: &Path) -> Result<(), DemoError> {
         }
     }
     std::fs::create_dir_all(out).map_err(io)?;
-    std::fs::write(out.join(DEMO_MARKER), b"written by sluice demo; the next run clears it\n")
-        .map_err(io)
+    std::fs::write(
+        out.join(DEMO_MARKER),
+        b"written by sluice demo; the next run clears it\n",
+    )
+    .map_err(io)
 }
 
 /// Machines in the generated process feed.
@@ -463,7 +463,12 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     } else {
         let produced = sample::produce(&brokers, &topic, records).await?;
         tracing::info!(produced, topic, "sample records produced");
-        (produced, run_until_consumed(pipeline.clone(), produced, timeout).await?.0)
+        (
+            produced,
+            run_until_consumed(pipeline.clone(), produced, timeout)
+                .await?
+                .0,
+        )
     };
     let (rows_read_back, dead_letters_read_back) = read_back(&pipeline)?;
     let labels = match (feed, truth) {
@@ -581,7 +586,10 @@ fn compare_labels(
                 if let Some(expected) = truth(&batch, row) {
                     report.compared += 1;
                     report.agreed += u64::from(expected == label);
-                    *report.pairs.entry((expected, label.to_owned())).or_default() += 1;
+                    *report
+                        .pairs
+                        .entry((expected, label.to_owned()))
+                        .or_default() += 1;
                 }
                 if let Some(v) = versions {
                     let v = v.as_string::<i32>().value(row);

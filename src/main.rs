@@ -191,8 +191,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 records,
                 export_input.as_deref(),
             )
-                .await
-                .context("bench failed")?;
+            .await
+            .context("bench failed")?;
             println!("{result}");
             bench::append_result(&results, &result)
                 .with_context(|| format!("appending to {}", results.display()))?;

@@ -61,7 +61,7 @@ pub enum RunError {
 
 enum Sink {
     Parquet(Box<ParquetSink>),
-    Kafka(KafkaSink),
+    Kafka(Box<KafkaSink>),
 }
 
 impl Sink {
@@ -117,7 +117,7 @@ pub async fn run(
                 };
                 let key = out.key.as_deref().map(index).transpose()?;
                 let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);
-                Sink::Kafka(KafkaSink::new(
+                Sink::Kafka(Box::new(KafkaSink::new(
                     format!("sinks[{i}].kafka"),
                     out.topic.clone(),
                     client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
@@ -128,7 +128,7 @@ pub async fn run(
                     },
                     tracker.clone(),
                     stats.clone(),
-                )?)
+                )?))
             }
         });
     }
@@ -144,14 +144,14 @@ pub async fn run(
     }
     if let Some(out) = &dead_letter.kafka {
         let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);
-        sinks.push(Sink::Kafka(KafkaSink::new(
+        sinks.push(Sink::Kafka(Box::new(KafkaSink::new(
             "dead_letter.kafka".into(),
             out.topic.clone(),
             client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
             Encoding::DeadLetters,
             tracker.clone(),
             stats.clone(),
-        )?));
+        )?)));
     }
 
     // Models load and warm up before the consumer joins the group.

@@ -197,7 +197,10 @@ fn first_window(file: &str) -> serde_norway::Value {
     let text = std::fs::read_to_string(pipelines_dir().join(file)).unwrap();
     let value: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let window = value["stages"][0]["window"].clone();
-    assert!(window.is_mapping(), "{file}: stages[0] is not a window stage");
+    assert!(
+        window.is_mapping(),
+        "{file}: stages[0] is not a window stage"
+    );
     window
 }
 

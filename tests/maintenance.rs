@@ -164,7 +164,9 @@ fn polars_reference(records: &[SampleRecord]) -> DataFrame {
             x().skew(true).alias("torque_skew"),
             slope.alias("torque_slope"),
             x().count().cast(DataType::Float64).alias("torque_count"),
-            col("rotational_speed").mean().alias("rotational_speed_mean"),
+            col("rotational_speed")
+                .mean()
+                .alias("rotational_speed_mean"),
         ])
         .sort(["machine_id", "window_start"], Default::default())
         .collect()
@@ -175,7 +177,10 @@ fn polars_reference(records: &[SampleRecord]) -> DataFrame {
 fn written_windows(batches: &[RecordBatch]) -> Vec<((String, i64), HashMap<String, f64>)> {
     let mut rows = Vec::new();
     for batch in batches {
-        let machines = batch.column_by_name("machine_id").unwrap().as_string::<i32>();
+        let machines = batch
+            .column_by_name("machine_id")
+            .unwrap()
+            .as_string::<i32>();
         let starts = batch
             .column_by_name("window_start")
             .unwrap()
@@ -192,7 +197,10 @@ fn written_windows(batches: &[RecordBatch]) -> Vec<((String, i64), HashMap<Strin
                     (f.name().clone(), column.value(row))
                 })
                 .collect();
-            rows.push(((machines.value(row).to_owned(), starts.value(row)), features));
+            rows.push((
+                (machines.value(row).to_owned(), starts.value(row)),
+                features,
+            ));
         }
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -220,12 +228,7 @@ async fn window_features_equal_a_polars_reference_with_out_of_order_and_late_eve
     let machines = reference.column("machine_id").unwrap().str().unwrap();
     let starts = reference.column("window_start").unwrap().i64().unwrap();
     let expected_keys: Vec<(String, i64)> = (0..reference.height())
-        .map(|i| {
-            (
-                machines.get(i).unwrap().to_owned(),
-                starts.get(i).unwrap(),
-            )
-        })
+        .map(|i| (machines.get(i).unwrap().to_owned(), starts.get(i).unwrap()))
         .collect();
     let written_keys: Vec<(String, i64)> = written.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(written_keys, expected_keys, "the same windows closed");
@@ -256,7 +259,9 @@ async fn window_features_equal_a_polars_reference_with_out_of_order_and_late_eve
         .iter()
         .flat_map(|b| {
             let reasons = b.column_by_name("reason").unwrap().as_string::<i32>();
-            (0..b.num_rows()).map(|i| reasons.value(i).to_owned()).collect::<Vec<_>>()
+            (0..b.num_rows())
+                .map(|i| reasons.value(i).to_owned())
+                .collect::<Vec<_>>()
         })
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
@@ -264,7 +269,10 @@ async fn window_features_equal_a_polars_reference_with_out_of_order_and_late_eve
     let offsets: usize = letters
         .iter()
         .map(|b| {
-            let offsets = b.column_by_name("_offset").unwrap().as_primitive::<Int64Type>();
+            let offsets = b
+                .column_by_name("_offset")
+                .unwrap()
+                .as_primitive::<Int64Type>();
             offsets.len() - offsets.null_count()
         })
         .sum();
@@ -314,13 +322,20 @@ async fn held_out_faulty_bearings_raise_alerts_and_the_healthy_one_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_failures_of_unseen_machines_are_predicted() {
     let out = tempfile::tempdir().unwrap();
-    let summary = demo::run(&demo_options("maintenance-process", out.path(), Some(20_000)))
-        .await
-        .unwrap();
+    let summary = demo::run(&demo_options(
+        "maintenance-process",
+        out.path(),
+        Some(20_000),
+    ))
+    .await
+    .unwrap();
     assert_eq!(summary.stats.records_in, 20_000);
     let labels = summary.labels.clone().unwrap();
     // 100 machines × 200 minutes: about 20 ten-minute windows each (the last still open).
-    assert!((100 * 18..=100 * 20).contains(&labels.compared), "{summary}");
+    assert!(
+        (100 * 18..=100 * 20).contains(&labels.compared),
+        "{summary}"
+    );
     let metrics = labels.metrics();
     assert!(metrics.macro_f1 > 0.75, "{summary}");
     let alerts: u64 = summary.alerts.clone().unwrap_or_default().values().sum();

@@ -147,7 +147,7 @@ impl Spectra {
         let power = |k: usize| {
             let p = buffer[k].norm_sqr() * scale;
             // Positive and negative frequencies, except DC and Nyquist which appear once.
-            if k == 0 || (n % 2 == 0 && k == n / 2) {
+            if k == 0 || (n.is_multiple_of(2) && k == n / 2) {
                 p
             } else {
                 2.0 * p

@@ -256,6 +256,8 @@ struct Columns {
     fields: Vec<FieldColumn>,
 }
 
+// One per field per batch, on the stack briefly: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum FieldColumn {
     Numbers(Float64Array),
     Chunks {
