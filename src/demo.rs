@@ -43,12 +43,12 @@ pub enum DemoError {
     Reviews(#[from] ReviewsError),
     #[error(transparent)]
     Signals(#[from] mfpt::SignalsError),
-    #[error("output directory {}: {source}", path.display())]
+    #[error("{}: {source}", path.display())]
     Output {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("output directory {} is not empty and was not written by `sluice demo`; pass an empty or new --out", .0.display())]
+    #[error("{} is in the way of the demo's dataset and is not a sluice Parquet dataset; pass another --out", .0.display())]
     OutputInUse(PathBuf),
     #[error("`sluice bench` has no generated feed for pipeline `{0}` (bearing recordings are replayed by `sluice demo`)")]
     NoBenchFeed(String),
@@ -359,32 +359,36 @@ fn whole_hour(ms: i64) -> i64 {
     ms.div_euclid(3_600_000) * 3_600_000
 }
 
-/// Marks a directory as a demo's output, which the next demo run may clear.
-const DEMO_MARKER: &str = ".sluice-demo";
-
-/// Empties the output of an earlier demo run: each run starts a fresh cluster whose
-/// offsets begin at zero again, and the Parquet sink would skip those offsets as already
-/// written. A non-empty directory without the demo's marker is left alone.
-fn prepare_output(out: &Path) -> Result<(), DemoError> {
-    let io = |source| DemoError::Output {
-        path: out.to_owned(),
-        source,
-    };
-    if out.exists() {
-        let empty = std::fs::read_dir(out).map_err(io)?.next().is_none();
-        if !empty {
-            if !out.join(DEMO_MARKER).exists() {
-                return Err(DemoError::OutputInUse(out.to_owned()));
-            }
-            std::fs::remove_dir_all(out).map_err(io)?;
+/// Removes the datasets an earlier demo run of `pipeline` wrote: each run starts a fresh
+/// cluster whose offsets begin at zero again, and the Parquet sink would skip those
+/// offsets as already written. Only directories sluice's Parquet sink made (with its
+/// `_sluice` bookkeeping) are removed; anything else in the way is an error.
+fn clear_earlier_output(pipeline: &Pipeline) -> Result<(), DemoError> {
+    let sinks = pipeline.config.sinks.iter().filter_map(|s| match s {
+        config::SinkConfig::Parquet(p) => Some(p.path.as_path()),
+        config::SinkConfig::Kafka(_) => None,
+    });
+    let dead_letters = pipeline.config.dead_letter.parquet.as_ref();
+    for dataset in sinks.chain(dead_letters.map(|p| p.path.as_path())) {
+        let io = |source| DemoError::Output {
+            path: dataset.to_owned(),
+            source,
+        };
+        let Ok(mut entries) = std::fs::read_dir(dataset) else {
+            continue; // not there yet
+        };
+        if entries.next().is_none() {
+            continue;
         }
+        if !dataset
+            .join(crate::sink::parquet::commit::META_DIR)
+            .is_dir()
+        {
+            return Err(DemoError::OutputInUse(dataset.to_owned()));
+        }
+        std::fs::remove_dir_all(dataset).map_err(io)?;
     }
-    std::fs::create_dir_all(out).map_err(io)?;
-    std::fs::write(
-        out.join(DEMO_MARKER),
-        b"written by sluice demo; the next run clears it\n",
-    )
-    .map_err(io)
+    Ok(())
 }
 
 /// Machines in the generated process feed.
@@ -393,10 +397,10 @@ pub const PROCESS_MACHINES: usize = 100;
 /// Runs the demo end to end.
 pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
-    prepare_output(&options.out)?;
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let pipeline = load_pipeline(&options.pipeline, &brokers, &options.out)?;
+    clear_earlier_output(&pipeline)?;
     let topic = source_topic(&pipeline);
     cluster.create_topic(&topic, DEMO_PARTITIONS, 1)?;
 
