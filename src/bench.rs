@@ -34,11 +34,18 @@ pub struct BenchResult {
     pub pipeline_over_raw: Option<f64>,
     pub parquet_files: u64,
     pub parquet_bytes: u64,
+    /// Where each infer stage ran (`stages[1].infer=cuda:0`); empty without models.
+    pub inference: Vec<String>,
+    /// CPUs the process could use, to tell machines apart when comparing runs.
+    pub host_cpus: usize,
 }
 
 impl std::fmt::Display for BenchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "records                 {}", self.records)?;
+        if !self.inference.is_empty() {
+            writeln!(f, "inference               {}", self.inference.join(", "))?;
+        }
         if let Some(raw) = self.raw_consume_records_per_s {
             writeln!(f, "raw rdkafka consume     {raw:.0} records/s")?;
         }
@@ -86,6 +93,7 @@ pub async fn run(
     let payload_bytes: u64 = generated.iter().map(|r| r.payload.len() as u64).sum();
     let bench = format!("e2e/{}", pipeline.name());
     let timeout = Duration::from_secs(600);
+    let counters = std::sync::Arc::new(crate::telemetry::Stats::default());
     let (produced, raw_rate, stats, pipeline_elapsed) =
         if payload_bytes <= PARTITION_BUDGET * DEMO_PARTITIONS as u64 {
             // Everything fits in the mock cluster's log: load the topic, read it raw, then
@@ -98,7 +106,8 @@ pub async fn run(
                     .map_err(|e| crate::runtime::RunError::Task(e.to_string()))??
             };
             let raw_rate = produced as f64 / raw_elapsed.as_secs_f64().max(1e-9);
-            let (stats, elapsed) = demo::run_until_consumed(pipeline, produced, timeout).await?;
+            let (stats, elapsed) =
+                demo::run_until_consumed(pipeline, produced, timeout, counters.clone()).await?;
             (produced, Some(raw_rate), stats, elapsed)
         } else {
             // More than the mock cluster keeps (5 MB per partition): produce beside the
@@ -106,8 +115,16 @@ pub async fn run(
             // impossible then, so there is no raw rate.
             let average = payload_bytes / generated.len().max(1) as u64;
             let ahead = PARTITION_BUDGET / 2 * DEMO_PARTITIONS as u64 / average.max(1);
-            let (produced, stats, elapsed) =
-                demo::run_replaying(pipeline, &brokers, &topic, generated, ahead, timeout).await?;
+            let (produced, stats, elapsed) = demo::run_replaying(
+                pipeline,
+                &brokers,
+                &topic,
+                generated,
+                ahead,
+                timeout,
+                counters.clone(),
+            )
+            .await?;
             (produced, None, stats, elapsed)
         };
     let pipeline_rate = produced as f64 / pipeline_elapsed.as_secs_f64().max(1e-9);
@@ -127,6 +144,8 @@ pub async fn run(
         pipeline_over_raw: raw_rate.map(|raw| pipeline_rate / raw),
         parquet_files: stats.parquet_files,
         parquet_bytes: stats.parquet_bytes,
+        inference: counters.inference_devices(),
+        host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
 

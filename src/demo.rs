@@ -219,19 +219,22 @@ pub fn load_pipeline(file: &Path, brokers: &str, out: &Path) -> Result<Pipeline,
 }
 
 /// Runs `pipeline` until it has consumed `expected` records, then shuts it down cleanly.
-/// Returns the counters and the time from the first consumed record to the end of the
-/// clean shutdown (so group-join time is not counted as processing time).
+/// Counts into `stats`; returns their final values and the time from the first consumed
+/// record to the end of the clean shutdown (so group-join time is not counted as
+/// processing time).
 pub async fn run_until_consumed(
     pipeline: Pipeline,
     expected: u64,
     timeout: Duration,
+    stats: Arc<Stats>,
 ) -> Result<(StatsSnapshot, Duration), DemoError> {
-    consume(pipeline, expected, timeout, Arc::new(Stats::default())).await
+    consume(pipeline, expected, timeout, stats).await
 }
 
 /// Runs `pipeline` while producing `records` to `topic`, at most `max_ahead` records in
 /// front of the pipeline's consumer (see [`sample::produce_paced`]), until it has
-/// consumed them all. Returns the records produced, the counters and the busy time.
+/// consumed them all, counting into `stats`. Returns the records produced, the counters
+/// and the busy time.
 pub async fn run_replaying(
     pipeline: Pipeline,
     brokers: &str,
@@ -239,8 +242,8 @@ pub async fn run_replaying(
     records: Vec<sample::SampleRecord>,
     max_ahead: u64,
     timeout: Duration,
+    stats: Arc<Stats>,
 ) -> Result<(u64, StatsSnapshot, Duration), DemoError> {
-    let stats = Arc::new(Stats::default());
     let expected = records.len() as u64;
     let pace = sample::Pace {
         consumer: stats.clone(),
@@ -461,6 +464,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
             records,
             BEARING_RECORDS_AHEAD,
             timeout,
+            Arc::new(Stats::default()),
         )
         .await?;
         (produced, stats)
@@ -469,7 +473,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         tracing::info!(produced, topic, "sample records produced");
         (
             produced,
-            run_until_consumed(pipeline.clone(), produced, timeout)
+            run_until_consumed(pipeline.clone(), produced, timeout, Arc::default())
                 .await?
                 .0,
         )

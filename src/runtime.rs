@@ -156,6 +156,7 @@ pub async fn run(
 
     // Models load and warm up before the consumer joins the group.
     let chain = Arc::new(Chain::build(pipeline).await?);
+    stats.set_inference_devices(chain.inference_devices());
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     if let Some(retrain) = pipeline.retrain.clone() {

@@ -4,6 +4,7 @@
 //! summary printed by `sluice run` and `sluice demo`, and the tests, read them.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
@@ -36,6 +37,8 @@ pub struct Stats {
     parquet_rows: AtomicU64,
     parquet_bytes: AtomicU64,
     kafka_messages: AtomicU64,
+    /// `STAGE=DEVICE` for each infer stage, once the chain is built.
+    inference_devices: Mutex<Vec<String>>,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -72,6 +75,20 @@ impl Stats {
 
     pub fn record_messages(&self, messages: u64) {
         self.kafka_messages.fetch_add(messages, Relaxed);
+    }
+
+    pub fn set_inference_devices(&self, devices: Vec<String>) {
+        if let Ok(mut held) = self.inference_devices.lock() {
+            *held = devices;
+        }
+    }
+
+    /// Where each infer stage runs (`stages[1].infer=cuda:0`), once the chain is built.
+    pub fn inference_devices(&self) -> Vec<String> {
+        self.inference_devices
+            .lock()
+            .map(|held| held.clone())
+            .unwrap_or_default()
     }
 
     /// Records consumed so far.

@@ -218,9 +218,14 @@ async fn window_features_equal_a_polars_reference_with_out_of_order_and_late_eve
     let produced = produce(&brokers, "sensor-readings", all).await.unwrap();
 
     let pipeline = window_pipeline(&brokers, out.path());
-    let (stats, _) = demo::run_until_consumed(pipeline, produced, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (stats, _) = demo::run_until_consumed(
+        pipeline,
+        produced,
+        Duration::from_secs(120),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(stats.records_in, produced);
 
     let reference = polars_reference(&in_time);

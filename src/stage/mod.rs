@@ -274,6 +274,17 @@ impl Chain {
         self.stages.is_empty()
     }
 
+    /// `STAGE=DEVICE` for each infer stage (`stages[1].infer=cuda:0`).
+    pub fn inference_devices(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Infer(infer) => Some(format!("{}={}", infer.name(), infer.placement())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Runs `batch` through every stage; rejected rows become dead letters. A batch left
     /// without rows (all dead letters) still leaves with the output schema.
     pub async fn process(&self, batch: Batch) -> Result<Batch, StageError> {
