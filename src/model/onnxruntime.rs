@@ -26,7 +26,7 @@ pub enum OrtLoadError {
 /// Which library flavour a lookup prefers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
-    /// The CPU build only.
+    /// The CPU build, else the GPU build (it has the CPU execution provider too).
     Cpu,
     /// The GPU build when it is installed, else the CPU build.
     PreferGpu,
@@ -92,7 +92,7 @@ pub fn locate(configured: Option<&Path>, flavour: Flavour) -> Result<PathBuf, Or
     let file = format!("libonnxruntime.so.{ORT_VERSION}");
     let flavours: &[&str] = match flavour {
         Flavour::PreferGpu => &["onnxruntime-gpu", "onnxruntime"],
-        Flavour::Cpu => &["onnxruntime"],
+        Flavour::Cpu => &["onnxruntime", "onnxruntime-gpu"],
     };
     let mut tried = Vec::new();
     for root in project_roots() {
