@@ -31,6 +31,9 @@ enum Command {
     Run {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Serve /metrics and /health on HOST:PORT (overrides the file's `metrics.listen`).
+        #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
     },
     /// Check pipeline files (and `retrain-*.yaml` job files); report every error; exit
     /// non-zero if any is invalid.
@@ -114,14 +117,20 @@ async fn main() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { pipeline } => {
-            let pipeline = match config::load(&pipeline) {
+        Command::Run {
+            pipeline,
+            metrics_listen,
+        } => {
+            let mut pipeline = match config::load(&pipeline) {
                 Ok(pipeline) => pipeline,
                 Err(error) => {
                     eprintln!("{error}");
                     return Ok(ExitCode::from(2));
                 }
             };
+            if let Some(listen) = metrics_listen.filter(|l| !l.is_empty()) {
+                pipeline.config.metrics = Some(config::MetricsConfig { listen });
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let stats = Arc::new(Stats::default());

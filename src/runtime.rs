@@ -36,6 +36,7 @@ use crate::sink::{SinkError, SinkMessage};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::source::SourceMessage;
 use crate::stage::{Chain, StageError};
+use crate::telemetry::http::MetricsServer;
 use crate::telemetry::{Stats, StatsSnapshot};
 
 /// Batches buffered between two tasks. Small: batches are large, and a slow sink should
@@ -57,6 +58,8 @@ pub enum RunError {
     Stage(#[from] StageError),
     #[error("a pipeline task panicked or was cancelled: {0}")]
     Task(String),
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::http::BindError),
 }
 
 enum Sink {
@@ -154,9 +157,27 @@ pub async fn run(
         )?)));
     }
 
+    // The endpoint is up first, so `/health` says what start-up is waiting for.
+    let server_stop = CancellationToken::new();
+    let _stop_server_on_return = server_stop.clone().drop_guard();
+    if let Some(metrics) = &config.metrics {
+        let server = MetricsServer::bind(&metrics.listen, pipeline.name(), stats.clone()).await?;
+        if let Some(addr) = server.local_addr() {
+            tracing::info!(%addr, "serving /metrics and /health");
+            let _ = stats.http_addr.set(addr);
+        }
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(stop).await {
+                tracing::error!(error = %e, "the /metrics endpoint failed");
+            }
+        });
+    }
+
     // Models load and warm up before the consumer joins the group.
-    let chain = Arc::new(Chain::build(pipeline).await?);
+    let chain = Arc::new(Chain::build_counted(pipeline, stats.clone()).await?);
     stats.set_inference_devices(chain.inference_devices());
+    stats.readiness.set_stages_ready();
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     if let Some(retrain) = pipeline.retrain.clone() {
@@ -278,10 +299,7 @@ async fn process_task(
                 match message? {
                     Ordered::Batch(batch) => {
                         let batch = chain.process_rest(batch).await?;
-                        stats.record_decoded(
-                            batch.rows.num_rows() as u64,
-                            batch.dead_letters.len() as u64,
-                        );
+                        stats.record_processed(batch.rows.num_rows() as u64, &batch.dead_letters);
                         for letter in &batch.dead_letters {
                             tracing::debug!(topic = %letter.tp.topic, partition = letter.tp.partition, offset = letter.offset, stage = %letter.stage, reason = %letter.reason, "record sent to dead letters");
                         }

@@ -603,6 +603,7 @@ async fn a_row_the_model_fails_on_is_rejected_and_the_others_still_get_results()
         None,
         &pipeline.stage_schemas[0],
         pipeline.stage_schemas[1].clone(),
+        &Default::default(),
     )
     .await
     .unwrap();

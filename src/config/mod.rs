@@ -61,6 +61,18 @@ pub struct PipelineConfig {
     pub sinks: Vec<SinkConfig>,
     /// Where records that cannot be processed go, with the reason.
     pub dead_letter: DeadLetterConfig,
+    /// The `/metrics` and `/health` endpoint. Default: off (`sluice run --metrics-listen`
+    /// turns it on too).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `metrics`: where `sluice run` serves `/metrics` (Prometheus) and `/health`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT`, e.g. `0.0.0.0:9464` (port 0: any free port).
+    pub listen: String,
 }
 
 /// `retrain`: run a retrain job (`sluice retrain`) from inside `sluice run`.

@@ -93,6 +93,22 @@ pub(super) fn validate(
         );
     }
 
+    if let Some(metrics) = &config.metrics {
+        let port_ok = metrics
+            .listen
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            issues.add(
+                "metrics.listen",
+                format!(
+                    "expected HOST:PORT (e.g. 0.0.0.0:9464), found `{}`",
+                    metrics.listen
+                ),
+            );
+        }
+    }
+
     let SourceConfig::Kafka(kafka) = &config.source;
     if kafka.topics.is_empty() {
         issues.add("source.kafka.topics", "expected at least one topic");

@@ -10,14 +10,20 @@
 //! flushes the sinks, waits for the tracker to drain, and commits synchronously.
 //! Records buffered for a revoked partition but not yet sent are dropped: they were never
 //! committed, so the partition's new owner reads them.
+//!
+//! For `/metrics` the source reports consumer lag per assigned partition from librdkafka's
+//! statistics (`statistics.interval.ms`, 5 s by default), commit outcomes and latency, and
+//! its first assignment (readiness).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,9 +59,28 @@ struct SourceContext {
     tracker: Arc<AckTracker>,
     /// Partitions revoked during the last poll; the loop drops their unsent buffers.
     revoked: Mutex<Vec<TopicPartition>>,
+    stats: Arc<Stats>,
+    /// When offsets were first stored since the last auto-commit (commit latency).
+    stored_since: Mutex<Option<Instant>>,
+    /// A synchronous commit is in progress (its callback is timed by the caller).
+    committing_sync: AtomicBool,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition < 0 {
+                    continue; // librdkafka's internal "unassigned" partition
+                }
+                if p.consumer_lag >= 0 && p.fetch_state == "active" {
+                    self.stats
+                        .set_consumer_lag(topic, partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -74,6 +99,37 @@ impl ConsumerContext for SourceContext {
                 tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) => self.stats.readiness.set_assigned(),
+            Rebalance::Revoke(list) => {
+                for tp in partitions_of(list) {
+                    self.stats.forget_partition(&tp.topic, tp.partition);
+                }
+            }
+            Rebalance::Error(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if self.committing_sync.load(Ordering::Relaxed) {
+            return;
+        }
+        let stored_since = self
+            .stored_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match result {
+            // Nothing new was stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            result => {
+                let elapsed = stored_since.map(|t| t.elapsed()).unwrap_or_default();
+                self.stats.record_commit("auto", result.is_ok(), elapsed);
+            }
         }
     }
 }
@@ -99,8 +155,16 @@ impl SourceContext {
         if offsets.is_empty() {
             return;
         }
-        if let Err(e) = consumer.store_offsets(&offset_list(&offsets)) {
-            tracing::debug!(error = %e, "storing offsets (a partition may have been revoked)");
+        match consumer.store_offsets(&offset_list(&offsets)) {
+            Ok(()) => {
+                self.stored_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Instant::now);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "storing offsets (a partition may have been revoked)")
+            }
         }
     }
 
@@ -131,7 +195,13 @@ impl SourceContext {
         let offsets = self.tracker.committable(&assigned);
         if !offsets.is_empty() {
             let list = offset_list(&offsets);
-            match consumer.commit(&list, CommitMode::Sync) {
+            self.committing_sync.store(true, Ordering::Relaxed);
+            let started = Instant::now();
+            let committed = consumer.commit(&list, CommitMode::Sync);
+            self.committing_sync.store(false, Ordering::Relaxed);
+            self.stats
+                .record_commit("sync", committed.is_ok(), started.elapsed());
+            match committed {
                 Ok(()) => tracing::info!(offsets = ?describe(&offsets), "committed offsets"),
                 Err(e) => {
                     tracing::warn!(error = %e, "synchronous offset commit failed; these records will be read again")
@@ -246,12 +316,16 @@ impl KafkaSource {
             ("auto.offset.reset", reset),
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
+            ("statistics.interval.ms", "5000"),
         ];
         let fixed = [("enable.auto.offset.store", "false")];
         let context = SourceContext {
             out,
             tracker,
             revoked: Mutex::new(Vec::new()),
+            stats: stats.clone(),
+            stored_since: Mutex::new(None),
+            committing_sync: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<SourceContext> =
             client_config(&config.brokers, &defaults, &config.properties, &fixed)

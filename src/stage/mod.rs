@@ -39,6 +39,7 @@ use crate::batch::{Batch, TopicPartition};
 use crate::config::{ConfigIssue, Pipeline, StageConfig};
 use crate::dead_letter::DeadLetter;
 use crate::model::Registry;
+use crate::telemetry::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -203,12 +204,21 @@ pub struct Chain {
     output_schema: SchemaRef,
     /// Columns written as a rejected row's payload (the decoded record's fields).
     record_columns: Vec<String>,
+    stats: Arc<Stats>,
 }
 
 impl Chain {
     /// Builds every stage: loads tokenizers, opens and warms up model sessions, reads
     /// lookup tables. Slow (seconds), so it runs before the source subscribes.
     pub async fn build(pipeline: &Pipeline) -> Result<Chain, StageError> {
+        Chain::build_counted(pipeline, Arc::default()).await
+    }
+
+    /// [`Chain::build`], counting rows, time and model runs per stage into `stats`.
+    pub async fn build_counted(
+        pipeline: &Pipeline,
+        stats: Arc<Stats>,
+    ) -> Result<Chain, StageError> {
         let configs = &pipeline.config.stages;
         let ctx = &pipeline.plan_context;
         let library = pipeline.onnxruntime_library();
@@ -243,6 +253,7 @@ impl Chain {
                         library.as_deref(),
                         &input,
                         output.clone(),
+                        &stats,
                     )
                     .await?,
                 ),
@@ -267,6 +278,7 @@ impl Chain {
                 .iter()
                 .map(|f| f.name().clone())
                 .collect(),
+            stats,
         })
     }
 
@@ -337,7 +349,19 @@ impl Chain {
                 break;
             }
             let input = batch.rows;
+            let started = std::time::Instant::now();
             let output = stage.process(input.clone()).await?;
+            self.stats.record_stage(
+                stage.name(),
+                input.num_rows(),
+                output.rows.num_rows()
+                    - if output.aggregated {
+                        0
+                    } else {
+                        output.rejected.len()
+                    },
+                started.elapsed(),
+            );
             batch.rows = if output.rejected.is_empty() || output.aggregated {
                 if !output.rejected.is_empty() {
                     batch.dead_letters.extend(self.dead_letters(

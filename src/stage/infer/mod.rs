@@ -10,6 +10,7 @@ pub mod serving;
 pub mod tensors;
 pub mod worker;
 
+use crate::telemetry::Stats;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -284,6 +285,7 @@ impl InferStage {
         library: Option<&Path>,
         input: &Schema,
         output_schema: SchemaRef,
+        stats: &Arc<Stats>,
     ) -> Result<InferStage, StageError> {
         let setup = |message: String| StageError::Setup {
             stage: name.clone(),
@@ -316,6 +318,7 @@ impl InferStage {
             outputs: outputs.clone(),
         };
         let version = registry.current(&config.model)?;
+        let serving_version = version.version.clone();
         let (device, device_id, threads, workers) = (
             config.device,
             config.device_id,
@@ -342,6 +345,7 @@ impl InferStage {
         tracing::info!(stage = %name, model = %model.label, device = %plan.placement, workers, "model loaded");
         let placement = plan.placement;
         let serving = Arc::new(Serving::new(model));
+        stats.record_model_serving(&name, &config.model, &serving_version);
 
         let batching = Arc::new(Batching {
             stage: name.clone(),
@@ -354,6 +358,7 @@ impl InferStage {
             outputs: outputs.clone(),
             max_batch: config.max_batch,
             max_wait: config.max_wait,
+            metrics: stats.inference(&name),
         });
         let (requests, queue) = mpsc::channel();
         let queue = Arc::new(Mutex::new(queue));
@@ -374,6 +379,7 @@ impl InferStage {
             contract,
             serving,
             interval: config.watch_interval,
+            stats: stats.clone(),
         };
         std::thread::Builder::new()
             .name("sluice-model-watch".into())

@@ -143,6 +143,7 @@ pub struct Watcher {
     pub contract: Contract,
     pub serving: Arc<Serving>,
     pub interval: Duration,
+    pub stats: Arc<crate::telemetry::Stats>,
 }
 
 impl Watcher {
@@ -170,6 +171,8 @@ impl Watcher {
             match load(&self.plan, &version, self.workers, &self.contract) {
                 Ok(model) => {
                     self.serving.replace(model);
+                    self.stats
+                        .record_model_serving(&self.stage, &self.model, &version.version);
                     tracing::info!(stage = %self.stage, version = %label, "model swapped in");
                 }
                 Err(e) => {

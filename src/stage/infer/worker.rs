@@ -13,6 +13,7 @@
 //! A run that fails is retried row by row, so one bad row is rejected (dead letter) and
 //! the others still get results.
 
+use crate::telemetry::stats::InferenceMetrics;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +55,8 @@ pub struct Batching {
     pub outputs: Vec<OutputSpec>,
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// Rows and time per model run, for `/metrics`.
+    pub metrics: InferenceMetrics,
 }
 
 /// The loop of worker `index`: runs until every request sender is gone.
@@ -304,7 +307,9 @@ fn run_once(
         feed.push((name.clone(), value));
     }
     let rows = inputs.first().map_or(0, |(_, rows)| *rows);
+    let started = std::time::Instant::now();
     let outputs = session.run(feed).map_err(|e| e.to_string())?;
+    batching.metrics.observe(rows, started.elapsed());
     batching
         .outputs
         .iter()
@@ -384,6 +389,7 @@ mod tests {
             outputs: Vec::new(),
             max_batch,
             max_wait,
+            metrics: crate::telemetry::Stats::default().inference("test"),
         }
     }
 
