@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use sluice::telemetry::{init_logging, Stats};
-use sluice::{bench, config, demo, retrain, runtime};
+use sluice::{bench, config, demo, retrain, runtime, sample};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,22 @@ enum Command {
         #[arg(long, default_value = "data/signals")]
         signals: PathBuf,
         /// Fraction of records deliberately malformed.
+        #[arg(long, default_value_t = 0.01)]
+        malformed_rate: f64,
+    },
+    /// Produce generated customer feedback (JSON, ~1% malformed) to a Kafka topic at a
+    /// steady rate, e.g. to feed a deployment of `pipelines/sentiment.yaml`.
+    Generate {
+        #[arg(long, env = "SLUICE_BROKERS", default_value = "localhost:9092")]
+        brokers: String,
+        #[arg(long, default_value = "customer-feedback")]
+        topic: String,
+        /// Records per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Stop after this many records (default: until SIGINT/SIGTERM).
+        #[arg(long)]
+        count: Option<u64>,
         #[arg(long, default_value_t = 0.01)]
         malformed_rate: f64,
     },
@@ -185,6 +201,22 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let summary = demo::run(&options).await.context("demo failed")?;
             println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            brokers,
+            topic,
+            rate,
+            count,
+            malformed_rate,
+        } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let produced =
+                sample::generate(&brokers, &topic, rate, count, malformed_rate, shutdown)
+                    .await
+                    .with_context(|| format!("producing to {topic} on {brokers}"))?;
+            println!("produced {produced} records to {topic}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

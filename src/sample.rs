@@ -216,3 +216,32 @@ mod tests {
         }
     }
 }
+
+/// Produces generated feedback to `topic` at about `rate` records per second (one burst
+/// per second, each waited for) until `count` records or `shutdown`. Returns how many.
+pub async fn generate(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    count: Option<u64>,
+    malformed_rate: f64,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<u64, KafkaError> {
+    let rate = rate.max(1);
+    let start_ms = chrono::Utc::now().timestamp_millis();
+    let spacing_ms = (1000 / rate as i64).max(1);
+    let seed = start_ms as u64;
+    let mut records = FeedbackGenerator::new(seed, malformed_rate, start_ms, spacing_ms);
+    let mut produced = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while count.is_none_or(|c| produced < c) {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let burst = count.map_or(rate, |c| rate.min(c - produced));
+        produced += produce(brokers, topic, records.by_ref().take(burst as usize)).await?;
+        tracing::info!(produced, topic, "generated feedback produced");
+    }
+    Ok(produced)
+}

@@ -144,9 +144,11 @@ fn semantic_mistakes_name_the_key_too() {
         )
         .replace(
             "dead_letter:\n  parquet:\n    path: /tmp/dead\n",
-            "dead_letter: {}\n",
+            "dead_letter: {}\nmetrics:\n  listen: 9464\n",
         );
     let error = load_text(&text).unwrap_err();
+    let listen = issue_for(&error, "metrics.listen");
+    assert!(listen.message.contains("expected HOST:PORT"), "{listen}");
     let partition = issue_for(&error, "sinks[0].parquet.partition_by");
     assert!(
         partition.message.contains("unknown column `created`"),

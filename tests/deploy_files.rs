@@ -1,0 +1,264 @@
+//! The deployment files in `deploy/` cannot run here (no Docker engine, no cluster), so this
+//! checks what can be checked offline: every YAML document parses; every sluice command
+//! they run is a real subcommand with real flags, on pipeline and job files that exist and
+//! validate; the files the Dockerfiles copy exist; the ConfigMap carries the repository's
+//! pipeline file unchanged; the compose file's topics, brokers and ports agree with the
+//! pipeline; the Kubernetes ports, probes, labels and volumes refer to each other.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use sluice::config::{self, SinkConfig, SourceConfig};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| {
+            Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The repository file an image path stands for (`/etc/sluice/X` is `pipelines/X`).
+fn in_repo(image_path: &str) -> Option<PathBuf> {
+    image_path
+        .strip_prefix("/etc/sluice/")
+        .map(|rest| repo("pipelines").join(rest))
+}
+
+/// Runs `sluice ARGS --help`: clap rejects an unknown subcommand or flag before it prints
+/// help. Pipeline and job files named in the arguments must exist and validate.
+fn check_sluice_command(args: &[String], context: &str) {
+    let mut checked = Vec::new();
+    for arg in args {
+        if let Some(file) = in_repo(arg) {
+            assert!(file.is_file(), "{context}: {arg} is not in pipelines/");
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("retrain-") {
+                sluice::retrain::job::load(&file, &|v| std::env::var(v).ok())
+                    .unwrap_or_else(|e| panic!("{context}: {e}"));
+            } else {
+                config::load(&file).unwrap_or_else(|e| panic!("{context}: {e}"));
+            }
+            checked.push(file.display().to_string());
+        } else {
+            checked.push(arg.clone());
+        }
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(&checked)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{context}: `sluice {}` is not a valid command: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn env_value(container: &Value, name: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_owned))
+}
+
+fn port_of(listen: &str) -> u64 {
+    listen.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+#[test]
+fn every_yaml_document_parses_and_every_sluice_command_is_real() {
+    let files = yaml_files(&repo("deploy"));
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        for doc in documents(&file) {
+            let context = file.display().to_string();
+            let pod = match doc["kind"].as_str() {
+                Some("Deployment") | Some("Job") => &doc["spec"]["template"]["spec"],
+                Some("CronJob") => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            for container in pod["containers"].as_array().unwrap() {
+                let image = container["image"].as_str().unwrap();
+                assert!(image.starts_with("sluice"), "{context}: image {image}");
+                check_sluice_command(&strings(&container["args"]), &context);
+                let mounts = container["volumeMounts"].as_array().unwrap();
+                let volumes = pod["volumes"].as_array().unwrap();
+                for mount in mounts {
+                    assert!(
+                        volumes.iter().any(|v| v["name"] == mount["name"]),
+                        "{context}: volume {} is mounted but not defined",
+                        mount["name"]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_dockerfiles_copy_files_that_exist_and_run_real_commands() {
+    for name in ["Dockerfile", "Dockerfile.cuda"] {
+        let path = repo("deploy").join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() == Some(&"COPY") && !words[1].starts_with("--from") {
+                for source in &words[1..words.len() - 1] {
+                    assert!(repo(source).exists(), "{name}: COPY {source} does not exist");
+                }
+            }
+            for word in &words {
+                let word = word.trim_end_matches(['\\', ';']);
+                if word.starts_with("scripts/") {
+                    assert!(repo(word).is_file(), "{name}: {word} does not exist");
+                }
+            }
+            if let Some(cmd) = line.strip_prefix("CMD ") {
+                let args: Vec<String> = serde_json::from_str(cmd).unwrap();
+                check_sluice_command(&args, name);
+            }
+        }
+        assert!(text.contains("ENTRYPOINT [\"sluice\"]"), "{name}");
+    }
+    let cuda = std::fs::read_to_string(repo("deploy/Dockerfile.cuda")).unwrap();
+    assert!(cuda.contains("fetch_assets.py --gpu"));
+    assert!(cuda.contains("onnxruntime-gpu/lib"));
+}
+
+#[test]
+fn the_configmap_carries_the_repository_pipeline_unchanged() {
+    let docs = documents(&repo("deploy/k8s/configmap.yaml"));
+    let data = &docs[0]["data"];
+    let pipeline = std::fs::read_to_string(repo("pipelines/sentiment.yaml")).unwrap();
+    assert_eq!(
+        data["sentiment.yaml"].as_str().unwrap(),
+        pipeline,
+        "deploy/k8s/configmap.yaml is out of date with pipelines/sentiment.yaml"
+    );
+}
+
+#[test]
+fn the_kubernetes_ports_probes_and_labels_line_up() {
+    let service_docs = documents(&repo("deploy/k8s/service.yaml"));
+    let service = service_docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    let monitor = service_docs
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .unwrap();
+    let service_port = &service["spec"]["ports"][0];
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service_port["name"]
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    for file in ["deploy/k8s/deployment.yaml", "deploy/k8s/deployment-gpu.yaml"] {
+        let docs = documents(&repo(file));
+        let spec = &docs[0]["spec"];
+        let labels = spec["template"]["metadata"]["labels"].as_object().unwrap();
+        for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+            assert_eq!(labels.get(key), Some(value), "{file}: not selected by the Service");
+        }
+        assert_eq!(spec["selector"]["matchLabels"].as_object().unwrap().len(), 2);
+        let container = &spec["template"]["spec"]["containers"][0];
+        let listen = env_value(container, "SLUICE_METRICS_LISTEN").unwrap();
+        let port = &container["ports"][0];
+        assert_eq!(port["containerPort"].as_u64(), Some(port_of(&listen)), "{file}");
+        assert_eq!(port["name"], service_port["targetPort"], "{file}");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(container["readinessProbe"]["httpGet"]["port"], port["name"]);
+        let config_mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "pipelines")
+            .unwrap();
+        assert_eq!(
+            config_mount["mountPath"].as_str(),
+            strings(&container["args"]).last().map(String::as_str)
+        );
+    }
+    let gpu = &documents(&repo("deploy/k8s/deployment-gpu.yaml"))[0]["spec"]["template"]["spec"]
+        ["containers"][0];
+    assert_eq!(gpu["resources"]["limits"]["nvidia.com/gpu"], 1);
+    assert_eq!(env_value(gpu, "SLUICE_DEVICE").as_deref(), Some("cuda"));
+}
+
+#[test]
+fn the_compose_file_matches_the_pipeline_it_runs() {
+    let compose = &documents(&repo("deploy/docker-compose.yml"))[0];
+    let services = &compose["services"];
+    let kafka_env = &services["kafka"]["environment"];
+    assert_eq!(kafka_env["KAFKA_PROCESS_ROLES"], "broker,controller", "KRaft mode");
+    let advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"].as_str().unwrap();
+    let broker = advertised.split("//").nth(1).unwrap();
+
+    let sluice = &services["sluice"];
+    let args = strings(&sluice["command"]);
+    check_sluice_command(&args, "docker-compose.yml sluice");
+    let env = &sluice["environment"];
+    assert_eq!(env["SLUICE_BROKERS"].as_str(), Some(broker));
+    let listen = env["SLUICE_METRICS_LISTEN"].as_str().unwrap();
+    let published = strings(&sluice["ports"]);
+    assert!(
+        published.contains(&format!("{0}:{0}", port_of(listen))),
+        "metrics port {listen} not published: {published:?}"
+    );
+
+    let pipeline = config::load(&in_repo(args.last().unwrap()).unwrap()).unwrap();
+    let SourceConfig::Kafka(source) = &pipeline.config.source;
+    let mut needed: Vec<String> = source.topics.clone();
+    for sink in &pipeline.config.sinks {
+        if let SinkConfig::Kafka(out) = sink {
+            needed.push(out.topic.clone());
+        }
+    }
+    if let Some(dlq) = &pipeline.config.dead_letter.kafka {
+        needed.push(dlq.topic.clone());
+    }
+    let create = strings(&services["topics"]["command"]).join("\n");
+    for topic in &needed {
+        assert!(
+            create.contains(&format!("{topic}:")),
+            "topic {topic} of the pipeline is not created by the compose file"
+        );
+    }
+
+    let generator = strings(&services["generator"]["command"]);
+    check_sluice_command(&generator, "docker-compose.yml generator");
+    let topic_at = generator.iter().position(|a| a == "--topic").unwrap();
+    assert_eq!(generator[topic_at + 1], source.topics[0]);
+    assert_eq!(
+        services["generator"]["environment"]["SLUICE_BROKERS"].as_str(),
+        Some(broker)
+    );
+}
