@@ -199,24 +199,6 @@ pub async fn produce_paced(
     Ok(count)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generator_is_deterministic_and_marks_broken_records() {
-        let a: Vec<_> = FeedbackGenerator::new(7, 0.2, 0, 1000).take(200).collect();
-        let b: Vec<_> = FeedbackGenerator::new(7, 0.2, 0, 1000).take(200).collect();
-        assert_eq!(a, b);
-        let broken = a.iter().filter(|r| !r.well_formed).count();
-        assert!((10..=80).contains(&broken), "{broken}");
-        for record in a.iter().filter(|r| r.well_formed) {
-            let value: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
-            assert!(value["text"].is_string());
-        }
-    }
-}
-
 /// Produces generated feedback to `topic` at about `rate` records per second (one burst
 /// per second, each waited for) until `count` records or `shutdown`. Returns how many.
 pub async fn generate(
@@ -244,4 +226,22 @@ pub async fn generate(
         tracing::info!(produced, topic, "generated feedback produced");
     }
     Ok(produced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generator_is_deterministic_and_marks_broken_records() {
+        let a: Vec<_> = FeedbackGenerator::new(7, 0.2, 0, 1000).take(200).collect();
+        let b: Vec<_> = FeedbackGenerator::new(7, 0.2, 0, 1000).take(200).collect();
+        assert_eq!(a, b);
+        let broken = a.iter().filter(|r| !r.well_formed).count();
+        assert!((10..=80).contains(&broken), "{broken}");
+        for record in a.iter().filter(|r| r.well_formed) {
+            let value: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+            assert!(value["text"].is_string());
+        }
+    }
 }

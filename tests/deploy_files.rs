@@ -20,9 +20,7 @@ fn repo(path: &str) -> PathBuf {
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_norway::Deserializer::from_str(&text)
-        .map(|doc| {
-            Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        })
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -134,7 +132,10 @@ fn the_dockerfiles_copy_files_that_exist_and_run_real_commands() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if words.first() == Some(&"COPY") && !words[1].starts_with("--from") {
                 for source in &words[1..words.len() - 1] {
-                    assert!(repo(source).exists(), "{name}: COPY {source} does not exist");
+                    assert!(
+                        repo(source).exists(),
+                        "{name}: COPY {source} does not exist"
+                    );
                 }
             }
             for word in &words {
@@ -170,7 +171,10 @@ fn the_configmap_carries_the_repository_pipeline_unchanged() {
 #[test]
 fn the_kubernetes_ports_probes_and_labels_line_up() {
     let service_docs = documents(&repo("deploy/k8s/service.yaml"));
-    let service = service_docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    let service = service_docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .unwrap();
     let monitor = service_docs
         .iter()
         .find(|d| d["kind"] == "ServiceMonitor")
@@ -181,18 +185,32 @@ fn the_kubernetes_ports_probes_and_labels_line_up() {
         service_port["name"]
     );
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
-    for file in ["deploy/k8s/deployment.yaml", "deploy/k8s/deployment-gpu.yaml"] {
+    for file in [
+        "deploy/k8s/deployment.yaml",
+        "deploy/k8s/deployment-gpu.yaml",
+    ] {
         let docs = documents(&repo(file));
         let spec = &docs[0]["spec"];
         let labels = spec["template"]["metadata"]["labels"].as_object().unwrap();
         for (key, value) in service["spec"]["selector"].as_object().unwrap() {
-            assert_eq!(labels.get(key), Some(value), "{file}: not selected by the Service");
+            assert_eq!(
+                labels.get(key),
+                Some(value),
+                "{file}: not selected by the Service"
+            );
         }
-        assert_eq!(spec["selector"]["matchLabels"].as_object().unwrap().len(), 2);
+        assert_eq!(
+            spec["selector"]["matchLabels"].as_object().unwrap().len(),
+            2
+        );
         let container = &spec["template"]["spec"]["containers"][0];
         let listen = env_value(container, "SLUICE_METRICS_LISTEN").unwrap();
         let port = &container["ports"][0];
-        assert_eq!(port["containerPort"].as_u64(), Some(port_of(&listen)), "{file}");
+        assert_eq!(
+            port["containerPort"].as_u64(),
+            Some(port_of(&listen)),
+            "{file}"
+        );
         assert_eq!(port["name"], service_port["targetPort"], "{file}");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
         assert_eq!(container["readinessProbe"]["httpGet"]["port"], port["name"]);
@@ -218,7 +236,10 @@ fn the_compose_file_matches_the_pipeline_it_runs() {
     let compose = &documents(&repo("deploy/docker-compose.yml"))[0];
     let services = &compose["services"];
     let kafka_env = &services["kafka"]["environment"];
-    assert_eq!(kafka_env["KAFKA_PROCESS_ROLES"], "broker,controller", "KRaft mode");
+    assert_eq!(
+        kafka_env["KAFKA_PROCESS_ROLES"], "broker,controller",
+        "KRaft mode"
+    );
     let advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"].as_str().unwrap();
     let broker = advertised.split("//").nth(1).unwrap();
 

@@ -31,8 +31,8 @@ pub use interpolate::{interpolate, MissingVar};
 pub use locate::LineIndex;
 pub use stages::{
     BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,
-    LookupConfig, OnnxRuntimeConfig, StageConfig, TokenizeConfig, WindowConfig, WindowFeature,
-    WindowField,
+    LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig, WindowConfig,
+    WindowFeature, WindowField,
 };
 pub use validate::Pipeline;
 

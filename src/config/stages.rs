@@ -14,6 +14,7 @@ pub enum StageConfig {
     Tokenize(TokenizeConfig),
     Infer(InferConfig),
     Enrich(EnrichConfig),
+    Sql(SqlConfig),
 }
 
 impl StageConfig {
@@ -23,8 +24,19 @@ impl StageConfig {
             StageConfig::Tokenize(_) => "tokenize",
             StageConfig::Infer(_) => "infer",
             StageConfig::Enrich(_) => "enrich",
+            StageConfig::Sql(_) => "sql",
         }
     }
+}
+
+/// `sql`: a SQL statement over each micro-batch, registered as the table `batch` (polars
+/// SQL), e.g. `SELECT *, lower(text) AS text_lc FROM batch WHERE rating IS NOT NULL`.
+/// Row-wise only (filters, projections, casts, functions); it must keep the provenance
+/// columns (`_topic`, `_partition`, `_offset`, `_timestamp`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    pub query: String,
 }
 
 /// `window`: per-key event-time windows over the rows, one output row per closed window

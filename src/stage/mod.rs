@@ -24,6 +24,7 @@
 
 pub mod enrich;
 pub mod infer;
+pub mod sql;
 pub mod tokenize;
 pub mod window;
 
@@ -153,6 +154,7 @@ pub fn plan(
             StageConfig::Enrich(config) => {
                 enrich::output_schema(config, &current, ctx, &mut issues)
             }
+            StageConfig::Sql(config) => sql::output_schema(config, &current, &mut issues),
         };
         let failed = !issues.issues.is_empty();
         all.extend(issues.issues);
@@ -172,6 +174,7 @@ pub enum Stage {
     Tokenize(tokenize::TokenizeStage),
     Infer(infer::InferStage),
     Enrich(enrich::EnrichStage),
+    Sql(sql::SqlStage),
 }
 
 impl Stage {
@@ -181,6 +184,7 @@ impl Stage {
             Stage::Tokenize(s) => s.name(),
             Stage::Infer(s) => s.name(),
             Stage::Enrich(s) => s.name(),
+            Stage::Sql(s) => s.name(),
         }
     }
 
@@ -190,6 +194,7 @@ impl Stage {
             Stage::Tokenize(s) => s.process(rows).await,
             Stage::Infer(s) => s.process(rows).await,
             Stage::Enrich(s) => s.process(rows).await,
+            Stage::Sql(s) => s.process(rows).await,
         }
     }
 }
@@ -257,6 +262,9 @@ impl Chain {
                     )
                     .await?,
                 ),
+                StageConfig::Sql(config) => {
+                    Stage::Sql(sql::SqlStage::new(name, config, output.clone()))
+                }
                 StageConfig::Enrich(config) => Stage::Enrich(
                     enrich::EnrichStage::start(name, config, ctx, &input, output.clone()).await?,
                 ),
