@@ -24,6 +24,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod ack;
+pub mod backfill;
 pub mod batch;
 pub mod bench;
 pub mod config;

@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use sluice::source::bounded::{PartitionFilter, RangeSpec};
 use sluice::telemetry::{init_logging, Stats};
-use sluice::{bench, config, demo, retrain, runtime, sample};
+use sluice::{backfill, bench, config, demo, retrain, runtime, sample};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,40 @@ enum Command {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
         /// Serve /metrics and /health on HOST:PORT (overrides the file's `metrics.listen`).
+        #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
+    },
+    /// Run a pipeline over a bounded range of its topics (by record time or offsets), then
+    /// exit: 0 only when every partition reached its end. No consumer-group commits, so a
+    /// live pipeline is not disturbed; a killed backfill rerun with the same arguments
+    /// finishes without duplicates.
+    Backfill {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// From the first record at or after this time (RFC 3339 or a UTC date).
+        #[arg(long, conflicts_with = "offsets")]
+        from: Option<String>,
+        /// Up to (not including) the first record at or after this time; default: the end
+        /// of each partition at start.
+        #[arg(long, conflicts_with = "offsets")]
+        to: Option<String>,
+        /// Explicit ranges instead: TOPIC:PARTITION=START..END (repeatable).
+        #[arg(long)]
+        offsets: Vec<String>,
+        /// Only these partitions (e.g. `0-5`), to split a backfill across machines.
+        #[arg(long, conflicts_with = "shard")]
+        partitions: Option<String>,
+        /// Only partitions p with p % COUNT == INDEX (`INDEX/COUNT`, e.g. a Kubernetes
+        /// indexed Job's `$(JOB_COMPLETION_INDEX)/4`).
+        #[arg(long)]
+        shard: Option<String>,
+        /// Write under this directory instead (the pipeline's `${SLUICE_OUT}`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+        /// Serve /metrics and /health on HOST:PORT while it runs.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
     },
@@ -155,6 +190,74 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("pipeline `{}` stopped", pipeline.name()))?;
             tracing::info!(?summary, "pipeline stopped cleanly");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            offsets,
+            partitions,
+            shard,
+            out,
+            quiet,
+            metrics_listen,
+        } => {
+            let loaded = match out {
+                Some(out) => {
+                    let out = out.display().to_string();
+                    config::load_with_vars(&pipeline, &|name| match name {
+                        "SLUICE_OUT" => Some(out.clone()),
+                        other => std::env::var(other).ok(),
+                    })
+                }
+                None => config::load(&pipeline),
+            };
+            let mut pipeline = match loaded {
+                Ok(pipeline) => pipeline,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if let Some(listen) = metrics_listen.filter(|l| !l.is_empty()) {
+                pipeline.config.metrics = Some(config::MetricsConfig { listen });
+            }
+            let spec = if offsets.is_empty() {
+                RangeSpec::Times {
+                    from: from.as_deref().map(backfill::parse_time).transpose()?,
+                    to: to.as_deref().map(backfill::parse_time).transpose()?,
+                }
+            } else {
+                RangeSpec::Offsets(
+                    offsets
+                        .iter()
+                        .map(|o| backfill::parse_offsets(o))
+                        .collect::<Result<_, _>>()?,
+                )
+            };
+            let filter = match (partitions, shard) {
+                (Some(list), _) => PartitionFilter::Only(backfill::parse_partitions(&list)?),
+                (None, Some(shard)) => backfill::parse_shard(&shard)?,
+                (None, None) => PartitionFilter::All,
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let summary = backfill::run(
+                &pipeline,
+                &spec,
+                &filter,
+                shutdown,
+                Arc::new(Stats::default()),
+                !quiet,
+            )
+            .await
+            .with_context(|| format!("backfill of `{}` failed", pipeline.name()))?;
+            println!("{summary}");
+            Ok(if summary.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         Command::Validate { pipelines } => {
             let mut failed = false;

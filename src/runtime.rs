@@ -33,6 +33,7 @@ use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
 use crate::sink::kafka::{Encoding, KafkaSink};
 use crate::sink::parquet::{ParquetInput, ParquetSink};
 use crate::sink::{SinkError, SinkMessage};
+use crate::source::bounded::{BackfillProgress, BoundedError, BoundedSource};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::source::SourceMessage;
 use crate::stage::{Chain, StageError};
@@ -60,6 +61,21 @@ pub enum RunError {
     Task(String),
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::http::BindError),
+    #[error(transparent)]
+    Backfill(#[from] BoundedError),
+}
+
+/// Where the records come from.
+pub enum SourceMode {
+    /// `sluice run`: a member of the pipeline's consumer group, until shutdown.
+    Group,
+    /// `sluice backfill`: the resolved offset ranges, then stop (no group, no commits).
+    Bounded(Arc<BackfillProgress>),
+}
+
+enum Source {
+    Group(KafkaSource),
+    Bounded(BoundedSource),
 }
 
 enum Sink {
@@ -80,6 +96,17 @@ impl Sink {
 /// run's counters once every in-flight batch is durable and offsets are committed.
 pub async fn run(
     pipeline: &Pipeline,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+) -> Result<StatsSnapshot, RunError> {
+    run_with(pipeline, SourceMode::Group, shutdown, stats).await
+}
+
+/// [`run`] with the source `mode`. A bounded run also ends by itself once its ranges are
+/// read and durable.
+pub async fn run_with(
+    pipeline: &Pipeline,
+    mode: SourceMode,
     shutdown: CancellationToken,
     stats: Arc<Stats>,
 ) -> Result<StatsSnapshot, RunError> {
@@ -180,7 +207,7 @@ pub async fn run(
     stats.readiness.set_stages_ready();
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
-    if let Some(retrain) = pipeline.retrain.clone() {
+    if let (Some(retrain), SourceMode::Group) = (pipeline.retrain.clone(), &mode) {
         tasks.spawn(retrain_task(retrain, shutdown.clone()));
     }
     let mut sink_inputs = Vec::with_capacity(sinks.len());
@@ -191,13 +218,22 @@ pub async fn run(
     }
 
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let source = KafkaSource::new(
-        kafka,
-        &pipeline.group_id(),
-        source_tx,
-        tracker.clone(),
-        stats.clone(),
-    )?;
+    let source = match mode {
+        SourceMode::Group => Source::Group(KafkaSource::new(
+            kafka,
+            &pipeline.group_id(),
+            source_tx,
+            tracker.clone(),
+            stats.clone(),
+        )?),
+        SourceMode::Bounded(progress) => Source::Bounded(BoundedSource::new(
+            kafka,
+            progress,
+            source_tx,
+            tracker.clone(),
+            stats.clone(),
+        )?),
+    };
     let decoder = JsonDecoder::new(
         pipeline.record_schema.clone(),
         config.decode.max_record_bytes.as_u64() as usize,
@@ -213,10 +249,12 @@ pub async fn run(
     ));
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        tokio::task::spawn_blocking(move || source.run(source_shutdown))
-            .await
-            .map_err(|e| RunError::Task(e.to_string()))?
-            .map_err(RunError::from)
+        tokio::task::spawn_blocking(move || match source {
+            Source::Group(source) => source.run(source_shutdown).map_err(RunError::from),
+            Source::Bounded(source) => source.run(source_shutdown).map_err(RunError::from),
+        })
+        .await
+        .map_err(|e| RunError::Task(e.to_string()))?
     });
 
     let mut first_error = None;

@@ -9,104 +9,19 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
 
+use common::noida::{terminate, Broker};
 use common::*;
 use sluice::sample::{produce, FeedbackGenerator};
 
 const TOPIC: &str = "feedback";
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 100_000;
-
-/// A noida-db broker process on a free loopback port; stopped when dropped.
-struct Broker {
-    child: Child,
-    address: String,
-    _data: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let binary = noida_binary();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let data = tempfile::tempdir().unwrap();
-        let child = Command::new(&binary)
-            .args([
-                "start",
-                "--only",
-                "kafka",
-                "--kafka-port",
-                &port.to_string(),
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "noida-db did not open {address}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker {
-            child,
-            address,
-            _data: data,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        terminate(&mut self.child, Duration::from_secs(5));
-    }
-}
-
-fn noida_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SLUICE_NOIDA_DB") {
-        return PathBuf::from(path);
-    }
-    let output = Command::new("python3")
-        .args(["-c", "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))"])
-        .output()
-        .expect("python3 is needed to find noida-db");
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        output.status.success() && path.exists(),
-        "noida-db is not installed: run scripts/setup.sh (pip install noida-db==0.2.3)"
-    );
-    path
-}
-
-/// SIGTERM, then SIGKILL if the process has not exited within `grace`.
-fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    // SAFETY: sending a signal to our own child process id.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 fn spawn_sluice(pipeline: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -135,18 +50,7 @@ fn assert_visible_files_complete(root: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let broker = Broker::start();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.address)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    broker.create_topic(TOPIC, PARTITIONS).await;
 
     let sent: Vec<_> = FeedbackGenerator::new(9, 0.01, 1_795_305_600_000, 2_000)
         .take(RECORDS)

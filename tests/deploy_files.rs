@@ -55,7 +55,9 @@ fn check_sluice_command(args: &[String], context: &str) {
             }
             checked.push(file.display().to_string());
         } else {
-            checked.push(arg.clone());
+            // Kubernetes substitutes `$(VAR)` from the pod's environment; an indexed Job's
+            // first pod has JOB_COMPLETION_INDEX 0.
+            checked.push(arg.replace("$(JOB_COMPLETION_INDEX)", "0"));
         }
     }
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -154,6 +156,23 @@ fn the_dockerfiles_copy_files_that_exist_and_run_real_commands() {
     let cuda = std::fs::read_to_string(repo("deploy/Dockerfile.cuda")).unwrap();
     assert!(cuda.contains("fetch_assets.py --gpu"));
     assert!(cuda.contains("onnxruntime-gpu/lib"));
+}
+
+#[test]
+fn the_backfill_job_splits_the_partitions_by_completion_index() {
+    let job = &documents(&repo("deploy/k8s/backfill-job.yaml"))[0];
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    let completions = job["spec"]["completions"].as_u64().unwrap();
+    let args = strings(&job["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert_eq!(args[0], "backfill");
+    let shard = &args[args.iter().position(|a| a == "--shard").unwrap() + 1];
+    assert_eq!(shard, &format!("$(JOB_COMPLETION_INDEX)/{completions}"));
+    for index in 0..completions {
+        sluice::backfill::parse_shard(
+            &shard.replace("$(JOB_COMPLETION_INDEX)", &index.to_string()),
+        )
+        .unwrap();
+    }
 }
 
 #[test]

@@ -220,15 +220,23 @@ struct Pending {
 }
 
 /// Per-partition buffers of records not yet sent, cut by `max_rows` and `max_wait`.
-struct Batcher {
+pub(super) struct Batcher {
     config: BatchConfig,
     pending: HashMap<TopicPartition, Pending>,
     next_id: u64,
 }
 
 impl Batcher {
+    pub(super) fn new(config: BatchConfig) -> Self {
+        Batcher {
+            config,
+            pending: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
     /// How long `poll` may block before a buffer is due.
-    fn poll_timeout(&self) -> Duration {
+    pub(super) fn poll_timeout(&self) -> Duration {
         let now = Instant::now();
         self.pending
             .values()
@@ -238,7 +246,7 @@ impl Batcher {
     }
 
     /// Adds a record; returns the partition's batch when it is full.
-    fn push(&mut self, message: &BorrowedMessage<'_>) -> Option<RawBatch> {
+    pub(super) fn push(&mut self, message: &BorrowedMessage<'_>) -> Option<RawBatch> {
         let tp = TopicPartition::new(message.topic(), message.partition());
         let max_rows = self.config.max_rows;
         let next_id = &mut self.next_id;
@@ -263,7 +271,7 @@ impl Batcher {
     }
 
     /// Batches whose first record waited `max_wait`.
-    fn take_expired(&mut self) -> Vec<RawBatch> {
+    pub(super) fn take_expired(&mut self) -> Vec<RawBatch> {
         let max_wait = self.config.max_wait;
         let expired: Vec<TopicPartition> = self
             .pending
@@ -278,7 +286,7 @@ impl Batcher {
             .collect()
     }
 
-    fn take_all(&mut self) -> Vec<RawBatch> {
+    pub(super) fn take_all(&mut self) -> Vec<RawBatch> {
         self.pending.drain().map(|(_, p)| p.batch).collect()
     }
 
@@ -340,11 +348,7 @@ impl KafkaSource {
             })?;
         Ok(KafkaSource {
             consumer,
-            batcher: Batcher {
-                config: config.batch.clone(),
-                pending: HashMap::new(),
-                next_id: 0,
-            },
+            batcher: Batcher::new(config.batch.clone()),
             stats,
         })
     }

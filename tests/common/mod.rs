@@ -2,6 +2,8 @@
 //! datasets and topics back, and committed offsets.
 #![allow(dead_code)]
 
+pub mod noida;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
