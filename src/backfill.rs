@@ -163,6 +163,32 @@ pub async fn run(
             .map_err(|e| RunError::Task(e.to_string()))??
     };
     let progress = Arc::new(progress);
+    let mode = SourceMode::Bounded(progress.clone());
+    execute(pipeline, mode, progress, shutdown, stats, show_progress).await
+}
+
+/// [`run`] over JSON-lines files (`pattern`: a path or a glob) instead of Kafka.
+pub async fn run_files(
+    pipeline: &Pipeline,
+    pattern: &str,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+    show_progress: bool,
+) -> Result<BackfillSummary, RunError> {
+    let (files, progress) = crate::source::files::resolve(pattern)?;
+    let progress = Arc::new(progress);
+    let mode = SourceMode::Files(files, progress.clone());
+    execute(pipeline, mode, progress, shutdown, stats, show_progress).await
+}
+
+async fn execute(
+    pipeline: &Pipeline,
+    mode: SourceMode,
+    progress: Arc<BackfillProgress>,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+    show_progress: bool,
+) -> Result<BackfillSummary, RunError> {
     for range in &progress.ranges {
         tracing::info!(partition = %range.tp, start = range.start, end = range.end, "backfill range");
     }
@@ -172,13 +198,7 @@ pub async fn run(
         tokio::spawn(draw_progress(progress, done))
     });
     let started = Instant::now();
-    let outcome = runtime::run_with(
-        pipeline,
-        SourceMode::Bounded(progress.clone()),
-        shutdown,
-        stats,
-    )
-    .await;
+    let outcome = runtime::run_with(pipeline, mode, shutdown, stats).await;
     bars_done.cancel();
     if let Some(bars) = bars {
         let _ = bars.await;

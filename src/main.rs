@@ -53,6 +53,9 @@ enum Command {
         /// Explicit ranges instead: TOPIC:PARTITION=START..END (repeatable).
         #[arg(long)]
         offsets: Vec<String>,
+        /// Read JSON-lines files (a path or a glob, e.g. 'exports/*.jsonl') instead of Kafka.
+        #[arg(long, conflicts_with_all = ["from", "to", "offsets", "partitions", "shard"])]
+        input: Option<String>,
         /// Only these partitions (e.g. `0-5`), to split a backfill across machines.
         #[arg(long, conflicts_with = "shard")]
         partitions: Option<String>,
@@ -196,6 +199,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             from,
             to,
             offsets,
+            input,
             partitions,
             shard,
             out,
@@ -242,15 +246,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let summary = backfill::run(
-                &pipeline,
-                &spec,
-                &filter,
-                shutdown,
-                Arc::new(Stats::default()),
-                !quiet,
-            )
-            .await
+            let stats = Arc::new(Stats::default());
+            let summary = match &input {
+                Some(pattern) => {
+                    backfill::run_files(&pipeline, pattern, shutdown, stats, !quiet).await
+                }
+                None => backfill::run(&pipeline, &spec, &filter, shutdown, stats, !quiet).await,
+            }
             .with_context(|| format!("backfill of `{}` failed", pipeline.name()))?;
             println!("{summary}");
             Ok(if summary.complete {

@@ -18,6 +18,7 @@
 //! marked failed and the token cancelled: the source commits only what is durable and
 //! stops, and `run` returns the sink's error.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -34,6 +35,7 @@ use crate::sink::kafka::{Encoding, KafkaSink};
 use crate::sink::parquet::{ParquetInput, ParquetSink};
 use crate::sink::{SinkError, SinkMessage};
 use crate::source::bounded::{BackfillProgress, BoundedError, BoundedSource};
+use crate::source::files::{FileSource, FilesError};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::source::SourceMessage;
 use crate::stage::{Chain, StageError};
@@ -63,6 +65,8 @@ pub enum RunError {
     Metrics(#[from] crate::telemetry::http::BindError),
     #[error(transparent)]
     Backfill(#[from] BoundedError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
 }
 
 /// Where the records come from.
@@ -71,11 +75,14 @@ pub enum SourceMode {
     Group,
     /// `sluice backfill`: the resolved offset ranges, then stop (no group, no commits).
     Bounded(Arc<BackfillProgress>),
+    /// `sluice backfill --input`: these JSON-lines files (see `source::files`), then stop.
+    Files(Vec<PathBuf>, Arc<BackfillProgress>),
 }
 
 enum Source {
     Group(KafkaSource),
     Bounded(BoundedSource),
+    Files(FileSource),
 }
 
 enum Sink {
@@ -233,6 +240,14 @@ pub async fn run_with(
             tracker.clone(),
             stats.clone(),
         )?),
+        SourceMode::Files(files, progress) => Source::Files(FileSource::new(
+            files,
+            kafka.batch.max_rows,
+            progress,
+            source_tx,
+            tracker.clone(),
+            stats.clone(),
+        )),
     };
     let decoder = JsonDecoder::new(
         pipeline.record_schema.clone(),
@@ -252,6 +267,7 @@ pub async fn run_with(
         tokio::task::spawn_blocking(move || match source {
             Source::Group(source) => source.run(source_shutdown).map_err(RunError::from),
             Source::Bounded(source) => source.run(source_shutdown).map_err(RunError::from),
+            Source::Files(source) => source.run(source_shutdown).map_err(RunError::from),
         })
         .await
         .map_err(|e| RunError::Task(e.to_string()))?

@@ -239,3 +239,54 @@ async fn from_starts_at_the_first_record_at_or_after_the_time() {
     );
     assert_eq!(summary.stats.records_in, produced / 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_files_backfill_like_a_topic_and_rerun_without_duplicates() {
+    // The Kafka sinks of demo.yaml still need a cluster.
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let input = tempfile::tempdir().unwrap();
+    let records: Vec<_> = FeedbackGenerator::new(8, 0.02, START_MS, 10)
+        .take(2_500)
+        .collect();
+    for (i, chunk) in records.chunks(1_000).enumerate() {
+        let mut text = Vec::new();
+        for record in chunk {
+            text.extend_from_slice(&record.payload);
+            text.push(b'\n');
+        }
+        std::fs::write(input.path().join(format!("part-{i}.jsonl")), text).unwrap();
+    }
+    let pattern = input.path().join("*.jsonl").display().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let p = pipeline(&brokers, out.path());
+    for run in 0..2 {
+        let summary = backfill::run_files(
+            &p,
+            &pattern,
+            CancellationToken::new(),
+            Arc::default(),
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(summary.complete, "run {run}: {summary}");
+        assert_eq!(summary.partitions.len(), 3);
+        assert_eq!(summary.stats.records_in, 2_500);
+    }
+    let written = rows(&out.path().join("feedback"), &[]);
+    let dead = rows(&out.path().join("dead_letters"), &["failed_at"]);
+    let good = records.iter().filter(|r| r.well_formed).count();
+    assert_eq!(written.len(), good, "each line once, also after the rerun");
+    assert_eq!(dead.len(), records.len() - good);
+    // File i is partition i, a line's number its offset.
+    for (i, record) in records.iter().enumerate() {
+        let key = ((i / 1_000) as i64, (i % 1_000) as i64);
+        assert_eq!(written.contains_key(&key), record.well_formed, "{key:?}");
+        if record.well_formed {
+            let id = format!("id={}", record.key);
+            assert!(written[&key].contains(&id), "{key:?}: {:?}", written[&key]);
+            assert!(written[&key].contains(&"_topic=files".to_owned()));
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! token; everything downstream ends when the source's channel closes (DESIGN.md).
 
 pub mod bounded;
+pub mod files;
 pub mod kafka;
 
 use crate::batch::RawBatch;

@@ -1,0 +1,204 @@
+//! The file source of `sluice backfill --input`: JSON-lines files (one record per line, as
+//! the topic carries them: e.g. an export of the topic, or `sluice bench --export-input`)
+//! instead of Kafka.
+//!
+//! Files are taken in sorted order; file `i` is partition `i` of the pseudo-topic
+//! [`FILES_TOPIC`], and a line's number (from 0) is its offset, so provenance, dead-letter
+//! positions and the Parquet sink's manifests work as for Kafka, and a rerun over the same
+//! files skips what is already written. A record's `_timestamp` is its file's
+//! modification time. Blank lines are skipped (their offsets stay unused).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::bounded::{BackfillProgress, PartitionRange};
+use super::SourceMessage;
+use crate::ack::AckTracker;
+use crate::batch::{BatchId, RawBatch, TopicPartition};
+use crate::sink::Flush;
+use crate::telemetry::Stats;
+
+/// The topic name file records carry in `_topic`.
+pub const FILES_TOPIC: &str = "files";
+
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("--input {pattern}: {message}")]
+    Pattern { pattern: String, message: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pipeline downstream of the source stopped")]
+    PipelineClosed,
+}
+
+/// The files `pattern` names (a path or a glob), sorted, each with its line count.
+pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesError> {
+    let bad = |message: String| FilesError::Pattern {
+        pattern: pattern.to_owned(),
+        message,
+    };
+    let mut files: Vec<PathBuf> = glob::glob(pattern)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    files.retain(|f| f.is_file());
+    files.sort();
+    if files.is_empty() {
+        return Err(bad("no such file".into()));
+    }
+    if let Some(other) = files.iter().find(|f| {
+        !f.extension()
+            .is_some_and(|e| e == "jsonl" || e == "json" || e == "ndjson")
+    }) {
+        return Err(bad(format!(
+            "{} is not a JSON-lines file (.jsonl, .ndjson, .json)",
+            other.display()
+        )));
+    }
+    let mut ranges = Vec::with_capacity(files.len());
+    for (index, file) in files.iter().enumerate() {
+        let read = |source| FilesError::Read {
+            path: file.clone(),
+            source,
+        };
+        let lines = BufReader::new(File::open(file).map_err(read)?)
+            .split(b'\n')
+            .count() as i64;
+        ranges.push(PartitionRange {
+            tp: TopicPartition::new(FILES_TOPIC, index as i32),
+            start: 0,
+            end: lines,
+            position: AtomicI64::new(0),
+        });
+    }
+    Ok((
+        files,
+        BackfillProgress {
+            ranges,
+            complete: AtomicBool::new(false),
+        },
+    ))
+}
+
+/// Reads the files of a [`resolve`]d plan into micro-batches.
+pub struct FileSource {
+    files: Vec<PathBuf>,
+    max_rows: usize,
+    out: mpsc::Sender<SourceMessage>,
+    tracker: Arc<AckTracker>,
+    stats: Arc<Stats>,
+    progress: Arc<BackfillProgress>,
+}
+
+impl FileSource {
+    pub fn new(
+        files: Vec<PathBuf>,
+        max_rows: usize,
+        progress: Arc<BackfillProgress>,
+        out: mpsc::Sender<SourceMessage>,
+        tracker: Arc<AckTracker>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        stats.readiness.set_assigned();
+        FileSource {
+            files,
+            max_rows: max_rows.clamp(1, 65_536),
+            out,
+            tracker,
+            stats,
+            progress,
+        }
+    }
+
+    fn send(&self, batch: RawBatch) -> Result<(), FilesError> {
+        self.tracker.register(&batch.provenance);
+        self.stats
+            .record_batch_in(batch.len() as u64, batch.byte_size() as u64);
+        self.out
+            .blocking_send(SourceMessage::Batch(batch))
+            .map_err(|_| FilesError::PipelineClosed)
+    }
+
+    /// Reads every file (until `shutdown`), then makes everything durable.
+    pub fn run(self, shutdown: CancellationToken) -> Result<(), FilesError> {
+        let mut next_id = 0;
+        for (file, range) in self.files.iter().zip(&self.progress.ranges) {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.read_file(file, range, &mut next_id, &shutdown)?;
+        }
+        let flush = Flush {
+            partitions: None,
+            revoke: false,
+        };
+        let drained = self.out.blocking_send(SourceMessage::Flush(flush)).is_ok()
+            && self.tracker.wait_drained(None, DRAIN_TIMEOUT);
+        let reached = self.progress.ranges.iter().all(PartitionRange::done);
+        self.progress
+            .complete
+            .store(drained && reached, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn read_file(
+        &self,
+        file: &Path,
+        range: &PartitionRange,
+        next_id: &mut u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), FilesError> {
+        let read = |source| FilesError::Read {
+            path: file.to_owned(),
+            source,
+        };
+        let modified = std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64);
+        let mut batch: Option<RawBatch> = None;
+        for (line, bytes) in BufReader::new(File::open(file).map_err(read)?)
+            .split(b'\n')
+            .enumerate()
+        {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let bytes = bytes.map_err(read)?;
+            let offset = line as i64;
+            range.position.store(offset + 1, Ordering::Relaxed);
+            let payload = bytes.strip_suffix(b"\r").unwrap_or(&bytes);
+            if payload.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let current = batch.get_or_insert_with(|| {
+                *next_id += 1;
+                RawBatch::new(BatchId(*next_id), range.tp.clone(), self.max_rows)
+            });
+            current.push(offset, modified, None, Some(payload));
+            if current.len() >= self.max_rows {
+                if let Some(full) = batch.take() {
+                    self.send(full)?;
+                }
+            }
+        }
+        if let Some(rest) = batch.take() {
+            self.send(rest)?;
+        }
+        Ok(())
+    }
+}
