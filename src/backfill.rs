@@ -268,10 +268,10 @@ mod tests {
         let shard = parse_shard("1/3").unwrap();
         assert!(shard.keeps(4) && !shard.keeps(3));
         assert!(parse_shard("3/3").is_err());
-        assert_eq!(parse_time("2026-11-21").unwrap(), 1_795_305_600_000);
+        assert_eq!(parse_time("2026-11-21").unwrap(), 1_795_219_200_000);
         assert_eq!(
             parse_time("2026-11-21T00:00:01Z").unwrap(),
-            1_795_305_601_000
+            1_795_219_201_000
         );
         assert!(parse_time("yesterday")
             .unwrap_err()
