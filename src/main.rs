@@ -182,9 +182,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            if let Some(listen) = metrics_listen.filter(|l| !l.is_empty()) {
-                pipeline.config.metrics = Some(config::MetricsConfig { listen });
-            }
+            override_metrics_listen(&mut pipeline, metrics_listen);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let stats = Arc::new(Stats::default());
@@ -223,9 +221,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            if let Some(listen) = metrics_listen.filter(|l| !l.is_empty()) {
-                pipeline.config.metrics = Some(config::MetricsConfig { listen });
-            }
+            override_metrics_listen(&mut pipeline, metrics_listen);
             let spec = if offsets.is_empty() {
                 RangeSpec::Times {
                     from: from.as_deref().map(backfill::parse_time).transpose()?,
@@ -403,6 +399,14 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.
+/// `--metrics-listen` / `SLUICE_METRICS_LISTEN` (non-empty) replaces the file's
+/// `metrics.listen`.
+fn override_metrics_listen(pipeline: &mut config::Pipeline, listen: Option<String>) {
+    if let Some(listen) = listen.filter(|l| !l.is_empty()) {
+        pipeline.config.metrics = Some(config::MetricsConfig { listen });
+    }
+}
+
 async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -219,14 +219,59 @@ fn plain_consumer(config: &KafkaSourceConfig) -> ClientConfig {
     client
 }
 
+/// The downstream end of a bounded source (Kafka ranges or files): sends batches, and at
+/// the end makes everything durable and records whether the whole range was covered.
+pub(super) struct BoundedOutput {
+    pub out: mpsc::Sender<SourceMessage>,
+    pub tracker: Arc<AckTracker>,
+    pub stats: Arc<Stats>,
+    pub progress: Arc<BackfillProgress>,
+}
+
+/// The pipeline downstream stopped.
+pub(super) struct Closed;
+
+impl BoundedOutput {
+    pub fn send(&self, batch: RawBatch) -> Result<(), Closed> {
+        self.tracker.register(&batch.provenance);
+        self.stats
+            .record_batch_in(batch.len() as u64, batch.byte_size() as u64);
+        self.out
+            .blocking_send(SourceMessage::Batch(batch))
+            .map_err(|_| Closed)
+    }
+
+    /// Flushes the sinks, waits until every batch is durable and sets
+    /// [`BackfillProgress::complete`]; returns whether every range reached its end.
+    pub fn finish(&self) -> bool {
+        let flush = Flush {
+            partitions: None,
+            revoke: false,
+        };
+        let drained = self.out.blocking_send(SourceMessage::Flush(flush)).is_ok()
+            && self.tracker.wait_drained(None, DRAIN_TIMEOUT);
+        let reached = self.progress.ranges.iter().all(PartitionRange::done);
+        self.progress
+            .complete
+            .store(drained && reached, Ordering::Relaxed);
+        if !reached {
+            tracing::warn!("backfill stopped before every partition reached its end; run it again with the same arguments to finish");
+        }
+        reached
+    }
+}
+
+impl From<Closed> for BoundedError {
+    fn from(_: Closed) -> Self {
+        BoundedError::PipelineClosed
+    }
+}
+
 /// Reads the ranges of `progress` and sends them downstream as micro-batches.
 pub struct BoundedSource {
     consumer: BaseConsumer,
     batcher: Batcher,
-    out: mpsc::Sender<SourceMessage>,
-    tracker: Arc<AckTracker>,
-    stats: Arc<Stats>,
-    progress: Arc<BackfillProgress>,
+    output: BoundedOutput,
 }
 
 impl BoundedSource {
@@ -254,32 +299,32 @@ impl BoundedSource {
         Ok(BoundedSource {
             consumer,
             batcher: Batcher::new(config.batch.clone()),
-            out,
-            tracker,
-            stats,
-            progress,
+            output: BoundedOutput {
+                out,
+                tracker,
+                stats,
+                progress,
+            },
         })
     }
 
     fn send(&self, batch: RawBatch) -> Result<(), BoundedError> {
-        self.tracker.register(&batch.provenance);
-        self.stats
-            .record_batch_in(batch.len() as u64, batch.byte_size() as u64);
-        self.out
-            .blocking_send(SourceMessage::Batch(batch))
-            .map_err(|_| BoundedError::PipelineClosed)
+        Ok(self.output.send(batch)?)
     }
 
     /// Reads until every range is done (or `shutdown`), then makes everything durable.
     pub fn run(mut self, shutdown: CancellationToken) -> Result<(), BoundedError> {
         let index: HashMap<TopicPartition, usize> = self
+            .output
             .progress
             .ranges
             .iter()
             .enumerate()
             .map(|(i, r)| (r.tp.clone(), i))
             .collect();
-        while !shutdown.is_cancelled() && !self.progress.ranges.iter().all(PartitionRange::done) {
+        while !shutdown.is_cancelled()
+            && !self.output.progress.ranges.iter().all(PartitionRange::done)
+        {
             match self.consumer.poll(self.batcher.poll_timeout()) {
                 None => {}
                 Some(Err(e)) => {
@@ -287,7 +332,7 @@ impl BoundedSource {
                 }
                 Some(Ok(message)) => {
                     let tp = TopicPartition::new(message.topic(), message.partition());
-                    if let Some(range) = index.get(&tp).map(|&i| &self.progress.ranges[i]) {
+                    if let Some(range) = index.get(&tp).map(|&i| &self.output.progress.ranges[i]) {
                         if message.offset() < range.end {
                             range
                                 .position
@@ -304,7 +349,7 @@ impl BoundedSource {
                 }
             }
             // Offsets without records (transaction markers, compacted away) at the end.
-            for range in self.progress.ranges.iter().filter(|r| !r.done()) {
+            for range in self.output.progress.ranges.iter().filter(|r| !r.done()) {
                 if let Ok(list) = self.consumer.position() {
                     if let Some(Offset::Offset(at)) = list
                         .find_partition(&range.tp.topic, range.tp.partition)
@@ -323,19 +368,7 @@ impl BoundedSource {
         for batch in self.batcher.take_all() {
             self.send(batch)?;
         }
-        let flush = Flush {
-            partitions: None,
-            revoke: false,
-        };
-        let drained = self.out.blocking_send(SourceMessage::Flush(flush)).is_ok()
-            && self.tracker.wait_drained(None, DRAIN_TIMEOUT);
-        let reached = self.progress.ranges.iter().all(PartitionRange::done);
-        self.progress
-            .complete
-            .store(drained && reached, Ordering::Relaxed);
-        if !reached {
-            tracing::warn!("backfill stopped before every partition reached its end; run it again with the same arguments to finish");
-        }
+        self.output.finish();
         Ok(())
     }
 

@@ -13,22 +13,18 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::bounded::{BackfillProgress, PartitionRange};
+use super::bounded::{BackfillProgress, BoundedOutput, PartitionRange};
 use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::{BatchId, RawBatch, TopicPartition};
-use crate::sink::Flush;
 use crate::telemetry::Stats;
 
 /// The topic name file records carry in `_topic`.
 pub const FILES_TOPIC: &str = "files";
-
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -97,10 +93,7 @@ pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesE
 pub struct FileSource {
     files: Vec<PathBuf>,
     max_rows: usize,
-    out: mpsc::Sender<SourceMessage>,
-    tracker: Arc<AckTracker>,
-    stats: Arc<Stats>,
-    progress: Arc<BackfillProgress>,
+    output: BoundedOutput,
 }
 
 impl FileSource {
@@ -116,41 +109,31 @@ impl FileSource {
         FileSource {
             files,
             max_rows: max_rows.clamp(1, 65_536),
-            out,
-            tracker,
-            stats,
-            progress,
+            output: BoundedOutput {
+                out,
+                tracker,
+                stats,
+                progress,
+            },
         }
     }
 
     fn send(&self, batch: RawBatch) -> Result<(), FilesError> {
-        self.tracker.register(&batch.provenance);
-        self.stats
-            .record_batch_in(batch.len() as u64, batch.byte_size() as u64);
-        self.out
-            .blocking_send(SourceMessage::Batch(batch))
+        self.output
+            .send(batch)
             .map_err(|_| FilesError::PipelineClosed)
     }
 
     /// Reads every file (until `shutdown`), then makes everything durable.
     pub fn run(self, shutdown: CancellationToken) -> Result<(), FilesError> {
         let mut next_id = 0;
-        for (file, range) in self.files.iter().zip(&self.progress.ranges) {
+        for (file, range) in self.files.iter().zip(&self.output.progress.ranges) {
             if shutdown.is_cancelled() {
                 break;
             }
             self.read_file(file, range, &mut next_id, &shutdown)?;
         }
-        let flush = Flush {
-            partitions: None,
-            revoke: false,
-        };
-        let drained = self.out.blocking_send(SourceMessage::Flush(flush)).is_ok()
-            && self.tracker.wait_drained(None, DRAIN_TIMEOUT);
-        let reached = self.progress.ranges.iter().all(PartitionRange::done);
-        self.progress
-            .complete
-            .store(drained && reached, Ordering::Relaxed);
+        self.output.finish();
         Ok(())
     }
 
