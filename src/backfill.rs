@@ -4,9 +4,11 @@
 //! topic:partition=start..end`), optionally only some partitions (`--partitions 0-5`, or
 //! `--shard INDEX/COUNT`) so several machines can split one backfill. Reading is
 //! [`crate::source::bounded`]: assigned partitions, no consumer group, no commits. The
-//! stages and sinks are the live pipeline's, so the rows are the ones the live pipeline
-//! writes; the Parquet sink's manifests make a rerun (or a run over a range already
-//! written) skip what is there instead of writing it twice. One progress bar per partition
+//! stages and sinks are the live pipeline's, so the rows and Parquet file names are the
+//! ones the live pipeline writes. The Parquet sinks write as a separate *writer* (see
+//! `sink::parquet::commit`): files the live pipeline wrote for the same offsets are
+//! replaced, and a stopped backfill started again with the same arguments resumes from
+//! its own manifests; a completed one removes them, so running it again reprocesses. One progress bar per partition
 //! (records/s, ETA) on a terminal; a summary at the end.
 
 use std::sync::Arc;
@@ -16,8 +18,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::TopicPartition;
-use crate::config::{Pipeline, SourceConfig};
+use crate::config::{Pipeline, SinkConfig, SourceConfig};
 use crate::runtime::{self, RunError, SourceMode};
+use crate::sink::parquet::commit;
 use crate::source::bounded::{self, BackfillProgress, PartitionFilter, RangeSpec};
 use crate::telemetry::{Stats, StatsSnapshot};
 
@@ -162,6 +165,8 @@ pub async fn run(
             .await
             .map_err(|e| RunError::Task(e.to_string()))??
     };
+    let mut progress = progress;
+    progress.run_id = run_id(&format!("{}|{spec:?}|{filter:?}", pipeline.name()));
     let progress = Arc::new(progress);
     let mode = SourceMode::Bounded(progress.clone());
     execute(pipeline, mode, progress, shutdown, stats, show_progress).await
@@ -175,7 +180,9 @@ pub async fn run_files(
     stats: Arc<Stats>,
     show_progress: bool,
 ) -> Result<BackfillSummary, RunError> {
-    let (files, progress) = crate::source::files::resolve(pattern)?;
+    let (files, mut progress) = crate::source::files::resolve(pattern)?;
+    let identity: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    progress.run_id = run_id(&format!("{}|{}", pipeline.name(), identity.join("|")));
     let progress = Arc::new(progress);
     let mode = SourceMode::Files(files, progress.clone());
     execute(pipeline, mode, progress, shutdown, stats, show_progress).await
@@ -204,6 +211,15 @@ async fn execute(
         let _ = bars.await;
     }
     let snapshot = outcome?;
+    let complete = progress.complete.load(std::sync::atomic::Ordering::Relaxed);
+    if complete {
+        // Done: the same arguments again mean a new pass (e.g. with a newer model), not a
+        // resume, so this run's bookkeeping goes.
+        for root in parquet_roots(pipeline) {
+            commit::forget_writer(&root, &progress.run_id)
+                .map_err(|e| RunError::Task(format!("{}: {e}", root.display())))?;
+        }
+    }
     Ok(BackfillSummary {
         partitions: progress
             .ranges
@@ -212,8 +228,29 @@ async fn execute(
             .collect(),
         stats: snapshot,
         elapsed: started.elapsed(),
-        complete: progress.complete.load(std::sync::atomic::Ordering::Relaxed),
+        complete,
     })
+}
+
+/// `backfill-` and a stable hash of what identifies the run.
+fn run_id(identity: &str) -> String {
+    format!(
+        "backfill-{:016x}",
+        crate::retrain::dataset::stable_hash(identity)
+    )
+}
+
+fn parquet_roots(pipeline: &Pipeline) -> Vec<std::path::PathBuf> {
+    let config = &pipeline.config;
+    config
+        .sinks
+        .iter()
+        .filter_map(|sink| match sink {
+            SinkConfig::Parquet(parquet) => Some(parquet.path.clone()),
+            SinkConfig::Kafka(_) => None,
+        })
+        .chain(config.dead_letter.parquet.as_ref().map(|p| p.path.clone()))
+        .collect()
 }
 
 async fn draw_progress(progress: Arc<BackfillProgress>, done: CancellationToken) {

@@ -79,6 +79,18 @@ pub enum SourceMode {
     Files(Vec<PathBuf>, Arc<BackfillProgress>),
 }
 
+impl SourceMode {
+    /// Who writes the Parquet files: the live pipeline (`None`) or a backfill run.
+    fn parquet_writer(&self) -> Option<String> {
+        match self {
+            SourceMode::Group => None,
+            SourceMode::Bounded(progress) | SourceMode::Files(_, progress) => {
+                Some(progress.run_id.clone())
+            }
+        }
+    }
+}
+
 enum Source {
     Group(KafkaSource),
     Bounded(BoundedSource),
@@ -133,6 +145,7 @@ pub async fn run_with(
                 ParquetInput::Rows,
                 parquet,
                 pipeline.output_schema().clone(),
+                mode.parquet_writer(),
                 tracker.clone(),
                 stats.clone(),
             )?)),
@@ -175,6 +188,7 @@ pub async fn run_with(
             ParquetInput::DeadLetters,
             parquet,
             dead_letter::schema(),
+            mode.parquet_writer(),
             tracker.clone(),
             stats.clone(),
         )?)));
@@ -194,6 +208,7 @@ pub async fn run_with(
     // The endpoint is up first, so `/health` says what start-up is waiting for.
     let server_stop = CancellationToken::new();
     let _stop_server_on_return = server_stop.clone().drop_guard();
+    let mut server_task = None;
     if let Some(metrics) = &config.metrics {
         let server = MetricsServer::bind(&metrics.listen, pipeline.name(), stats.clone()).await?;
         if let Some(addr) = server.local_addr() {
@@ -201,11 +216,11 @@ pub async fn run_with(
             let _ = stats.http_addr.set(addr);
         }
         let stop = server_stop.clone();
-        tokio::spawn(async move {
+        server_task = Some(tokio::spawn(async move {
             if let Err(e) = server.serve(stop).await {
                 tracing::error!(error = %e, "the /metrics endpoint failed");
             }
-        });
+        }));
     }
 
     // Models load and warm up before the consumer joins the group.
@@ -295,11 +310,25 @@ pub async fn run_with(
             shutdown.cancel();
         }
     }
+    // The endpoint goes with the pipeline: its port is free when this returns.
+    server_stop.cancel();
+    if let Some(mut server) = server_task {
+        if tokio::time::timeout(SERVER_STOP_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+            let _ = server.await;
+        }
+    }
     match first_error {
         Some(error) => Err(error),
         None => Ok(stats.snapshot()),
     }
 }
+
+/// How long open scrapes may take to finish when the pipeline stops.
+const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A source message after the ordered part of the chain.
 enum Ordered {

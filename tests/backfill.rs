@@ -1,6 +1,8 @@
 //! `sluice backfill` on the mock cluster, with `pipelines/demo.yaml`:
-//! - a backfill of the range a live run consumed writes the same rows and dead letters,
-//!   row for row, into a fresh directory, and leaves the live group's commits alone;
+//! - a backfill of the range a live run consumed writes the same files, rows and dead
+//!   letters, row for row, into a fresh directory; into the live directory it replaces
+//!   the same files without duplicating a row; and it leaves the live group's commits
+//!   alone;
 //! - a backfill stopped part-way and started again with the same arguments finishes with
 //!   every offset exactly once;
 //! - `--from` picks the first record at or after a time (offsets_for_times, which the mock
@@ -164,11 +166,60 @@ async fn a_backfill_writes_what_the_live_pipeline_wrote_row_for_row() {
         rows(&backfill_out.path().join("dead_letters"), &skip),
         live_dead
     );
+    // Same files: the names come from offsets, not from how batches were cut.
+    assert_eq!(
+        files(&backfill_out.path().join("feedback")),
+        files(&live_out.path().join("feedback"))
+    );
+    assert_eq!(
+        file_names(&backfill_out.path().join("dead_letters")),
+        file_names(&live_out.path().join("dead_letters"))
+    );
+
+    // Into the live dataset itself: the backfill replaces the files, no row twice.
+    let live_files = files(&live_out.path().join("feedback"));
+    let summary = backfill(&live, &ALL, None).await;
+    assert!(summary.complete, "{summary}");
+    assert_eq!(files(&live_out.path().join("feedback")), live_files);
+    assert_eq!(rows(&live_out.path().join("feedback"), &[]), live_rows);
+    assert_eq!(
+        rows(&live_out.path().join("dead_letters"), &skip),
+        live_dead
+    );
+    assert!(
+        !live_out
+            .path()
+            .join("feedback/_sluice/backfills")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "a finished backfill leaves no bookkeeping"
+    );
     assert_eq!(
         committed(&brokers, &group, TOPIC, PARTITIONS),
         live_commits,
         "the backfill moved the live group's offsets"
     );
+}
+
+/// Visible files of a dataset, relative to its root.
+fn files(root: &Path) -> Vec<PathBuf> {
+    dataset_files(root)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.strip_prefix(root).unwrap().to_owned())
+        .collect()
+}
+
+/// File names only (dead letters sit under the date they failed, which differs by run).
+fn file_names(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = dataset_files(root)
+        .unwrap()
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,6 +257,19 @@ pub struct RollConfig {
     /// Default: `1m` after the first row of the file.
     #[serde(default = "default_roll_age", with = "humantime_serde")]
     pub max_age: Duration,
+    /// Files are aligned to segments of this many source offsets (`k·N ..= (k+1)·N − 1`):
+    /// a segment's files are merged into one per directory when the partition moves past
+    /// it, so file names depend on offsets only and a backfill rewrites the same names.
+    /// Default: `max_rows`.
+    #[serde(default)]
+    pub segment_offsets: Option<u64>,
+}
+
+impl RollConfig {
+    /// Offsets per segment.
+    pub fn segment_offsets(&self) -> u64 {
+        self.segment_offsets.unwrap_or(self.max_rows)
+    }
 }
 
 impl Default for RollConfig {
@@ -265,6 +278,7 @@ impl Default for RollConfig {
             max_rows: default_roll_rows(),
             max_bytes: default_roll_bytes(),
             max_age: default_roll_age(),
+            segment_offsets: None,
         }
     }
 }

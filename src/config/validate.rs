@@ -235,6 +235,12 @@ fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, is
     if sink.roll.max_rows == 0 {
         issues.add(format!("{path}.roll.max_rows"), "expected a number above 0");
     }
+    if sink.roll.segment_offsets == Some(0) {
+        issues.add(
+            format!("{path}.roll.segment_offsets"),
+            "expected a number above 0",
+        );
+    }
     if sink.roll.max_bytes.as_u64() == 0 {
         issues.add(format!("{path}.roll.max_bytes"), "expected a size above 0");
     }

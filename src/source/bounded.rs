@@ -107,6 +107,9 @@ impl PartitionRange {
 #[derive(Debug, Default)]
 pub struct BackfillProgress {
     pub ranges: Vec<PartitionRange>,
+    /// Names this backfill as a Parquet writer (see `sink::parquet::commit`): the same
+    /// arguments give the same id, so a stopped run resumes where it stopped.
+    pub run_id: String,
     /// Every partition reached its end and every batch became durable.
     pub complete: AtomicBool,
 }
@@ -197,6 +200,7 @@ pub fn resolve(
     }
     Ok(BackfillProgress {
         ranges,
+        run_id: String::new(),
         complete: AtomicBool::new(false),
     })
 }

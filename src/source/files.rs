@@ -84,6 +84,7 @@ pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesE
         files,
         BackfillProgress {
             ranges,
+            run_id: String::new(),
             complete: AtomicBool::new(false),
         },
     ))
