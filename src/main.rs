@@ -53,7 +53,8 @@ enum Command {
         /// Explicit ranges instead: TOPIC:PARTITION=START..END (repeatable).
         #[arg(long)]
         offsets: Vec<String>,
-        /// Read JSON-lines files (a path or a glob, e.g. 'exports/*.jsonl') instead of Kafka.
+        /// Read JSON-lines or Parquet files (a path or a glob, e.g. 'exports/*.jsonl' or
+        /// 'old/**/*.parquet') instead of Kafka.
         #[arg(long, conflicts_with_all = ["from", "to", "offsets", "partitions", "shard"])]
         input: Option<String>,
         /// Only these partitions (e.g. `0-5`), to split a backfill across machines.

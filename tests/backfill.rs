@@ -6,7 +6,9 @@
 //! - a backfill stopped part-way and started again with the same arguments finishes with
 //!   every offset exactly once;
 //! - `--from` picks the first record at or after a time (offsets_for_times, which the mock
-//!   cluster lacks: this one runs against a noida-db broker process).
+//!   cluster lacks: this one runs against a noida-db broker process);
+//! - `--input` JSON-lines files run like a topic (file = partition, line = offset), and the
+//!   Parquet dataset they produced, as `--input` again, gives back the same records.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -292,7 +294,7 @@ async fn from_starts_at_the_first_record_at_or_after_the_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_lines_files_backfill_like_a_topic_and_rerun_without_duplicates() {
+async fn files_backfill_like_a_topic_and_rerun_without_duplicates() {
     // The Kafka sinks of demo.yaml still need a cluster.
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
@@ -340,4 +342,44 @@ async fn json_lines_files_backfill_like_a_topic_and_rerun_without_duplicates() {
             assert!(written[&key].contains(&"_topic=files".to_owned()));
         }
     }
+
+    // The written dataset as Parquet input: the same records come out again.
+    let again = tempfile::tempdir().unwrap();
+    let pattern = out
+        .path()
+        .join("feedback/**/*.parquet")
+        .display()
+        .to_string();
+    let summary = backfill::run_files(
+        &pipeline(&brokers, again.path()),
+        &pattern,
+        CancellationToken::new(),
+        Arc::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(summary.complete, "{summary}");
+    assert_eq!(summary.stats.records_in, good as u64);
+    assert_eq!(summary.stats.dead_letters, 0);
+    let by_id = |rows: BTreeMap<(i64, i64), Vec<String>>| -> BTreeMap<String, Vec<String>> {
+        rows.into_values()
+            .map(|values| {
+                let fields: Vec<String> =
+                    values.into_iter().filter(|v| !v.starts_with('_')).collect();
+                (
+                    fields
+                        .iter()
+                        .find(|v| v.starts_with("id="))
+                        .unwrap()
+                        .clone(),
+                    fields,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_id(rows(&again.path().join("feedback"), &[])),
+        by_id(written)
+    );
 }

@@ -1,12 +1,16 @@
-//! The file source of `sluice backfill --input`: JSON-lines files (one record per line, as
-//! the topic carries them: e.g. an export of the topic, or `sluice bench --export-input`)
-//! instead of Kafka.
+//! The file source of `sluice backfill --input`, instead of Kafka:
+//! - JSON-lines files (`.jsonl`, `.ndjson`, `.json`): one record per line, as the topic
+//!   carries them (an export of the topic, or `sluice bench --export-input`);
+//! - Parquet files (`.parquet`): one record per row, encoded as the JSON object the topic
+//!   would carry (arrow's JSON writer), so the pipeline's decode step and dead letters
+//!   apply unchanged. Provenance columns (`_topic`, `_offset`, ...) of a file sluice wrote
+//!   are left out, so a dataset can be run through a pipeline again.
 //!
 //! Files are taken in sorted order; file `i` is partition `i` of the pseudo-topic
-//! [`FILES_TOPIC`], and a line's number (from 0) is its offset, so provenance, dead-letter
-//! positions and the Parquet sink's manifests work as for Kafka, and a rerun over the same
-//! files skips what is already written. A record's `_timestamp` is its file's
-//! modification time. Blank lines are skipped (their offsets stay unused).
+//! [`FILES_TOPIC`], and a line's (row's) number from 0 is its offset, so provenance,
+//! dead-letter positions and the Parquet sink's manifests work as for Kafka. A record's
+//! `_timestamp` is its file's modification time. Blank lines are skipped (their offsets
+//! stay unused).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -14,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
+use arrow::json::LineDelimitedWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,8 +42,34 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading {path}: {message}")]
+    Parquet { path: PathBuf, message: String },
     #[error("the pipeline downstream of the source stopped")]
     PipelineClosed,
+}
+
+/// How a file's records are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    JsonLines,
+    Parquet,
+}
+
+impl Format {
+    fn of(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "jsonl" | "ndjson" | "json" => Some(Format::JsonLines),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+}
+
+fn parquet_error(path: &Path) -> impl Fn(String) -> FilesError + '_ {
+    move |message| FilesError::Parquet {
+        path: path.to_owned(),
+        message,
+    }
 }
 
 /// The files `pattern` names (a path or a glob), sorted, each with its line count.
@@ -55,12 +87,9 @@ pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesE
     if files.is_empty() {
         return Err(bad("no such file".into()));
     }
-    if let Some(other) = files.iter().find(|f| {
-        !f.extension()
-            .is_some_and(|e| e == "jsonl" || e == "json" || e == "ndjson")
-    }) {
+    if let Some(other) = files.iter().find(|f| Format::of(f).is_none()) {
         return Err(bad(format!(
-            "{} is not a JSON-lines file (.jsonl, .ndjson, .json)",
+            "{} is neither JSON lines (.jsonl, .ndjson, .json) nor Parquet (.parquet)",
             other.display()
         )));
     }
@@ -70,13 +99,19 @@ pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesE
             path: file.clone(),
             source,
         };
-        let lines = BufReader::new(File::open(file).map_err(read)?)
-            .split(b'\n')
-            .count() as i64;
+        let handle = File::open(file).map_err(read)?;
+        let records = match Format::of(file) {
+            Some(Format::Parquet) => ParquetRecordBatchReaderBuilder::try_new(handle)
+                .map_err(|e| parquet_error(file)(e.to_string()))?
+                .metadata()
+                .file_metadata()
+                .num_rows(),
+            _ => BufReader::new(handle).split(b'\n').count() as i64,
+        };
         ranges.push(PartitionRange {
             tp: TopicPartition::new(FILES_TOPIC, index as i32),
             start: 0,
-            end: lines,
+            end: records,
             position: AtomicI64::new(0),
         });
     }
@@ -132,13 +167,16 @@ impl FileSource {
             if shutdown.is_cancelled() {
                 break;
             }
-            self.read_file(file, range, &mut next_id, &shutdown)?;
+            match Format::of(file) {
+                Some(Format::Parquet) => self.read_parquet(file, range, &mut next_id, &shutdown)?,
+                _ => self.read_json_lines(file, range, &mut next_id, &shutdown)?,
+            }
         }
         self.output.finish();
         Ok(())
     }
 
-    fn read_file(
+    fn read_json_lines(
         &self,
         file: &Path,
         range: &PartitionRange,
@@ -149,11 +187,7 @@ impl FileSource {
             path: file.to_owned(),
             source,
         };
-        let modified = std::fs::metadata(file)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64);
+        let modified = modified_millis(file);
         let mut batch: Option<RawBatch> = None;
         for (line, bytes) in BufReader::new(File::open(file).map_err(read)?)
             .split(b'\n')
@@ -185,4 +219,60 @@ impl FileSource {
         }
         Ok(())
     }
+
+    fn read_parquet(
+        &self,
+        file: &Path,
+        range: &PartitionRange,
+        next_id: &mut u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), FilesError> {
+        let error = parquet_error(file);
+        let handle = File::open(file).map_err(|source| FilesError::Read {
+            path: file.to_owned(),
+            source,
+        })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
+            .and_then(|b| b.with_batch_size(self.max_rows).build())
+            .map_err(|e| error(e.to_string()))?;
+        let modified = modified_millis(file);
+        let mut offset = 0;
+        for rows in reader {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let rows = rows.map_err(|e| error(e.to_string()))?;
+            let keep: Vec<usize> = (0..rows.num_columns())
+                .filter(|&i| !crate::schema::is_provenance(rows.schema().field(i).name()))
+                .collect();
+            let rows = rows.project(&keep).map_err(|e| error(e.to_string()))?;
+            let mut lines = Vec::new();
+            let mut writer = LineDelimitedWriter::new(&mut lines);
+            writer
+                .write(&rows)
+                .and_then(|()| writer.finish())
+                .map_err(|e| error(e.to_string()))?;
+            *next_id += 1;
+            let mut batch = RawBatch::new(BatchId(*next_id), range.tp.clone(), rows.num_rows());
+            // The JSON writer escapes newlines inside values: one line per row.
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                batch.push(offset, modified, None, Some(line));
+                offset += 1;
+            }
+            range.position.store(offset, Ordering::Relaxed);
+            if batch.len() > 0 {
+                self.send(batch)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file's modification time, milliseconds since the epoch.
+fn modified_millis(file: &Path) -> Option<i64> {
+    std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
 }
