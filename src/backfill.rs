@@ -172,7 +172,7 @@ pub async fn run(
     execute(pipeline, mode, progress, shutdown, stats, show_progress).await
 }
 
-/// [`run`] over JSON-lines files (`pattern`: a path or a glob) instead of Kafka.
+/// [`run`] over JSON-lines or Parquet files (`pattern`: a path or a glob) instead of Kafka.
 pub async fn run_files(
     pipeline: &Pipeline,
     pattern: &str,

@@ -75,7 +75,8 @@ pub enum SourceMode {
     Group,
     /// `sluice backfill`: the resolved offset ranges, then stop (no group, no commits).
     Bounded(Arc<BackfillProgress>),
-    /// `sluice backfill --input`: these JSON-lines files (see `source::files`), then stop.
+    /// `sluice backfill --input`: these JSON-lines or Parquet files (see `source::files`),
+    /// then stop.
     Files(Vec<PathBuf>, Arc<BackfillProgress>),
 }
 
