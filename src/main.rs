@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use sluice::source::bounded::{PartitionFilter, RangeSpec};
-use sluice::telemetry::{init_logging, Stats};
+use sluice::telemetry::{init_logging, status, Stats};
 use sluice::{backfill, bench, config, demo, retrain, runtime, sample};
 
 #[derive(Parser)]
@@ -136,6 +136,16 @@ enum Command {
         /// Also write the generated payloads here (JSON lines) for a baseline to replay.
         #[arg(long)]
         export_input: Option<PathBuf>,
+    },
+    /// Show what a running pipeline is doing, from its /health and /metrics endpoint
+    /// (`sluice run --metrics-listen`).
+    Status {
+        /// The endpoint's base URL.
+        #[arg(default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Redraw every DURATION (e.g. `2s`) with rates, until SIGINT.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
     },
     /// Train a model version from a pipeline's Parquet dataset; publish it if it beats the
     /// serving version on the same holdout.
@@ -320,6 +330,26 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("producing to {topic} on {brokers}"))?;
             println!("produced {produced} records to {topic}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { url, watch } => {
+            let first = status::fetch(&url).await?;
+            let Some(every) = watch else {
+                print!("{}", status::render(&first, None));
+                return Ok(ExitCode::SUCCESS);
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let mut before = first;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                }
+                let now = status::fetch(&url).await?;
+                // Clear the screen and draw from the top.
+                print!("\x1b[2J\x1b[H{}", status::render(&now, Some(&before)));
+                before = now;
+            }
         }
         Command::Bench {
             pipeline,

@@ -22,7 +22,7 @@ use sluice::demo;
 use sluice::runtime;
 use sluice::sample::produce;
 use sluice::sink::parquet::read::count_rows;
-use sluice::telemetry::Stats;
+use sluice::telemetry::{status, Stats};
 
 const PARTITIONS: i32 = 3;
 
@@ -189,6 +189,21 @@ async fn metrics_match_the_records_processed() {
     .await;
     let during = stats.snapshot();
 
+    // `sluice status` reads the same endpoint.
+    let scrape = status::fetch(&format!("http://{addr}")).await.unwrap();
+    assert!(scrape.ready, "{}", scrape.health);
+    assert_eq!(scrape.pipeline(), "maintenance-process");
+    assert_eq!(scrape.sum("sluice_records_in", &[]), produced as f64);
+    let screen = status::render(&scrape, None);
+    assert!(
+        screen.contains(&format!("records in {}", thousands(produced))),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("model stages[1].infer serves process-failure"),
+        "{screen}"
+    );
+
     shutdown.cancel();
     let end = running.await.unwrap().unwrap();
     assert_eq!(end.records_in, produced);
@@ -259,4 +274,17 @@ async fn metrics_match_the_records_processed() {
         TcpStream::connect(addr).is_err(),
         "the endpoint outlived the pipeline"
     );
+}
+
+/// `12345` as `12,345`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

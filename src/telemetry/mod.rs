@@ -4,9 +4,11 @@
 //! - [`stats`]: the pipeline's counters and histograms ([`Stats`]), shared by the source,
 //!   the stages and the sinks; the run summaries, the tests and `/metrics` read them.
 //! - [`http`]: `/metrics` (Prometheus text format) and `/health` on a configurable port.
+//! - [`status`]: `sluice status`, a terminal view of another process's endpoint.
 
 pub mod http;
 pub mod stats;
+pub mod status;
 
 pub use stats::{Readiness, Stats, StatsSnapshot};
 
