@@ -260,7 +260,7 @@ impl FileSource {
                 offset += 1;
             }
             range.position.store(offset, Ordering::Relaxed);
-            if batch.len() > 0 {
+            if !batch.is_empty() {
                 self.send(batch)?;
             }
         }
