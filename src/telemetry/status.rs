@@ -223,7 +223,7 @@ fn count(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0) + 0.0);
     let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(c);
