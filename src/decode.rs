@@ -4,9 +4,12 @@
 //! Cheap checks run per record first (tombstone, size, UTF-8). The fast path then feeds
 //! the whole batch to one decoder, checking after each record that it produced exactly
 //! one complete row, and flushes once. If anything is off (a syntax error, a type that does
-//! not match, a record holding two objects or half of one), the batch is decoded again one
-//! record at a time, so the bad records are isolated with their own error and the good
-//! ones still go through. Bad input never fails a batch.
+//! not match, a record holding two objects or half of one), the bad records are isolated
+//! without giving up batch decoding for the rest: one pass finds the records that break
+//! the JSON stream, the runs between them are decoded whole, and a run whose rows do not
+//! fit the schema is halved until its bad rows are alone. Each bad record is decoded on
+//! its own for its error, and the good ones still go through. Bad input never fails a
+//! batch.
 
 use std::sync::Arc;
 
@@ -19,12 +22,29 @@ use arrow::error::ArrowError;
 use arrow::json::reader::Decoder;
 use arrow::json::ReaderBuilder;
 
-use crate::batch::{Batch, RawBatch, RawRecord};
+use crate::batch::{Batch, RawBatch, RawRecord, TopicPartition};
 use crate::config::UnknownFields;
 use crate::dead_letter::DeadLetter;
 use crate::schema::with_provenance;
 
 const STAGE: &str = "decode";
+
+/// Runs this short are decoded record by record rather than halved again.
+const ISOLATE_BELOW: usize = 8;
+
+/// Rows decoded so far on the slow path, in record order.
+#[derive(Default)]
+struct Decoded<'a> {
+    parts: Vec<RecordBatch>,
+    good: Vec<RawRecord<'a>>,
+}
+
+impl<'a> Decoded<'a> {
+    fn push(&mut self, rows: RecordBatch, records: &[(RawRecord<'a>, &[u8])]) {
+        self.parts.push(rows);
+        self.good.extend(records.iter().map(|(r, _)| *r));
+    }
+}
 
 /// Decodes JSON records of one schema.
 #[derive(Debug, Clone)]
@@ -75,7 +95,12 @@ impl JsonDecoder {
         }
         let (fields, good) = match self.decode_all(&candidates)? {
             Some(fields) => (fields, candidates.iter().map(|(r, _)| *r).collect()),
-            None => self.decode_each(&candidates, tp, &mut dead_letters)?,
+            None => {
+                let mut decoded = Decoded::default();
+                self.decode_isolating(&candidates, tp, &mut dead_letters, &mut decoded)?;
+                let fields = concat_batches(&self.record_schema, &decoded.parts)?;
+                (fields, decoded.good)
+            }
         };
         let rows = self.with_provenance_columns(fields, raw, &good)?;
         dead_letters.sort_by_key(|d| d.offset);
@@ -133,25 +158,86 @@ impl JsonDecoder {
         }
     }
 
-    /// Slow path: one record at a time; bad ones become dead letters with their error.
+    /// Slow path. One decoder reads the records until one breaks the JSON stream (a
+    /// syntax error, half an object, two values); the run before it is decoded whole, the
+    /// breaking record alone, and reading goes on after it with a fresh decoder.
+    fn decode_isolating<'a>(
+        &self,
+        records: &[(RawRecord<'a>, &[u8])],
+        tp: &TopicPartition,
+        dead_letters: &mut Vec<DeadLetter>,
+        out: &mut Decoded<'a>,
+    ) -> Result<(), ArrowError> {
+        let mut start = 0;
+        let mut decoder = self.new_decoder(records.len())?;
+        for (i, (_, payload)) in records.iter().enumerate() {
+            let aligned = decoder
+                .decode(payload)
+                .is_ok_and(|read| read == payload.len())
+                && !decoder.has_partial_record()
+                && decoder.len() == i - start + 1;
+            if aligned {
+                continue;
+            }
+            self.decode_run(&records[start..i], tp, dead_letters, out)?;
+            self.decode_each(&records[i..=i], tp, dead_letters, out)?;
+            start = i + 1;
+            decoder = self.new_decoder(records.len() - start)?;
+        }
+        // The last run is in the decoder already; if its rows do not all fit the schema,
+        // its halves are decoded apart.
+        let tail = &records[start..];
+        match decoder.flush() {
+            Ok(Some(rows)) if rows.num_rows() == tail.len() => out.push(rows, tail),
+            Ok(None) if tail.is_empty() => {}
+            _ if tail.len() <= ISOLATE_BELOW => self.decode_each(tail, tp, dead_letters, out)?,
+            _ => {
+                let (left, right) = tail.split_at(tail.len() / 2);
+                self.decode_run(left, tp, dead_letters, out)?;
+                self.decode_run(right, tp, dead_letters, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A run of records that are each one complete JSON value: decoded whole, or, when
+    /// some row does not fit the schema, halved until the bad rows are alone.
+    fn decode_run<'a>(
+        &self,
+        run: &[(RawRecord<'a>, &[u8])],
+        tp: &TopicPartition,
+        dead_letters: &mut Vec<DeadLetter>,
+        out: &mut Decoded<'a>,
+    ) -> Result<(), ArrowError> {
+        if run.len() <= ISOLATE_BELOW {
+            return self.decode_each(run, tp, dead_letters, out);
+        }
+        match self.decode_all(run)? {
+            Some(rows) => out.push(rows, run),
+            None => {
+                let (left, right) = run.split_at(run.len() / 2);
+                self.decode_run(left, tp, dead_letters, out)?;
+                self.decode_run(right, tp, dead_letters, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One record at a time; bad ones become dead letters with their error.
     fn decode_each<'a>(
         &self,
         records: &[(RawRecord<'a>, &[u8])],
-        tp: &crate::batch::TopicPartition,
+        tp: &TopicPartition,
         dead_letters: &mut Vec<DeadLetter>,
-    ) -> Result<(RecordBatch, Vec<RawRecord<'a>>), ArrowError> {
-        let mut rows = Vec::with_capacity(records.len());
-        let mut good = Vec::with_capacity(records.len());
+        out: &mut Decoded<'a>,
+    ) -> Result<(), ArrowError> {
         for (record, payload) in records {
             match self.decode_one(payload)? {
-                Ok(row) => {
-                    rows.push(row);
-                    good.push(*record);
-                }
+                Ok(row) => out.push(row, &[(*record, payload)]),
                 Err(reason) => dead_letters.push(DeadLetter::new(STAGE, tp, record, reason)),
             }
         }
-        Ok((concat_batches(&self.record_schema, &rows)?, good))
+        Ok(())
     }
 
     fn decode_one(&self, payload: &[u8]) -> Result<Result<RecordBatch, String>, ArrowError> {
@@ -337,5 +423,46 @@ mod tests {
             .unwrap();
         assert_eq!(ids(&batch), ["ok"]);
         assert_eq!(batch.dead_letters.len(), 2);
+    }
+
+    #[test]
+    fn bad_records_anywhere_in_a_large_batch_are_isolated_and_the_rest_keep_their_order() {
+        let payloads: Vec<Vec<u8>> = (0..2_000)
+            .map(|i| {
+                let text = match i {
+                    i if i % 37 == 5 => "{not json".to_owned(),
+                    i if i % 53 == 7 => r#"{"id":"x","rating":"five"}"#.to_owned(),
+                    i if i % 61 == 3 => r#"{"rating":3}"#.to_owned(),
+                    i if i % 71 == 0 => r#"{"id":"a"} {"id":"b"}"#.to_owned(),
+                    i if i % 97 == 11 => r#"{"id":"#.to_owned(),
+                    i => format!(r#"{{"id":"r{i}","rating":{}}}"#, i % 5),
+                };
+                text.into_bytes()
+            })
+            .collect();
+        let expected: Vec<String> = payloads
+            .iter()
+            .filter_map(|p| {
+                let text = std::str::from_utf8(p).unwrap();
+                text.starts_with(r#"{"id":"r"#)
+                    .then(|| text[7..].split('"').next().unwrap().to_owned())
+            })
+            .collect();
+        let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+        let batch = decoder(UnknownFields::Reject).decode(&raw(&refs)).unwrap();
+        assert_eq!(ids(&batch), expected);
+        assert_eq!(batch.dead_letters.len(), payloads.len() - expected.len());
+        let offsets = batch
+            .rows
+            .column_by_name("_offset")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let good_offsets: Vec<i64> = (0..payloads.len())
+            .filter(|&i| payloads[i].starts_with(br#"{"id":"r"#))
+            .map(|i| 100 + i as i64)
+            .collect();
+        assert_eq!(offsets.values().to_vec(), good_offsets);
     }
 }
