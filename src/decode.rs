@@ -3,7 +3,7 @@
 //! Decoding uses arrow-json's streaming decoder against the schema from `schemas/`.
 //! Cheap checks run per record first (tombstone, size, UTF-8). The fast path then feeds
 //! the whole batch to one decoder, checking after each record that it produced exactly
-//! one complete row, and flushes once. If anything is off (a syntax error, a type that does
+//! one complete row, and flushes once, without copying. If anything is off (a syntax error, a type that does
 //! not match, a record holding two objects or half of one), the bad records are isolated
 //! without giving up batch decoding for the rest: one pass finds the records that break
 //! the JSON stream, the runs between them are decoded whole, and a run whose rows do not
@@ -93,15 +93,15 @@ impl JsonDecoder {
                 Err(reason) => dead_letters.push(DeadLetter::new(STAGE, tp, &record, reason)),
             }
         }
-        let (fields, good) = match self.decode_all(&candidates)? {
-            Some(fields) => (fields, candidates.iter().map(|(r, _)| *r).collect()),
-            None => {
-                let mut decoded = Decoded::default();
-                self.decode_isolating(&candidates, tp, &mut dead_letters, &mut decoded)?;
-                let fields = concat_batches(&self.record_schema, &decoded.parts)?;
-                (fields, decoded.good)
-            }
+        let mut decoded = Decoded::default();
+        self.decode_isolating(&candidates, tp, &mut dead_letters, &mut decoded)?;
+        let fields = match decoded.parts.len() {
+            0 => RecordBatch::new_empty(self.record_schema.clone()),
+            // The usual case, a clean batch: no copy.
+            1 => decoded.parts.swap_remove(0),
+            _ => concat_batches(&self.record_schema, &decoded.parts)?,
         };
+        let good = decoded.good;
         let rows = self.with_provenance_columns(fields, raw, &good)?;
         dead_letters.sort_by_key(|d| d.offset);
         Ok(Batch {
@@ -133,7 +133,7 @@ impl JsonDecoder {
         Ok(payload)
     }
 
-    /// Fast path: all records through one decoder. `None` when any record is bad.
+    /// All records through one decoder. `None` when any record is bad.
     fn decode_all(
         &self,
         records: &[(RawRecord<'_>, &[u8])],
@@ -158,9 +158,11 @@ impl JsonDecoder {
         }
     }
 
-    /// Slow path. One decoder reads the records until one breaks the JSON stream (a
-    /// syntax error, half an object, two values); the run before it is decoded whole, the
-    /// breaking record alone, and reading goes on after it with a fresh decoder.
+    /// One decoder reads the records, checking after each that it made exactly one
+    /// complete row. A record that breaks the JSON stream (a syntax error, half an object,
+    /// two values) ends the run: the run before it is decoded whole, the breaking record
+    /// alone, and reading goes on after it with a fresh decoder. A clean batch is one run,
+    /// flushed once (the fast path).
     fn decode_isolating<'a>(
         &self,
         records: &[(RawRecord<'a>, &[u8])],
