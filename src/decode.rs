@@ -192,12 +192,7 @@ impl JsonDecoder {
         match decoder.flush() {
             Ok(Some(rows)) if rows.num_rows() == tail.len() => out.push(rows, tail),
             Ok(None) if tail.is_empty() => {}
-            _ if tail.len() <= ISOLATE_BELOW => self.decode_each(tail, tp, dead_letters, out)?,
-            _ => {
-                let (left, right) = tail.split_at(tail.len() / 2);
-                self.decode_run(left, tp, dead_letters, out)?;
-                self.decode_run(right, tp, dead_letters, out)?;
-            }
+            _ => self.decode_halves(tail, tp, dead_letters, out)?,
         }
         Ok(())
     }
@@ -216,13 +211,25 @@ impl JsonDecoder {
         }
         match self.decode_all(run)? {
             Some(rows) => out.push(rows, run),
-            None => {
-                let (left, right) = run.split_at(run.len() / 2);
-                self.decode_run(left, tp, dead_letters, out)?;
-                self.decode_run(right, tp, dead_letters, out)?;
-            }
+            None => self.decode_halves(run, tp, dead_letters, out)?,
         }
         Ok(())
+    }
+
+    /// A run known to hold rows that do not fit: each half as a run of its own.
+    fn decode_halves<'a>(
+        &self,
+        run: &[(RawRecord<'a>, &[u8])],
+        tp: &TopicPartition,
+        dead_letters: &mut Vec<DeadLetter>,
+        out: &mut Decoded<'a>,
+    ) -> Result<(), ArrowError> {
+        if run.len() <= ISOLATE_BELOW {
+            return self.decode_each(run, tp, dead_letters, out);
+        }
+        let (left, right) = run.split_at(run.len() / 2);
+        self.decode_run(left, tp, dead_letters, out)?;
+        self.decode_run(right, tp, dead_letters, out)
     }
 
     /// One record at a time; bad ones become dead letters with their error.

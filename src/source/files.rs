@@ -95,11 +95,7 @@ pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesE
     }
     let mut ranges = Vec::with_capacity(files.len());
     for (index, file) in files.iter().enumerate() {
-        let read = |source| FilesError::Read {
-            path: file.clone(),
-            source,
-        };
-        let handle = File::open(file).map_err(read)?;
+        let handle = open(file)?;
         let records = match Format::of(file) {
             Some(Format::Parquet) => ParquetRecordBatchReaderBuilder::try_new(handle)
                 .map_err(|e| parquet_error(file)(e.to_string()))?
@@ -189,10 +185,7 @@ impl FileSource {
         };
         let modified = modified_millis(file);
         let mut batch: Option<RawBatch> = None;
-        for (line, bytes) in BufReader::new(File::open(file).map_err(read)?)
-            .split(b'\n')
-            .enumerate()
-        {
+        for (line, bytes) in BufReader::new(open(file)?).split(b'\n').enumerate() {
             if shutdown.is_cancelled() {
                 break;
             }
@@ -228,11 +221,7 @@ impl FileSource {
         shutdown: &CancellationToken,
     ) -> Result<(), FilesError> {
         let error = parquet_error(file);
-        let handle = File::open(file).map_err(|source| FilesError::Read {
-            path: file.to_owned(),
-            source,
-        })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
+        let reader = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
             .and_then(|b| b.with_batch_size(self.max_rows).build())
             .map_err(|e| error(e.to_string()))?;
         let modified = modified_millis(file);
@@ -266,6 +255,13 @@ impl FileSource {
         }
         Ok(())
     }
+}
+
+fn open(file: &Path) -> Result<File, FilesError> {
+    File::open(file).map_err(|source| FilesError::Read {
+        path: file.to_owned(),
+        source,
+    })
 }
 
 /// A file's modification time, milliseconds since the epoch.

@@ -4,6 +4,7 @@
 //! Both write new temp files that the caller commits (with the old files as the
 //! commit's `replaces`), so a crash half-way leaves the old files as they were.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-use super::commit::{DataFile, Dataset};
+use super::commit::{DataFile, Dataset, StagedFile};
 use super::SinkError;
 use crate::batch::TopicPartition;
 use crate::schema::OFFSET_COLUMN;
@@ -144,6 +145,59 @@ pub fn rows_between(rows: &RecordBatch, from: i64, to: i64) -> Result<RecordBatc
         &lt_eq(offsets, &Int64Array::new_scalar(to))?,
     )?;
     Ok(filter_record_batch(rows, &keep)?)
+}
+
+/// Where [`merge_files`] writes: one partition's files for offsets `range`.
+pub struct MergeTarget<'a> {
+    pub sink: &'a str,
+    pub dataset: &'a Dataset,
+    pub tp: &'a TopicPartition,
+    pub range: (i64, i64),
+    pub schema: &'a SchemaRef,
+    pub properties: &'a WriterProperties,
+}
+
+/// Writes the rows of each directory's `sources` (files in offset order) into one temp
+/// file per directory, named for `target.range`. `None`, with nothing left behind, when a
+/// source's columns do not fit `target.schema`.
+pub fn merge_files(
+    target: &MergeTarget<'_>,
+    sources: &BTreeMap<String, Vec<PathBuf>>,
+) -> Result<Option<Vec<StagedFile>>, SinkError> {
+    let (first, last) = target.range;
+    let mut staged: Vec<StagedFile> = Vec::with_capacity(sources.len());
+    for (dir, paths) in sources {
+        let mut writer = TempWriter::create(
+            target.sink,
+            target.dataset,
+            dir,
+            target.tp,
+            first,
+            "merge",
+            target.schema.clone(),
+            target.properties,
+        )?;
+        for path in paths {
+            for batch in read_batches(path)?.1 {
+                if !writer.append(&batch)? {
+                    tracing::warn!(sink = target.sink, file = %path.display(), "not merging a file written with another schema");
+                    writer.abandon();
+                    for file in staged {
+                        let _ = std::fs::remove_file(file.tmp_path);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        let temp = writer.finish()?;
+        staged.push(StagedFile {
+            dir: dir.clone(),
+            tmp_path: temp.path,
+            name: Dataset::file_name(target.tp, first, last),
+            rows: temp.rows,
+        });
+    }
+    Ok(Some(staged))
 }
 
 /// The parts of `file` outside `first..=last`, for a commit that replaces it: one temp

@@ -1,0 +1,238 @@
+//! Committing a partition's open group (see [`super::commit`]): at a segment's end or a
+//! flush the segment's earlier files are merged in, files of other writers under the newly
+//! covered offsets are replaced (their other rows kept), and then the group's batches are
+//! acknowledged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::commit::{DataFile, Dataset, StagedFile};
+use super::rewrite::{keep_outside, merge_files, MergeTarget, TempFile};
+use super::{ParquetSink, SinkError};
+use crate::batch::{BatchId, TopicPartition};
+
+/// Why a group is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Roll {
+    /// A size, age or open-file limit: the segment goes on in another file.
+    Early,
+    /// The partition has moved past the segment ending at this offset: its files are
+    /// merged into one per directory, named for the whole segment.
+    SegmentEnd(i64),
+    /// Revoke or shutdown: the segment's files so far are merged.
+    Flush,
+}
+
+impl ParquetSink {
+    /// Commits the open group of `tp` (merging the segment's earlier files when `roll`
+    /// says so, replacing files of other writers it overlaps), then acknowledges its
+    /// batches.
+    pub(super) fn roll(&mut self, tp: &TopicPartition, roll: Roll) -> Result<(), SinkError> {
+        let segment = self.segment;
+        let Some(state) = self.partitions.get_mut(tp) else {
+            return Ok(());
+        };
+        let group = state.open.take();
+        let before = state.durable_through;
+        // The offsets this commit newly covers.
+        let covers = match (&group, roll) {
+            (Some(g), Roll::SegmentEnd(end)) => Some((g.first, end)),
+            (Some(g), _) => Some((g.first, g.last)),
+            (None, Roll::SegmentEnd(end)) => before.filter(|d| *d < end).map(|d| (d + 1, end)),
+            (None, _) => None,
+        };
+        // This writer's earlier files of the segment, merged unless the roll is early.
+        let reached = covers.map(|(first, _)| first).or(before);
+        let merge: Vec<DataFile> = match (roll, reached) {
+            (Roll::Early, _) | (_, None) => Vec::new(),
+            (_, Some(reached)) => {
+                let segment_start = reached - reached.rem_euclid(segment);
+                state
+                    .files
+                    .iter()
+                    .filter(|f| f.first >= segment_start && before.is_some_and(|d| f.last <= d))
+                    .cloned()
+                    .collect()
+            }
+        };
+        let replace: Vec<DataFile> = match covers {
+            Some((first, last)) => state
+                .files
+                .iter()
+                .filter(|f| f.overlaps(first, last))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let group_rows = group.as_ref().map_or(0, |g| g.rows);
+        let batches = group
+            .as_ref()
+            .map(|g| g.batches.clone())
+            .unwrap_or_default();
+        let written: Vec<(String, TempFile)> = match group {
+            Some(g) => g
+                .files
+                .into_iter()
+                .map(|(dir, w)| w.finish().map(|f| (dir, f)))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let (first, last) = match (covers, merge.first(), before) {
+            (Some((first, last)), Some(earliest), _) => (earliest.first.min(first), last),
+            (Some(range), None, _) => range,
+            (None, Some(earliest), Some(d)) => (earliest.first, d),
+            (None, _, _) => return self.acknowledge(tp, before, &batches),
+        };
+        let ranges: BTreeSet<(i64, i64)> = merge.iter().map(|f| (f.first, f.last)).collect();
+        let worth_merging = if written.is_empty() {
+            ranges.len() > 1 || ranges.first().is_some_and(|r| *r != (first, last))
+        } else {
+            !ranges.is_empty()
+        };
+        let merged = if worth_merging {
+            self.merge(tp, (first, last), &merge, &written)?
+        } else {
+            None
+        };
+        let (mut staged, mut replaces, merged_temps) = match (merged, covers) {
+            (Some(staged), _) => {
+                let temps: Vec<_> = written.into_iter().map(|(_, f)| f.path).collect();
+                (staged, merge, temps)
+            }
+            // The group's files as they are, named for what they cover.
+            (None, Some((group_first, group_last))) => {
+                let staged = written
+                    .into_iter()
+                    .map(|(dir, f)| StagedFile {
+                        dir,
+                        tmp_path: f.path,
+                        name: Dataset::file_name(tp, group_first, group_last),
+                        rows: f.rows,
+                    })
+                    .collect();
+                (staged, Vec::new(), Vec::new())
+            }
+            (None, None) => return self.acknowledge(tp, before, &batches),
+        };
+        // Files of other writers under the newly covered offsets give way; their rows
+        // outside those offsets are kept.
+        let mut kept = Vec::new();
+        if let Some(range) = covers {
+            for file in &replace {
+                for (range, temp) in
+                    keep_outside(&self.name, &self.dataset, tp, file, range, &self.properties)?
+                {
+                    staged.push(StagedFile {
+                        dir: range.dir.clone(),
+                        tmp_path: temp.path,
+                        name: Dataset::file_name(tp, range.first, range.last),
+                        rows: temp.rows,
+                    });
+                    kept.push(range);
+                }
+            }
+            replaces.extend(replace.iter().cloned());
+            if !replace.is_empty() {
+                tracing::info!(sink = %self.name, partition = %tp, first = range.0, last = range.1, files = replace.len(), "replacing files that already held these offsets");
+            }
+        }
+        let (commit_first, commit_last) = (first, last);
+        if !staged.is_empty() || !replaces.is_empty() {
+            let finals = self
+                .dataset
+                .commit(tp, commit_first, commit_last, &staged, &replaces)
+                .map_err(|e| self.io_error(self.dataset.root(), e))?;
+            for temp in merged_temps {
+                let _ = std::fs::remove_file(temp);
+            }
+            let bytes: u64 = finals
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            self.stats
+                .record_files(finals.len() as u64, group_rows, bytes);
+            tracing::debug!(sink = %self.name, partition = %tp, first = commit_first, last = commit_last, files = finals.len(), rows = group_rows, ?roll, "committed Parquet files");
+        }
+        // Rows another writer had below our range stay in a file of their own; at a
+        // segment's end or a flush they join the segment's file like ours.
+        let kept_below = covers.is_some_and(|(from, _)| {
+            let segment_start = from - from.rem_euclid(segment);
+            kept.iter()
+                .any(|k| k.last < from && k.first >= segment_start)
+        });
+        if let Some(state) = self.partitions.get_mut(tp) {
+            for file in &replaces {
+                state.files.remove(file);
+            }
+            state.files.extend(kept);
+            state.files.extend(staged.into_iter().filter_map(|f| {
+                let (first, last) = Dataset::parse_file_name(tp, &f.name)?;
+                Some(DataFile {
+                    first,
+                    last,
+                    dir: f.dir,
+                })
+            }));
+        }
+        self.acknowledge(tp, before.max(Some(commit_last)), &batches)?;
+        if roll != Roll::Early && kept_below {
+            self.roll(tp, Roll::Flush)?;
+        }
+        if let (Roll::SegmentEnd(end), Some(state)) = (roll, self.partitions.get_mut(tp)) {
+            // Past this segment only files ahead of us can still be replaced.
+            state.files.retain(|f| f.last > end);
+        }
+        Ok(())
+    }
+
+    /// Writes the rows of `merge` (earlier files of the segment) and `written` (the
+    /// group's temps) into one file per directory for offsets `first..=last`, in offset
+    /// order. `None` when an earlier file's schema differs from the sink's (the pipeline
+    /// changed): then the files stay apart.
+    fn merge(
+        &self,
+        tp: &TopicPartition,
+        (first, last): (i64, i64),
+        merge: &[DataFile],
+        written: &[(String, TempFile)],
+    ) -> Result<Option<Vec<StagedFile>>, SinkError> {
+        let mut sources: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
+        for file in merge {
+            sources
+                .entry(file.dir.clone())
+                .or_default()
+                .push(self.dataset.root().join(file.relative_path(tp)));
+        }
+        for (dir, temp) in written {
+            sources
+                .entry(dir.clone())
+                .or_default()
+                .push(temp.path.clone());
+        }
+        let target = MergeTarget {
+            sink: &self.name,
+            dataset: &self.dataset,
+            tp,
+            range: (first, last),
+            schema: &self.file_schema,
+            properties: &self.properties,
+        };
+        merge_files(&target, &sources)
+    }
+
+    /// Records how far the partition is durable and acknowledges `batches`.
+    fn acknowledge(
+        &mut self,
+        tp: &TopicPartition,
+        durable_through: Option<i64>,
+        batches: &[BatchId],
+    ) -> Result<(), SinkError> {
+        if let Some(state) = self.partitions.get_mut(tp) {
+            state.durable_through = durable_through.max(state.durable_through);
+        }
+        for id in batches {
+            self.acks.ack(tp, *id);
+        }
+        Ok(())
+    }
+}
