@@ -32,17 +32,23 @@ const STAGE: &str = "decode";
 /// Runs this short are decoded record by record rather than halved again.
 const ISOLATE_BELOW: usize = 8;
 
-/// Rows decoded so far on the slow path, in record order.
-#[derive(Default)]
+/// What decoding a batch has produced so far: rows in record order, and dead letters.
 struct Decoded<'a> {
+    tp: &'a TopicPartition,
     parts: Vec<RecordBatch>,
     good: Vec<RawRecord<'a>>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 impl<'a> Decoded<'a> {
     fn push(&mut self, rows: RecordBatch, records: &[(RawRecord<'a>, &[u8])]) {
         self.parts.push(rows);
         self.good.extend(records.iter().map(|(r, _)| *r));
+    }
+
+    fn reject(&mut self, record: &RawRecord<'_>, reason: String) {
+        self.dead_letters
+            .push(DeadLetter::new(STAGE, self.tp, record, reason));
     }
 }
 
@@ -84,25 +90,28 @@ impl JsonDecoder {
     /// Decodes a raw batch. Errors are internal (Arrow could not build arrays it should
     /// be able to build), never caused by bad input.
     pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
-        let tp = &raw.provenance.tp;
-        let mut dead_letters = Vec::new();
+        let mut decoded = Decoded {
+            tp: &raw.provenance.tp,
+            parts: Vec::new(),
+            good: Vec::with_capacity(raw.len()),
+            dead_letters: Vec::new(),
+        };
         let mut candidates: Vec<(RawRecord<'_>, &[u8])> = Vec::with_capacity(raw.len());
         for record in raw.records() {
             match self.screen(&record) {
                 Ok(payload) => candidates.push((record, payload)),
-                Err(reason) => dead_letters.push(DeadLetter::new(STAGE, tp, &record, reason)),
+                Err(reason) => decoded.reject(&record, reason),
             }
         }
-        let mut decoded = Decoded::default();
-        self.decode_isolating(&candidates, tp, &mut dead_letters, &mut decoded)?;
+        self.decode_isolating(&candidates, &mut decoded)?;
         let fields = match decoded.parts.len() {
             0 => RecordBatch::new_empty(self.record_schema.clone()),
             // The usual case, a clean batch: no copy.
             1 => decoded.parts.swap_remove(0),
             _ => concat_batches(&self.record_schema, &decoded.parts)?,
         };
-        let good = decoded.good;
-        let rows = self.with_provenance_columns(fields, raw, &good)?;
+        let rows = self.with_provenance_columns(fields, raw, &decoded.good)?;
+        let mut dead_letters = decoded.dead_letters;
         dead_letters.sort_by_key(|d| d.offset);
         Ok(Batch {
             provenance: raw.provenance.clone(),
@@ -166,8 +175,6 @@ impl JsonDecoder {
     fn decode_isolating<'a>(
         &self,
         records: &[(RawRecord<'a>, &[u8])],
-        tp: &TopicPartition,
-        dead_letters: &mut Vec<DeadLetter>,
         out: &mut Decoded<'a>,
     ) -> Result<(), ArrowError> {
         let mut start = 0;
@@ -181,8 +188,8 @@ impl JsonDecoder {
             if aligned {
                 continue;
             }
-            self.decode_run(&records[start..i], tp, dead_letters, out)?;
-            self.decode_each(&records[i..=i], tp, dead_letters, out)?;
+            self.decode_run(&records[start..i], out)?;
+            self.decode_each(&records[i..=i], out)?;
             start = i + 1;
             decoder = self.new_decoder(records.len() - start)?;
         }
@@ -192,7 +199,7 @@ impl JsonDecoder {
         match decoder.flush() {
             Ok(Some(rows)) if rows.num_rows() == tail.len() => out.push(rows, tail),
             Ok(None) if tail.is_empty() => {}
-            _ => self.decode_halves(tail, tp, dead_letters, out)?,
+            _ => self.decode_halves(tail, out)?,
         }
         Ok(())
     }
@@ -202,16 +209,14 @@ impl JsonDecoder {
     fn decode_run<'a>(
         &self,
         run: &[(RawRecord<'a>, &[u8])],
-        tp: &TopicPartition,
-        dead_letters: &mut Vec<DeadLetter>,
         out: &mut Decoded<'a>,
     ) -> Result<(), ArrowError> {
         if run.len() <= ISOLATE_BELOW {
-            return self.decode_each(run, tp, dead_letters, out);
+            return self.decode_each(run, out);
         }
         match self.decode_all(run)? {
             Some(rows) => out.push(rows, run),
-            None => self.decode_halves(run, tp, dead_letters, out)?,
+            None => self.decode_halves(run, out)?,
         }
         Ok(())
     }
@@ -220,30 +225,26 @@ impl JsonDecoder {
     fn decode_halves<'a>(
         &self,
         run: &[(RawRecord<'a>, &[u8])],
-        tp: &TopicPartition,
-        dead_letters: &mut Vec<DeadLetter>,
         out: &mut Decoded<'a>,
     ) -> Result<(), ArrowError> {
         if run.len() <= ISOLATE_BELOW {
-            return self.decode_each(run, tp, dead_letters, out);
+            return self.decode_each(run, out);
         }
         let (left, right) = run.split_at(run.len() / 2);
-        self.decode_run(left, tp, dead_letters, out)?;
-        self.decode_run(right, tp, dead_letters, out)
+        self.decode_run(left, out)?;
+        self.decode_run(right, out)
     }
 
     /// One record at a time; bad ones become dead letters with their error.
     fn decode_each<'a>(
         &self,
         records: &[(RawRecord<'a>, &[u8])],
-        tp: &TopicPartition,
-        dead_letters: &mut Vec<DeadLetter>,
         out: &mut Decoded<'a>,
     ) -> Result<(), ArrowError> {
         for (record, payload) in records {
             match self.decode_one(payload)? {
                 Ok(row) => out.push(row, &[(*record, payload)]),
-                Err(reason) => dead_letters.push(DeadLetter::new(STAGE, tp, record, reason)),
+                Err(reason) => out.reject(record, reason),
             }
         }
         Ok(())
