@@ -11,6 +11,7 @@ use arrow::datatypes::{Float64Type, Int64Type, Schema};
 
 use super::*;
 use crate::config::WindowConfig;
+use crate::stage::PlanIssues;
 
 fn config(yaml: &str) -> WindowConfig {
     serde_norway::from_str(yaml).unwrap()
