@@ -18,7 +18,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::TopicPartition;
-use crate::config::{Pipeline, SinkConfig, SourceConfig};
+use crate::config::{Pipeline, SourceConfig};
 use crate::runtime::{self, RunError, SourceMode};
 use crate::sink::parquet::commit;
 use crate::source::bounded::{self, BackfillProgress, PartitionFilter, RangeSpec};
@@ -215,8 +215,8 @@ async fn execute(
     if complete {
         // Done: the same arguments again mean a new pass (e.g. with a newer model), not a
         // resume, so this run's bookkeeping goes.
-        for root in parquet_roots(pipeline) {
-            commit::forget_writer(&root, &progress.run_id)
+        for root in pipeline.config.parquet_roots() {
+            commit::forget_writer(root, &progress.run_id)
                 .map_err(|e| RunError::Task(format!("{}: {e}", root.display())))?;
         }
     }
@@ -238,19 +238,6 @@ fn run_id(identity: &str) -> String {
         "backfill-{:016x}",
         crate::retrain::dataset::stable_hash(identity)
     )
-}
-
-fn parquet_roots(pipeline: &Pipeline) -> Vec<std::path::PathBuf> {
-    let config = &pipeline.config;
-    config
-        .sinks
-        .iter()
-        .filter_map(|sink| match sink {
-            SinkConfig::Parquet(parquet) => Some(parquet.path.clone()),
-            SinkConfig::Kafka(_) => None,
-        })
-        .chain(config.dead_letter.parquet.as_ref().map(|p| p.path.clone()))
-        .collect()
 }
 
 async fn draw_progress(progress: Arc<BackfillProgress>, done: CancellationToken) {

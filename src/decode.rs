@@ -188,7 +188,7 @@ impl JsonDecoder {
             if aligned {
                 continue;
             }
-            self.decode_run(&records[start..i], out)?;
+            self.decode_run(&records[start..i], false, out)?;
             self.decode_each(&records[i..=i], out)?;
             start = i + 1;
             decoder = self.new_decoder(records.len() - start)?;
@@ -199,40 +199,32 @@ impl JsonDecoder {
         match decoder.flush() {
             Ok(Some(rows)) if rows.num_rows() == tail.len() => out.push(rows, tail),
             Ok(None) if tail.is_empty() => {}
-            _ => self.decode_halves(tail, out)?,
+            _ => self.decode_run(tail, true, out)?,
         }
         Ok(())
     }
 
     /// A run of records that are each one complete JSON value: decoded whole, or, when
-    /// some row does not fit the schema, halved until the bad rows are alone.
+    /// some row does not fit the schema (`known_bad`: that is already known), halved until
+    /// the bad rows are alone.
     fn decode_run<'a>(
         &self,
         run: &[(RawRecord<'a>, &[u8])],
+        known_bad: bool,
         out: &mut Decoded<'a>,
     ) -> Result<(), ArrowError> {
         if run.len() <= ISOLATE_BELOW {
             return self.decode_each(run, out);
         }
-        match self.decode_all(run)? {
-            Some(rows) => out.push(rows, run),
-            None => self.decode_halves(run, out)?,
-        }
-        Ok(())
-    }
-
-    /// A run known to hold rows that do not fit: each half as a run of its own.
-    fn decode_halves<'a>(
-        &self,
-        run: &[(RawRecord<'a>, &[u8])],
-        out: &mut Decoded<'a>,
-    ) -> Result<(), ArrowError> {
-        if run.len() <= ISOLATE_BELOW {
-            return self.decode_each(run, out);
+        if !known_bad {
+            if let Some(rows) = self.decode_all(run)? {
+                out.push(rows, run);
+                return Ok(());
+            }
         }
         let (left, right) = run.split_at(run.len() / 2);
-        self.decode_run(left, out)?;
-        self.decode_run(right, out)
+        self.decode_run(left, false, out)?;
+        self.decode_run(right, false, out)
     }
 
     /// One record at a time; bad ones become dead letters with their error.

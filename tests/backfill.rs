@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
 use arrow::util::display::array_value_to_string;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +27,7 @@ use sluice::backfill;
 use sluice::config::Pipeline;
 use sluice::demo;
 use sluice::sample::{produce, FeedbackGenerator};
-use sluice::sink::parquet::read::{dataset_files, read_file};
+use sluice::sink::parquet::read::dataset_files;
 use sluice::source::bounded::{PartitionFilter, RangeSpec};
 use sluice::telemetry::Stats;
 
@@ -50,37 +48,30 @@ fn pipeline(brokers: &str, out: &Path) -> Pipeline {
 /// out (write-time metadata).
 fn rows(root: &Path, skip: &[&str]) -> BTreeMap<(i64, i64), Vec<String>> {
     let mut all = BTreeMap::new();
-    for file in dataset_files(root).unwrap() {
-        for batch in read_file(&file).unwrap() {
-            let schema = batch.schema();
-            let partition = batch.column_by_name("_partition").unwrap().clone();
-            let partition =
-                arrow::compute::cast(&partition, &arrow::datatypes::DataType::Int64).unwrap();
-            let offset = batch.column_by_name("_offset").unwrap().clone();
-            for row in 0..batch.num_rows() {
-                let values: Vec<String> = schema
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| !skip.contains(&f.name().as_str()))
-                    .map(|(i, f)| {
-                        format!(
-                            "{}={}",
-                            f.name(),
-                            array_value_to_string(batch.column(i), row).unwrap()
-                        )
-                    })
-                    .collect();
-                let key = (
-                    partition.as_primitive::<Int64Type>().value(row),
-                    offset.as_primitive::<Int64Type>().value(row),
-                );
-                assert!(
-                    all.insert(key, values).is_none(),
-                    "{key:?} twice in {}",
-                    root.display()
-                );
-            }
+    for batch in common::read_dataset(root) {
+        let schema = batch.schema();
+        let partitions = common::int_column(&batch, "_partition");
+        let offsets = common::int_column(&batch, "_offset");
+        for row in 0..batch.num_rows() {
+            let values: Vec<String> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| !skip.contains(&f.name().as_str()))
+                .map(|(i, f)| {
+                    format!(
+                        "{}={}",
+                        f.name(),
+                        array_value_to_string(batch.column(i), row).unwrap()
+                    )
+                })
+                .collect();
+            let key = (partitions[row].unwrap(), offsets[row].unwrap());
+            assert!(
+                all.insert(key, values).is_none(),
+                "{key:?} twice in {}",
+                root.display()
+            );
         }
     }
     all
@@ -127,6 +118,19 @@ async fn backfill(
     .unwrap()
 }
 
+/// `sluice backfill --input PATTERN`, to the end.
+async fn backfill_files(pipeline: &Pipeline, pattern: &str) -> backfill::BackfillSummary {
+    backfill::run_files(
+        pipeline,
+        pattern,
+        CancellationToken::new(),
+        Arc::default(),
+        false,
+    )
+    .await
+    .unwrap()
+}
+
 const ALL: RangeSpec = RangeSpec::Times {
     from: None,
     to: None,
@@ -137,14 +141,7 @@ async fn a_backfill_writes_what_the_live_pipeline_wrote_row_for_row() {
     let (_cluster, brokers, produced) = setup().await;
     let live_out = tempfile::tempdir().unwrap();
     let live = pipeline(&brokers, live_out.path());
-    demo::run_until_consumed(
-        live.clone(),
-        produced,
-        Duration::from_secs(120),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    common::consume_all(live.clone(), produced).await;
     let group = live.group_id();
     let live_commits = committed(&brokers, &group, TOPIC, PARTITIONS);
     assert_eq!(live_commits.iter().sum::<i64>(), produced as i64);
@@ -314,15 +311,7 @@ async fn files_backfill_like_a_topic_and_rerun_without_duplicates() {
     let out = tempfile::tempdir().unwrap();
     let p = pipeline(&brokers, out.path());
     for run in 0..2 {
-        let summary = backfill::run_files(
-            &p,
-            &pattern,
-            CancellationToken::new(),
-            Arc::default(),
-            false,
-        )
-        .await
-        .unwrap();
+        let summary = backfill_files(&p, &pattern).await;
         assert!(summary.complete, "run {run}: {summary}");
         assert_eq!(summary.partitions.len(), 3);
         assert_eq!(summary.stats.records_in, 2_500);
@@ -350,15 +339,7 @@ async fn files_backfill_like_a_topic_and_rerun_without_duplicates() {
         .join("feedback/**/*.parquet")
         .display()
         .to_string();
-    let summary = backfill::run_files(
-        &pipeline(&brokers, again.path()),
-        &pattern,
-        CancellationToken::new(),
-        Arc::default(),
-        false,
-    )
-    .await
-    .unwrap();
+    let summary = backfill_files(&pipeline(&brokers, again.path()), &pattern).await;
     assert!(summary.complete, "{summary}");
     assert_eq!(summary.stats.records_in, good as u64);
     assert_eq!(summary.stats.dead_letters, 0);

@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
@@ -218,14 +217,7 @@ async fn window_features_equal_a_polars_reference_with_out_of_order_and_late_eve
     let produced = produce(&brokers, "sensor-readings", all).await.unwrap();
 
     let pipeline = window_pipeline(&brokers, out.path());
-    let (stats, _) = demo::run_until_consumed(
-        pipeline,
-        produced,
-        Duration::from_secs(120),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let stats = common::consume_all(pipeline, produced).await;
     assert_eq!(stats.records_in, produced);
 
     let reference = polars_reference(&in_time);

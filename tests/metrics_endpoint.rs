@@ -196,7 +196,7 @@ async fn metrics_match_the_records_processed() {
     assert_eq!(scrape.sum("sluice_records_in", &[]), produced as f64);
     let screen = status::render(&scrape, None);
     assert!(
-        screen.contains(&format!("records in {}", thousands(produced))),
+        screen.contains(&format!("records in {}", status::count(produced as f64))),
         "{screen}"
     );
     assert!(
@@ -274,17 +274,4 @@ async fn metrics_match_the_records_processed() {
         TcpStream::connect(addr).is_err(),
         "the endpoint outlived the pipeline"
     );
-}
-
-/// `12345` as `12,345`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -6,16 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Int32Type};
 use rdkafka::mocking::MockCluster;
 
+mod common;
+
 use sluice::config;
-use sluice::demo;
 use sluice::sample::{produce, FeedbackGenerator};
-use sluice::sink::parquet::read::{dataset_files, read_file};
 
 const QUERY: &str = "SELECT *, lower(text) AS text_lc, CAST(rating AS INT) * 2 AS double_stars \
                      FROM batch WHERE rating >= 4 AND channel <> 'email'";
@@ -78,56 +77,33 @@ async fn the_sql_stage_filters_and_computes_columns_between_kafka_and_parquet() 
     let produced = produce(&brokers, "customer-feedback", records)
         .await
         .unwrap();
-    let (stats, _) = demo::run_until_consumed(
-        pipeline,
-        produced,
-        Duration::from_secs(120),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let stats = common::consume_all(pipeline, produced).await;
     assert_eq!(stats.records_in, produced);
     assert_eq!(stats.dead_letters, malformed);
 
     let mut got = BTreeMap::new();
-    for path in dataset_files(&out.path().join("rows")).unwrap() {
-        for batch in read_file(&path).unwrap() {
-            let schema = batch.schema();
-            assert_eq!(
-                schema.field_with_name("double_stars").unwrap().data_type(),
-                &DataType::Int32
+    for batch in common::read_dataset(&out.path().join("rows")) {
+        let schema = batch.schema();
+        assert_eq!(
+            schema.field_with_name("double_stars").unwrap().data_type(),
+            &DataType::Int32
+        );
+        assert!(matches!(
+            schema.field_with_name("_timestamp").unwrap().data_type(),
+            DataType::Timestamp(_, Some(tz)) if tz.as_ref() == "UTC"
+        ));
+        let column = |name: &str| batch.column_by_name(name).unwrap();
+        let (ids, text) = (
+            column("id").as_string::<i32>(),
+            column("text_lc").as_string::<i32>(),
+        );
+        let stars = column("double_stars").as_primitive::<Int32Type>();
+        assert_eq!(column("_offset").null_count(), 0);
+        for row in 0..batch.num_rows() {
+            got.insert(
+                ids.value(row).to_owned(),
+                (text.value(row).to_owned(), i64::from(stars.value(row))),
             );
-            assert!(matches!(
-                schema.field_with_name("_timestamp").unwrap().data_type(),
-                DataType::Timestamp(_, Some(tz)) if tz.as_ref() == "UTC"
-            ));
-            let ids = batch
-                .column_by_name("id")
-                .unwrap()
-                .as_string::<i32>()
-                .clone();
-            let text = batch
-                .column_by_name("text_lc")
-                .unwrap()
-                .as_string::<i32>()
-                .clone();
-            let stars = batch
-                .column_by_name("double_stars")
-                .unwrap()
-                .as_primitive::<Int32Type>()
-                .clone();
-            let offsets = batch
-                .column_by_name("_offset")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .clone();
-            assert_eq!(offsets.null_count(), 0);
-            for row in 0..batch.num_rows() {
-                got.insert(
-                    ids.value(row).to_owned(),
-                    (text.value(row).to_owned(), i64::from(stars.value(row))),
-                );
-            }
         }
     }
     assert!(expected.len() > 100, "the WHERE should keep a good share");

@@ -250,12 +250,7 @@ fn whole_hour(ms: i64) -> i64 {
 /// offsets as already written. Only directories sluice's Parquet sink made (with its
 /// `_sluice` bookkeeping) are removed; anything else in the way is an error.
 fn clear_earlier_output(pipeline: &Pipeline) -> Result<(), DemoError> {
-    let sinks = pipeline.config.sinks.iter().filter_map(|s| match s {
-        config::SinkConfig::Parquet(p) => Some(p.path.as_path()),
-        config::SinkConfig::Kafka(_) => None,
-    });
-    let dead_letters = pipeline.config.dead_letter.parquet.as_ref();
-    for dataset in sinks.chain(dead_letters.map(|p| p.path.as_path())) {
+    for dataset in pipeline.config.parquet_roots() {
         let io = |source| DemoError::Output {
             path: dataset.to_owned(),
             source,
@@ -446,13 +441,6 @@ pub fn read_topic(brokers: &str, topic: &str) -> Result<Vec<Vec<u8>>, DemoError>
     Ok(messages)
 }
 
-fn first_parquet_sink(pipeline: &Pipeline) -> Option<&Path> {
-    pipeline.config.sinks.iter().find_map(|s| match s {
-        config::SinkConfig::Parquet(p) => Some(p.path.as_path()),
-        config::SinkConfig::Kafka(_) => None,
-    })
-}
-
 /// Compares the `label` column of the first Parquet sink with the true label of each row
 /// (`truth` returns None for rows whose truth is unknown).
 fn compare_labels(
@@ -461,7 +449,7 @@ fn compare_labels(
 ) -> Result<LabelReport, DemoError> {
     use arrow::array::AsArray;
     let mut report = LabelReport::default();
-    let Some(root) = first_parquet_sink(pipeline) else {
+    let Some(root) = pipeline.config.first_parquet_sink() else {
         return Ok(report);
     };
     let files = crate::sink::parquet::read::dataset_files(root)
@@ -496,16 +484,10 @@ fn compare_labels(
 
 /// Rows in the pipeline's first Parquet sink and in its dead-letter dataset.
 fn read_back(pipeline: &Pipeline) -> Result<(u64, u64), DemoError> {
-    let rows = pipeline
-        .config
-        .sinks
-        .iter()
-        .find_map(|s| match s {
-            config::SinkConfig::Parquet(p) => Some(count_rows(&p.path)),
-            config::SinkConfig::Kafka(_) => None,
-        })
-        .transpose()?
-        .unwrap_or(0);
+    let rows = match pipeline.config.first_parquet_sink() {
+        Some(root) => count_rows(root)?,
+        None => 0,
+    };
     let dead = match &pipeline.config.dead_letter.parquet {
         Some(p) => count_rows(&p.path)?,
         None => 0,

@@ -231,8 +231,13 @@ impl FileSource {
                 break;
             }
             let rows = rows.map_err(|e| error(e.to_string()))?;
-            let keep: Vec<usize> = (0..rows.num_columns())
-                .filter(|&i| !crate::schema::is_provenance(rows.schema().field(i).name()))
+            let schema = rows.schema();
+            let keep: Vec<usize> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, field)| !crate::schema::is_provenance(field.name()))
+                .map(|(i, _)| i)
                 .collect();
             let rows = rows.project(&keep).map_err(|e| error(e.to_string()))?;
             let mut lines = Vec::new();

@@ -218,7 +218,7 @@ pub fn render(now: &Scrape, before: Option<&Scrape>) -> String {
 }
 
 /// `1234567` as `1,234,567` (rounded).
-fn count(value: f64) -> String {
+pub fn count(value: f64) -> String {
     // `+ 0.0` turns the -0.0 of an empty float sum into 0.
     let digits = format!("{:.0}", value.max(0.0) + 0.0);
     let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);

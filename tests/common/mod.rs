@@ -78,6 +78,20 @@ impl TestPipeline<'_> {
     }
 }
 
+/// Runs `pipeline` on the mock cluster until it has consumed `produced` records (two
+/// minutes at most), then stops it cleanly; the run's counters.
+pub async fn consume_all(pipeline: Pipeline, produced: u64) -> sluice::telemetry::StatsSnapshot {
+    sluice::demo::run_until_consumed(
+        pipeline,
+        produced,
+        Duration::from_secs(120),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
 /// Every row of every visible file of a dataset.
 pub fn read_dataset(root: &Path) -> Vec<RecordBatch> {
     dataset_files(root)

@@ -63,19 +63,14 @@ impl ParquetSink {
                 .collect(),
             None => Vec::new(),
         };
-        let group_rows = group.as_ref().map_or(0, |g| g.rows);
-        let batches = group
-            .as_ref()
-            .map(|g| g.batches.clone())
-            .unwrap_or_default();
-        let written: Vec<(String, TempFile)> = match group {
-            Some(g) => g
-                .files
-                .into_iter()
-                .map(|(dir, w)| w.finish().map(|f| (dir, f)))
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
+        let (group_rows, batches, files) = match group {
+            Some(g) => (g.rows, g.batches, g.files),
+            None => Default::default(),
         };
+        let written: Vec<(String, TempFile)> = files
+            .into_iter()
+            .map(|(dir, w)| w.finish().map(|f| (dir, f)))
+            .collect::<Result<_, _>>()?;
         let (first, last) = match (covers, merge.first(), before) {
             (Some((first, last)), Some(earliest), _) => (earliest.first.min(first), last),
             (Some(range), None, _) => range,
@@ -135,11 +130,10 @@ impl ParquetSink {
                 tracing::info!(sink = %self.name, partition = %tp, first = range.0, last = range.1, files = replace.len(), "replacing files that already held these offsets");
             }
         }
-        let (commit_first, commit_last) = (first, last);
         if !staged.is_empty() || !replaces.is_empty() {
             let finals = self
                 .dataset
-                .commit(tp, commit_first, commit_last, &staged, &replaces)
+                .commit(tp, first, last, &staged, &replaces)
                 .map_err(|e| self.io_error(self.dataset.root(), e))?;
             for temp in merged_temps {
                 let _ = std::fs::remove_file(temp);
@@ -151,7 +145,7 @@ impl ParquetSink {
                 .sum();
             self.stats
                 .record_files(finals.len() as u64, group_rows, bytes);
-            tracing::debug!(sink = %self.name, partition = %tp, first = commit_first, last = commit_last, files = finals.len(), rows = group_rows, ?roll, "committed Parquet files");
+            tracing::debug!(sink = %self.name, partition = %tp, first = first, last = last, files = finals.len(), rows = group_rows, ?roll, "committed Parquet files");
         }
         // Rows another writer had below our range stay in a file of their own; at a
         // segment's end or a flush they join the segment's file like ours.
@@ -174,7 +168,7 @@ impl ParquetSink {
                 })
             }));
         }
-        self.acknowledge(tp, before.max(Some(commit_last)), &batches)?;
+        self.acknowledge(tp, before.max(Some(last)), &batches)?;
         if roll != Roll::Early && kept_below {
             self.roll(tp, Roll::Flush)?;
         }
