@@ -215,7 +215,7 @@ async fn execute(
     if complete {
         // Done: the same arguments again mean a new pass (e.g. with a newer model), not a
         // resume, so this run's bookkeeping goes.
-        for root in pipeline.config.parquet_roots() {
+        for root in pipeline.parquet_roots() {
             commit::forget_writer(root, &progress.run_id)
                 .map_err(|e| RunError::Task(format!("{}: {e}", root.display())))?;
         }

@@ -149,12 +149,7 @@ impl JsonDecoder {
     ) -> Result<Option<RecordBatch>, ArrowError> {
         let mut decoder = self.new_decoder(records.len())?;
         for (i, (_, payload)) in records.iter().enumerate() {
-            let aligned = decoder
-                .decode(payload)
-                .is_ok_and(|read| read == payload.len())
-                && !decoder.has_partial_record()
-                && decoder.len() == i + 1;
-            if !aligned {
+            if !adds_one_row(&mut decoder, payload, i + 1) {
                 return Ok(None);
             }
         }
@@ -180,12 +175,7 @@ impl JsonDecoder {
         let mut start = 0;
         let mut decoder = self.new_decoder(records.len())?;
         for (i, (_, payload)) in records.iter().enumerate() {
-            let aligned = decoder
-                .decode(payload)
-                .is_ok_and(|read| read == payload.len())
-                && !decoder.has_partial_record()
-                && decoder.len() == i - start + 1;
-            if aligned {
+            if adds_one_row(&mut decoder, payload, i - start + 1) {
                 continue;
             }
             self.decode_run(&records[start..i], false, out)?;
@@ -284,6 +274,16 @@ impl JsonDecoder {
         ));
         RecordBatch::try_new(self.output_schema.clone(), columns)
     }
+}
+
+/// Feeds `payload` to `decoder`: whether it was exactly one complete JSON value, leaving
+/// `rows` rows buffered.
+fn adds_one_row(decoder: &mut Decoder, payload: &[u8], rows: usize) -> bool {
+    decoder
+        .decode(payload)
+        .is_ok_and(|read| read == payload.len())
+        && !decoder.has_partial_record()
+        && decoder.len() == rows
 }
 
 #[cfg(test)]

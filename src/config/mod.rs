@@ -67,26 +67,6 @@ pub struct PipelineConfig {
     pub metrics: Option<MetricsConfig>,
 }
 
-impl PipelineConfig {
-    /// Roots of the Parquet datasets the pipeline writes: its Parquet sinks in order, then
-    /// the dead-letter dataset.
-    pub fn parquet_roots(&self) -> impl Iterator<Item = &Path> {
-        let sinks = self.sinks.iter().filter_map(|s| match s {
-            SinkConfig::Parquet(p) => Some(p.path.as_path()),
-            SinkConfig::Kafka(_) => None,
-        });
-        sinks.chain(self.dead_letter.parquet.as_ref().map(|p| p.path.as_path()))
-    }
-
-    /// The first Parquet sink's dataset root (dead letters not counted).
-    pub fn first_parquet_sink(&self) -> Option<&Path> {
-        self.sinks.iter().find_map(|s| match s {
-            SinkConfig::Parquet(p) => Some(p.path.as_path()),
-            SinkConfig::Kafka(_) => None,
-        })
-    }
-}
-
 /// `metrics`: where `sluice run` serves `/metrics` (Prometheus) and `/health`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,6 +40,22 @@ impl Pipeline {
         &self.config.name
     }
 
+    /// Dataset roots of the Parquet sinks, in order (dead letters not counted).
+    pub fn parquet_sinks(&self) -> impl Iterator<Item = &Path> {
+        self.config.sinks.iter().filter_map(|s| match s {
+            SinkConfig::Parquet(p) => Some(p.path.as_path()),
+            SinkConfig::Kafka(_) => None,
+        })
+    }
+
+    /// Roots of every Parquet dataset the pipeline writes: its sinks', then the
+    /// dead-letter dataset.
+    pub fn parquet_roots(&self) -> impl Iterator<Item = &Path> {
+        let dead_letters = self.config.dead_letter.parquet.as_ref();
+        self.parquet_sinks()
+            .chain(dead_letters.map(|p| p.path.as_path()))
+    }
+
     /// What the sinks receive: the last stage's output, or the decoded rows.
     pub fn output_schema(&self) -> &SchemaRef {
         self.stage_schemas.last().unwrap_or(&self.row_schema)
