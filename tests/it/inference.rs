@@ -4,8 +4,6 @@
 //! corrupt version rejected while the old one serves), and the CUDA device choice on a
 //! machine without a GPU.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +13,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
 use rdkafka::mocking::MockCluster;
 
-use common::*;
+use crate::common::*;
 use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
 use sluice::config::{self, Pipeline, UnknownFields};
 use sluice::decode::JsonDecoder;

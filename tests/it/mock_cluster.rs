@@ -3,8 +3,6 @@
 //! record in the dead letters with a reason, offsets committed, nothing lost across a
 //! rebalance or a restart.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +11,7 @@ use arrow::array::AsArray;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-use common::*;
+use crate::common::*;
 use sluice::runtime;
 use sluice::sample::{produce, FeedbackGenerator, SampleRecord};
 use sluice::telemetry::Stats;

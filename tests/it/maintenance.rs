@@ -7,7 +7,7 @@
 //!   alerts for the faulty held-out MFPT rigs and not for the healthy one;
 //! - `pipelines/maintenance-process.yaml` predicts failures of unseen generated machines.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! `noida_db` Python package. The bootstrap address is all the test needs from it, so a
 //! real Kafka broker drops in the same way.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
-use common::noida::{terminate, Broker};
-use common::*;
+use crate::common::noida::{terminate, Broker};
+use crate::common::*;
 use sluice::sample::{produce, FeedbackGenerator};
 
 const TOPIC: &str = "feedback";

@@ -4,8 +4,6 @@
 //! trains on the accumulated Parquet, publishes only a better candidate, and the running
 //! pipeline swaps it in without a restart.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 
-use common::*;
+use crate::common::*;
 use sluice::config::{self, Device};
 use sluice::model::{DevicePlan, Registry};
 use sluice::retrain::onnx_export::{Classifier, Dense};

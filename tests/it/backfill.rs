@@ -19,10 +19,10 @@ use arrow::util::display::array_value_to_string;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-mod common;
+use crate::common;
 
-use common::committed;
-use common::noida::Broker;
+use crate::common::committed;
+use crate::common::noida::Broker;
 use sluice::backfill;
 use sluice::config::Pipeline;
 use sluice::demo;

@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int32Type};
 use rdkafka::mocking::MockCluster;
 
-mod common;
+use crate::common;
 
 use sluice::config;
 use sluice::sample::{produce, FeedbackGenerator};

@@ -1,0 +1,20 @@
+//! sluice's integration tests, in one test binary (one link of polars, arrow, ONNX
+//! Runtime, tokenizers and librdkafka instead of one per file). Each module tells one part
+//! of the user's story against real components: librdkafka's in-process mock cluster, a
+//! broker process, real ONNX Runtime and models, and pyarrow/DuckDB reading the output.
+//!
+//! Run one part with `cargo test --test it backfill::`.
+
+mod common;
+
+mod backfill;
+mod config_files;
+mod crash_noida;
+mod demo_readers;
+mod deploy_files;
+mod inference;
+mod maintenance;
+mod metrics_endpoint;
+mod mock_cluster;
+mod retrain;
+mod sql_stage;
