@@ -157,7 +157,8 @@ impl AckTracker {
     /// Waits until no batch of `tps` (all if None) is in flight. Returns false on timeout
     /// or when the pipeline failed (its sinks will not acknowledge any more).
     pub fn wait_drained(&self, tps: Option<&[TopicPartition]>, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now);
         let mut state = self.lock();
         loop {
             let in_flight: usize = state

@@ -36,6 +36,71 @@ pub enum ArgError {
     Shard(String),
     #[error("{0}: expected an RFC 3339 time (2026-11-21T00:00:00Z) or a date (2026-11-21, UTC midnight)")]
     Time(String),
+    #[error("--sinks {arg}: {problem}")]
+    Sinks { arg: String, problem: String },
+}
+
+/// `--sinks`: which outputs a backfill writes (e.g. `parquet` to leave the output topics
+/// alone). `parquet` and `kafka` select every sink and dead-letter target of that kind;
+/// `sinks[N]` (or `N`), `dead_letter.parquet` and `dead_letter.kafka` select one. At least
+/// one sink and one dead-letter target must remain.
+pub fn keep_sinks(pipeline: &mut Pipeline, arg: &str) -> Result<(), ArgError> {
+    let problem = |problem: String| ArgError::Sinks {
+        arg: arg.to_owned(),
+        problem,
+    };
+    let mut outputs: Vec<(String, &'static str)> = pipeline
+        .sinks()
+        .map(|(name, sink)| (name, sink.kind()))
+        .collect();
+    let dead_letter = &pipeline.config.dead_letter;
+    if dead_letter.parquet.is_some() {
+        outputs.push(("dead_letter.parquet".into(), "parquet"));
+    }
+    if dead_letter.kafka.is_some() {
+        outputs.push(("dead_letter.kafka".into(), "kafka"));
+    }
+    let mut keep = std::collections::BTreeSet::new();
+    for selector in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let index = selector
+            .strip_prefix("sinks[")
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or(selector);
+        let chosen: Vec<&String> = outputs
+            .iter()
+            .filter(|(name, kind)| {
+                *kind == selector
+                    || name == selector
+                    || name.starts_with(&format!("sinks[{index}]."))
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if chosen.is_empty() {
+            let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(problem(format!(
+                "`{selector}` names no output; expected `parquet`, `kafka`, or one of {}",
+                names.join(", ")
+            )));
+        }
+        keep.extend(chosen.into_iter().cloned());
+    }
+    let kept = |prefix: &str| keep.iter().any(|n| n.starts_with(prefix));
+    if !kept("sinks[") {
+        return Err(problem("no sink would be left".into()));
+    }
+    if !kept("dead_letter.") {
+        return Err(problem(
+            "no dead-letter target would be left (bad records must go somewhere): add \
+             `dead_letter.parquet` or `dead_letter.kafka`"
+                .into(),
+        ));
+    }
+    pipeline.disabled_sinks = outputs
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !keep.contains(name))
+        .collect();
+    Ok(())
 }
 
 /// `TOPIC:PARTITION=START..END`.

@@ -1,4 +1,6 @@
-//! What flows through a pipeline: raw records cut by the source, and decoded batches.
+//! What flows through a pipeline: raw records cut by the source, decoded batches, the
+//! dead letters that travel beside them, and the flushes that ask sinks to make
+//! everything durable.
 //!
 //! A batch always holds a contiguous offset range of one topic-partition ([`Provenance`]).
 //! Stages and sinks see Arrow data; the provenance travels beside it so the runtime can
@@ -9,8 +11,6 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-
-use crate::dead_letter::DeadLetter;
 
 /// A Kafka topic-partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,4 +148,114 @@ pub struct Batch {
     /// The earliest offset of the partition a stateful stage still holds in memory (an
     /// open window): a restart must re-read from there, so commits stop there.
     pub retain_from: Option<i64>,
+}
+
+/// One record that went to the dead letters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// What kind of problem it was (a bounded set: metrics and headers use it).
+    pub kind: DeadLetterKind,
+    /// What was wrong, in words a person can act on.
+    pub reason: String,
+    /// The pipeline stage that rejected it (`decode`, `stages[1].infer`, ...).
+    pub stage: String,
+    pub tp: TopicPartition,
+    pub offset: i64,
+    /// Kafka timestamp of the record (ms since the epoch, UTC).
+    pub timestamp: Option<i64>,
+    /// When sluice rejected it (ms since the epoch, UTC).
+    pub failed_at: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl DeadLetter {
+    pub fn new(
+        stage: impl Into<String>,
+        tp: &TopicPartition,
+        record: &RawRecord<'_>,
+        kind: DeadLetterKind,
+        reason: String,
+    ) -> Self {
+        DeadLetter {
+            kind,
+            reason,
+            stage: stage.into(),
+            tp: tp.clone(),
+            offset: record.offset,
+            timestamp: record.timestamp,
+            failed_at: chrono::Utc::now().timestamp_millis(),
+            key: record.key.map(<[u8]>::to_vec),
+            payload: record.payload.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Why a record became a dead letter, as a bounded set (the `reason` label of
+/// `sluice_dead_letters_total`, the `sluice.error.kind` header of Kafka dead letters).
+/// Set where the record is rejected; the free-text reason says the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterKind {
+    /// No value (a tombstone).
+    Tombstone,
+    /// Over `decode.max_record_bytes`.
+    Oversized,
+    InvalidUtf8,
+    /// Only whitespace.
+    EmptyRecord,
+    /// Not one JSON object (syntax, raw control characters, several values).
+    MalformedJson,
+    /// Valid JSON that does not fit the declared schema.
+    SchemaMismatch,
+    /// A timestamp (a field or the broker's) outside what readers can hold.
+    BadTimestamp,
+    /// A column a stage needs is null.
+    NullField,
+    /// Text that is empty after trimming.
+    EmptyText,
+    /// A value a stage cannot use (e.g. samples without a sample rate).
+    InvalidInput,
+    /// Older than its window's allowed lateness.
+    LateEvent,
+    /// The model failed on this row alone.
+    ModelFailed,
+    /// The `sql` statement failed on this row alone.
+    SqlFailed,
+}
+
+impl DeadLetterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Tombstone => "tombstone",
+            DeadLetterKind::Oversized => "oversized",
+            DeadLetterKind::InvalidUtf8 => "invalid_utf8",
+            DeadLetterKind::EmptyRecord => "empty_record",
+            DeadLetterKind::MalformedJson => "malformed_json",
+            DeadLetterKind::SchemaMismatch => "schema_mismatch",
+            DeadLetterKind::BadTimestamp => "bad_timestamp",
+            DeadLetterKind::NullField => "null_field",
+            DeadLetterKind::EmptyText => "empty_text",
+            DeadLetterKind::InvalidInput => "invalid_input",
+            DeadLetterKind::LateEvent => "late_event",
+            DeadLetterKind::ModelFailed => "model_failed",
+            DeadLetterKind::SqlFailed => "sql_failed",
+        }
+    }
+}
+
+/// Make everything held for `partitions` (all when `None`) durable now.
+#[derive(Debug, Clone)]
+pub struct Flush {
+    pub partitions: Option<Vec<TopicPartition>>,
+    /// The partitions are leaving this consumer: forget their state afterwards.
+    pub revoke: bool,
+}
+
+impl Flush {
+    pub fn all() -> Self {
+        Flush {
+            partitions: None,
+            revoke: false,
+        }
+    }
 }

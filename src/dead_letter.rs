@@ -1,4 +1,4 @@
-//! Dead letters: records that could not be processed, with why, where and the raw bytes.
+//! The dead-letter dataset's layout: [`DeadLetter`]s as Arrow rows.
 //!
 //! A dead letter keeps the record's provenance in the same `_topic`, `_partition`,
 //! `_offset`, `_timestamp` columns as good rows (so both datasets join and replay the same
@@ -14,45 +14,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
-use crate::batch::{RawRecord, TopicPartition};
+use crate::batch::DeadLetter;
 use crate::schema::provenance_fields;
-
-/// One record that went to the dead letters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// What was wrong, in words a person can act on.
-    pub reason: String,
-    /// The pipeline stage that rejected it (`decode`, `stages[1].infer`, ...).
-    pub stage: String,
-    pub tp: TopicPartition,
-    pub offset: i64,
-    /// Kafka timestamp of the record (ms since the epoch, UTC).
-    pub timestamp: Option<i64>,
-    /// When sluice rejected it (ms since the epoch, UTC).
-    pub failed_at: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-}
-
-impl DeadLetter {
-    pub fn new(
-        stage: impl Into<String>,
-        tp: &TopicPartition,
-        record: &RawRecord<'_>,
-        reason: String,
-    ) -> Self {
-        DeadLetter {
-            reason,
-            stage: stage.into(),
-            tp: tp.clone(),
-            offset: record.offset,
-            timestamp: record.timestamp,
-            failed_at: chrono::Utc::now().timestamp_millis(),
-            key: record.key.map(<[u8]>::to_vec),
-            payload: record.payload.map(<[u8]>::to_vec),
-        }
-    }
-}
 
 /// Arrow schema of dead-letter rows.
 pub fn schema() -> SchemaRef {
@@ -107,6 +70,7 @@ pub fn to_record_batch(letters: &[DeadLetter]) -> Result<RecordBatch, ArrowError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{DeadLetterKind, RawRecord, TopicPartition};
     use arrow::array::Array;
 
     #[test]
@@ -118,7 +82,13 @@ mod tests {
             payload: Some(b"{not json"),
         };
         let tp = TopicPartition::new("feedback", 3);
-        let letter = DeadLetter::new("decode", &tp, &record, "not JSON".into());
+        let letter = DeadLetter::new(
+            "decode",
+            &tp,
+            &record,
+            DeadLetterKind::MalformedJson,
+            "not JSON".into(),
+        );
         let batch = to_record_batch(&[letter]).unwrap();
         assert_eq!(batch.schema(), schema());
         let payload = batch

@@ -1,14 +1,31 @@
-//! librdkafka client configuration shared by the source and the Kafka sinks.
+//! librdkafka clients: their configuration, what they report while running, and the
+//! start-up check that a broker answers.
 //!
-//! sluice's defaults go in first and the pipeline's `properties` override them, so any
-//! librdkafka property can be passed through; the few properties correctness depends on
-//! are set last and cannot be overridden (validation rejects them with a reason).
+//! Configuration: sluice's defaults go in first and the pipeline's `properties` override
+//! them, so any librdkafka property can be passed through; the few properties correctness
+//! depends on are set last and cannot be overridden (validation rejects them with a
+//! reason).
+//!
+//! Every client runs with [`ClientEvents`] as (part of) its context: librdkafka's log
+//! lines and global errors go to `tracing` rate-limited per kind (a broker outage is one
+//! line per kind every 30 s with a count, not hundreds), errors are counted in
+//! `sluice_kafka_errors_total{client,error}`, failed authentication and "all brokers
+//! down" become `/health` problems, and librdkafka's statistics give
+//! `sluice_kafka_brokers_up{client}` and clear those problems once a broker is up again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::PropertyValue;
+use crate::telemetry::throttle::Throttle;
+use crate::telemetry::Stats;
 
 /// A client config: `bootstrap.servers`, then `defaults`, then the user's `properties`,
 /// then `fixed`.
@@ -33,10 +50,315 @@ pub fn client_config(
 }
 
 /// Producer defaults: every write acknowledged by all in-sync replicas, idempotent
-/// (no duplicates or reordering from librdkafka's own retries).
+/// (no duplicates or reordering from librdkafka's own retries), statistics for
+/// `sluice_kafka_brokers_up`.
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("acks", "all"),
     ("enable.idempotence", "true"),
     ("linger.ms", "5"),
     ("compression.type", "lz4"),
+    ("statistics.interval.ms", "5000"),
 ];
+
+/// What one client (`source`, `sinks[1].kafka`, ...) reports while it runs.
+#[derive(Debug)]
+pub struct ClientEvents {
+    client: String,
+    stats: Arc<Stats>,
+    throttle: Throttle,
+}
+
+impl ClientEvents {
+    pub fn new(client: impl Into<String>, stats: Arc<Stats>) -> Self {
+        ClientEvents {
+            client: client.into(),
+            stats,
+            throttle: Throttle::default(),
+        }
+    }
+
+    fn problem_key(&self, what: &str) -> String {
+        format!("{}: {what}", self.client)
+    }
+
+    /// A global error from librdkafka (it keeps retrying on its own).
+    pub fn on_error(&self, error: KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_owned(), code_name);
+        self.stats.record_kafka_error(&self.client, &code);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication)
+            | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                self.stats.readiness.set_problem(
+                    &self.problem_key("authentication"),
+                    Some(format!("{}: authentication failed: {reason}", self.client)),
+                );
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.stats.readiness.set_problem(
+                    &self.problem_key("brokers"),
+                    Some(format!("{}: no broker reachable: {reason}", self.client)),
+                );
+            }
+            _ => {}
+        }
+        if let Some(repeats) = self.throttle.allow(&code) {
+            tracing::error!(target: "rdkafka", client = %self.client, error = %code, repeats, "{reason}");
+        }
+    }
+
+    /// A log line from librdkafka, rate-limited per facility and shape of message.
+    pub fn on_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let shape: String = message
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(80)
+            .collect();
+        let Some(repeats) = self.throttle.allow(&format!("{facility} {shape}")) else {
+            return;
+        };
+        let client = &self.client;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "rdkafka", %client, facility, repeats, "{message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "rdkafka", %client, facility, repeats, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "rdkafka", %client, facility, repeats, "{message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "rdkafka", %client, facility, repeats, "{message}")
+            }
+        }
+    }
+
+    /// librdkafka's periodic statistics: brokers up, and problems that went away.
+    pub fn on_stats(&self, statistics: &Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .count();
+        self.stats.set_brokers_up(&self.client, up as i64);
+        if up > 0 {
+            self.stats
+                .readiness
+                .clear_problems(&format!("{}: ", self.client));
+        }
+    }
+}
+
+impl ClientContext for ClientEvents {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.on_log(level, fac, log_message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.on_stats(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.on_error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ClientEvents {}
+
+/// A short, stable name for a librdkafka error code (`all_brokers_down`).
+fn code_name(code: RDKafkaErrorCode) -> String {
+    let debug = format!("{code:?}");
+    let mut name = String::with_capacity(debug.len() + 4);
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
+}
+
+/// Why start-up could not reach a broker.
+#[derive(Debug, thiserror::Error)]
+#[error("no Kafka broker answered at `{brokers}` ({key}) within {}", humantime::format_duration(*.timeout))]
+pub struct Unreachable {
+    pub brokers: String,
+    /// The config key the brokers came from (`source.kafka.brokers`).
+    pub key: String,
+    pub timeout: Duration,
+    #[source]
+    pub source: KafkaError,
+}
+
+/// Fails unless a broker of `config`'s cluster answers a metadata request within
+/// `timeout` (blocking: call from a blocking thread). The client is created with the
+/// same properties (TLS, SASL) as the real one, so a wrong password or CA fails here too.
+pub fn check_reachable(
+    config: &ClientConfig,
+    key: &str,
+    timeout: Duration,
+) -> Result<(), Unreachable> {
+    let brokers = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_owned();
+    let unreachable = |source| Unreachable {
+        brokers: brokers.clone(),
+        key: key.to_owned(),
+        timeout,
+        source,
+    };
+    let mut probe = config.clone();
+    // A consumer without a group: it never joins one.
+    probe.remove("group.id");
+    probe.remove("group.instance.id");
+    let consumer: BaseConsumer<Quiet> = probe.create_with_context(Quiet).map_err(unreachable)?;
+    consumer
+        .fetch_metadata(None, timeout)
+        .map(|_| ())
+        .map_err(unreachable)
+}
+
+/// A problem with a client configuration: the property at fault when librdkafka names
+/// one, and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub property: Option<String>,
+    pub message: String,
+}
+
+/// Checks a client configuration the way librdkafka will use it, without connecting:
+/// every property's name and value, then creating the client (which checks what only
+/// makes sense together: SASL mechanisms, TLS files, codecs the build has). `producer`:
+/// which kind of client.
+pub fn check_config(config: &ClientConfig, producer: bool) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    for (key, value) in config.config_map() {
+        let mut one = ClientConfig::new();
+        one.set(key, value);
+        if let Err(error) = one.create_native_config() {
+            let message = match error {
+                KafkaError::ClientConfig(_, description, _, _) => description,
+                other => other.to_string(),
+            };
+            problems.push(ConfigProblem {
+                property: Some(key.to_string()),
+                message,
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return problems;
+    }
+    let mut probe = config.clone();
+    // No broker to connect to, no group to join: only the configuration is exercised.
+    probe.remove("bootstrap.servers");
+    probe.remove("group.id");
+    probe.remove("group.instance.id");
+    let created = if producer {
+        probe
+            .create_with_context::<_, rdkafka::producer::BaseProducer<Quiet>>(Quiet)
+            .map(drop)
+    } else {
+        probe
+            .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
+            .map(drop)
+    };
+    if let Err(error) = created {
+        let message = match error {
+            KafkaError::ClientCreation(message) => message,
+            other => other.to_string(),
+        };
+        problems.push(ConfigProblem {
+            property: None,
+            message,
+        });
+    }
+    problems
+}
+
+/// A context that drops librdkafka's log lines (probes and configuration checks, whose
+/// outcome is reported as an error).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: KafkaError, _: &str) {}
+}
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+impl rdkafka::producer::ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_get_snake_case_names() {
+        assert_eq!(
+            code_name(RDKafkaErrorCode::AllBrokersDown),
+            "all_brokers_down"
+        );
+        assert_eq!(
+            code_name(RDKafkaErrorCode::Authentication),
+            "authentication"
+        );
+    }
+
+    #[test]
+    fn bad_properties_are_found_without_a_broker_with_the_property_named() {
+        let mut properties = BTreeMap::new();
+        properties.insert("session.timeout.ms".into(), PropertyValue::Integer(-6000));
+        properties.insert("no.such.property".into(), PropertyValue::Bool(true));
+        let config = client_config("localhost:9092", &[], &properties, &[]);
+        let problems = check_config(&config, false);
+        let named: Vec<Option<&str>> = problems.iter().map(|p| p.property.as_deref()).collect();
+        assert_eq!(
+            named,
+            vec![Some("no.such.property"), Some("session.timeout.ms")],
+            "{problems:?}"
+        );
+        let mut properties = BTreeMap::new();
+        properties.insert(
+            "security.protocol".into(),
+            PropertyValue::Text("sasl_plaintext".into()),
+        );
+        properties.insert("sasl.mechanism".into(), PropertyValue::Text("NOPE".into()));
+        let config = client_config("localhost:9092", PRODUCER_DEFAULTS, &properties, &[]);
+        let problems = check_config(&config, true);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("NOPE"), "{problems:?}");
+        let fine = client_config("localhost:9092", PRODUCER_DEFAULTS, &BTreeMap::new(), &[]);
+        assert!(check_config(&fine, true).is_empty());
+    }
+
+    #[test]
+    fn no_broker_fails_the_check_naming_the_brokers_and_key() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let brokers = format!("127.0.0.1:{port}");
+        let config = client_config(&brokers, &[], &BTreeMap::new(), &[]);
+        let started = std::time::Instant::now();
+        let error = check_reachable(&config, "source.kafka.brokers", Duration::from_millis(500))
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "no Kafka broker answered at `{brokers}` (source.kafka.brokers) within 500ms"
+            )),
+            "{message}"
+        );
+    }
+}

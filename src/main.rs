@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use sluice::source::bounded::{PartitionFilter, RangeSpec};
-use sluice::telemetry::{init_logging, status, Stats};
+use sluice::telemetry::{self, init_logging, status, Stats};
 use sluice::{backfill, bench, config, demo, retrain, runtime, sample};
 
 #[derive(Parser)]
@@ -70,6 +70,11 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Write only these outputs: `parquet`, `kafka` (every sink and dead-letter target
+        /// of that kind), `sinks[N]`, `dead_letter.parquet`, `dead_letter.kafka`;
+        /// comma-separated. E.g. `--sinks parquet` leaves the output topics alone.
+        #[arg(long)]
+        sinks: Option<String>,
         /// Serve /metrics and /health on HOST:PORT while it runs.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
@@ -174,7 +179,8 @@ async fn main() -> ExitCode {
     match execute(cli.command).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            let message = telemetry::causes(error.chain().map(ToString::to_string));
+            eprintln!("error: {}", telemetry::secrets::redact(&message));
             ExitCode::FAILURE
         }
     }
@@ -194,6 +200,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             override_metrics_listen(&mut pipeline, metrics_listen);
+            telemetry::secrets::hide(&pipeline.redactions);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let stats = Arc::new(Stats::default());
@@ -213,6 +220,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             shard,
             out,
             quiet,
+            sinks,
             metrics_listen,
         } => {
             let loaded = match out {
@@ -233,6 +241,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             override_metrics_listen(&mut pipeline, metrics_listen);
+            telemetry::secrets::hide(&pipeline.redactions);
+            if let Some(sinks) = &sinks {
+                backfill::keep_sinks(&mut pipeline, sinks)?;
+            }
             let spec = if offsets.is_empty() {
                 RangeSpec::Times {
                     from: from.as_deref().map(backfill::parse_time).transpose()?,
@@ -429,7 +441,6 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
 /// `--metrics-listen` / `SLUICE_METRICS_LISTEN` (non-empty) replaces the file's
 /// `metrics.listen`.
 fn override_metrics_listen(pipeline: &mut config::Pipeline, listen: Option<String>) {
@@ -438,27 +449,39 @@ fn override_metrics_listen(pipeline: &mut config::Pipeline, listen: Option<Strin
     }
 }
 
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; exits at once (status 130) on the
+/// second. Exiting mid-work is safe: nothing uncommitted is lost (it is read again on
+/// restart), and a Parquet commit in progress is finished by the next start.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+    signal().await;
+    tracing::info!("shutdown requested (a second SIGINT/SIGTERM stops at once)");
+    shutdown.cancel();
+    signal().await;
+    eprintln!("second signal: stopping now; uncommitted records are read again on restart");
+    std::process::exit(130);
+}
+
+/// The next SIGINT or SIGTERM.
+async fn signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    shutdown.cancel();
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            }
+            _ => {
+                tracing::warn!("cannot listen for SIGTERM; only Ctrl-C stops the run");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -27,13 +27,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckTracker;
-use crate::config::{Pipeline, ScheduledRetrain, SinkConfig, SourceConfig};
-use crate::dead_letter;
+use crate::config::{Pipeline, ScheduledRetrain, SourceConfig};
 use crate::decode::JsonDecoder;
-use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
-use crate::sink::kafka::{Encoding, KafkaSink};
-use crate::sink::parquet::{ParquetInput, ParquetSink};
-use crate::sink::{SinkError, SinkMessage};
+use crate::kafka_client::{check_reachable, client_config, Unreachable};
+use crate::sink::{self, SinkError, SinkMessage};
 use crate::source::bounded::{BackfillProgress, BoundedError, BoundedSource};
 use crate::source::files::{FileSource, FilesError};
 use crate::source::kafka::{KafkaSource, SourceError};
@@ -67,6 +64,8 @@ pub enum RunError {
     Backfill(#[from] BoundedError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
 }
 
 /// Where the records come from.
@@ -98,19 +97,28 @@ enum Source {
     Files(FileSource),
 }
 
-enum Sink {
-    Parquet(Box<ParquetSink>),
-    Kafka(Box<KafkaSink>),
+/// Checks, all at once, that a broker answers every Kafka client the run will create
+/// (a backfill's source was checked when its ranges were resolved).
+async fn check_brokers(pipeline: &Pipeline, mode: &SourceMode) -> Result<(), RunError> {
+    let SourceConfig::Kafka(kafka) = &pipeline.config.source;
+    let mut clients = sink::kafka_clients(pipeline);
+    if matches!(mode, SourceMode::Group) {
+        let consumer = client_config(&kafka.brokers, &[], &kafka.properties, &[]);
+        clients.push(("source.kafka.brokers".into(), consumer));
+    }
+    let timeout = kafka.connect_timeout;
+    let checks = clients.into_iter().map(|(key, config)| {
+        tokio::task::spawn_blocking(move || check_reachable(&config, &key, timeout))
+    });
+    for checked in futures::future::join_all(checks).await {
+        checked.map_err(|e| RunError::Task(e.to_string()))??;
+    }
+    Ok(())
 }
 
-impl Sink {
-    async fn run(self, input: mpsc::Receiver<SinkMessage>) -> Result<(), SinkError> {
-        match self {
-            Sink::Parquet(sink) => sink.run(input).await,
-            Sink::Kafka(sink) => sink.run(input).await,
-        }
-    }
-}
+/// How long sinks may keep finishing outstanding work (Kafka deliveries) after shutdown
+/// is requested; then they give it up, uncommitted, and the run ends with an error.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Runs `pipeline` until `shutdown` is cancelled (or a component fails). Returns the
 /// run's counters once every in-flight batch is durable and offsets are committed.
@@ -132,79 +140,9 @@ pub async fn run_with(
 ) -> Result<StatsSnapshot, RunError> {
     let config = &pipeline.config;
     let SourceConfig::Kafka(kafka) = &config.source;
-    let dead_letter = &config.dead_letter;
-    let sink_count = config.sinks.len()
-        + usize::from(dead_letter.parquet.is_some())
-        + usize::from(dead_letter.kafka.is_some());
+    let sink_count = sink::count(pipeline);
     let tracker = Arc::new(AckTracker::new(sink_count));
-
-    let mut sinks = Vec::with_capacity(sink_count);
-    for (i, sink) in config.sinks.iter().enumerate() {
-        sinks.push(match sink {
-            SinkConfig::Parquet(parquet) => Sink::Parquet(Box::new(ParquetSink::new(
-                format!("sinks[{i}].parquet"),
-                ParquetInput::Rows,
-                parquet,
-                pipeline.output_schema().clone(),
-                mode.parquet_writer(),
-                tracker.clone(),
-                stats.clone(),
-            )?)),
-            SinkConfig::Kafka(out) => {
-                let index = |name: &str| {
-                    pipeline
-                        .output_schema()
-                        .index_of(name)
-                        .map_err(SinkError::from)
-                };
-                let columns = match &out.columns {
-                    Some(names) => Some(
-                        names
-                            .iter()
-                            .map(|n| index(n))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    ),
-                    None => None,
-                };
-                let key = out.key.as_deref().map(index).transpose()?;
-                let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);
-                Sink::Kafka(Box::new(KafkaSink::new(
-                    format!("sinks[{i}].kafka"),
-                    out.topic.clone(),
-                    client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
-                    Encoding::Rows {
-                        columns,
-                        key,
-                        alert: out.alert.clone(),
-                    },
-                    tracker.clone(),
-                    stats.clone(),
-                )?))
-            }
-        });
-    }
-    if let Some(parquet) = &dead_letter.parquet {
-        sinks.push(Sink::Parquet(Box::new(ParquetSink::new(
-            "dead_letter.parquet".into(),
-            ParquetInput::DeadLetters,
-            parquet,
-            dead_letter::schema(),
-            mode.parquet_writer(),
-            tracker.clone(),
-            stats.clone(),
-        )?)));
-    }
-    if let Some(out) = &dead_letter.kafka {
-        let brokers = out.brokers.as_deref().unwrap_or(&kafka.brokers);
-        sinks.push(Sink::Kafka(Box::new(KafkaSink::new(
-            "dead_letter.kafka".into(),
-            out.topic.clone(),
-            client_config(brokers, PRODUCER_DEFAULTS, &out.properties, &[]),
-            Encoding::DeadLetters,
-            tracker.clone(),
-            stats.clone(),
-        )?)));
-    }
+    let sinks = sink::build(pipeline, mode.parquet_writer(), &tracker, &stats)?;
 
     // The endpoint is up first, so `/health` says what start-up is waiting for.
     let server_stop = CancellationToken::new();
@@ -224,6 +162,9 @@ pub async fn run_with(
         }));
     }
 
+    // Fail fast, before loading models, when no broker answers.
+    check_brokers(pipeline, &mode).await?;
+
     // Models load and warm up before the consumer joins the group.
     let chain = Arc::new(Chain::build_counted(pipeline, stats.clone()).await?);
     stats.set_inference_devices(chain.inference_devices());
@@ -233,11 +174,32 @@ pub async fn run_with(
     if let (Some(retrain), SourceMode::Group) = (pipeline.retrain.clone(), &mode) {
         tasks.spawn(retrain_task(retrain, shutdown.clone()));
     }
+    // Sinks give up outstanding deliveries SHUTDOWN_GRACE after shutdown (or when the run
+    // ends, which cancels the guard's token).
+    let stop_sinks = CancellationToken::new();
+    let _stop_sinks_on_return = stop_sinks.clone().drop_guard();
+    tokio::spawn({
+        let (shutdown, stop) = (shutdown.clone(), stop_sinks.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = stop.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace over: giving up deliveries still outstanding");
+                    stop.cancel();
+                }
+                _ = stop.cancelled() => {}
+            }
+        }
+    });
     let mut sink_inputs = Vec::with_capacity(sinks.len());
     for sink in sinks {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         sink_inputs.push(tx);
-        tasks.spawn(async move { sink.run(rx).await.map_err(RunError::from) });
+        let stop = stop_sinks.clone();
+        tasks.spawn(async move { sink.run(rx, stop).await.map_err(RunError::from) });
     }
 
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -304,7 +266,7 @@ pub async fn run_with(
                         Some(RunError::Source(SourceError::PipelineClosed))
                     ))
             {
-                tracing::error!(error = %error, "pipeline component failed; stopping without committing past what is durable");
+                tracing::error!(error = %crate::telemetry::chain(&error), "pipeline component failed; stopping without committing past what is durable");
                 first_error = Some(error);
             }
             tracker.fail();
@@ -334,7 +296,7 @@ const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2)
 /// A source message after the ordered part of the chain.
 enum Ordered {
     Batch(crate::batch::Batch),
-    Flush(crate::sink::Flush),
+    Flush(crate::batch::Flush),
 }
 
 /// Decodes each raw batch, runs it through the stages and hands it to every sink;

@@ -1,7 +1,10 @@
-//! Config errors: each one names the file, the key path, the line and what was expected.
+//! Config errors: each one names the file, the key path, the line and what was expected,
+//! and shows values that came from the environment as their `${NAME}`.
 
 use std::fmt;
 use std::path::PathBuf;
+
+use super::redact::Redactions;
 
 /// One problem in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub struct ConfigIssue {
 pub struct ConfigError {
     pub file: PathBuf,
     pub issues: Vec<ConfigIssue>,
+    /// Applied to the messages when shown.
+    pub redactions: Redactions,
 }
 
 impl ConfigError {
@@ -30,6 +35,7 @@ impl ConfigError {
                 line: None,
                 message: message.into(),
             }],
+            redactions: Redactions::default(),
         }
     }
 }
@@ -56,9 +62,11 @@ impl fmt::Display for ConfigError {
             self.file.display()
         )?;
         for issue in &self.issues {
+            let text = issue.to_string();
+            let text = self.redactions.apply(&text);
             match issue.line {
-                Some(line) => write!(f, "\n  {}:{line}: {issue}", self.file.display())?,
-                None => write!(f, "\n  {}: {issue}", self.file.display())?,
+                Some(line) => write!(f, "\n  {}:{line}: {text}", self.file.display())?,
+                None => write!(f, "\n  {}: {text}", self.file.display())?,
             }
         }
         Ok(())

@@ -12,8 +12,11 @@
 //! relative to the working directory.
 
 mod error;
+mod file;
 mod interpolate;
+pub mod limits;
 mod locate;
+pub mod redact;
 mod stages;
 mod validate;
 
@@ -22,13 +25,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_norway::Value;
 
 pub use error::{ConfigError, ConfigIssue};
-pub use interpolate::{interpolate, MissingVar};
+pub use file::{typed, YamlFile};
+pub use interpolate::{interpolate, InterpolationIssue, Substitution};
 pub use locate::LineIndex;
+pub use redact::Redactions;
 pub use stages::{
     BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,
     LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig, WindowConfig,
@@ -111,6 +115,10 @@ pub struct KafkaSourceConfig {
     pub start: StartFrom,
     #[serde(default)]
     pub batch: BatchConfig,
+    /// How long start-up waits for a broker to answer before it fails (naming the
+    /// brokers). Default: `10s`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Any librdkafka consumer property, passed through (they win over sluice's defaults,
     /// except `enable.auto.offset.store`, which must stay `false`).
     #[serde(default)]
@@ -207,6 +215,38 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
 }
 
+impl PipelineConfig {
+    /// Credentials among the Kafka clients' properties (`sasl.password`, ...), with the
+    /// property's name: never printed, however they got into the file.
+    pub fn credentials(&self) -> Vec<(&str, &str)> {
+        let SourceConfig::Kafka(source) = &self.source;
+        let mut maps = vec![&source.properties];
+        for sink in &self.sinks {
+            if let SinkConfig::Kafka(out) = sink {
+                maps.push(&out.properties);
+            }
+        }
+        maps.extend(self.dead_letter.kafka.as_ref().map(|k| &k.properties));
+        maps.into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|(key, _)| redact::SENSITIVE_PROPERTIES.contains(&key.as_str()))
+            .filter_map(|(key, value)| match value {
+                PropertyValue::Text(text) => Some((key.as_str(), text.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Kafka(_) => "kafka",
+        }
+    }
+}
+
 /// A Hive-partitioned Parquet dataset in a local directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,6 +297,12 @@ pub struct RollConfig {
     /// Default: `1m` after the first row of the file.
     #[serde(default = "default_roll_age", with = "humantime_serde")]
     pub max_age: Duration,
+    /// `max_age` of a partition's first file group after it is assigned (or the pipeline
+    /// starts), so a restarted pipeline makes its first progress durable and committed
+    /// this soon, however often it is restarted. The small file is merged into its
+    /// segment's file later. Default: `2s` (or `max_age`, if that is shorter).
+    #[serde(default, with = "humantime_serde")]
+    pub first_max_age: Option<Duration>,
     /// Files are aligned to segments of this many source offsets (`k·N ..= (k+1)·N − 1`):
     /// a segment's files are merged into one per directory when the partition moves past
     /// it, so file names depend on offsets only and a backfill rewrites the same names.
@@ -266,6 +312,13 @@ pub struct RollConfig {
 }
 
 impl RollConfig {
+    /// `first_max_age`, defaulted and never above `max_age`.
+    pub fn first_max_age(&self) -> Duration {
+        self.first_max_age
+            .unwrap_or(Duration::from_secs(2))
+            .min(self.max_age)
+    }
+
     /// Offsets per segment.
     pub fn segment_offsets(&self) -> u64 {
         self.segment_offsets.unwrap_or(self.max_rows)
@@ -278,6 +331,7 @@ impl Default for RollConfig {
             max_rows: default_roll_rows(),
             max_bytes: default_roll_bytes(),
             max_age: default_roll_age(),
+            first_max_age: None,
             segment_offsets: None,
         }
     }
@@ -337,12 +391,20 @@ pub struct DeadLetterKafkaConfig {
     /// Default: the source's brokers.
     #[serde(default)]
     pub brokers: Option<String>,
+    /// Longer payloads are cut to this size, flagged in the headers
+    /// `sluice.payload.truncated` and `sluice.payload.original.bytes` (the Parquet dead
+    /// letters keep them whole). Default: `512 KiB`, under Kafka's default 1 MB limit.
+    #[serde(default = "default_dead_letter_payload")]
+    pub max_payload_bytes: ByteSize,
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
 }
 
 fn default_models() -> PathBuf {
     PathBuf::from("../models")
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_batch_rows() -> usize {
     10_000
@@ -352,6 +414,9 @@ fn default_batch_wait() -> Duration {
 }
 fn default_max_record_bytes() -> ByteSize {
     ByteSize::mib(1)
+}
+fn default_dead_letter_payload() -> ByteSize {
+    ByteSize::kib(512)
 }
 fn default_max_open_files() -> usize {
     64
@@ -388,32 +453,8 @@ struct TopLevelShape {
     retrain: Option<Value>,
     sinks: Vec<Value>,
     dead_letter: Value,
-}
-
-/// Reads a YAML file (`what`: "pipeline", "job") and resolves its `${VAR}`s with `lookup`;
-/// a missing variable is an error at its line.
-pub fn read_interpolated(
-    file: &Path,
-    what: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let raw = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::single(file, ".", format!("cannot read the {what} file: {e}")))?;
-    interpolate(&raw, lookup).map_err(|missing| ConfigError {
-        file: file.to_owned(),
-        issues: missing
-            .into_iter()
-            .map(|m| ConfigIssue {
-                path: ".".into(),
-                line: Some(m.line),
-                message: format!(
-                    "environment variable `{}` is not set and has no default \
-                     (write `${{{}:-default}}` to give one)",
-                    m.name, m.name
-                ),
-            })
-            .collect(),
-    })
+    #[serde(default)]
+    metrics: Option<Value>,
 }
 
 /// Loads and validates a pipeline file, reading `${VAR}`s from the process environment.
@@ -421,52 +462,55 @@ pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
     load_with_vars(file, &|name| std::env::var(name).ok())
 }
 
+/// The top-level keys of a pipeline file.
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "decode",
+    "stages",
+    "models",
+    "onnxruntime",
+    "retrain",
+    "sinks",
+    "dead_letter",
+    "metrics",
+];
+
 /// Loads and validates a pipeline file with `${VAR}`s resolved by `lookup` (the demo and
 /// tests point brokers at an in-process cluster this way).
 pub fn load_with_vars(
     file: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
-    let text = read_interpolated(file, "pipeline", lookup)?;
-    let lines = LineIndex::new(&text);
-    let root: Value = serde_norway::from_str(&text).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        issues: vec![ConfigIssue {
-            path: ".".into(),
-            line: e.location().map(|l| l.line()),
-            message: format!("not valid YAML: {e}"),
-        }],
-    })?;
-    let config = parse_sections(&root).map_err(|issues| ConfigError {
-        file: file.to_owned(),
-        issues: with_lines(issues, &lines),
-    })?;
+    let yaml = YamlFile::read(file, "pipeline", PIPELINE_KEYS, lookup)?;
+    let config = parse_sections(&yaml.root).map_err(|issues| yaml.error(issues))?;
+    let mut redactions = yaml.redactions.clone();
+    for (property, value) in config.credentials() {
+        redactions.add_secret(value, format!("[{property}]"));
+    }
+    let yaml = YamlFile { redactions, ..yaml };
     let base_dir = file.parent().unwrap_or(Path::new("."));
-    let mut pipeline = validate::validate(config, base_dir).map_err(|issues| ConfigError {
-        file: file.to_owned(),
-        issues: with_lines(issues, &lines),
-    })?;
-    pipeline.retrain = scheduled_retrain(&pipeline, file, &lines, lookup)?;
+    let mut pipeline = validate::validate(config, base_dir).map_err(|issues| yaml.error(issues))?;
+    pipeline.retrain = scheduled_retrain(&pipeline, &yaml, lookup)?;
+    pipeline.redactions = yaml.redactions;
     Ok(pipeline)
 }
 
 /// The pipeline's `retrain` job, loaded with the same variables, and its schedule.
 fn scheduled_retrain(
     pipeline: &Pipeline,
-    file: &Path,
-    lines: &LineIndex,
+    yaml: &YamlFile,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<ScheduledRetrain>, ConfigError> {
     let Some(retrain) = &pipeline.config.retrain else {
         return Ok(None);
     };
-    let issue = |path: &str, message: String| ConfigError {
-        file: file.to_owned(),
-        issues: vec![ConfigIssue {
+    let issue = |path: &str, message: String| {
+        yaml.error(vec![ConfigIssue {
             path: path.into(),
-            line: lines.line_of(path),
+            line: None,
             message,
-        }],
+        }])
     };
     let schedule = match (&retrain.every, &retrain.cron) {
         (Some(every), None) => crate::retrain::schedule::Schedule::Every(*every),
@@ -491,15 +535,6 @@ fn scheduled_retrain(
 pub struct ScheduledRetrain {
     pub job: crate::retrain::job::LoadedJob,
     pub schedule: crate::retrain::schedule::Schedule,
-}
-
-fn with_lines(mut issues: Vec<ConfigIssue>, lines: &LineIndex) -> Vec<ConfigIssue> {
-    for issue in &mut issues {
-        if issue.line.is_none() {
-            issue.line = lines.line_of(&issue.path);
-        }
-    }
-    issues
 }
 
 /// Deserializes the whole file; when that fails, deserializes each section on its own so
@@ -547,48 +582,4 @@ fn parse_sections(root: &Value) -> Result<PipelineConfig, Vec<ConfigIssue>> {
         issues.push(first);
     }
     Err(issues)
-}
-
-/// Deserializes one YAML value, turning a failure into an issue with the full key path.
-///
-/// Enums are written in map form (`kafka: {...}`), which serde_norway reads through
-/// `singleton_map_recursive`; the value goes through its YAML text for that.
-fn typed<T: DeserializeOwned>(value: &Value, prefix: &str) -> Result<T, ConfigIssue> {
-    let issue = |path: String, message: String| ConfigIssue {
-        path,
-        line: None,
-        message,
-    };
-    let text =
-        serde_norway::to_string(value).map_err(|e| issue(prefix.to_owned(), e.to_string()))?;
-    let mut track = serde_path_to_error::Track::new();
-    let deserializer = serde_path_to_error::Deserializer::new(
-        serde_norway::Deserializer::from_str(&text),
-        &mut track,
-    );
-    let parsed: Result<T, _> =
-        serde_norway::with::singleton_map_recursive::deserialize(deserializer);
-    parsed.map_err(|error| {
-        let err = serde_path_to_error::Error::new(track.path(), error);
-        let inner = err.path().to_string();
-        let path = match (prefix.is_empty(), inner.as_str()) {
-            (true, ".") => String::new(),
-            (true, _) => inner,
-            (false, ".") => prefix.to_owned(),
-            (false, _) if inner.starts_with('[') => format!("{prefix}{inner}"),
-            (false, _) => format!("{prefix}.{inner}"),
-        };
-        // Positions refer to the re-serialized section; the line index gives the real one.
-        let message = err.into_inner().to_string();
-        let message = match message.rfind(" at line ") {
-            Some(cut) => &message[..cut],
-            None => &message,
-        };
-        // serde_norway starts messages with its own (section-relative) path: drop it.
-        let message = match message.split_once(": ") {
-            Some((own_path, rest)) if !own_path.contains(' ') && path.contains(own_path) => rest,
-            _ => message,
-        };
-        issue(path, message.to_owned())
-    })
 }

@@ -6,16 +6,22 @@
 //! pipeline with nowhere to put its dead letters.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use arrow::datatypes::{Schema, SchemaRef};
 
 use super::{
-    ConfigIssue, KafkaSinkConfig, ParquetSinkConfig, PipelineConfig, SinkConfig, SourceConfig,
+    limits, ConfigIssue, KafkaSinkConfig, ParquetSinkConfig, PipelineConfig, SinkConfig,
+    SourceConfig,
 };
+use crate::kafka_client::{check_config, client_config, PRODUCER_DEFAULTS};
 use crate::model::Registry;
 use crate::sink::parquet::partition::{PartitionKey, Partitioner};
 use crate::stage::{self, PlanContext};
 use crate::{dead_letter, schema};
+
+/// The largest record (and dead-letter payload) a file may allow: 256 MiB.
+const MAX_RECORD_BYTES: u64 = 256 << 20;
 
 /// A pipeline file that parsed and passed every check.
 #[derive(Debug, Clone)]
@@ -33,6 +39,12 @@ pub struct Pipeline {
     pub plan_context: PlanContext,
     /// The `retrain` section's job, loaded (set by the loader after these checks).
     pub retrain: Option<super::ScheduledRetrain>,
+    /// Values from the environment (shown as `${NAME}`) and credentials: the binary hides
+    /// the secrets among them in everything it prints.
+    pub redactions: super::Redactions,
+    /// Outputs this run leaves out (`sinks[1].kafka`, `dead_letter.kafka`): `sluice
+    /// backfill --sinks` writes only some of them.
+    pub disabled_sinks: std::collections::BTreeSet<String>,
 }
 
 impl Pipeline {
@@ -40,9 +52,37 @@ impl Pipeline {
         &self.config.name
     }
 
+    /// The sinks this run writes, with their names (`sinks[0].parquet`), in order.
+    pub fn sinks(&self) -> impl Iterator<Item = (String, &SinkConfig)> {
+        self.config
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, sink)| (format!("sinks[{i}].{}", sink.kind()), sink))
+            .filter(|(name, _)| !self.disabled_sinks.contains(name))
+    }
+
+    /// The dead-letter Parquet dataset, if this run writes one.
+    pub fn dead_letter_parquet(&self) -> Option<&ParquetSinkConfig> {
+        self.config
+            .dead_letter
+            .parquet
+            .as_ref()
+            .filter(|_| !self.disabled_sinks.contains("dead_letter.parquet"))
+    }
+
+    /// The dead-letter topic, if this run writes one.
+    pub fn dead_letter_kafka(&self) -> Option<&super::DeadLetterKafkaConfig> {
+        self.config
+            .dead_letter
+            .kafka
+            .as_ref()
+            .filter(|_| !self.disabled_sinks.contains("dead_letter.kafka"))
+    }
+
     /// Dataset roots of the Parquet sinks, in order (dead letters not counted).
     pub fn parquet_sinks(&self) -> impl Iterator<Item = &Path> {
-        self.config.sinks.iter().filter_map(|s| match s {
+        self.sinks().filter_map(|(_, s)| match s {
             SinkConfig::Parquet(p) => Some(p.path.as_path()),
             SinkConfig::Kafka(_) => None,
         })
@@ -51,7 +91,7 @@ impl Pipeline {
     /// Roots of every Parquet dataset the pipeline writes: its sinks', then the
     /// dead-letter dataset.
     pub fn parquet_roots(&self) -> impl Iterator<Item = &Path> {
-        let dead_letters = self.config.dead_letter.parquet.as_ref();
+        let dead_letters = self.dead_letter_parquet();
         self.parquet_sinks()
             .chain(dead_letters.map(|p| p.path.as_path()))
     }
@@ -89,6 +129,12 @@ impl Issues {
             line: None,
             message: message.into(),
         });
+    }
+
+    fn check(&mut self, path: impl Into<String>, checked: Result<(), String>) {
+        if let Err(message) = checked {
+            self.add(path, message);
+        }
     }
 }
 
@@ -129,8 +175,29 @@ pub(super) fn validate(
     if kafka.topics.is_empty() {
         issues.add("source.kafka.topics", "expected at least one topic");
     }
-    if kafka.batch.max_rows == 0 {
-        issues.add("source.kafka.batch.max_rows", "expected a number above 0");
+    issues.check(
+        "source.kafka.batch.max_rows",
+        limits::count(kafka.batch.max_rows, 1, 1_000_000),
+    );
+    issues.check(
+        "source.kafka.batch.max_wait",
+        limits::duration(kafka.batch.max_wait, Duration::ZERO, 10 * limits::MINUTE),
+    );
+    issues.check(
+        "source.kafka.connect_timeout",
+        limits::duration(kafka.connect_timeout, limits::SECOND, 10 * limits::MINUTE),
+    );
+    issues.check(
+        "decode.max_record_bytes",
+        limits::count(config.decode.max_record_bytes.as_u64(), 1, MAX_RECORD_BYTES),
+    );
+    if let Some(retrain) = &config.retrain {
+        if let Some(every) = retrain.every {
+            issues.check(
+                "retrain.every",
+                limits::duration(every, limits::SECOND, limits::YEAR),
+            );
+        }
     }
     if kafka.properties.contains_key("enable.auto.offset.store") {
         issues.add(
@@ -138,6 +205,8 @@ pub(super) fn validate(
             "sluice stores offsets itself, only after every sink made a batch durable; remove this key",
         );
     }
+
+    check_clients(&config, &mut issues);
 
     let schema_path = base_dir.join(&config.decode.schema);
     let record_schema = match schema::load(&schema_path) {
@@ -207,6 +276,10 @@ pub(super) fn validate(
         if out.topic.is_empty() {
             issues.add("dead_letter.kafka.topic", "expected a topic name");
         }
+        issues.check(
+            "dead_letter.kafka.max_payload_bytes",
+            limits::count(out.max_payload_bytes.as_u64(), 0, MAX_RECORD_BYTES),
+        );
     }
 
     match (
@@ -223,8 +296,48 @@ pub(super) fn validate(
             schema_path,
             plan_context,
             retrain: None,
+            redactions: Default::default(),
+            disabled_sinks: Default::default(),
         }),
         _ => Err(issues.0),
+    }
+}
+
+/// Builds every Kafka client configuration the way the run will, so a property librdkafka
+/// rejects (a bad value, an unsupported SASL mechanism, a missing TLS file) fails here.
+fn check_clients(config: &PipelineConfig, issues: &mut Issues) {
+    let SourceConfig::Kafka(source) = &config.source;
+    let group = source
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("sluice-{}", config.name));
+    let mut clients = vec![(
+        "source.kafka".to_owned(),
+        crate::source::kafka::consumer_config(source, &group),
+        false,
+    )];
+    let producer = |brokers: &Option<String>, properties| {
+        let brokers = brokers.as_deref().unwrap_or(&source.brokers);
+        client_config(brokers, PRODUCER_DEFAULTS, properties, &[])
+    };
+    for (i, sink) in config.sinks.iter().enumerate() {
+        if let SinkConfig::Kafka(out) = sink {
+            let client = producer(&out.brokers, &out.properties);
+            clients.push((format!("sinks[{i}].kafka"), client, true));
+        }
+    }
+    if let Some(out) = &config.dead_letter.kafka {
+        let client = producer(&out.brokers, &out.properties);
+        clients.push(("dead_letter.kafka".to_owned(), client, true));
+    }
+    for (path, client, is_producer) in clients {
+        for problem in check_config(&client, is_producer) {
+            let key = match &problem.property {
+                Some(property) => format!("{path}.properties.{property}"),
+                None => format!("{path}.properties"),
+            };
+            issues.add(key, format!("librdkafka: {}", problem.message));
+        }
     }
 }
 
@@ -248,36 +361,39 @@ fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, is
             }
         }
     }
-    if sink.roll.max_rows == 0 {
-        issues.add(format!("{path}.roll.max_rows"), "expected a number above 0");
-    }
-    if sink.roll.segment_offsets == Some(0) {
-        issues.add(
+    let roll = &sink.roll;
+    issues.check(
+        format!("{path}.roll.max_rows"),
+        limits::count(roll.max_rows, 1, 1_000_000_000),
+    );
+    if let Some(segment) = roll.segment_offsets {
+        issues.check(
             format!("{path}.roll.segment_offsets"),
-            "expected a number above 0",
+            limits::count(segment, 1, 1_000_000_000_000),
         );
     }
-    if sink.roll.max_bytes.as_u64() == 0 {
-        issues.add(format!("{path}.roll.max_bytes"), "expected a size above 0");
-    }
-    if sink.roll.max_age.is_zero() {
-        issues.add(
-            format!("{path}.roll.max_age"),
-            "expected a duration above 0",
+    issues.check(
+        format!("{path}.roll.max_bytes"),
+        limits::count(roll.max_bytes.as_u64(), 1024, 16 << 30),
+    );
+    issues.check(
+        format!("{path}.roll.max_age"),
+        limits::duration(roll.max_age, 10 * limits::MILLISECOND, limits::DAY),
+    );
+    if let Some(first) = roll.first_max_age {
+        issues.check(
+            format!("{path}.roll.first_max_age"),
+            limits::duration(first, 10 * limits::MILLISECOND, limits::DAY),
         );
     }
-    if sink.max_open_files == 0 {
-        issues.add(
-            format!("{path}.max_open_files"),
-            "expected a number above 0",
-        );
-    }
-    if sink.row_group_rows == 0 {
-        issues.add(
-            format!("{path}.row_group_rows"),
-            "expected a number above 0",
-        );
-    }
+    issues.check(
+        format!("{path}.max_open_files"),
+        limits::count(sink.max_open_files, 1, 10_000),
+    );
+    issues.check(
+        format!("{path}.row_group_rows"),
+        limits::count(sink.row_group_rows, 1, 16_000_000),
+    );
 }
 
 fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::metrics::GateMetric;
 use super::trainer::TrainConfig;
-use crate::config::{read_interpolated, ConfigError, ConfigIssue, LineIndex};
+use crate::config::{limits, typed, ConfigError, ConfigIssue, YamlFile};
 
 /// A whole retrain job file.
 #[derive(Debug, Clone, Deserialize)]
@@ -191,40 +191,58 @@ pub fn load(
     file: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedJob, ConfigError> {
-    let text = read_interpolated(file, "job", lookup)?;
-    let lines = LineIndex::new(&text);
-    let deserializer = serde_norway::Deserializer::from_str(&text);
-    let mut track = serde_path_to_error::Track::new();
-    let parsed: Result<RetrainJob, _> = serde_norway::with::singleton_map_recursive::deserialize(
-        serde_path_to_error::Deserializer::new(deserializer, &mut track),
-    );
-    let job = parsed.map_err(|error| {
-        let path = track.path().to_string();
-        let message = error.to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
-        ConfigError {
-            file: file.to_owned(),
-            issues: vec![ConfigIssue {
-                line: lines.line_of(&path),
-                path,
-                message,
-            }],
-        }
-    })?;
+    let yaml = YamlFile::read(
+        file,
+        "retrain job",
+        &["name", "dataset", "models", "model", "trainer", "gate"],
+        lookup,
+    )?;
+    let job: RetrainJob = typed(&yaml.root, "").map_err(|issue| yaml.error(vec![issue]))?;
     let mut issues = Vec::new();
     let mut issue = |path: &str, message: String| {
         issues.push(ConfigIssue {
             path: path.into(),
-            line: lines.line_of(path),
+            line: None,
             message,
         })
     };
     if job.model.labels.len() < 2 {
         issue("model.labels", "expected at least two classes".into());
+    }
+    let trainer = &job.trainer;
+    let bounded = [
+        ("trainer.epochs", limits::count(trainer.epochs, 0, 100_000)),
+        (
+            "trainer.batch_size",
+            limits::count(trainer.batch_size, 1, 1 << 20),
+        ),
+        ("trainer.hidden", limits::count(trainer.hidden.len(), 0, 16)),
+    ];
+    for (key, checked) in bounded {
+        if let Err(message) = checked {
+            issue(key, message);
+        }
+    }
+    for (i, width) in trainer.hidden.iter().enumerate() {
+        if let Err(message) = limits::count(*width, 1, 1 << 16) {
+            issue(&format!("trainer.hidden[{i}]"), message);
+        }
+    }
+    for (key, value) in [
+        ("trainer.learning_rate", trainer.learning_rate),
+        ("trainer.l2", trainer.l2),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            issue(
+                key,
+                format!("expected a finite number of at least 0, found {value}"),
+            );
+        }
+    }
+    if let Some(last) = job.dataset.last {
+        if let Err(message) = limits::duration(last, limits::SECOND, 100 * limits::YEAR) {
+            issue("dataset.last", message);
+        }
     }
     if !(0.0..1.0).contains(&job.dataset.holdout) || job.dataset.holdout == 0.0 {
         issue(
@@ -259,10 +277,7 @@ pub fn load(
         }
     }
     if !issues.is_empty() {
-        return Err(ConfigError {
-            file: file.to_owned(),
-            issues,
-        });
+        return Err(yaml.error(issues));
     }
     Ok(LoadedJob {
         job,

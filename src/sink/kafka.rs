@@ -10,6 +10,22 @@
 //! Rows are encoded with arrow-json's line-delimited writer (one pass per batch, then split
 //! at newlines: JSON escapes newlines inside strings). Dead letters keep the original key
 //! and bytes and carry the reason and provenance in headers, like Kafka Connect's DLQ.
+//!
+//! A message the topic cannot take (over the producer's `message.max.bytes` or the
+//! topic's `max.message.bytes`, or refused as an invalid record) never stops the stream:
+//! - a dead letter's payload is cut to `max_payload_bytes` up front, with the headers
+//!   `sluice.payload.truncated: true` and `sluice.payload.original.bytes`; if the topic
+//!   still refuses it, it is sent again with headers only (no key, no payload). The
+//!   Parquet dead-letter dataset always keeps the whole record.
+//! - a row is left out of the output topic, counted in
+//!   `sluice_sink_rejected_total{sink,reason}` and logged (rate-limited) with its source
+//!   partition and offsets; it is still in every other sink.
+//! JSON cannot hold NaN or infinities: arrow-json writes them as `null`.
+//!
+//! On shutdown the sink waits for outstanding deliveries; if they have not arrived when
+//! `stop` fires (the runtime's grace after SIGTERM), it purges librdkafka's queues and
+//! returns [`SinkError::Interrupted`]: those batches are not acknowledged, so their
+//! offsets are not committed and a restart sends them again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,16 +34,19 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::DataType;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::alert::Hysteresis;
 use super::{SinkError, SinkMessage};
 use crate::ack::AckTracker;
 use crate::batch::{Batch, BatchId, TopicPartition};
 use crate::config::AlertConfig;
+use crate::kafka_client::ClientEvents;
+use crate::telemetry::throttle::Throttle;
 use crate::telemetry::Stats;
 
 pub const MAX_IN_FLIGHT_BATCHES: usize = 64;
@@ -42,19 +61,27 @@ pub enum Encoding {
         key: Option<usize>,
         alert: Option<AlertConfig>,
     },
-    /// One message per dead letter: original key and bytes, context in headers.
-    DeadLetters,
+    /// One message per dead letter: original key and bytes (the payload cut to
+    /// `max_payload_bytes`), context in headers.
+    DeadLetters { max_payload_bytes: usize },
 }
 
 pub struct KafkaSink {
-    name: String,
-    topic: String,
-    producer: FutureProducer,
     encoding: Encoding,
     alerts: Option<Hysteresis>,
+    in_flight: JoinSet<Result<u64, SinkError>>,
+    out: Arc<Output>,
+}
+
+/// The producer and what a delivery task needs to finish a batch.
+struct Output {
+    name: String,
+    topic: String,
+    producer: FutureProducer<ClientEvents>,
+    dead_letters: bool,
     acks: Arc<AckTracker>,
     stats: Arc<Stats>,
-    in_flight: JoinSet<Result<u64, SinkError>>,
+    throttle: Throttle,
 }
 
 /// One encoded message, borrowing nothing so it can outlive the batch's Arrow data.
@@ -62,6 +89,20 @@ struct Outgoing {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Option<OwnedHeaders>,
+}
+
+/// Whether a failed message was refused by the topic for what it is (size, format), so
+/// sending it again unchanged cannot succeed.
+fn refused(error: &KafkaError) -> Option<&'static str> {
+    match error.rdkafka_error_code()? {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize => {
+            Some("too_large")
+        }
+        RDKafkaErrorCode::InvalidRecord | RDKafkaErrorCode::InvalidTimestamp => {
+            Some("invalid_record")
+        }
+        _ => None,
+    }
 }
 
 impl KafkaSink {
@@ -73,29 +114,42 @@ impl KafkaSink {
         acks: Arc<AckTracker>,
         stats: Arc<Stats>,
     ) -> Result<Self, SinkError> {
-        let producer = config.create().map_err(|source| SinkError::Producer {
-            sink: name.clone(),
-            source,
-        })?;
+        let producer = config
+            .create_with_context(ClientEvents::new(name.clone(), stats.clone()))
+            .map_err(|source| SinkError::Producer {
+                sink: name.clone(),
+                source,
+            })?;
         let alerts = match &encoding {
             Encoding::Rows {
                 alert: Some(alert), ..
             } => Some(Hysteresis::new(alert.clone())),
             _ => None,
         };
+        let dead_letters = matches!(encoding, Encoding::DeadLetters { .. });
         Ok(KafkaSink {
-            name,
-            topic,
-            producer,
             encoding,
             alerts,
-            acks,
-            stats,
             in_flight: JoinSet::new(),
+            out: Arc::new(Output {
+                name,
+                topic,
+                producer,
+                dead_letters,
+                acks,
+                stats,
+                throttle: Throttle::default(),
+            }),
         })
     }
 
-    pub async fn run(mut self, mut input: mpsc::Receiver<SinkMessage>) -> Result<(), SinkError> {
+    /// Sends every batch until the input closes and every delivery is in, or until `stop`
+    /// (then [`SinkError::Interrupted`] if deliveries were still outstanding).
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<SinkMessage>,
+        stop: CancellationToken,
+    ) -> Result<(), SinkError> {
         loop {
             tokio::select! {
                 biased;
@@ -104,43 +158,45 @@ impl KafkaSink {
                 }
                 message = input.recv() => match message {
                     Some(SinkMessage::Batch(batch)) => self.send(&batch).await?,
-                    Some(SinkMessage::Flush(_)) => self.wait_all().await?,
+                    Some(SinkMessage::Flush(_)) => self.wait_all(&stop).await?,
                     None => break,
                 },
             }
         }
-        self.wait_all().await?;
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
-            .await
-            .map_err(|e| SinkError::Task {
-                sink: self.name.clone(),
-                message: e.to_string(),
-            })?
-            .map_err(|source| SinkError::Delivery {
-                sink: self.name.clone(),
-                topic: self.topic.clone(),
-                source,
-            })
+        self.wait_all(&stop).await?;
+        let producer = self.out.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)));
+        tokio::select! {
+            flushed = flushed => flushed
+                .map_err(|e| self.out.task_error(e.to_string()))?
+                .map_err(|source| self.out.delivery_error(source)),
+            _ = stop.cancelled() => Err(self.out.interrupt(0)),
+        }
     }
 
     fn finished(
         &self,
         done: Result<Result<u64, SinkError>, tokio::task::JoinError>,
     ) -> Result<(), SinkError> {
-        let delivered = done.map_err(|e| SinkError::Task {
-            sink: self.name.clone(),
-            message: e.to_string(),
-        })??;
-        self.stats.record_messages(delivered);
+        let delivered = done.map_err(|e| self.out.task_error(e.to_string()))??;
+        self.out.stats.record_messages(delivered);
         Ok(())
     }
 
-    async fn wait_all(&mut self) -> Result<(), SinkError> {
-        while let Some(done) = self.in_flight.join_next().await {
-            self.finished(done)?;
+    async fn wait_all(&mut self, stop: &CancellationToken) -> Result<(), SinkError> {
+        loop {
+            tokio::select! {
+                done = self.in_flight.join_next() => match done {
+                    Some(done) => self.finished(done)?,
+                    None => return Ok(()),
+                },
+                _ = stop.cancelled() => {
+                    let outstanding = self.in_flight.len();
+                    self.in_flight.abort_all();
+                    return Err(self.out.interrupt(outstanding));
+                }
+            }
         }
-        Ok(())
     }
 
     async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
@@ -158,22 +214,62 @@ impl KafkaSink {
                 }
                 None => encode_rows(&batch.rows, columns.as_deref(), *key)?,
             },
-            Encoding::DeadLetters => encode_dead_letters(batch),
+            Encoding::DeadLetters { max_payload_bytes } => {
+                let (messages, truncated) = encode_dead_letters(batch, *max_payload_bytes);
+                if truncated > 0 {
+                    self.out.stats.record_truncated(&self.out.name, truncated);
+                }
+                messages
+            }
         };
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
-            deliveries.push(self.enqueue(message).await?);
+            if let Some(delivery) = self.out.enqueue(&message, &batch.provenance.tp).await? {
+                deliveries.push(delivery);
+            }
         }
-        let tp = batch.provenance.tp.clone();
-        let id = batch.provenance.id;
-        let (acks, sink, topic) = (self.acks.clone(), self.name.clone(), self.topic.clone());
+        let out = self.out.clone();
+        let (tp, id) = (batch.provenance.tp.clone(), batch.provenance.id);
         self.in_flight
-            .spawn(await_deliveries(deliveries, acks, tp, id, sink, topic));
+            .spawn(async move { out.await_deliveries(deliveries, tp, id).await });
         Ok(())
     }
+}
 
-    /// Hands one message to librdkafka, waiting while its queue is full.
-    async fn enqueue(&self, message: Outgoing) -> Result<DeliveryFuture, SinkError> {
+impl Output {
+    fn delivery_error(&self, source: KafkaError) -> SinkError {
+        SinkError::Delivery {
+            sink: self.name.clone(),
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+
+    fn task_error(&self, message: String) -> SinkError {
+        SinkError::Task {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Gives up on what librdkafka still holds (shutdown grace over).
+    fn interrupt(&self, batches: usize) -> SinkError {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        SinkError::Interrupted {
+            sink: self.name.clone(),
+            topic: self.topic.clone(),
+            batches,
+        }
+    }
+
+    /// Hands one message to librdkafka, waiting while its queue is full. `None` when the
+    /// topic cannot take it and it was left out (a row) or was replaced (a dead letter).
+    async fn enqueue(
+        &self,
+        message: &Outgoing,
+        tp: &TopicPartition,
+    ) -> Result<Option<DeliveryFuture>, SinkError> {
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&message.payload);
             if let Some(key) = &message.key {
@@ -183,51 +279,119 @@ impl KafkaSink {
                 record = record.headers(headers.clone());
             }
             match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
+                Ok(delivery) => return Ok(Some(delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((source, _)) => {
-                    return Err(SinkError::Delivery {
-                        sink: self.name.clone(),
-                        topic: self.topic.clone(),
-                        source,
-                    })
+                Err((error, _)) => match refused(&error) {
+                    Some(_) if self.dead_letters && !message.payload.is_empty() => {
+                        let stripped =
+                            headers_only(message.headers.as_ref(), message.payload.len());
+                        return Box::pin(self.enqueue(&stripped, tp)).await;
+                    }
+                    Some(reason) => {
+                        self.refuse(reason, &error, tp, message.payload.len());
+                        return Ok(None);
+                    }
+                    None => return Err(self.delivery_error(error)),
+                },
+            }
+        }
+    }
+
+    /// Waits for a batch's delivery reports, then acknowledges it.
+    async fn await_deliveries(
+        &self,
+        deliveries: Vec<DeliveryFuture>,
+        tp: TopicPartition,
+        id: BatchId,
+    ) -> Result<u64, SinkError> {
+        let mut delivered = 0;
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => delivered += 1,
+                Ok(Err((error, message))) => {
+                    delivered += self.after_refusal(error, &message, &tp).await?;
+                }
+                Err(_) => {
+                    return Err(self.task_error("the producer dropped a delivery report".into()))
                 }
             }
+        }
+        self.acks.ack(&tp, id);
+        Ok(delivered)
+    }
+
+    /// A message the broker refused: a dead letter goes again as headers only, a row is
+    /// left out; anything else stops the sink. Returns the messages delivered.
+    async fn after_refusal(
+        &self,
+        error: KafkaError,
+        message: &OwnedMessage,
+        tp: &TopicPartition,
+    ) -> Result<u64, SinkError> {
+        let size = message.payload().map_or(0, <[u8]>::len);
+        match refused(&error) {
+            Some(_) if self.dead_letters && size > 0 => {
+                let headers = message.headers().cloned();
+                let stripped = headers_only(headers.as_ref(), size);
+                match self.enqueue(&stripped, tp).await? {
+                    Some(delivery) => match delivery.await {
+                        Ok(Ok(_)) => Ok(1),
+                        Ok(Err((error, _))) => Err(self.delivery_error(error)),
+                        Err(_) => {
+                            Err(self.task_error("the producer dropped a delivery report".into()))
+                        }
+                    },
+                    None => Ok(0),
+                }
+            }
+            Some(reason) => {
+                self.refuse(reason, &error, tp, size);
+                Ok(0)
+            }
+            None => Err(self.delivery_error(error)),
+        }
+    }
+
+    /// Counts and logs (rate-limited) a row the topic cannot take.
+    fn refuse(&self, reason: &str, error: &KafkaError, tp: &TopicPartition, bytes: usize) {
+        self.stats.record_sink_rejected(&self.name, reason);
+        if let Some(repeats) = self.throttle.allow(reason) {
+            tracing::warn!(sink = %self.name, topic = %self.topic, source = %tp, bytes, %error, repeats, "the output topic refused a row; it is left out of this topic only (see sluice_sink_rejected_total)");
         }
     }
 }
 
-async fn await_deliveries(
-    deliveries: Vec<DeliveryFuture>,
-    acks: Arc<AckTracker>,
-    tp: TopicPartition,
-    id: BatchId,
-    sink: String,
-    topic: String,
-) -> Result<u64, SinkError> {
-    let count = deliveries.len() as u64;
-    for delivery in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((source, _))) => {
-                return Err(SinkError::Delivery {
-                    sink,
-                    topic,
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(SinkError::Task {
-                    sink,
-                    message: "the producer dropped a delivery report".into(),
-                })
-            }
-        }
+/// The dead letter as headers only, flagged as truncated (what any topic can take).
+/// `payload_bytes`: the payload's size, unless the headers already give the original's.
+fn headers_only(headers: Option<&OwnedHeaders>, payload_bytes: usize) -> Outgoing {
+    let headers = headers.cloned().unwrap_or_default();
+    let flagged = headers
+        .iter()
+        .any(|h| h.key == "sluice.payload.original.bytes");
+    Outgoing {
+        key: None,
+        payload: Vec::new(),
+        headers: Some(if flagged {
+            headers
+        } else {
+            with_truncation(headers, payload_bytes)
+        }),
     }
-    acks.ack(&tp, id);
-    Ok(count)
+}
+
+fn with_truncation(headers: OwnedHeaders, original_bytes: usize) -> OwnedHeaders {
+    let original = original_bytes.to_string();
+    headers
+        .insert(Header {
+            key: "sluice.payload.truncated",
+            value: Some("true"),
+        })
+        .insert(Header {
+            key: "sluice.payload.original.bytes",
+            value: Some(original.as_str()),
+        })
 }
 
 fn encode_rows(
@@ -270,18 +434,24 @@ fn encode_rows(
     Ok(messages)
 }
 
-fn encode_dead_letters(batch: &Batch) -> Vec<Outgoing> {
-    batch
+/// One message per dead letter, and how many payloads were cut to `max_payload_bytes`.
+fn encode_dead_letters(batch: &Batch, max_payload_bytes: usize) -> (Vec<Outgoing>, u64) {
+    let mut truncated = 0;
+    let messages = batch
         .dead_letters
         .iter()
         .map(|letter| {
             let partition = letter.tp.partition.to_string();
             let offset = letter.offset.to_string();
             let timestamp = letter.timestamp.map(|t| t.to_string()).unwrap_or_default();
-            let headers = OwnedHeaders::new_with_capacity(6)
+            let mut headers = OwnedHeaders::new_with_capacity(9)
                 .insert(Header {
                     key: "sluice.error.reason",
                     value: Some(letter.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "sluice.error.kind",
+                    value: Some(letter.kind.as_str()),
                 })
                 .insert(Header {
                     key: "sluice.error.stage",
@@ -303,13 +473,22 @@ fn encode_dead_letters(batch: &Batch) -> Vec<Outgoing> {
                     key: "sluice.source.timestamp",
                     value: Some(timestamp.as_str()),
                 });
+            let payload = letter.payload.as_deref().unwrap_or_default();
+            let payload = if payload.len() > max_payload_bytes {
+                truncated += 1;
+                headers = with_truncation(headers, payload.len());
+                &payload[..max_payload_bytes]
+            } else {
+                payload
+            };
             Outgoing {
                 key: letter.key.clone(),
-                payload: letter.payload.clone().unwrap_or_default(),
+                payload: payload.to_vec(),
                 headers: Some(headers),
             }
         })
-        .collect()
+        .collect();
+    (messages, truncated)
 }
 
 #[cfg(test)]

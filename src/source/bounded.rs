@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use super::kafka::Batcher;
 use super::SourceMessage;
 use crate::ack::AckTracker;
+use crate::batch::Flush;
 use crate::batch::{RawBatch, TopicPartition};
 use crate::config::KafkaSourceConfig;
-use crate::kafka_client::client_config;
-use crate::sink::Flush;
+use crate::kafka_client::{check_reachable, client_config, ClientEvents, Quiet, Unreachable};
 use crate::telemetry::Stats;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +44,8 @@ pub enum BoundedError {
     },
     #[error("backfill: {0}")]
     Plan(String),
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
     #[error("the pipeline downstream of the source stopped")]
     PipelineClosed,
 }
@@ -120,8 +122,10 @@ pub fn resolve(
     spec: &RangeSpec,
     filter: &PartitionFilter,
 ) -> Result<BackfillProgress, BoundedError> {
-    let consumer: BaseConsumer = plain_consumer(config)
-        .create()
+    let client = plain_consumer(config);
+    check_reachable(&client, "source.kafka.brokers", config.connect_timeout)?;
+    let consumer: BaseConsumer<Quiet> = client
+        .create_with_context(Quiet)
         .map_err(kafka("creating the consumer"))?;
     let mut wanted: Vec<TopicPartition> = Vec::new();
     let mut explicit: HashMap<TopicPartition, (i64, i64)> = HashMap::new();
@@ -273,7 +277,7 @@ impl From<Closed> for BoundedError {
 
 /// Reads the ranges of `progress` and sends them downstream as micro-batches.
 pub struct BoundedSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ClientEvents>,
     batcher: Batcher,
     output: BoundedOutput,
 }
@@ -286,8 +290,8 @@ impl BoundedSource {
         tracker: Arc<AckTracker>,
         stats: Arc<Stats>,
     ) -> Result<Self, BoundedError> {
-        let consumer: BaseConsumer = plain_consumer(config)
-            .create()
+        let consumer: BaseConsumer<ClientEvents> = plain_consumer(config)
+            .create_with_context(ClientEvents::new("source", stats.clone()))
             .map_err(kafka("creating the consumer"))?;
         let mut list = TopicPartitionList::new();
         for range in progress.ranges.iter().filter(|r| !r.done()) {

@@ -20,20 +20,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::SourceMessage;
 use crate::ack::AckTracker;
+use crate::batch::Flush;
 use crate::batch::{BatchId, RawBatch, TopicPartition};
 use crate::config::{BatchConfig, KafkaSourceConfig, StartFrom};
-use crate::kafka_client::client_config;
-use crate::sink::Flush;
+use crate::kafka_client::{client_config, ClientEvents};
 use crate::telemetry::Stats;
 
 /// How long a revoke or shutdown waits for sinks to make in-flight batches durable.
@@ -64,10 +65,21 @@ struct SourceContext {
     stored_since: Mutex<Option<Instant>>,
     /// A synchronous commit is in progress (its callback is timed by the caller).
     committing_sync: AtomicBool,
+    /// Logs, errors and broker health (rate-limited, counted).
+    events: ClientEvents,
 }
 
 impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.events.on_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.events.on_error(error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
+        self.events.on_stats(&statistics);
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
                 if partition < 0 {
@@ -240,7 +252,11 @@ impl Batcher {
         let now = Instant::now();
         self.pending
             .values()
-            .map(|p| (p.started + self.config.max_wait).saturating_duration_since(now))
+            .map(|p| {
+                p.started
+                    .checked_add(self.config.max_wait)
+                    .map_or(POLL_INTERVAL, |due| due.saturating_duration_since(now))
+            })
             .min()
             .map_or(POLL_INTERVAL, |due| due.min(POLL_INTERVAL))
     }
@@ -299,6 +315,24 @@ impl Batcher {
     }
 }
 
+/// The group member's librdkafka configuration: sluice's defaults, the pipeline's
+/// `properties`, and offset storing left to sluice.
+pub fn consumer_config(config: &KafkaSourceConfig, group_id: &str) -> ClientConfig {
+    let reset = match config.start {
+        StartFrom::Earliest => "earliest",
+        StartFrom::Latest => "latest",
+    };
+    let defaults = [
+        ("group.id", group_id),
+        ("auto.offset.reset", reset),
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "1000"),
+        ("statistics.interval.ms", "5000"),
+    ];
+    let fixed = [("enable.auto.offset.store", "false")];
+    client_config(&config.brokers, &defaults, &config.properties, &fixed)
+}
+
 /// A subscribed consumer, ready to run on its own thread.
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
@@ -315,18 +349,6 @@ impl KafkaSource {
         tracker: Arc<AckTracker>,
         stats: Arc<Stats>,
     ) -> Result<Self, SourceError> {
-        let reset = match config.start {
-            StartFrom::Earliest => "earliest",
-            StartFrom::Latest => "latest",
-        };
-        let defaults = [
-            ("group.id", group_id),
-            ("auto.offset.reset", reset),
-            ("enable.auto.commit", "true"),
-            ("auto.commit.interval.ms", "1000"),
-            ("statistics.interval.ms", "5000"),
-        ];
-        let fixed = [("enable.auto.offset.store", "false")];
         let context = SourceContext {
             out,
             tracker,
@@ -334,11 +356,11 @@ impl KafkaSource {
             stats: stats.clone(),
             stored_since: Mutex::new(None),
             committing_sync: AtomicBool::new(false),
+            events: ClientEvents::new("source", stats.clone()),
         };
-        let consumer: BaseConsumer<SourceContext> =
-            client_config(&config.brokers, &defaults, &config.properties, &fixed)
-                .create_with_context(context)
-                .map_err(SourceError::Create)?;
+        let consumer: BaseConsumer<SourceContext> = consumer_config(config, group_id)
+            .create_with_context(context)
+            .map_err(SourceError::Create)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)

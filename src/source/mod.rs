@@ -7,8 +7,8 @@ pub mod bounded;
 pub mod files;
 pub mod kafka;
 
+use crate::batch::Flush;
 use crate::batch::RawBatch;
-use crate::sink::Flush;
 
 /// What a source sends downstream, in order.
 #[derive(Debug)]

@@ -30,15 +30,15 @@ pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::error::ArrowError;
 
-use crate::batch::{Batch, TopicPartition};
-use crate::config::{ConfigIssue, Pipeline, StageConfig};
-use crate::dead_letter::DeadLetter;
+use crate::batch::{Batch, DeadLetter, DeadLetterKind, TopicPartition};
+use crate::config::{limits, ConfigIssue, Pipeline, StageConfig};
 use crate::model::Registry;
 use crate::telemetry::Stats;
 
@@ -62,13 +62,15 @@ pub enum StageError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub row: usize,
+    pub kind: DeadLetterKind,
     pub reason: String,
 }
 
 impl Rejection {
-    pub fn new(row: usize, reason: impl Into<String>) -> Self {
+    pub fn new(row: usize, kind: DeadLetterKind, reason: impl Into<String>) -> Self {
         Rejection {
             row,
+            kind,
             reason: reason.into(),
         }
     }
@@ -116,6 +118,20 @@ impl PlanIssues {
             line: None,
             message: message.into(),
         });
+    }
+
+    /// Refuses a duration outside `min..=max` (see `config::limits`).
+    pub fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
+        if let Err(message) = limits::duration(value, min, max) {
+            self.add(key, message);
+        }
+    }
+
+    /// Refuses a count outside `min..=max`.
+    pub fn count(&mut self, key: &str, value: usize, min: usize, max: usize) {
+        if let Err(message) = limits::count(value, min, max) {
+            self.add(key, message);
+        }
     }
 
     pub fn unknown_column(&mut self, key: &str, column: &str, schema: &Schema) {
@@ -434,6 +450,7 @@ impl Chain {
                     payload.pop();
                 }
                 Ok(DeadLetter {
+                    kind: rejection.kind,
                     reason: rejection.reason.clone(),
                     stage: stage.to_owned(),
                     tp: tp.clone(),

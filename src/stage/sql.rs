@@ -23,6 +23,7 @@ use polars::prelude::{Column, CompatLevel, DataFrame, IntoLazy, PlSmallStr, Pola
 use polars::sql::SQLContext;
 
 use super::{PlanIssues, Rejection, StageError, StageOutput};
+use crate::batch::DeadLetterKind;
 use crate::config::SqlConfig;
 use crate::schema::is_provenance;
 
@@ -232,6 +233,7 @@ fn process(query: &str, schema: &SchemaRef, rows: RecordBatch) -> Result<StageOu
             Ok(out) => kept.push(out),
             Err(e) => rejected.push(Rejection::new(
                 row,
+                DeadLetterKind::SqlFailed,
                 format!("sql statement failed on this row: {e}"),
             )),
         }

@@ -17,6 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::{PlanContext, PlanIssues, Rejection, StageError, StageOutput};
+use crate::batch::DeadLetterKind;
 use crate::config::TokenizeConfig;
 
 pub const OUTPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
@@ -80,6 +81,8 @@ pub fn output_schema(config: &TokenizeConfig, input: &Schema, issues: &mut PlanI
     }
     if config.max_len < 2 {
         issues.add("max_len", "expected at least 2 (room for [CLS] and [SEP])");
+    } else {
+        issues.count("max_len", config.max_len, 2, 1 << 16);
     }
     let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
     for name in OUTPUTS {
@@ -160,8 +163,16 @@ fn tokenize(
     let mut positions = Vec::with_capacity(text.len());
     for row in 0..text.len() {
         match text.is_valid(row).then(|| text.value(row)) {
-            None => rejected.push(Rejection::new(row, "text is null")),
-            Some(t) if t.trim().is_empty() => rejected.push(Rejection::new(row, "text is empty")),
+            None => rejected.push(Rejection::new(
+                row,
+                DeadLetterKind::NullField,
+                "text is null",
+            )),
+            Some(t) if t.trim().is_empty() => rejected.push(Rejection::new(
+                row,
+                DeadLetterKind::EmptyText,
+                "text is empty",
+            )),
             Some(t) => {
                 texts.push(t);
                 positions.push(row);

@@ -68,14 +68,17 @@ impl MetricsServer {
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &shared.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            body,
-        ),
+        Ok(()) => {
+            let body = super::secrets::redact(&body).into_owned();
+            (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                body,
+            )
+        }
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -87,9 +90,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     match shared.stats.readiness.check() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(waiting) => (
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {waiting}\n"),
+            super::secrets::redact(&format!("not ready: {why}\n")).into_owned(),
         ),
     }
 }

@@ -4,10 +4,10 @@
 //! summary, the tests and the `/metrics` endpoint read the very same numbers: components
 //! count into [`Stats`], [`Stats::registry`] exposes clones of the same metrics. Labels stay
 //! bounded: stages and partitions come from the pipeline file and the assignment, and a
-//! dead letter's free-text reason is reduced to a [`reason_kind`].
+//! dead letter is counted by its kind ([`DeadLetterKind`](crate::batch::DeadLetterKind)), not
+//! its free-text reason.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -51,6 +51,28 @@ pub struct CommitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabels {
+    pub sink: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientErrorLabels {
+    pub client: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub mode: String,
 }
@@ -90,11 +112,15 @@ pub struct Stats {
     parquet_rows: Counter,
     parquet_bytes: Counter,
     kafka_messages: Counter,
+    sink_rejected: Family<SinkReasonLabels, Counter>,
+    dead_letters_truncated: Family<SinkLabels, Counter>,
+    kafka_errors: Family<ClientErrorLabels, Counter>,
+    brokers_up: Family<ClientLabels, Gauge>,
     /// The model version each infer stage serves now (to retire the old label set).
     serving: Mutex<HashMap<String, ModelLabels>>,
     /// `STAGE=DEVICE` for each infer stage, once the chain is built.
     inference_devices: Mutex<Vec<String>>,
-    pub readiness: Readiness,
+    pub readiness: super::health::Readiness,
     /// Where `/metrics` is served, once bound.
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
@@ -122,37 +148,14 @@ impl Default for Stats {
             parquet_rows: Counter::default(),
             parquet_bytes: Counter::default(),
             kafka_messages: Counter::default(),
+            sink_rejected: Family::default(),
+            dead_letters_truncated: Family::default(),
+            kafka_errors: Family::default(),
+            brokers_up: Family::default(),
             serving: Mutex::default(),
             inference_devices: Mutex::default(),
-            readiness: Readiness::default(),
+            readiness: Default::default(),
             http_addr: std::sync::OnceLock::new(),
-        }
-    }
-}
-
-/// What `/health` waits for: the models are loaded (the stage chain is built) and the
-/// consumer has had its first partition assignment.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    stages_ready: AtomicBool,
-    assigned: AtomicBool,
-}
-
-impl Readiness {
-    pub fn set_stages_ready(&self) {
-        self.stages_ready.store(true, Relaxed);
-    }
-
-    pub fn set_assigned(&self) {
-        self.assigned.store(true, Relaxed);
-    }
-
-    /// `Ok` when ready, else what is still missing.
-    pub fn check(&self) -> Result<(), &'static str> {
-        match (self.stages_ready.load(Relaxed), self.assigned.load(Relaxed)) {
-            (true, true) => Ok(()),
-            (false, _) => Err("loading stages and models"),
-            (true, false) => Err("waiting for the first partition assignment"),
         }
     }
 }
@@ -185,25 +188,6 @@ pub struct StatsSnapshot {
     pub kafka_messages: u64,
 }
 
-/// A dead letter's reason reduced to a short, bounded label value.
-pub fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [(&str, &str); 9] = [
-        ("not valid JSON", "malformed_json"),
-        ("does not match schema", "schema_mismatch"),
-        ("UTF-8", "invalid_utf8"),
-        ("tombstone", "tombstone"),
-        ("max_record_bytes", "oversized"),
-        ("failed on this row", "model_failed"),
-        ("text is", "empty_text"),
-        ("is null", "null_field"),
-        ("late", "late_event"),
-    ];
-    KINDS
-        .iter()
-        .find(|(needle, _)| reason.contains(needle))
-        .map_or("other", |(_, kind)| kind)
-}
-
 impl Stats {
     pub fn record_batch_in(&self, records: u64, bytes: u64) {
         self.batches.inc();
@@ -216,7 +200,7 @@ impl Stats {
     pub fn record_processed<'a>(
         &self,
         rows: u64,
-        dead_letters: impl IntoIterator<Item = &'a crate::dead_letter::DeadLetter>,
+        dead_letters: impl IntoIterator<Item = &'a crate::batch::DeadLetter>,
     ) {
         self.rows_out.inc_by(rows);
         for letter in dead_letters {
@@ -224,7 +208,7 @@ impl Stats {
             self.dead_letters_by
                 .get_or_create(&DeadLetterLabels {
                     stage: letter.stage.clone(),
-                    reason: reason_kind(&letter.reason).to_owned(),
+                    reason: letter.kind.as_str().to_owned(),
                 })
                 .inc();
         }
@@ -312,6 +296,44 @@ impl Stats {
 
     pub fn record_messages(&self, messages: u64) {
         self.kafka_messages.inc_by(messages);
+    }
+
+    /// `sink` could not take a row (see `sink::kafka`).
+    pub fn record_sink_rejected(&self, sink: &str, reason: &str) {
+        self.sink_rejected
+            .get_or_create(&SinkReasonLabels {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// librdkafka reported a global error (`code`) for `client`.
+    pub fn record_kafka_error(&self, client: &str, code: &str) {
+        self.kafka_errors
+            .get_or_create(&ClientErrorLabels {
+                client: client.to_owned(),
+                error: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Brokers `client` has an established (authenticated) connection to.
+    pub fn set_brokers_up(&self, client: &str, up: i64) {
+        self.brokers_up
+            .get_or_create(&ClientLabels {
+                client: client.to_owned(),
+            })
+            .set(up);
+    }
+
+    /// `sink` cut `count` dead-letter payloads to its `max_payload_bytes`.
+    pub fn record_truncated(&self, sink: &str, count: u64) {
+        self.dead_letters_truncated
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc_by(count);
     }
 
     /// Records consumed so far.
@@ -435,6 +457,26 @@ impl Stats {
             self.parquet_files.clone(),
         );
         r.register(
+            "kafka_errors",
+            "Global errors librdkafka reported per client (it retries them itself), by error code",
+            self.kafka_errors.clone(),
+        );
+        r.register(
+            "kafka_brokers_up",
+            "Brokers each Kafka client has an established connection to (from librdkafka statistics)",
+            self.brokers_up.clone(),
+        );
+        r.register(
+            "sink_rejected",
+            "Rows an output topic could not take (too large, invalid), left out of that topic only",
+            self.sink_rejected.clone(),
+        );
+        r.register(
+            "dead_letter_payloads_truncated",
+            "Dead letters whose payload was cut to the Kafka dead-letter sink's max_payload_bytes",
+            self.dead_letters_truncated.clone(),
+        );
+        r.register(
             "parquet_rows",
             "Rows in published Parquet files",
             self.parquet_rows.clone(),
@@ -456,27 +498,6 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reasons_reduce_to_bounded_kinds() {
-        let cases = [
-            ("not valid JSON: expected value at line 1", "malformed_json"),
-            ("does not match schema: field rating", "schema_mismatch"),
-            ("record is not valid UTF-8: invalid byte", "invalid_utf8"),
-            ("record has no value (tombstone)", "tombstone"),
-            ("record is 20000 bytes, over max_record_bytes", "oversized"),
-            (
-                "model sentiment-head/2 failed on this row: NaN",
-                "model_failed",
-            ),
-            ("text is empty", "empty_text"),
-            ("key column `machine_id` is null", "null_field"),
-            ("something new", "other"),
-        ];
-        for (reason, kind) in cases {
-            assert_eq!(reason_kind(reason), kind, "{reason}");
-        }
-    }
 
     #[test]
     fn the_registry_shows_what_was_counted_and_retires_old_model_versions() {

@@ -39,8 +39,9 @@ use self::commit::{DataFile, Dataset};
 use self::partition::{PartitionKey, Partitioner};
 use self::rewrite::{rows_between, TempWriter};
 use self::roll::Roll;
-use super::{Flush, SinkError, SinkMessage};
+use super::{SinkError, SinkMessage};
 use crate::ack::AckTracker;
+use crate::batch::Flush;
 use crate::batch::{Batch, BatchId, TopicPartition};
 use crate::config::{Compression, ParquetSinkConfig};
 use crate::dead_letter;
@@ -76,6 +77,9 @@ struct PartitionState {
     /// was durable before.
     started_at: i64,
     open: Option<OpenGroup>,
+    /// A group of the partition was committed since this sink took it on (until then,
+    /// groups roll after `roll.first_max_age`).
+    rolled: bool,
     /// Committed files of the partition that a later commit may merge (this writer's
     /// files of the current segment) or replace (files another writer put ahead of us).
     files: BTreeSet<DataFile>,
@@ -170,8 +174,8 @@ impl ParquetSink {
 
     /// Runs until the input closes, then commits whatever is still open.
     pub async fn run(mut self, mut input: mpsc::Receiver<SinkMessage>) -> Result<(), SinkError> {
-        let period =
-            (self.config.roll.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let period = (self.config.roll.first_max_age() / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -230,6 +234,7 @@ impl ParquetSink {
                 durable_through: recovered.durable_through,
                 started_at: first,
                 open: None,
+                rolled: false,
                 files,
             },
         );
@@ -383,15 +388,18 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// Rolls groups older than `roll.max_age`, or than `roll.first_max_age` for a
+    /// partition's first group after it was assigned: a pipeline that is restarted often
+    /// still makes durable progress, and re-sends little to its output topics.
     fn roll_aged(&mut self) -> Result<(), SinkError> {
         let max_age = self.config.roll.max_age;
+        let first_max_age = self.config.roll.first_max_age();
         let aged: Vec<TopicPartition> = self
             .partitions
             .iter()
             .filter(|(_, s)| {
-                s.open
-                    .as_ref()
-                    .is_some_and(|g| g.opened.elapsed() >= max_age)
+                let limit = if s.rolled { max_age } else { first_max_age };
+                s.open.as_ref().is_some_and(|g| g.opened.elapsed() >= limit)
             })
             .map(|(tp, _)| tp.clone())
             .collect();

@@ -32,6 +32,7 @@ impl ParquetSink {
             return Ok(());
         };
         let group = state.open.take();
+        state.rolled |= group.is_some();
         let before = state.durable_through;
         // The offsets this commit newly covers.
         let covers = match (&group, roll) {

@@ -13,7 +13,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use self::derive::LabelCache;
 use self::lookup::{SharedTable, Table};
 use super::{PlanContext, PlanIssues, StageError, StageOutput};
-use crate::config::{DeriveConfig, EnrichConfig, LookupConfig};
+use crate::config::{limits, DeriveConfig, EnrichConfig, LookupConfig};
 use crate::model::Registry;
 
 pub struct EnrichStage {
@@ -35,6 +35,12 @@ pub fn output_schema(
     derive::plan(&config.derive, &mut fields, issues);
     for (i, lookup) in config.lookup.iter().enumerate() {
         let key = format!("lookup[{i}]");
+        issues.duration(
+            &format!("{key}.refresh"),
+            lookup.refresh,
+            limits::SECOND,
+            limits::YEAR,
+        );
         let schema = Schema::new(fields.clone());
         if schema.field_with_name(&lookup.on).is_err() {
             issues.unknown_column(&format!("{key}.on"), &lookup.on, &schema);

@@ -13,6 +13,7 @@ pub mod worker;
 use crate::telemetry::Stats;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -22,7 +23,7 @@ use self::serving::{Contract, Serving, Watcher};
 use self::tensors::{input_matrix, Elem, OutputSpec};
 use self::worker::{Batching, Request};
 use super::{PlanContext, PlanIssues, StageError, StageOutput};
-use crate::config::{InferConfig, InputColumns};
+use crate::config::{limits, InferConfig, InputColumns};
 use crate::model::{DevicePlan, Dim, Manifest, Placement, Registry};
 
 pub struct InferStage {
@@ -216,12 +217,16 @@ pub fn output_schema(
     ctx: &PlanContext,
     issues: &mut PlanIssues,
 ) -> Schema {
-    if config.max_batch == 0 {
-        issues.add("max_batch", "expected a number above 0");
-    }
-    if config.workers == 0 {
-        issues.add("workers", "expected a number above 0");
-    }
+    issues.count("max_batch", config.max_batch, 1, 1 << 20);
+    issues.count("workers", config.workers, 1, 256);
+    issues.count("intra_threads", config.intra_threads, 0, 1024);
+    issues.duration("max_wait", config.max_wait, Duration::ZERO, limits::MINUTE);
+    issues.duration(
+        "watch_interval",
+        config.watch_interval,
+        limits::MILLISECOND * 10,
+        limits::DAY,
+    );
     if config.outputs.is_empty() {
         issues.add(
             "outputs",

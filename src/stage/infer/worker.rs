@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::serving::Serving;
 use super::tensors::{Matrix, OutputBuffer, OutputSpec};
+use crate::batch::DeadLetterKind;
 use crate::stage::Rejection;
 
 /// Rows of one micro-batch, ready for the model.
@@ -94,7 +95,8 @@ fn collect(batching: &Batching, queue: &Mutex<Receiver<Request>>) -> Option<Vec<
     let first = queue.recv().ok()?;
     let mut rows = first.rows;
     let mut requests = vec![first];
-    let deadline = Instant::now() + batching.max_wait;
+    let now = Instant::now();
+    let deadline = now.checked_add(batching.max_wait).unwrap_or(now);
     while rows < batching.max_batch {
         let left = deadline.saturating_duration_since(Instant::now());
         match queue.recv_timeout(left) {
@@ -129,7 +131,7 @@ fn process(
             rejected: r
                 .invalid
                 .iter()
-                .map(|(row, why)| Rejection::new(*row, why.clone()))
+                .map(|(row, why)| Rejection::new(*row, DeadLetterKind::NullField, why.clone()))
                 .collect(),
         })
         .collect();
@@ -180,6 +182,7 @@ fn process(
                 let (r, row, _) = chunk[0];
                 replies[r].rejected.push(Rejection::new(
                     row,
+                    DeadLetterKind::ModelFailed,
                     format!("model {version} failed on this row: {error}"),
                 ));
             }
@@ -192,6 +195,7 @@ fn process(
                         }
                         Err(error) => replies[item.0].rejected.push(Rejection::new(
                             item.1,
+                            DeadLetterKind::ModelFailed,
                             format!("model {version} failed on this row: {error}"),
                         )),
                     }

@@ -39,7 +39,7 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use self::features::Spectra;
 use self::schema::timestamp_type;
 use super::{Rejection, StageError, StageOutput};
-use crate::batch::TopicPartition;
+use crate::batch::{DeadLetterKind, TopicPartition};
 use crate::config::{WindowConfig, WindowField};
 use crate::schema::{OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_COLUMN};
 
@@ -121,9 +121,9 @@ impl WindowStage {
     pub fn new(name: String, config: &WindowConfig, output_schema: SchemaRef) -> Self {
         WindowStage {
             name,
-            size: config.size.as_millis() as i64,
-            slide: config.slide().as_millis() as i64,
-            lateness: config.allowed_lateness.as_millis() as i64,
+            size: millis(config.size),
+            slide: millis(config.slide()).max(1),
+            lateness: millis(config.allowed_lateness),
             config: config.clone(),
             spectra: Spectra::default(),
             output_schema,
@@ -250,8 +250,8 @@ impl WindowStage {
             if columns.only_with.iter().any(|c| c.is_null(row)) {
                 continue;
             }
-            if let Some(reason) = self.add(partition_state, &columns, row, &mut closed) {
-                rejected.push(Rejection::new(row, reason));
+            if let Some((kind, reason)) = self.add(partition_state, &columns, row, &mut closed) {
+                rejected.push(Rejection::new(row, kind, reason));
             }
         }
         drop(state);
@@ -269,16 +269,22 @@ impl WindowStage {
         columns: &Columns,
         row: usize,
         closed: &mut Vec<Closed>,
-    ) -> Option<String> {
+    ) -> Option<(DeadLetterKind, String)> {
         let mut key = Vec::with_capacity(columns.keys.len());
         for (name, keys) in self.config.key.iter().zip(&columns.keys) {
             if keys.is_null(row) {
-                return Some(format!("key column `{name}` is null"));
+                return Some((
+                    DeadLetterKind::NullField,
+                    format!("key column `{name}` is null"),
+                ));
             }
             key.push(keys.value(row).to_owned());
         }
         if columns.time.is_null(row) {
-            return Some(format!("event time column `{}` is null", self.config.time));
+            return Some((
+                DeadLetterKind::NullField,
+                format!("event time column `{}` is null", self.config.time),
+            ));
         }
         let time = columns.time.value(row);
         let mut values = Vec::with_capacity(columns.fields.len());
@@ -296,17 +302,23 @@ impl WindowStage {
                         || rates.value(row) <= 0.0
                         || !rates.value(row).is_finite()
                     {
-                        return Some(format!(
-                            "`{}` has samples but no positive sample rate in `{}`",
-                            field.input,
-                            field.sample_rate.as_deref().unwrap_or_default()
+                        return Some((
+                            DeadLetterKind::InvalidInput,
+                            format!(
+                                "`{}` has samples but no positive sample rate in `{}`",
+                                field.input,
+                                field.sample_rate.as_deref().unwrap_or_default()
+                            ),
                         ));
                     }
                     let offsets = list.value_offsets();
                     let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
                     let chunk = values.slice(start, end - start);
                     if chunk.null_count() > 0 {
-                        return Some(format!("`{}` has null samples", field.input));
+                        return Some((
+                            DeadLetterKind::InvalidInput,
+                            format!("`{}` has null samples", field.input),
+                        ));
                     }
                     (chunk.values().to_vec(), Some(rates.value(row)))
                 }
@@ -325,13 +337,18 @@ impl WindowStage {
         let starts = self.starts_containing(time);
         let open_now: Vec<i64> = starts
             .into_iter()
-            .filter(|&s| s.saturating_add(self.size + self.lateness) > state.watermark)
+            .filter(|&s| {
+                s.saturating_add(self.size.saturating_add(self.lateness)) > state.watermark
+            })
             .collect();
         if open_now.is_empty() {
-            return Some(format!(
-                "late: event time {} is past every window's end + allowed lateness (watermark {})",
-                format_ms(time),
-                format_ms(state.watermark)
+            return Some((
+                DeadLetterKind::LateEvent,
+                format!(
+                    "late: event time {} is past every window's end + allowed lateness (watermark {})",
+                    format_ms(time),
+                    format_ms(state.watermark)
+                ),
             ));
         }
         state.open.extend(open_now);
@@ -350,7 +367,9 @@ impl WindowStage {
             .open
             .iter()
             .copied()
-            .take_while(|&s| s + self.size + self.lateness <= state.watermark)
+            .take_while(|&s| {
+                s.saturating_add(self.size.saturating_add(self.lateness)) <= state.watermark
+            })
             .collect();
         for start in due {
             state.open.remove(&start);
@@ -364,20 +383,24 @@ impl WindowStage {
         None
     }
 
-    /// Starts of every window containing `time`, latest first.
+    /// Starts of every window containing `time`, latest first (`size / slide` of them; the
+    /// plan bounds that ratio).
     fn starts_containing(&self, time: i64) -> Vec<i64> {
         let last = time.div_euclid(self.slide) * self.slide;
         let mut starts = Vec::new();
         let mut start = last;
-        while start + self.size > time {
+        while start.saturating_add(self.size) > time {
             starts.push(start);
-            start -= self.slide;
+            match start.checked_sub(self.slide) {
+                Some(earlier) => start = earlier,
+                None => break,
+            }
         }
         starts
     }
 
     fn summarize(&self, state: &KeyState, start: i64, trigger_offset: i64) -> Closed {
-        let end = start + self.size;
+        let end = start.saturating_add(self.size);
         let mut inside: Vec<&Entry> = state
             .entries
             .iter()
@@ -444,8 +467,10 @@ impl WindowStage {
             TimestampMillisecondArray::from_iter_values(starts.clone()).with_timezone("UTC"),
         ));
         columns.push(Arc::new(
-            TimestampMillisecondArray::from_iter_values(starts.clone().map(|s| s + self.size))
-                .with_timezone("UTC"),
+            TimestampMillisecondArray::from_iter_values(
+                starts.clone().map(|s| s.saturating_add(self.size)),
+            )
+            .with_timezone("UTC"),
         ));
         columns.push(Arc::new(Int64Array::from_iter_values(
             closed.iter().map(|c| c.records),
@@ -471,8 +496,10 @@ impl WindowStage {
             closed.iter().map(|c| c.trigger_offset),
         )));
         columns.push(Arc::new(
-            TimestampMillisecondArray::from_iter_values(starts.map(|s| s + self.size))
-                .with_timezone("UTC"),
+            TimestampMillisecondArray::from_iter_values(
+                starts.map(|s| s.saturating_add(self.size)),
+            )
+            .with_timezone("UTC"),
         ));
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
@@ -493,3 +520,8 @@ fn format_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A duration in whole milliseconds, saturating (the plan bounds durations well below).
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -4,11 +4,16 @@
 //! slide out of range, bands without samples and a sample rate, an output column named
 //! twice) become plan issues with their key path.
 
+use std::time::Duration;
+
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 use super::{RECORDS_COLUMN, WINDOW_END_COLUMN, WINDOW_ID_COLUMN, WINDOW_START_COLUMN};
-use crate::config::WindowConfig;
+use crate::config::{limits, WindowConfig};
 use crate::stage::PlanIssues;
+
+/// Most windows one record may count in (`size / slide`).
+const MAX_WINDOWS_PER_RECORD: u32 = 1000;
 
 pub(super) fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -56,14 +61,29 @@ pub fn output_schema(config: &WindowConfig, input: &Schema, issues: &mut PlanIss
     }
     if config.size.as_millis() == 0 {
         issues.add("size", "expected a window of at least 1ms");
+    } else {
+        issues.duration("size", config.size, limits::MILLISECOND, limits::YEAR);
     }
     let slide = config.slide();
-    if slide.as_millis() == 0 || slide > config.size {
+    // Each record counts in size / slide windows: keep that a small number.
+    let smallest = (config.size / MAX_WINDOWS_PER_RECORD).max(limits::MILLISECOND);
+    if slide < smallest || slide > config.size {
         issues.add(
             "slide",
-            "expected a slide between 1ms and the window size (larger would skip records)",
+            format!(
+                "expected a slide from {} to the window size {} (larger would skip records, \
+                 smaller would put each record in more than {MAX_WINDOWS_PER_RECORD} windows)",
+                humantime::format_duration(smallest),
+                humantime::format_duration(config.size)
+            ),
         );
     }
+    issues.duration(
+        "allowed_lateness",
+        config.allowed_lateness,
+        Duration::ZERO,
+        limits::YEAR,
+    );
     fields.push(Field::new(WINDOW_ID_COLUMN, DataType::Utf8, false));
     fields.push(Field::new(WINDOW_START_COLUMN, timestamp_type(), false));
     fields.push(Field::new(WINDOW_END_COLUMN, timestamp_type(), false));

@@ -1,15 +1,18 @@
 //! Record bytes -> Arrow rows, with every bad record sent to the dead letters.
 //!
 //! Decoding uses arrow-json's streaming decoder against the schema from `schemas/`.
-//! Cheap checks run per record first (tombstone, size, UTF-8). The fast path then feeds
+//! Cheap checks run per record first (tombstone, size, UTF-8, raw control characters,
+//! the broker timestamp's range: see [`checks`]). The fast path then feeds
 //! the whole batch to one decoder, checking after each record that it produced exactly
 //! one complete row, and flushes once, without copying. If anything is off (a syntax error, a type that does
 //! not match, a record holding two objects or half of one), the bad records are isolated
 //! without giving up batch decoding for the rest: one pass finds the records that break
 //! the JSON stream, the runs between them are decoded whole, and a run whose rows do not
 //! fit the schema is halved until its bad rows are alone. Each bad record is decoded on
-//! its own for its error, and the good ones still go through. Bad input never fails a
-//! batch.
+//! its own for its error, and the good ones still go through. Decoded rows with a
+//! timestamp readers cannot hold are taken out last. Bad input never fails a batch.
+
+mod checks;
 
 use std::sync::Arc;
 
@@ -22,9 +25,8 @@ use arrow::error::ArrowError;
 use arrow::json::reader::Decoder;
 use arrow::json::ReaderBuilder;
 
-use crate::batch::{Batch, RawBatch, RawRecord, TopicPartition};
+use crate::batch::{Batch, DeadLetter, DeadLetterKind, RawBatch, RawRecord, TopicPartition};
 use crate::config::UnknownFields;
-use crate::dead_letter::DeadLetter;
 use crate::schema::with_provenance;
 
 const STAGE: &str = "decode";
@@ -46,11 +48,14 @@ impl<'a> Decoded<'a> {
         self.good.extend(records.iter().map(|(r, _)| *r));
     }
 
-    fn reject(&mut self, record: &RawRecord<'_>, reason: String) {
+    fn reject(&mut self, record: &RawRecord<'_>, (kind, reason): Rejected) {
         self.dead_letters
-            .push(DeadLetter::new(STAGE, self.tp, record, reason));
+            .push(DeadLetter::new(STAGE, self.tp, record, kind, reason));
     }
 }
+
+/// Why one record was rejected.
+type Rejected = (DeadLetterKind, String);
 
 /// Decodes JSON records of one schema.
 #[derive(Debug, Clone)]
@@ -59,6 +64,8 @@ pub struct JsonDecoder {
     output_schema: SchemaRef,
     max_record_bytes: usize,
     strict: bool,
+    /// Some record field is a timestamp or date (rows are range-checked).
+    holds_dates: bool,
 }
 
 impl JsonDecoder {
@@ -69,6 +76,10 @@ impl JsonDecoder {
     ) -> Self {
         JsonDecoder {
             output_schema: with_provenance(&record_schema),
+            holds_dates: record_schema
+                .fields()
+                .iter()
+                .any(|f| checks::holds_dates(f.data_type())),
             record_schema,
             max_record_bytes,
             strict: unknown_fields == UnknownFields::Reject,
@@ -104,12 +115,15 @@ impl JsonDecoder {
             }
         }
         self.decode_isolating(&candidates, &mut decoded)?;
-        let fields = match decoded.parts.len() {
+        let mut fields = match decoded.parts.len() {
             0 => RecordBatch::new_empty(self.record_schema.clone()),
             // The usual case, a clean batch: no copy.
             1 => decoded.parts.swap_remove(0),
             _ => concat_batches(&self.record_schema, &decoded.parts)?,
         };
+        if self.holds_dates {
+            fields = take_out_of_range(fields, &mut decoded)?;
+        }
         let rows = self.with_provenance_columns(fields, raw, &decoded.good)?;
         let mut dead_letters = decoded.dead_letters;
         dead_letters.sort_by_key(|d| d.offset);
@@ -122,22 +136,52 @@ impl JsonDecoder {
     }
 
     /// Per-record checks that need no JSON parsing.
-    fn screen<'a>(&self, record: &RawRecord<'a>) -> Result<&'a [u8], String> {
-        let payload = record
-            .payload
-            .ok_or_else(|| "record has no value (tombstone)".to_owned())?;
+    fn screen<'a>(&self, record: &RawRecord<'a>) -> Result<&'a [u8], Rejected> {
+        let payload = record.payload.ok_or_else(|| {
+            (
+                DeadLetterKind::Tombstone,
+                "record has no value (tombstone)".to_owned(),
+            )
+        })?;
         if payload.len() > self.max_record_bytes {
-            return Err(format!(
-                "record is {} bytes, over decode.max_record_bytes ({} bytes)",
-                payload.len(),
-                self.max_record_bytes
+            return Err((
+                DeadLetterKind::Oversized,
+                format!(
+                    "record is {} bytes, over decode.max_record_bytes ({} bytes)",
+                    payload.len(),
+                    self.max_record_bytes
+                ),
             ));
         }
         if let Err(e) = std::str::from_utf8(payload) {
-            return Err(format!("record is not valid UTF-8: {e}"));
+            return Err((
+                DeadLetterKind::InvalidUtf8,
+                format!("record is not valid UTF-8: {e}"),
+            ));
         }
         if payload.iter().all(u8::is_ascii_whitespace) {
-            return Err("record is empty".to_owned());
+            return Err((DeadLetterKind::EmptyRecord, "record is empty".to_owned()));
+        }
+        if let Some((at, byte)) = checks::raw_control_character(payload) {
+            return Err((
+                DeadLetterKind::MalformedJson,
+                format!(
+                    "not valid JSON: raw control character U+{byte:04X} at byte {at} \
+                     (JSON requires it escaped, e.g. \\u{byte:04x})"
+                ),
+            ));
+        }
+        if let Some(ms) = record
+            .timestamp
+            .filter(|ms| !checks::broker_timestamp_ok(*ms))
+        {
+            return Err((
+                DeadLetterKind::BadTimestamp,
+                format!(
+                    "the record's Kafka timestamp {ms} ms is outside 1677-09-21..2262-04-11, \
+                     which Parquet readers cannot convert"
+                ),
+            ));
         }
         Ok(payload)
     }
@@ -232,21 +276,25 @@ impl JsonDecoder {
         Ok(())
     }
 
-    fn decode_one(&self, payload: &[u8]) -> Result<Result<RecordBatch, String>, ArrowError> {
+    fn decode_one(&self, payload: &[u8]) -> Result<Result<RecordBatch, Rejected>, ArrowError> {
+        let malformed = |reason: String| Err((DeadLetterKind::MalformedJson, reason));
         let mut decoder = self.new_decoder(2)?;
         let outcome = match decoder.decode(payload) {
-            Err(e) => Err(format!("not valid JSON: {e}")),
+            Err(e) => malformed(format!("not valid JSON: {e}")),
             Ok(_) if decoder.has_partial_record() => {
-                Err("not valid JSON: the object is incomplete".to_owned())
+                malformed("not valid JSON: the object is incomplete".to_owned())
             }
-            Ok(_) if decoder.len() != 1 => Err(format!(
+            Ok(_) if decoder.len() != 1 => malformed(format!(
                 "expected one JSON object, found {} values",
                 decoder.len()
             )),
             Ok(_) => match decoder.flush() {
                 Ok(Some(row)) => Ok(row),
-                Ok(None) => Err("expected one JSON object, found none".to_owned()),
-                Err(e) => Err(format!("does not match schema: {e}")),
+                Ok(None) => malformed("expected one JSON object, found none".to_owned()),
+                Err(e) => Err((
+                    DeadLetterKind::SchemaMismatch,
+                    format!("does not match schema: {e}"),
+                )),
             },
         };
         Ok(outcome)
@@ -274,6 +322,27 @@ impl JsonDecoder {
         ));
         RecordBatch::try_new(self.output_schema.clone(), columns)
     }
+}
+
+/// Sends the rows holding a timestamp or date readers cannot convert to the dead letters.
+fn take_out_of_range<'a>(
+    fields: RecordBatch,
+    decoded: &mut Decoded<'a>,
+) -> Result<RecordBatch, ArrowError> {
+    let bad = checks::out_of_range_rows(&fields);
+    if bad.is_empty() {
+        return Ok(fields);
+    }
+    let rows: Vec<usize> = bad.iter().map(|(row, _)| *row).collect();
+    let good = std::mem::take(&mut decoded.good);
+    let mut next_bad = bad.into_iter().peekable();
+    for (row, record) in good.into_iter().enumerate() {
+        match next_bad.next_if(|(bad_row, _)| *bad_row == row) {
+            Some((_, reason)) => decoded.reject(&record, (DeadLetterKind::BadTimestamp, reason)),
+            None => decoded.good.push(record),
+        }
+    }
+    checks::without_rows(&fields, &rows)
 }
 
 /// Feeds `payload` to `decoder`: whether it was exactly one complete JSON value, leaving
