@@ -226,9 +226,12 @@ pub async fn run(
     let progress = {
         let (kafka, spec) = (kafka.clone(), spec.clone());
         let filter = filter.clone();
-        tokio::task::spawn_blocking(move || bounded::resolve(&kafka, &spec, &filter))
-            .await
-            .map_err(|e| RunError::Task(e.to_string()))??
+        let resolving =
+            tokio::task::spawn_blocking(move || bounded::resolve(&kafka, &spec, &filter));
+        tokio::select! {
+            resolved = resolving => resolved.map_err(|e| RunError::Task(e.to_string()))??,
+            _ = shutdown.cancelled() => return Err(RunError::Interrupted),
+        }
     };
     let mut progress = progress;
     progress.run_id = run_id(&format!("{}|{spec:?}|{filter:?}", pipeline.name()));

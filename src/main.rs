@@ -172,11 +172,24 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging("info", cli.log_json);
-    match execute(cli.command).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(report(cli.command));
+    // A blocking call still waiting (a broker that never answers) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn report(command: Command) -> ExitCode {
+    match execute(command).await {
         Ok(code) => code,
         Err(error) => {
             let message = telemetry::causes(error.chain().map(ToString::to_string));

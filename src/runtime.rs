@@ -66,6 +66,8 @@ pub enum RunError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Unreachable(#[from] Unreachable),
+    #[error("stopped by a signal before the pipeline started")]
+    Interrupted,
 }
 
 /// Where the records come from.
@@ -163,7 +165,10 @@ pub async fn run_with(
     }
 
     // Fail fast, before loading models, when no broker answers.
-    check_brokers(pipeline, &mode).await?;
+    tokio::select! {
+        checked = check_brokers(pipeline, &mode) => checked?,
+        _ = shutdown.cancelled() => return Err(RunError::Interrupted),
+    }
 
     // Models load and warm up before the consumer joins the group.
     let chain = Arc::new(Chain::build_counted(pipeline, stats.clone()).await?);

@@ -59,10 +59,12 @@ impl YamlFile {
             redactions: redactions.clone(),
         };
         let root: Value = serde_norway::from_str(&text).map_err(|e| {
-            fail(
-                e.location().map(|l| l.line()),
-                format!("not valid YAML: {e}"),
-            )
+            let line = e
+                .location()
+                .map(|l| l.line())
+                .or_else(|| super::locate::syntax_error_line(&text))
+                .or(Some(1));
+            fail(line, format!("not valid YAML: {e}"))
         })?;
         let expected = || {
             format!(
@@ -72,7 +74,7 @@ impl YamlFile {
         };
         match &root {
             Value::Mapping(_) => {}
-            Value::Null => return Err(fail(None, format!("the file is empty: {}", expected()))),
+            Value::Null => return Err(fail(Some(1), format!("the file is empty: {}", expected()))),
             other => {
                 return Err(fail(
                     Some(1),
@@ -88,11 +90,12 @@ impl YamlFile {
         })
     }
 
-    /// An error of this file: issues without a line get the line of their key path.
+    /// An error of this file: issues without a line get the line of their key path (a
+    /// missing key: of the mapping that should hold it; the top level: line 1).
     pub fn error(&self, mut issues: Vec<ConfigIssue>) -> ConfigError {
         for issue in &mut issues {
             if issue.line.is_none() {
-                issue.line = self.lines.line_of(&issue.path);
+                issue.line = self.lines.line_of(&issue.path).or(Some(1));
             }
         }
         ConfigError {

@@ -8,6 +8,7 @@
 //! - `${file:PATH}`: the file's contents without the trailing newline (a Kubernetes
 //!   Secret mounted as a file); relative to the working directory.
 //! - `$$` is a literal `$`.
+//!
 //! A name that is empty or not letters, digits and `_` is an error, as is a `${` without
 //! its `}`. Every problem is reported with its line, not only the first.
 //!

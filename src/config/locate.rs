@@ -99,6 +99,14 @@ impl LineIndex {
     }
 }
 
+/// The line where the YAML parser first fails on `text`, if it does; for errors the
+/// YAML deserializer reports without a position.
+pub fn syntax_error_line(text: &str) -> Option<usize> {
+    Parser::new_from_str(text)
+        .find_map(|event| event.err())
+        .map(|e| e.marker().line())
+}
+
 fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()

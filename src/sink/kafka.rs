@@ -20,6 +20,7 @@
 //! - a row is left out of the output topic, counted in
 //!   `sluice_sink_rejected_total{sink,reason}` and logged (rate-limited) with its source
 //!   partition and offsets; it is still in every other sink.
+//!
 //! JSON cannot hold NaN or infinities: arrow-json writes them as `null`.
 //!
 //! On shutdown the sink waits for outstanding deliveries; if they have not arrived when

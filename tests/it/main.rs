@@ -8,10 +8,12 @@
 mod common;
 
 mod backfill;
+mod config_extremes;
 mod config_files;
 mod crash_noida;
 mod demo_readers;
 mod deploy_files;
+mod hostile;
 mod inference;
 mod maintenance;
 mod metrics_endpoint;

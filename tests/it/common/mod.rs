@@ -22,6 +22,11 @@ pub const SCHEMA: &str = concat!(
     "/schemas/customer_feedback.json"
 );
 
+/// A path in the repository.
+pub fn project(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
 /// Knobs of a test pipeline file.
 pub struct TestPipeline<'a> {
     pub brokers: &'a str,
