@@ -35,6 +35,10 @@ enum Command {
         /// Serve /metrics and /health on HOST:PORT (overrides the file's `metrics.listen`).
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// While storage is full, retry for this long (with backoff, `/health` saying
+        /// why) before exiting.
+        #[arg(long, env = "SLUICE_STORAGE_RETRY", default_value = "5m", value_parser = humantime::parse_duration)]
+        storage_retry: std::time::Duration,
     },
     /// Run a pipeline over a bounded range of its topics (by record time or offsets), then
     /// exit: 0 only when every partition reached its end. No consumer-group commits, so a
@@ -78,6 +82,9 @@ enum Command {
         /// Serve /metrics and /health on HOST:PORT while it runs.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// While storage is full, retry for this long before giving up.
+        #[arg(long, env = "SLUICE_STORAGE_RETRY", default_value = "5m", value_parser = humantime::parse_duration)]
+        storage_retry: std::time::Duration,
     },
     /// Check pipeline files (and `retrain-*.yaml` job files); report every error; exit
     /// non-zero if any is invalid.
@@ -204,6 +211,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             pipeline,
             metrics_listen,
+            storage_retry,
         } => {
             let mut pipeline = match config::load(&pipeline) {
                 Ok(pipeline) => pipeline,
@@ -214,6 +222,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             override_metrics_listen(&mut pipeline, metrics_listen);
             telemetry::secrets::hide(&pipeline.redactions);
+            pipeline.storage_retry = storage_retry;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let stats = Arc::new(Stats::default());
@@ -235,6 +244,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             quiet,
             sinks,
             metrics_listen,
+            storage_retry,
         } => {
             let loaded = match out {
                 Some(out) => {
@@ -255,6 +265,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             override_metrics_listen(&mut pipeline, metrics_listen);
             telemetry::secrets::hide(&pipeline.redactions);
+            pipeline.storage_retry = storage_retry;
             if let Some(sinks) = &sinks {
                 backfill::keep_sinks(&mut pipeline, sinks)?;
             }

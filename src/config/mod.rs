@@ -113,6 +113,12 @@ pub struct KafkaSourceConfig {
     /// Where a group with no committed offset starts. Default: `earliest`.
     #[serde(default)]
     pub start: StartFrom,
+    /// When a partition's committed offset was deleted by retention before it was read:
+    /// `skip` (default: go on from the log start, counting the lost records in
+    /// `sluice_records_skipped_total` and logging them at ERROR) or `fail` (stop without
+    /// committing, for an operator to decide).
+    #[serde(default)]
+    pub on_offset_reset: OnOffsetReset,
     #[serde(default)]
     pub batch: BatchConfig,
     /// How long start-up waits for a broker to answer before it fails (naming the
@@ -123,6 +129,14 @@ pub struct KafkaSourceConfig {
     /// except `enable.auto.offset.store`, which must stay `false`).
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOffsetReset {
+    #[default]
+    Skip,
+    Fail,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

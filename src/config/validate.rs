@@ -42,6 +42,9 @@ pub struct Pipeline {
     /// Values from the environment (shown as `${NAME}`) and credentials: the binary hides
     /// the secrets among them in everything it prints.
     pub redactions: super::Redactions,
+    /// How long a run keeps retrying while its storage is full (`--storage-retry`; see
+    /// `runtime`). Default: 5 minutes.
+    pub storage_retry: std::time::Duration,
     /// Outputs this run leaves out (`sinks[1].kafka`, `dead_letter.kafka`): `sluice
     /// backfill --sinks` writes only some of them.
     pub disabled_sinks: std::collections::BTreeSet<String>,
@@ -297,6 +300,7 @@ pub(super) fn validate(
             plan_context,
             retrain: None,
             redactions: Default::default(),
+            storage_retry: std::time::Duration::from_secs(300),
             disabled_sinks: Default::default(),
         }),
         _ => Err(issues.0),

@@ -23,10 +23,10 @@
 //!
 //! JSON cannot hold NaN or infinities: arrow-json writes them as `null`.
 //!
-//! On shutdown the sink waits for outstanding deliveries; if they have not arrived when
-//! `stop` fires (the runtime's grace after SIGTERM), it purges librdkafka's queues and
-//! returns [`SinkError::Interrupted`]: those batches are not acknowledged, so their
-//! offsets are not committed and a restart sends them again.
+//! After shutdown is requested the sink still waits for outstanding deliveries, as long as
+//! they keep arriving; if none arrives for [`SHUTDOWN_GRACE`] (the brokers are gone), it
+//! purges librdkafka's queues and returns [`SinkError::Interrupted`]: those batches are not
+//! acknowledged, so their offsets are not committed and a restart sends them again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,10 @@ use crate::telemetry::throttle::Throttle;
 use crate::telemetry::Stats;
 
 pub const MAX_IN_FLIGHT_BATCHES: usize = 64;
+
+/// After shutdown, how long the sink waits for a delivery report before it gives up on
+/// the outstanding ones.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// What the sink sends for a batch.
 #[derive(Debug, Clone)]
@@ -144,12 +148,12 @@ impl KafkaSink {
         })
     }
 
-    /// Sends every batch until the input closes and every delivery is in, or until `stop`
-    /// (then [`SinkError::Interrupted`] if deliveries were still outstanding).
+    /// Sends every batch until the input closes and every delivery is in; after
+    /// `shutdown`, gives up when no delivery arrives for [`SHUTDOWN_GRACE`].
     pub async fn run(
         mut self,
         mut input: mpsc::Receiver<SinkMessage>,
-        stop: CancellationToken,
+        shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         loop {
             tokio::select! {
@@ -159,20 +163,18 @@ impl KafkaSink {
                 }
                 message = input.recv() => match message {
                     Some(SinkMessage::Batch(batch)) => self.send(&batch).await?,
-                    Some(SinkMessage::Flush(_)) => self.wait_all(&stop).await?,
+                    Some(SinkMessage::Flush(_)) => self.wait_all(&shutdown).await?,
                     None => break,
                 },
             }
         }
-        self.wait_all(&stop).await?;
+        self.wait_all(&shutdown).await?;
         let producer = self.out.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)));
-        tokio::select! {
-            flushed = flushed => flushed
-                .map_err(|e| self.out.task_error(e.to_string()))?
-                .map_err(|source| self.out.delivery_error(source)),
-            _ = stop.cancelled() => Err(self.out.interrupt(0)),
-        }
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(SHUTDOWN_GRACE));
+        flushed
+            .await
+            .map_err(|e| self.out.task_error(e.to_string()))?
+            .map_err(|source| self.out.delivery_error(source))
     }
 
     fn finished(
@@ -184,15 +186,22 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn wait_all(&mut self, stop: &CancellationToken) -> Result<(), SinkError> {
+    /// Waits for every outstanding batch; after `shutdown`, only while they keep
+    /// arriving.
+    async fn wait_all(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
         loop {
+            let stalled = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
             tokio::select! {
                 done = self.in_flight.join_next() => match done {
                     Some(done) => self.finished(done)?,
                     None => return Ok(()),
                 },
-                _ = stop.cancelled() => {
+                _ = stalled => {
                     let outstanding = self.in_flight.len();
+                    tracing::warn!(sink = %self.out.name, outstanding, grace = ?SHUTDOWN_GRACE, "no delivery report since shutdown began: giving up the outstanding batches (not committed)");
                     self.in_flight.abort_all();
                     return Err(self.out.interrupt(outstanding));
                 }

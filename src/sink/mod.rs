@@ -80,16 +80,16 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Writes what arrives on `input` until it closes. `stop`: give up outstanding
-    /// deliveries (shutdown grace over).
+    /// Writes what arrives on `input` until it closes. After `shutdown`, a sink whose
+    /// outside system stops answering gives up (see `kafka::SHUTDOWN_GRACE`).
     pub async fn run(
         self,
         input: mpsc::Receiver<SinkMessage>,
-        stop: CancellationToken,
+        shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         match self {
             Sink::Parquet(sink) => sink.run(input).await,
-            Sink::Kafka(sink) => sink.run(input, stop).await,
+            Sink::Kafka(sink) => sink.run(input, shutdown).await,
         }
     }
 }

@@ -7,7 +7,10 @@
 //! at-least-once recipe: `enable.auto.offset.store=false`, the source stores `last + 1`
 //! for a partition once the [`AckTracker`] says every batch up to it is durable, and
 //! auto-commit sends stored offsets every second. On revoke and on shutdown the source
-//! flushes the sinks, waits for the tracker to drain, and commits synchronously.
+//! flushes the sinks and waits for the tracker to drain; on shutdown it then commits
+//! synchronously, on revoke it stores the offsets and librdkafka commits them as it
+//! unassigns the partitions (so a slow coordinator never blocks the poll thread).
+//! A partition whose committed offset was deleted by retention is reported ([`super::gaps`]).
 //! Records buffered for a revoked partition but not yet sent are dropped: they were never
 //! committed, so the partition's new owner reads them.
 //!
@@ -29,17 +32,20 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::gaps::{Gap, Gaps};
 use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::Flush;
 use crate::batch::{BatchId, RawBatch, TopicPartition};
-use crate::config::{BatchConfig, KafkaSourceConfig, StartFrom};
+use crate::config::{BatchConfig, KafkaSourceConfig, OnOffsetReset, StartFrom};
 use crate::kafka_client::{client_config, ClientEvents};
 use crate::telemetry::Stats;
 
 /// How long a revoke or shutdown waits for sinks to make in-flight batches durable.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long reading committed offsets or watermarks may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -52,6 +58,12 @@ pub enum SourceError {
     },
     #[error("the pipeline downstream of the source stopped")]
     PipelineClosed,
+    #[error(
+        "{}: offsets {}..{} were deleted by retention before they were read ({} records); \
+         stopping without committing (source.kafka.on_offset_reset: fail)",
+        .0.tp, .0.from, .0.to, .0.records()
+    )]
+    OffsetReset(Gap),
 }
 
 /// Rebalance handling. Runs on the source thread, inside `poll`.
@@ -67,6 +79,8 @@ struct SourceContext {
     committing_sync: AtomicBool,
     /// Logs, errors and broker health (rate-limited, counted).
     events: ClientEvents,
+    /// Next expected offset per assigned partition (records lost to retention).
+    gaps: Mutex<Gaps>,
 }
 
 impl ClientContext for SourceContext {
@@ -114,11 +128,16 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(_) => self.stats.readiness.set_assigned(),
+            Rebalance::Assign(list) => {
+                self.expect_committed(consumer, list);
+                self.stats.readiness.set_assigned();
+            }
             Rebalance::Revoke(list) => {
-                for tp in partitions_of(list) {
+                let tps = partitions_of(list);
+                self.lock_gaps().forget(&tps);
+                for tp in tps {
                     self.stats.forget_partition(&tp.topic, tp.partition);
                 }
             }
@@ -147,6 +166,56 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
+    fn lock_gaps(&self) -> std::sync::MutexGuard<'_, Gaps> {
+        self.gaps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Newly assigned partitions resume at their committed offsets: what the first
+    /// record read is checked against.
+    fn expect_committed(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
+        match consumer.committed_offsets(list.clone(), COMMITTED_TIMEOUT) {
+            Ok(committed) => {
+                let mut gaps = self.lock_gaps();
+                for e in committed.elements() {
+                    if let Offset::Offset(next) = e.offset() {
+                        gaps.resume_at(TopicPartition::new(e.topic(), e.partition()), next);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the committed offsets of new partitions failed: a retention gap at their start will not be counted")
+            }
+        }
+    }
+
+    /// Checks a record against its partition's expected offset; a gap is logged, counted,
+    /// and returned when `on_offset_reset` is `fail`.
+    fn check_gap(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tp: &TopicPartition,
+        offset: i64,
+        on_reset: OnOffsetReset,
+    ) -> Result<(), SourceError> {
+        let gap = self.lock_gaps().read(tp, offset, || {
+            cached_log_start(consumer, tp).or_else(|| {
+                consumer
+                    .fetch_watermarks(&tp.topic, tp.partition, COMMITTED_TIMEOUT)
+                    .ok()
+                    .map(|(low, _)| low)
+            })
+        });
+        let Some(gap) = gap else { return Ok(()) };
+        let skipped = gap.records();
+        self.stats
+            .record_skipped(&tp.topic, tp.partition, "offset_reset", skipped);
+        tracing::error!(topic = %tp.topic, partition = tp.partition, from = gap.from, to = gap.to, skipped, "records were deleted by retention before they were read (the broker's log now starts past the committed offset); counted in sluice_records_skipped_total");
+        match on_reset {
+            OnOffsetReset::Skip => Ok(()),
+            OnOffsetReset::Fail => Err(SourceError::OffsetReset(gap)),
+        }
+    }
+
     fn take_revoked(&self) -> Vec<TopicPartition> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -205,6 +274,18 @@ impl SourceContext {
                 .unwrap_or_default(),
         };
         let offsets = self.tracker.committable(&assigned);
+        if revoke {
+            // librdkafka commits the stored offsets of revoked partitions itself as it
+            // unassigns them (enable.auto.commit), and holds the rejoin until that commit
+            // is done, without blocking this thread on a coordinator that may be away.
+            if !offsets.is_empty() {
+                if let Err(e) = consumer.store_offsets(&offset_list(&offsets)) {
+                    tracing::warn!(error = %e, "storing the offsets of revoked partitions failed; the new owner reads them again");
+                }
+            }
+            self.tracker.forget(&assigned);
+            return;
+        }
         if !offsets.is_empty() {
             let list = offset_list(&offsets);
             self.committing_sync.store(true, Ordering::Relaxed);
@@ -219,9 +300,6 @@ impl SourceContext {
                     tracing::warn!(error = %e, "synchronous offset commit failed; these records will be read again")
                 }
             }
-        }
-        if revoke {
-            self.tracker.forget(&assigned);
         }
     }
 }
@@ -338,6 +416,7 @@ pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     batcher: Batcher,
     stats: Arc<Stats>,
+    on_reset: OnOffsetReset,
 }
 
 impl KafkaSource {
@@ -357,6 +436,7 @@ impl KafkaSource {
             stored_since: Mutex::new(None),
             committing_sync: AtomicBool::new(false),
             events: ClientEvents::new("source", stats.clone()),
+            gaps: Mutex::new(Gaps::default()),
         };
         let consumer: BaseConsumer<SourceContext> = consumer_config(config, group_id)
             .create_with_context(context)
@@ -372,6 +452,7 @@ impl KafkaSource {
             consumer,
             batcher: Batcher::new(config.batch.clone()),
             stats,
+            on_reset: config.on_offset_reset,
         })
     }
 
@@ -388,6 +469,8 @@ impl KafkaSource {
                     tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)")
                 }
                 Some(Ok(message)) => {
+                    let tp = TopicPartition::new(message.topic(), message.partition());
+                    context.check_gap(&self.consumer, &tp, message.offset(), self.on_reset)?;
                     if let Some(full) = self.batcher.push(&message) {
                         context.send(full, &self.stats)?;
                     }
@@ -405,6 +488,30 @@ impl KafkaSource {
         context.drain_and_commit(&self.consumer, None, false);
         Ok(())
     }
+}
+
+/// The partition's log start as librdkafka last saw it in a fetch response (no request;
+/// `None` when not known yet).
+fn cached_log_start<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tp: &TopicPartition,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(tp.topic.as_bytes()).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, the topic is a
+    // NUL-terminated string that outlives the call, and the out-pointers are live locals.
+    // rust-rdkafka exposes only the querying variant of this call.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            tp.partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0)
+        .then_some(low)
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {

@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod files;
+pub mod gaps;
 pub mod kafka;
 
 use crate::batch::Flush;

@@ -43,6 +43,13 @@ pub struct PartitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub topic: String,
+    pub partition: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommitLabels {
     /// `auto` (librdkafka's periodic commit of stored offsets) or `sync` (on revoke and
     /// shutdown).
@@ -115,6 +122,8 @@ pub struct Stats {
     sink_rejected: Family<SinkReasonLabels, Counter>,
     dead_letters_truncated: Family<SinkLabels, Counter>,
     kafka_errors: Family<ClientErrorLabels, Counter>,
+    records_skipped: Counter,
+    records_skipped_by: Family<SkipLabels, Counter>,
     brokers_up: Family<ClientLabels, Gauge>,
     /// The model version each infer stage serves now (to retire the old label set).
     serving: Mutex<HashMap<String, ModelLabels>>,
@@ -151,6 +160,8 @@ impl Default for Stats {
             sink_rejected: Family::default(),
             dead_letters_truncated: Family::default(),
             kafka_errors: Family::default(),
+            records_skipped: Counter::default(),
+            records_skipped_by: Family::default(),
             brokers_up: Family::default(),
             serving: Mutex::default(),
             inference_devices: Mutex::default(),
@@ -182,6 +193,8 @@ pub struct StatsSnapshot {
     pub batches: u64,
     pub rows_decoded: u64,
     pub dead_letters: u64,
+    /// Records never read: deleted by retention before the pipeline got to them.
+    pub records_skipped: u64,
     pub parquet_files: u64,
     pub parquet_rows: u64,
     pub parquet_bytes: u64,
@@ -308,6 +321,18 @@ impl Stats {
             .inc();
     }
 
+    /// `records` of a partition were never read (`offset_reset`: deleted by retention).
+    pub fn record_skipped(&self, topic: &str, partition: i32, reason: &str, records: u64) {
+        self.records_skipped.inc_by(records);
+        self.records_skipped_by
+            .get_or_create(&SkipLabels {
+                topic: topic.to_owned(),
+                partition: partition.to_string(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(records);
+    }
+
     /// librdkafka reported a global error (`code`) for `client`.
     pub fn record_kafka_error(&self, client: &str, code: &str) {
         self.kafka_errors
@@ -362,6 +387,7 @@ impl Stats {
             batches: self.batches.get(),
             rows_decoded: self.rows_out.get(),
             dead_letters: self.dead_letters.get(),
+            records_skipped: self.records_skipped.get(),
             parquet_files: self.parquet_files.get(),
             parquet_rows: self.parquet_rows.get(),
             parquet_bytes: self.parquet_bytes.get(),
@@ -455,6 +481,11 @@ impl Stats {
             "parquet_files",
             "Parquet files published",
             self.parquet_files.clone(),
+        );
+        r.register(
+            "records_skipped",
+            "Records never read, by partition and reason (offset_reset: deleted by retention first)",
+            self.records_skipped_by.clone(),
         );
         r.register(
             "kafka_errors",

@@ -250,11 +250,13 @@ async fn from_starts_at_the_first_record_at_or_after_the_time() {
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS).await;
     let brokers = broker.address.clone();
-    let records = FeedbackGenerator::new(5, 0.02, START_MS, 10).take(RECORDS);
+    // A broker process applies time retention: records from an hour ago.
+    let start_ms = common::recent_ms();
+    let records = FeedbackGenerator::new(5, 0.02, start_ms, 10).take(RECORDS);
     let produced = produce(&brokers, TOPIC, records).await.unwrap();
     let out = tempfile::tempdir().unwrap();
-    // The generator spaces records 10 ms apart from START_MS.
-    let from = START_MS + 10 * (RECORDS as i64 / 2);
+    // The generator spaces records 10 ms apart from start_ms.
+    let from = start_ms + 10 * (RECORDS as i64 / 2);
     let summary = backfill(
         &pipeline(&brokers, out.path()),
         &RangeSpec::Times {

@@ -52,7 +52,8 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS).await;
 
-    let sent: Vec<_> = FeedbackGenerator::new(9, 0.01, 1_795_305_600_000, 2_000)
+    // Recent records: the broker process applies time retention to record timestamps.
+    let sent: Vec<_> = FeedbackGenerator::new(9, 0.01, recent_ms() - 200_000_000, 2_000)
         .take(RECORDS)
         .collect();
     produce(&broker.address, TOPIC, sent.clone()).await.unwrap();
@@ -76,7 +77,11 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     .write();
     let log = out.path().join("sluice.log");
 
-    let seed: u64 = rand::random();
+    // `SLUICE_CRASH_SEED` replays the kill times of an earlier run.
+    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let hw = high_watermarks(&broker.address, TOPIC, PARTITIONS);
     for round in 0..5 {
@@ -126,7 +131,15 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 
     let rows = read_dataset(&out.path().join("feedback"));
     let ids = count_strings(&rows, "id");
-    assert_eq!(ids.len(), good, "every good record is in the dataset");
+    if ids.len() != good {
+        // Keep the dataset, its manifests and the log for a look.
+        let kept = out.keep();
+        panic!(
+            "every good record is in the dataset: {} of {good} (seed {seed}); kept in {}",
+            ids.len(),
+            kept.display()
+        );
+    }
     let duplicated = ids.values().filter(|&&n| n > 1).count();
     assert_eq!(duplicated, 0, "no record is in the dataset twice");
     let letters = read_dataset(&out.path().join("dead_letters"));

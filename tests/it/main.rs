@@ -18,5 +18,6 @@ mod inference;
 mod maintenance;
 mod metrics_endpoint;
 mod mock_cluster;
+mod operator;
 mod retrain;
 mod sql_stage;

@@ -22,6 +22,48 @@ pub const SCHEMA: &str = concat!(
     "/schemas/customer_feedback.json"
 );
 
+/// `GET path` over HTTP/1.0: the status code and the body, or `None` when nothing
+/// answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// The value of an unlabelled-or-labelled metric line `NAME{...} VALUE` summed over its
+/// series.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A record time an hour ago (ms since the epoch). Brokers that run as processes apply
+/// time retention (noida-db: 7 days) to record timestamps, so records for them must be
+/// recent, or they are deleted before the test reads them.
+pub fn recent_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis() - 3_600_000
+}
+
 /// A path in the repository.
 pub fn project(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

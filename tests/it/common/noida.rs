@@ -20,38 +20,29 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let binary = noida_binary();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let data = tempfile::tempdir().unwrap();
-        let child = Command::new(&binary)
-            .args([
-                "start",
-                "--only",
-                "kafka",
-                "--kafka-port",
-                &port.to_string(),
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "noida-db did not open {address}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn(port, data.path());
         Broker {
             child,
-            address,
+            address: format!("127.0.0.1:{port}"),
             _data: data,
         }
+    }
+
+    /// Stops the broker process (its data stays for [`Broker::restart`]).
+    pub fn stop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(5));
+    }
+
+    /// Starts the broker again on the same port with the same data.
+    pub fn restart(&mut self) {
+        let port = self.address.rsplit_once(':').unwrap().1.parse().unwrap();
+        self.child = spawn(port, self._data.path());
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
@@ -74,6 +65,32 @@ impl Drop for Broker {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// A noida-db process serving Kafka on `port` from `data`, once the port is open.
+fn spawn(port: u16, data: &std::path::Path) -> Child {
+    let binary = noida_binary();
+    let child = Command::new(&binary)
+        .args([
+            "start",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "noida-db did not open {address}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn noida_binary() -> PathBuf {
