@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what sluice needs on a fresh Debian/Ubuntu machine, from package registries only.
 #
-#   scripts/setup.sh          build dependencies (C toolchain for the vendored librdkafka, a
-#                             font for retrain report pictures),
+#   scripts/setup.sh          build dependencies (C toolchain for the vendored librdkafka and
+#                             the system libraries it links for TLS, SASL (SCRAM, OAUTHBEARER
+#                             with OIDC, GSSAPI/Kerberos), and zstd; a font for retrain report
+#                             pictures),
 #                             ONNX Runtime's shared library from the PyPI wheel into
 #                             .tools/onnxruntime/, and the models under models/ (the MiniLM
 #                             encoder built from its safetensors weights, fp32 + int8, and
@@ -10,8 +12,10 @@
 #                             labelled reviews, and the predictive-maintenance models,
 #                             trained by `sluice retrain` on windows of the MFPT recordings
 #                             and of generated AI4I-style readings: this step builds sluice)
-#   scripts/setup.sh --test   also the Python tools the tests use (scripts/requirements-test.txt):
-#                             noida-db (a Kafka-protocol broker process), pyarrow, duckdb
+#   scripts/setup.sh --test   also what the tests use: the Python tools in
+#                             scripts/requirements-test.txt (noida-db and Tansu, Kafka-protocol
+#                             broker processes; the Confluent client; pyarrow, duckdb) and
+#                             stunnel4 (a TLS proxy in front of a broker)
 #   scripts/setup.sh --gpu    also onnxruntime-gpu into .tools/onnxruntime-gpu/ (255 MB)
 #
 # Idempotent: installs and builds only what is missing (delete models/ to rebuild them).
@@ -36,7 +40,11 @@ pip_install() { # requirements file, what it is for
   fi
 }
 
-apt_packages=(build-essential pkg-config zlib1g-dev fonts-dejavu-core)
+# librdkafka links Debian's OpenSSL (TLS, SCRAM), Cyrus SASL (GSSAPI, with the MIT Kerberos
+# plugin at run time), libcurl (OAUTHBEARER/OIDC token requests) and libzstd.
+apt_packages=(build-essential pkg-config zlib1g-dev fonts-dejavu-core
+  libssl-dev libsasl2-dev libsasl2-modules-gssapi-mit libcurl4-openssl-dev libzstd-dev)
+$want_test && apt_packages+=(stunnel4 openssl)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -69,6 +69,21 @@ pub struct PipelineConfig {
     /// turns it on too).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Settings every Kafka client of the pipeline shares (source, Kafka sinks, dead-letter
+    /// topic): where TLS and SASL settings go once. Default: none.
+    #[serde(default)]
+    pub kafka: Option<KafkaClientsConfig>,
+}
+
+/// `kafka`: what every Kafka client of the pipeline shares.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaClientsConfig {
+    /// librdkafka properties for every client (e.g. `security.protocol`,
+    /// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`, `sasl.password`); a client's
+    /// own `properties` win over these.
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
 }
 
 /// `metrics`: where `sluice run` serves `/metrics` (Prometheus) and `/health`.
@@ -168,14 +183,56 @@ impl Default for BatchConfig {
     }
 }
 
-/// A librdkafka property value: YAML scalars of any type are passed on as text.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// A librdkafka property value: YAML scalars of any type are passed on as text; an empty
+/// value (`key:` or `${VAR:-}`) leaves the property unset, so a file can offer settings
+/// that only some deployments fill in.
+#[derive(Debug, Clone, PartialEq)]
 pub enum PropertyValue {
     Text(String),
     Integer(i64),
     Float(f64),
     Bool(bool),
+    Unset,
+}
+
+impl PropertyValue {
+    pub fn is_set(&self) -> bool {
+        !matches!(self, PropertyValue::Unset)
+    }
+}
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = PropertyValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean (librdkafka property values are text)")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Text(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Integer(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Text(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Float(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Bool(v))
+            }
+            fn visit_unit<E>(self) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Unset)
+            }
+            fn visit_none<E>(self) -> Result<PropertyValue, E> {
+                Ok(PropertyValue::Unset)
+            }
+        }
+        deserializer.deserialize_any(Scalar)
+    }
 }
 
 impl std::fmt::Display for PropertyValue {
@@ -185,6 +242,7 @@ impl std::fmt::Display for PropertyValue {
             PropertyValue::Integer(v) => write!(f, "{v}"),
             PropertyValue::Float(v) => write!(f, "{v}"),
             PropertyValue::Bool(v) => write!(f, "{v}"),
+            PropertyValue::Unset => Ok(()),
         }
     }
 }
@@ -230,6 +288,29 @@ pub enum SinkConfig {
 }
 
 impl PipelineConfig {
+    /// Puts the shared `kafka.properties` into every client's own `properties` (which
+    /// win), so each client's map is complete.
+    pub fn share_kafka_properties(&mut self) {
+        let Some(shared) = self.kafka.as_ref().map(|k| k.properties.clone()) else {
+            return;
+        };
+        let fill = |own: &mut BTreeMap<String, PropertyValue>| {
+            for (key, value) in &shared {
+                own.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        };
+        let SourceConfig::Kafka(source) = &mut self.source;
+        fill(&mut source.properties);
+        for sink in &mut self.sinks {
+            if let SinkConfig::Kafka(out) = sink {
+                fill(&mut out.properties);
+            }
+        }
+        if let Some(out) = &mut self.dead_letter.kafka {
+            fill(&mut out.properties);
+        }
+    }
+
     /// Credentials among the Kafka clients' properties (`sasl.password`, ...), with the
     /// property's name: never printed, however they got into the file.
     pub fn credentials(&self) -> Vec<(&str, &str)> {
@@ -469,6 +550,8 @@ struct TopLevelShape {
     dead_letter: Value,
     #[serde(default)]
     metrics: Option<Value>,
+    #[serde(default)]
+    kafka: Option<Value>,
 }
 
 /// Loads and validates a pipeline file, reading `${VAR}`s from the process environment.
@@ -488,6 +571,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "sinks",
     "dead_letter",
     "metrics",
+    "kafka",
 ];
 
 /// Loads and validates a pipeline file with `${VAR}`s resolved by `lookup` (the demo and
@@ -497,7 +581,8 @@ pub fn load_with_vars(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
     let yaml = YamlFile::read(file, "pipeline", PIPELINE_KEYS, lookup)?;
-    let config = parse_sections(&yaml.root).map_err(|issues| yaml.error(issues))?;
+    let mut config = parse_sections(&yaml.root).map_err(|issues| yaml.error(issues))?;
+    config.share_kafka_properties();
     let mut redactions = yaml.redactions.clone();
     for (property, value) in config.credentials() {
         redactions.add_secret(value, format!("[{property}]"));
@@ -590,6 +675,9 @@ fn parse_sections(root: &Value) -> Result<PipelineConfig, Vec<ConfigIssue>> {
     }
     if let Some(dead_letter) = section("dead_letter") {
         issues.extend(typed::<DeadLetterConfig>(dead_letter, "dead_letter").err());
+    }
+    if let Some(kafka) = section("kafka") {
+        issues.extend(typed::<KafkaClientsConfig>(kafka, "kafka").err());
     }
     issues.dedup();
     if issues.is_empty() {

@@ -16,7 +16,6 @@ use super::interpolate::Substitution;
 /// librdkafka properties whose values are credentials.
 pub const SENSITIVE_PROPERTIES: &[&str] = &[
     "sasl.password",
-    "sasl.username",
     "sasl.oauthbearer.client.secret",
     "sasl.oauthbearer.config",
     "ssl.key.password",

@@ -334,13 +334,35 @@ fn check_clients(config: &PipelineConfig, issues: &mut Issues) {
         let client = producer(&out.brokers, &out.properties);
         clients.push(("dead_letter.kafka".to_owned(), client, true));
     }
+    let shared = config.kafka.as_ref().map(|k| &k.properties);
+    // What the shared block gets wrong on its own is reported once, at `kafka.properties`.
+    let shared_problems: std::collections::BTreeSet<String> = shared
+        .map(|properties| {
+            let alone = client_config(&source.brokers, &[], properties, &[]);
+            check_config(&alone, false)
+                .into_iter()
+                .map(|p| p.message)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut reported = std::collections::BTreeSet::new();
     for (path, client, is_producer) in clients {
         for problem in check_config(&client, is_producer) {
+            let from_shared = |property: &str| {
+                let value = shared.and_then(|s| s.get(property))?.to_string();
+                (client.get(property) == Some(value.as_str())).then_some(())
+            };
             let key = match &problem.property {
+                Some(property) if from_shared(property).is_some() => {
+                    format!("kafka.properties.{property}")
+                }
                 Some(property) => format!("{path}.properties.{property}"),
+                None if shared_problems.contains(&problem.message) => "kafka.properties".into(),
                 None => format!("{path}.properties"),
             };
-            issues.add(key, format!("librdkafka: {}", problem.message));
+            if reported.insert((key.clone(), problem.message.clone())) {
+                issues.add(key, format!("librdkafka: {}", problem.message));
+            }
         }
     }
 }

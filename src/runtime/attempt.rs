@@ -65,7 +65,7 @@ pub(super) async fn run(
 
     // Fail fast, before loading models, when no broker answers.
     tokio::select! {
-        checked = check_brokers(pipeline, &mode) => checked?,
+        checked = check_brokers(pipeline, &mode, &stats) => checked?,
         _ = shutdown.cancelled() => return Err(RunError::Interrupted),
     }
 

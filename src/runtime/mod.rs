@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Pipeline, ScheduledRetrain, SourceConfig};
-use crate::kafka_client::{check_reachable, client_config, Unreachable};
+use crate::kafka_client::{check_reachable, client_config, ClientEvents, Unreachable};
 use crate::sink::{self, SinkError};
 use crate::source::bounded::{BackfillProgress, BoundedError};
 use crate::source::files::FilesError;
@@ -81,7 +81,11 @@ impl SourceMode {
 
 /// Checks, all at once, that a broker answers every Kafka client the run will create
 /// (a backfill's source was checked when its ranges were resolved).
-async fn check_brokers(pipeline: &Pipeline, mode: &SourceMode) -> Result<(), RunError> {
+async fn check_brokers(
+    pipeline: &Pipeline,
+    mode: &SourceMode,
+    stats: &Arc<Stats>,
+) -> Result<(), RunError> {
     let SourceConfig::Kafka(kafka) = &pipeline.config.source;
     let mut clients = sink::kafka_clients(pipeline);
     if matches!(mode, SourceMode::Group) {
@@ -90,7 +94,9 @@ async fn check_brokers(pipeline: &Pipeline, mode: &SourceMode) -> Result<(), Run
     }
     let timeout = kafka.connect_timeout;
     let checks = clients.into_iter().map(|(key, config)| {
-        tokio::task::spawn_blocking(move || check_reachable(&config, &key, timeout))
+        let client = key.trim_end_matches(".brokers").trim_end_matches(".kafka");
+        let events = ClientEvents::new(client, stats.clone());
+        tokio::task::spawn_blocking(move || check_reachable(&config, &key, timeout, Some(events)))
     });
     for checked in futures::future::join_all(checks).await {
         checked.map_err(|e| RunError::Task(e.to_string()))??;

@@ -123,7 +123,12 @@ pub fn resolve(
     filter: &PartitionFilter,
 ) -> Result<BackfillProgress, BoundedError> {
     let client = plain_consumer(config);
-    check_reachable(&client, "source.kafka.brokers", config.connect_timeout)?;
+    check_reachable(
+        &client,
+        "source.kafka.brokers",
+        config.connect_timeout,
+        None,
+    )?;
     let consumer: BaseConsumer<Quiet> = client
         .create_with_context(Quiet)
         .map_err(kafka("creating the consumer"))?;
@@ -335,9 +340,7 @@ impl BoundedSource {
         {
             match self.consumer.poll(self.batcher.poll_timeout()) {
                 None => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)")
-                }
+                Some(Err(e)) => self.consumer.context().on_error(e, ""),
                 Some(Ok(message)) => {
                     let tp = TopicPartition::new(message.topic(), message.partition());
                     if let Some(range) = index.get(&tp).map(|&i| &self.output.progress.ranges[i]) {

@@ -465,9 +465,8 @@ impl KafkaSource {
             self.batcher.drop_partitions(context.take_revoked());
             match message {
                 None => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)")
-                }
+                // Counted, rate-limited and (authentication, brokers down) in /health.
+                Some(Err(e)) => context.events.on_error(e, ""),
                 Some(Ok(message)) => {
                     let tp = TopicPartition::new(message.topic(), message.partition());
                     context.check_gap(&self.consumer, &tp, message.offset(), self.on_reset)?;

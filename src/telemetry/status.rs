@@ -156,6 +156,24 @@ pub fn render(now: &Scrape, before: Option<&Scrape>) -> String {
     if !dead.is_empty() {
         let _ = writeln!(out, "  dead letters by stage/reason: {}", list(&dead));
     }
+    let skipped = now.by("sluice_records_skipped", &["topic", "partition", "reason"]);
+    if !skipped.is_empty() {
+        let total: f64 = skipped.values().sum();
+        let _ = writeln!(
+            out,
+            "  RECORDS SKIPPED {} (never read: {})",
+            count(total),
+            list(&skipped)
+        );
+    }
+    let rejected = now.by("sluice_sink_rejected", &["sink", "reason"]);
+    if !rejected.is_empty() {
+        let _ = writeln!(out, "  rows an output could not take: {}", list(&rejected));
+    }
+    let errors = now.by("sluice_kafka_errors", &["client", "error"]);
+    if !errors.is_empty() {
+        let _ = writeln!(out, "  Kafka client errors: {}", list(&errors));
+    }
     let lag = now.by("sluice_consumer_lag", &["topic", "partition"]);
     if !lag.is_empty() {
         let total: f64 = lag.values().sum();

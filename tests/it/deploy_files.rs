@@ -302,3 +302,77 @@ fn the_compose_file_matches_the_pipeline_it_runs() {
         Some(broker)
     );
 }
+
+/// The RUN instructions of a Dockerfile, continuation lines joined.
+fn run_instructions(text: &str) -> Vec<String> {
+    let mut runs = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(open) = current.as_mut() {
+            open.push(' ');
+            open.push_str(line.trim_end_matches('\\'));
+        } else if let Some(rest) = line.strip_prefix("RUN ") {
+            current = Some(rest.trim_end_matches('\\').to_owned());
+        }
+        if !line.ends_with('\\') {
+            runs.extend(current.take());
+        }
+    }
+    runs
+}
+
+#[test]
+fn the_runtime_images_carry_what_tls_and_sasl_need_and_validate_a_secured_pipeline() {
+    for name in ["Dockerfile", "Dockerfile.cuda"] {
+        let text = std::fs::read_to_string(repo("deploy").join(name)).unwrap();
+        let runs = run_instructions(&text);
+        let runtime = runs
+            .iter()
+            .rev()
+            .find(|r| r.contains("apt-get install"))
+            .unwrap();
+        for library in [
+            "ca-certificates",
+            "libssl3",
+            "libsasl2-2",
+            "libcurl4",
+            "libzstd1",
+        ] {
+            assert!(
+                runtime.contains(library),
+                "{name}: runtime image lacks {library}"
+            );
+        }
+        // What the image runs at build time, run here on the same file.
+        let check = runs
+            .iter()
+            .find(|r| r.contains("sluice validate"))
+            .unwrap_or_else(|| panic!("{name}: no `sluice validate` of a secured pipeline"));
+        let words: Vec<&str> = check.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "sluice").unwrap();
+        let env: Vec<(&str, &str)> = words[..at]
+            .iter()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        assert!(
+            env.contains(&("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")),
+            "{name}: {check}"
+        );
+        assert!(env
+            .iter()
+            .any(|(k, v)| *k == "KAFKA_SASL_MECHANISM" && v.starts_with("SCRAM")));
+        let file = words[at + 2].replace("/etc/sluice/", "pipelines/");
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&words[at + 1..at + 2])
+            .arg(repo(&file))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {check}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

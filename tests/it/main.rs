@@ -20,4 +20,5 @@ mod metrics_endpoint;
 mod mock_cluster;
 mod operator;
 mod retrain;
+mod secure_kafka;
 mod sql_stage;

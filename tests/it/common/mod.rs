@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod noida;
+pub mod tansu;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -194,8 +195,28 @@ pub fn temp_files(root: &Path) -> Vec<PathBuf> {
 
 /// Committed offsets of `group` on `topic`'s partitions.
 pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    committed_with(brokers, &[], group, topic, partitions)
+}
+
+/// A client config for `brokers` with more `properties` (TLS, SASL).
+pub fn client_with(brokers: &str, properties: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    config
+}
+
+/// [`committed`] through a client with `properties`.
+pub fn committed_with(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<i64> {
+    let consumer: BaseConsumer = client_with(brokers, properties)
         .set("group.id", group)
         .create()
         .unwrap();
@@ -246,8 +267,18 @@ pub fn read_topic(
     expected: usize,
     timeout: Duration,
 ) -> Vec<ReadMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    read_topic_with(brokers, &[], topic, expected, timeout)
+}
+
+/// [`read_topic`] through a client with `properties`.
+pub fn read_topic_with(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<ReadMessage> {
+    let consumer: BaseConsumer = client_with(brokers, properties)
         .set("group.id", "test-reader")
         .set("enable.auto.commit", "false")
         .create()
