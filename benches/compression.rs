@@ -17,7 +17,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
-use sluice::sample::FeedbackGenerator;
+use sluice::demo::feeds::feedback::FeedbackGenerator;
 
 /// Keeps librdkafka's count of bytes sent to brokers.
 #[derive(Clone, Default)]

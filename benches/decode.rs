@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::batch::{BatchId, RawBatch, TopicPartition};
 use sluice::config::UnknownFields;
 use sluice::decode::JsonDecoder;
-use sluice::sample::FeedbackGenerator;
+use sluice::demo::feeds::feedback::FeedbackGenerator;
 
 const ROWS: usize = 10_000;
 

@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
 use sluice::config::{self, Pipeline, UnknownFields};
 use sluice::decode::JsonDecoder;
-use sluice::reviews;
+use sluice::demo::feeds::reviews;
 use sluice::stage::Chain;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -12,7 +12,7 @@ use parquet::file::properties::WriterProperties;
 use sluice::batch::{BatchId, RawBatch, TopicPartition};
 use sluice::config::UnknownFields;
 use sluice::decode::JsonDecoder;
-use sluice::sample::FeedbackGenerator;
+use sluice::demo::feeds::feedback::FeedbackGenerator;
 
 const ROWS: usize = 10_000;
 

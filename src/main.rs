@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use sluice::demo::{bench, feeds::feedback};
 use sluice::source::bounded::{PartitionFilter, RangeSpec};
 use sluice::telemetry::{self, init_logging, status, Stats};
-use sluice::{backfill, bench, config, demo, retrain, runtime, sample};
+use sluice::{backfill, config, demo, retrain, runtime};
 
 #[derive(Parser)]
 #[command(
@@ -361,7 +362,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let produced =
-                sample::generate(&brokers, &topic, rate, count, malformed_rate, shutdown)
+                feedback::generate(&brokers, &topic, rate, count, malformed_rate, shutdown)
                     .await
                     .with_context(|| format!("producing to {topic} on {brokers}"))?;
             println!("produced {produced} records to {topic}");

@@ -19,13 +19,15 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError, Pipeline, StageConfig};
-use crate::reviews::{self, ReviewsError};
+use crate::demo::feeds::feedback::{self, FeedbackGenerator};
+use crate::demo::feeds::reviews::{self, ReviewsError};
+use crate::demo::feeds::{ai4i, mfpt};
 use crate::runtime::{self, RunError};
-use crate::sample::{self, FeedbackGenerator};
-use crate::sensors::{ai4i, mfpt};
 use crate::sink::parquet::read::count_rows;
 use crate::telemetry::{Stats, StatsSnapshot};
 
+pub mod bench;
+pub mod feeds;
 mod summary;
 
 pub use self::summary::{DemoSummary, LabelReport};
@@ -115,24 +117,24 @@ pub async fn run_until_consumed(
 }
 
 /// Runs `pipeline` while producing `records` to `topic`, at most `max_ahead` records in
-/// front of the pipeline's consumer (see [`sample::produce_paced`]), until it has
+/// front of the pipeline's consumer (see [`feedback::produce_paced`]), until it has
 /// consumed them all, counting into `stats`. Returns the records produced, the counters
 /// and the busy time.
 pub async fn run_replaying(
     pipeline: Pipeline,
     brokers: &str,
     topic: &str,
-    records: Vec<sample::SampleRecord>,
+    records: Vec<feedback::SampleRecord>,
     max_ahead: u64,
     timeout: Duration,
     stats: Arc<Stats>,
 ) -> Result<(u64, StatsSnapshot, Duration), DemoError> {
     let expected = records.len() as u64;
-    let pace = sample::Pace {
+    let pace = feedback::Pace {
         consumer: stats.clone(),
         max_ahead,
     };
-    let producing = sample::produce_paced(brokers, topic, records, Some(pace));
+    let producing = feedback::produce_paced(brokers, topic, records, Some(pace));
     let (produced, consumed) = tokio::join!(producing, consume(pipeline, expected, timeout, stats));
     let (snapshot, busy) = consumed?;
     Ok((produced?, snapshot, busy))
@@ -230,7 +232,7 @@ pub fn source_topic(pipeline: &Pipeline) -> String {
 /// `count` generated process readings of [`PROCESS_MACHINES`] machines, one per machine
 /// and minute, ending about `now`. Seeds give different machines' luck (the demo trains
 /// on seed 1 and evaluates on seed 2).
-pub fn process_readings(seed: u64, count: u64, now: i64) -> Vec<sample::SampleRecord> {
+pub fn process_readings(seed: u64, count: u64, now: i64) -> Vec<feedback::SampleRecord> {
     let minutes = (count as i64 / PROCESS_MACHINES as i64).max(1);
     let start = whole_hour(now - minutes * 60_000);
     ai4i::ProcessGenerator::new(seed, PROCESS_MACHINES, start, 60_000)
@@ -289,7 +291,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let now = chrono::Utc::now().timestamp_millis();
     let day = 86_400_000;
     let mut truth: Option<std::collections::HashMap<String, String>> = None;
-    let records: Vec<sample::SampleRecord> = match feed {
+    let records: Vec<feedback::SampleRecord> = match feed {
         Feed::Reviews => {
             let count = options.records.unwrap_or(2_000);
             // Spread over the last two days, so the dataset has more than one date partition.
@@ -347,7 +349,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         .await?;
         (produced, stats)
     } else {
-        let produced = sample::produce(&brokers, &topic, records).await?;
+        let produced = feedback::produce(&brokers, &topic, records).await?;
         tracing::info!(produced, topic, "sample records produced");
         (
             produced,

@@ -26,7 +26,7 @@ use crate::common::noida::Broker;
 use sluice::backfill;
 use sluice::config::Pipeline;
 use sluice::demo;
-use sluice::sample::{produce, FeedbackGenerator};
+use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
 use sluice::sink::parquet::read::dataset_files;
 use sluice::source::bounded::{PartitionFilter, RangeSpec};
 use sluice::telemetry::Stats;

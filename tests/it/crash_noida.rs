@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::noida::{terminate, Broker};
 use crate::common::*;
-use sluice::sample::{produce, FeedbackGenerator};
+use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
 
 const TOPIC: &str = "feedback";
 const PARTITIONS: i32 = 4;

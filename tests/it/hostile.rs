@@ -22,7 +22,7 @@ use rdkafka::mocking::MockCluster;
 
 use crate::common::{self, TestPipeline};
 use sluice::config;
-use sluice::sample::{produce, FeedbackGenerator, SampleRecord};
+use sluice::demo::feeds::feedback::{produce, FeedbackGenerator, SampleRecord};
 
 fn record(id: &str, payload: impl Into<Vec<u8>>, timestamp_ms: i64) -> SampleRecord {
     SampleRecord {

@@ -17,8 +17,8 @@ use crate::common::*;
 use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
 use sluice::config::{self, Pipeline, UnknownFields};
 use sluice::decode::JsonDecoder;
+use sluice::demo::feeds::feedback::{produce, SampleRecord};
 use sluice::model::{Manifest, Registry};
-use sluice::sample::{produce, SampleRecord};
 use sluice::stage::Chain;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -18,9 +18,9 @@ use polars::prelude::*;
 use rdkafka::mocking::MockCluster;
 
 use sluice::config;
+use sluice::demo::feeds::ai4i::ProcessGenerator;
+use sluice::demo::feeds::feedback::{produce, SampleRecord};
 use sluice::demo::{self, DemoOptions};
-use sluice::sample::{produce, SampleRecord};
-use sluice::sensors::ai4i::ProcessGenerator;
 
 const SIZE_MS: i64 = 10 * 60_000;
 const SLIDE_MS: i64 = 5 * 60_000;

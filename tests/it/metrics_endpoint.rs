@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use sluice::config::{MetricsConfig, PropertyValue};
 use sluice::demo;
+use sluice::demo::feeds::feedback::produce;
 use sluice::runtime;
-use sluice::sample::produce;
 use sluice::sink::parquet::read::count_rows;
 use sluice::telemetry::{status, Stats};
 

@@ -12,8 +12,8 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
+use sluice::demo::feeds::feedback::{produce, FeedbackGenerator, SampleRecord};
 use sluice::runtime;
-use sluice::sample::{produce, FeedbackGenerator, SampleRecord};
 use sluice::telemetry::Stats;
 
 fn records(seed: u64, count: usize, malformed_rate: f64) -> Vec<SampleRecord> {

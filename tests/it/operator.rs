@@ -22,8 +22,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::common::noida::{terminate, Broker};
 use crate::common::{self, TestPipeline};
+use sluice::demo::feeds::feedback::{produce, FeedbackGenerator, SampleRecord};
 use sluice::runtime::RunError;
-use sluice::sample::{produce, FeedbackGenerator, SampleRecord};
 use sluice::source::kafka::SourceError;
 
 /// Records from the last hours (a broker process applies time retention).

@@ -15,12 +15,12 @@ use rdkafka::mocking::MockCluster;
 
 use crate::common::*;
 use sluice::config::{self, Device};
+use sluice::demo::feeds::feedback::produce;
+use sluice::demo::feeds::reviews;
 use sluice::model::{DevicePlan, Registry};
 use sluice::retrain::onnx_export::{Classifier, Dense};
 use sluice::retrain::trainer::{train, Examples, TrainConfig};
 use sluice::retrain::{self, job, RetrainOptions};
-use sluice::reviews;
-use sluice::sample::produce;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::common::noida::Broker;
 use crate::common::tansu::Tansu;
 use crate::common::{self, TestPipeline};
-use sluice::sample::FeedbackGenerator;
+use sluice::demo::feeds::feedback::FeedbackGenerator;
 
 async fn create_topics(brokers: &str, properties: &[(&str, &str)], topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> =

@@ -14,7 +14,7 @@ use rdkafka::mocking::MockCluster;
 use crate::common;
 
 use sluice::config;
-use sluice::sample::{produce, FeedbackGenerator};
+use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
 
 const QUERY: &str = "SELECT *, lower(text) AS text_lc, CAST(rating AS INT) * 2 AS double_stars \
                      FROM batch WHERE rating >= 4 AND channel <> 'email'";

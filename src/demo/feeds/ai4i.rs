@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-use crate::sample::SampleRecord;
+use crate::demo::feeds::feedback::SampleRecord;
 
 /// One generated reading.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,8 +16,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::demo::feeds::feedback::{self, FeedbackGenerator};
 use crate::demo::{self, DemoError, DEMO_PARTITIONS};
-use crate::sample::{self, FeedbackGenerator};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
@@ -98,7 +98,7 @@ pub async fn run(
         if payload_bytes <= PARTITION_BUDGET * DEMO_PARTITIONS as u64 {
             // Everything fits in the mock cluster's log: load the topic, read it raw, then
             // run the pipeline over it.
-            let produced = sample::produce(&brokers, &topic, generated).await?;
+            let produced = feedback::produce(&brokers, &topic, generated).await?;
             let raw_elapsed = {
                 let (brokers, topic) = (brokers.clone(), topic.clone());
                 tokio::task::spawn_blocking(move || raw_consume(&brokers, &topic, produced))
@@ -154,7 +154,7 @@ pub async fn run(
 const PARTITION_BUDGET: u64 = 4 << 20;
 
 /// Writes each record's payload as one line.
-fn export(file: &Path, records: &[sample::SampleRecord]) -> std::io::Result<()> {
+fn export(file: &Path, records: &[feedback::SampleRecord]) -> std::io::Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::sample::SampleRecord;
+use crate::demo::feeds::feedback::SampleRecord;
 
 /// One labelled review from `data/reviews.jsonl`.
 #[derive(Debug, Clone, Deserialize)]
