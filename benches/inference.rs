@@ -12,9 +12,10 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
-use sluice::config::{self, Pipeline, UnknownFields};
+use sluice::config::UnknownFields;
 use sluice::decode::JsonDecoder;
 use sluice::demo::feeds::reviews;
+use sluice::pipeline::Pipeline;
 use sluice::stage::Chain;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -26,7 +27,7 @@ fn pipeline(dir: &Path, stages: &str) -> Pipeline {
     );
     let path = dir.join("bench.yaml");
     std::fs::write(&path, text).expect("write pipeline");
-    config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    sluice::pipeline::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn chain(runtime: &tokio::runtime::Runtime, pipeline: &Pipeline) -> Chain {

@@ -18,7 +18,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::TopicPartition;
-use crate::config::{Pipeline, SourceConfig};
+use crate::config::SourceConfig;
+use crate::pipeline::Pipeline;
 use crate::runtime::{self, RunError, SourceMode};
 use crate::sink::parquet::commit;
 use crate::source::bounded::{self, BackfillProgress, PartitionFilter, RangeSpec};

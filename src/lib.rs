@@ -32,6 +32,7 @@ pub mod decode;
 pub mod demo;
 pub mod kafka_client;
 pub mod model;
+pub mod pipeline;
 pub mod retrain;
 pub mod runtime;
 pub mod schema;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use sluice::demo::{bench, feeds::feedback};
 use sluice::source::bounded::{PartitionFilter, RangeSpec};
 use sluice::telemetry::{self, init_logging, status, Stats};
-use sluice::{backfill, config, demo, retrain, runtime};
+use sluice::{backfill, config, demo, pipeline, retrain, runtime};
 
 #[derive(Parser)]
 #[command(
@@ -214,7 +214,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             metrics_listen,
             storage_retry,
         } => {
-            let mut pipeline = match config::load(&pipeline) {
+            let mut pipeline = match pipeline::load(&pipeline) {
                 Ok(pipeline) => pipeline,
                 Err(error) => {
                     eprintln!("{error}");
@@ -250,12 +250,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let loaded = match out {
                 Some(out) => {
                     let out = out.display().to_string();
-                    config::load_with_vars(&pipeline, &|name| match name {
+                    pipeline::load_with_vars(&pipeline, &|name| match name {
                         "SLUICE_OUT" => Some(out.clone()),
                         other => std::env::var(other).ok(),
                     })
                 }
-                None => config::load(&pipeline),
+                None => pipeline::load(&pipeline),
             };
             let mut pipeline = match loaded {
                 Ok(pipeline) => pipeline,
@@ -308,10 +308,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { pipelines } => {
             let mut failed = false;
             for file in &pipelines {
-                let checked = if retrain::job::is_job_file(file) {
-                    retrain::job::load(file, &|name| std::env::var(name).ok()).map(|_| ())
+                let checked = if pipeline::job::is_job_file(file) {
+                    pipeline::job::load(file, &|name| std::env::var(name).ok()).map(|_| ())
                 } else {
-                    config::load(file).map(|_| ())
+                    pipeline::load(file).map(|_| ())
                 };
                 match checked {
                     Ok(()) => println!("{}: ok", file.display()),
@@ -418,16 +418,16 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let options = retrain::RetrainOptions { force, dry_run };
             let schedule = match (every, cron) {
-                (Some(every), _) => Some(retrain::schedule::Schedule::Every(every)),
+                (Some(every), _) => Some(pipeline::schedule::Schedule::Every(every)),
                 (None, Some(cron)) => {
-                    Some(retrain::schedule::Schedule::cron(&cron).map_err(anyhow::Error::msg)?)
+                    Some(pipeline::schedule::Schedule::cron(&cron).map_err(anyhow::Error::msg)?)
                 }
                 (None, None) => None,
             };
             let stop = CancellationToken::new();
             tokio::spawn(cancel_on_signal(stop.clone()));
             loop {
-                let loaded = retrain::job::load(&job, &|name| std::env::var(name).ok())
+                let loaded = pipeline::job::load(&job, &|name| std::env::var(name).ok())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let report = tokio::task::spawn_blocking({
                     let options = options.clone();
@@ -468,7 +468,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `--metrics-listen` / `SLUICE_METRICS_LISTEN` (non-empty) replaces the file's
 /// `metrics.listen`.
-fn override_metrics_listen(pipeline: &mut config::Pipeline, listen: Option<String>) {
+fn override_metrics_listen(pipeline: &mut pipeline::Pipeline, listen: Option<String>) {
     if let Some(listen) = listen.filter(|l| !l.is_empty()) {
         pipeline.config.metrics = Some(config::MetricsConfig { listen });
     }

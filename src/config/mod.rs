@@ -1,11 +1,15 @@
-//! The pipeline file: typed serde structs that mirror the YAML 1:1, and the loader.
+//! Config files: typed serde structs that mirror the YAML 1:1, and the file machinery
+//! they share. This module imports nothing else from the crate; `pipeline` turns a parsed
+//! file into a checked plan.
 //!
-//! Loading is four steps, each reporting every problem it finds rather than the first:
-//! read the file, interpolate `${VAR}` / `${VAR:-default}` ([`interpolate`]), deserialize
-//! into these structs (`deny_unknown_fields` everywhere; when the whole file fails, each
-//! section is tried on its own so independent mistakes are all reported), then semantic
-//! checks against the record schema ([`validate`]). Every error carries the file, the key
-//! path and the line ([`locate`]).
+//! - the pipeline file: [`PipelineConfig`] here, the stages in [`stages`], the sinks in
+//!   [`sinks`]; [`parse`] reports every independent mistake at once;
+//! - the retrain job file: [`job`];
+//! - reading any of them: [`file`] (text, YAML, typed parse with key paths),
+//!   [`interpolate`] (`${VAR}`, `${VAR:-default}`, `${file:PATH}`), [`locate`] (key path
+//!   -> line), [`error`] (file, key path, line, what was expected), [`redact`] (values
+//!   from outside the file shown as `${NAME}`), [`limits`] (bounds on every duration and
+//!   count).
 //!
 //! Relative paths: what defines the pipeline (`decode.schema`, `models`, tokenizer and
 //! lookup files, `onnxruntime.library`) is relative to the pipeline file; output paths are
@@ -14,32 +18,36 @@
 mod error;
 mod file;
 mod interpolate;
+pub mod job;
 pub mod limits;
 mod locate;
+pub mod parse;
 pub mod redact;
+mod sinks;
 mod stages;
-mod validate;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
-use serde_norway::Value;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use file::{typed, YamlFile};
 pub use interpolate::{interpolate, InterpolationIssue, Substitution};
 pub use locate::LineIndex;
+pub use parse::{parse_sections, PIPELINE_KEYS};
 pub use redact::Redactions;
+pub use sinks::{
+    AlertConfig, Compression, DeadLetterConfig, DeadLetterKafkaConfig, KafkaSinkConfig,
+    ParquetSinkConfig, RollConfig, SinkConfig,
+};
 pub use stages::{
     BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,
     LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig, WindowConfig,
     WindowFeature, WindowField,
 };
-pub use validate::Pipeline;
-
 /// A whole pipeline file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,14 +287,6 @@ pub enum UnknownFields {
     Reject,
 }
 
-/// One entry of `sinks`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum SinkConfig {
-    Parquet(ParquetSinkConfig),
-    Kafka(KafkaSinkConfig),
-}
-
 impl PipelineConfig {
     /// Puts the shared `kafka.properties` into every client's own `properties` (which
     /// win), so each client's map is complete.
@@ -333,168 +333,6 @@ impl PipelineConfig {
     }
 }
 
-impl SinkConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Parquet(_) => "parquet",
-            SinkConfig::Kafka(_) => "kafka",
-        }
-    }
-}
-
-/// A Hive-partitioned Parquet dataset in a local directory.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParquetSinkConfig {
-    /// Dataset root directory (created if missing).
-    pub path: PathBuf,
-    /// Hive partition keys, outermost first: `date(COL)`, `hour(COL)` (UTC, of a timestamp
-    /// column) or a plain column name; `name=expr` renames the key. Default: none.
-    #[serde(default)]
-    pub partition_by: Vec<String>,
-    /// `zstd` (default) or `none`.
-    #[serde(default)]
-    pub compression: Compression,
-    #[serde(default)]
-    pub roll: RollConfig,
-    /// Most files open at once; past it the oldest open file group is closed early.
-    /// Default: 64.
-    #[serde(default = "default_max_open_files")]
-    pub max_open_files: usize,
-    /// Rows per Parquet row group. Default: 65536.
-    #[serde(default = "default_row_group_rows")]
-    pub row_group_rows: usize,
-    /// Columns written. Default: all. The provenance columns (`_topic`, `_partition`,
-    /// `_offset`, `_timestamp`) are always written.
-    #[serde(default)]
-    pub columns: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    #[default]
-    Zstd,
-    None,
-}
-
-/// When open Parquet files are closed and made visible. A closed file is what makes its
-/// records durable, so these also bound how far offset commits lag behind.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollConfig {
-    /// Default: 1000000 rows per source partition.
-    #[serde(default = "default_roll_rows")]
-    pub max_rows: u64,
-    /// Default: `128 MiB` (encoded size, estimated while writing).
-    #[serde(default = "default_roll_bytes")]
-    pub max_bytes: ByteSize,
-    /// Default: `1m` after the first row of the file.
-    #[serde(default = "default_roll_age", with = "humantime_serde")]
-    pub max_age: Duration,
-    /// `max_age` of a partition's first file group after it is assigned (or the pipeline
-    /// starts), so a restarted pipeline makes its first progress durable and committed
-    /// this soon, however often it is restarted. The small file is merged into its
-    /// segment's file later. Default: `2s` (or `max_age`, if that is shorter).
-    #[serde(default, with = "humantime_serde")]
-    pub first_max_age: Option<Duration>,
-    /// Files are aligned to segments of this many source offsets (`k·N ..= (k+1)·N − 1`):
-    /// a segment's files are merged into one per directory when the partition moves past
-    /// it, so file names depend on offsets only and a backfill rewrites the same names.
-    /// Default: `max_rows`.
-    #[serde(default)]
-    pub segment_offsets: Option<u64>,
-}
-
-impl RollConfig {
-    /// `first_max_age`, defaulted and never above `max_age`.
-    pub fn first_max_age(&self) -> Duration {
-        self.first_max_age
-            .unwrap_or(Duration::from_secs(2))
-            .min(self.max_age)
-    }
-
-    /// Offsets per segment.
-    pub fn segment_offsets(&self) -> u64 {
-        self.segment_offsets.unwrap_or(self.max_rows)
-    }
-}
-
-impl Default for RollConfig {
-    fn default() -> Self {
-        RollConfig {
-            max_rows: default_roll_rows(),
-            max_bytes: default_roll_bytes(),
-            max_age: default_roll_age(),
-            first_max_age: None,
-            segment_offsets: None,
-        }
-    }
-}
-
-/// An output Kafka topic: one JSON message per row.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    pub topic: String,
-    /// Default: the source's brokers.
-    #[serde(default)]
-    pub brokers: Option<String>,
-    /// Columns written into each JSON message. Default: all.
-    #[serde(default)]
-    pub columns: Option<Vec<String>>,
-    /// Column whose value (as text) is the message key. Default: no key.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// librdkafka producer properties. sluice sets `acks=all` and
-    /// `enable.idempotence=true` unless overridden here.
-    #[serde(default)]
-    pub properties: BTreeMap<String, PropertyValue>,
-    /// Send only rows that raise an alert (with hysteresis per key). Default: every row.
-    #[serde(default)]
-    pub alert: Option<AlertConfig>,
-}
-
-/// `alert` of a `kafka` sink: a row is sent when its `score` rises above `raise_above`
-/// while its `key` is not alerting; the key's alert clears when its score falls below
-/// `clear_below`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertConfig {
-    pub key: String,
-    pub score: String,
-    pub raise_above: f64,
-    pub clear_below: f64,
-}
-
-/// `dead_letter`: at least one of `parquet` and `kafka`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterConfig {
-    /// A Parquet dataset of dead letters (schema in `schemas/dead_letter.json`).
-    #[serde(default)]
-    pub parquet: Option<ParquetSinkConfig>,
-    /// A topic that receives the original bytes, with the reason in headers.
-    #[serde(default)]
-    pub kafka: Option<DeadLetterKafkaConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterKafkaConfig {
-    pub topic: String,
-    /// Default: the source's brokers.
-    #[serde(default)]
-    pub brokers: Option<String>,
-    /// Longer payloads are cut to this size, flagged in the headers
-    /// `sluice.payload.truncated` and `sluice.payload.original.bytes` (the Parquet dead
-    /// letters keep them whole). Default: `512 KiB`, under Kafka's default 1 MB limit.
-    #[serde(default = "default_dead_letter_payload")]
-    pub max_payload_bytes: ByteSize,
-    #[serde(default)]
-    pub properties: BTreeMap<String, PropertyValue>,
-}
-
 fn default_models() -> PathBuf {
     PathBuf::from("../models")
 }
@@ -509,179 +347,4 @@ fn default_batch_wait() -> Duration {
 }
 fn default_max_record_bytes() -> ByteSize {
     ByteSize::mib(1)
-}
-fn default_dead_letter_payload() -> ByteSize {
-    ByteSize::kib(512)
-}
-fn default_max_open_files() -> usize {
-    64
-}
-fn default_row_group_rows() -> usize {
-    65_536
-}
-fn default_roll_rows() -> u64 {
-    1_000_000
-}
-fn default_roll_bytes() -> ByteSize {
-    ByteSize::mib(128)
-}
-fn default_roll_age() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// The top level with every section left as YAML, used to report unknown and missing
-/// top-level keys when the full typed parse fails.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct TopLevelShape {
-    name: Value,
-    source: Value,
-    decode: Value,
-    #[serde(default)]
-    stages: Option<Vec<Value>>,
-    #[serde(default)]
-    models: Option<Value>,
-    #[serde(default)]
-    onnxruntime: Option<Value>,
-    #[serde(default)]
-    retrain: Option<Value>,
-    sinks: Vec<Value>,
-    dead_letter: Value,
-    #[serde(default)]
-    metrics: Option<Value>,
-    #[serde(default)]
-    kafka: Option<Value>,
-}
-
-/// Loads and validates a pipeline file, reading `${VAR}`s from the process environment.
-pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
-    load_with_vars(file, &|name| std::env::var(name).ok())
-}
-
-/// The top-level keys of a pipeline file.
-const PIPELINE_KEYS: &[&str] = &[
-    "name",
-    "source",
-    "decode",
-    "stages",
-    "models",
-    "onnxruntime",
-    "retrain",
-    "sinks",
-    "dead_letter",
-    "metrics",
-    "kafka",
-];
-
-/// Loads and validates a pipeline file with `${VAR}`s resolved by `lookup` (the demo and
-/// tests point brokers at an in-process cluster this way).
-pub fn load_with_vars(
-    file: &Path,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Pipeline, ConfigError> {
-    let yaml = YamlFile::read(file, "pipeline", PIPELINE_KEYS, lookup)?;
-    let mut config = parse_sections(&yaml.root).map_err(|issues| yaml.error(issues))?;
-    config.share_kafka_properties();
-    let mut redactions = yaml.redactions.clone();
-    for (property, value) in config.credentials() {
-        redactions.add_secret(value, format!("[{property}]"));
-    }
-    let yaml = YamlFile { redactions, ..yaml };
-    let base_dir = file.parent().unwrap_or(Path::new("."));
-    let mut pipeline = validate::validate(config, base_dir).map_err(|issues| yaml.error(issues))?;
-    pipeline.retrain = scheduled_retrain(&pipeline, &yaml, lookup)?;
-    pipeline.redactions = yaml.redactions;
-    Ok(pipeline)
-}
-
-/// The pipeline's `retrain` job, loaded with the same variables, and its schedule.
-fn scheduled_retrain(
-    pipeline: &Pipeline,
-    yaml: &YamlFile,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<ScheduledRetrain>, ConfigError> {
-    let Some(retrain) = &pipeline.config.retrain else {
-        return Ok(None);
-    };
-    let issue = |path: &str, message: String| {
-        yaml.error(vec![ConfigIssue {
-            path: path.into(),
-            line: None,
-            message,
-        }])
-    };
-    let schedule = match (&retrain.every, &retrain.cron) {
-        (Some(every), None) => crate::retrain::schedule::Schedule::Every(*every),
-        (None, Some(cron)) => {
-            crate::retrain::schedule::Schedule::cron(cron).map_err(|e| issue("retrain.cron", e))?
-        }
-        _ => {
-            return Err(issue(
-                "retrain",
-                "expected exactly one of `every` and `cron`".into(),
-            ))
-        }
-    };
-    let job_file = pipeline.plan_context.base_dir.join(&retrain.job);
-    let job = crate::retrain::job::load(&job_file, lookup)
-        .map_err(|e| issue("retrain.job", e.to_string()))?;
-    Ok(Some(ScheduledRetrain { job, schedule }))
-}
-
-/// A retrain job that `sluice run` executes on its schedule.
-#[derive(Debug, Clone)]
-pub struct ScheduledRetrain {
-    pub job: crate::retrain::job::LoadedJob,
-    pub schedule: crate::retrain::schedule::Schedule,
-}
-
-/// Deserializes the whole file; when that fails, deserializes each section on its own so
-/// that every independent mistake is reported.
-fn parse_sections(root: &Value) -> Result<PipelineConfig, Vec<ConfigIssue>> {
-    let first = match typed::<PipelineConfig>(root, "") {
-        Ok(config) => return Ok(config),
-        Err(issue) => issue,
-    };
-    let mut issues = Vec::new();
-    if let Err(issue) = typed::<TopLevelShape>(root, "") {
-        issues.push(issue);
-    }
-    let section = |key: &str| root.get(key).filter(|v| !v.is_null());
-    if let Some(name) = section("name") {
-        issues.extend(typed::<String>(name, "name").err());
-    }
-    if let Some(source) = section("source") {
-        issues.extend(typed::<SourceConfig>(source, "source").err());
-    }
-    if let Some(decode) = section("decode") {
-        issues.extend(typed::<DecodeConfig>(decode, "decode").err());
-    }
-    if let Some(Value::Sequence(stages)) = section("stages") {
-        for (i, stage) in stages.iter().enumerate() {
-            issues.extend(typed::<StageConfig>(stage, &format!("stages[{i}]")).err());
-        }
-    }
-    if let Some(onnxruntime) = section("onnxruntime") {
-        issues.extend(typed::<OnnxRuntimeConfig>(onnxruntime, "onnxruntime").err());
-    }
-    if let Some(retrain) = section("retrain") {
-        issues.extend(typed::<PipelineRetrainConfig>(retrain, "retrain").err());
-    }
-    if let Some(Value::Sequence(sinks)) = section("sinks") {
-        for (i, sink) in sinks.iter().enumerate() {
-            issues.extend(typed::<SinkConfig>(sink, &format!("sinks[{i}]")).err());
-        }
-    }
-    if let Some(dead_letter) = section("dead_letter") {
-        issues.extend(typed::<DeadLetterConfig>(dead_letter, "dead_letter").err());
-    }
-    if let Some(kafka) = section("kafka") {
-        issues.extend(typed::<KafkaClientsConfig>(kafka, "kafka").err());
-    }
-    issues.dedup();
-    if issues.is_empty() {
-        issues.push(first);
-    }
-    Err(issues)
 }

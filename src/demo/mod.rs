@@ -18,10 +18,11 @@ use arrow::array::{Array, AsArray};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ConfigError, Pipeline, StageConfig};
+use crate::config::{self, ConfigError, StageConfig};
 use crate::demo::feeds::feedback::{self, FeedbackGenerator};
 use crate::demo::feeds::reviews::{self, ReviewsError};
 use crate::demo::feeds::{ai4i, mfpt};
+use crate::pipeline::Pipeline;
 use crate::runtime::{self, RunError};
 use crate::sink::parquet::read::count_rows;
 use crate::telemetry::{Stats, StatsSnapshot};
@@ -96,7 +97,7 @@ pub fn pipeline_path(arg: &Path) -> PathBuf {
 /// cluster and directory (other variables come from the environment).
 pub fn load_pipeline(file: &Path, brokers: &str, out: &Path) -> Result<Pipeline, ConfigError> {
     let out = out.display().to_string();
-    config::load_with_vars(file, &|name| match name {
+    crate::pipeline::load_with_vars(file, &|name| match name {
         "SLUICE_BROKERS" => Some(brokers.to_owned()),
         "SLUICE_OUT" => Some(out.clone()),
         other => std::env::var(other).ok(),

@@ -11,3 +11,17 @@ pub mod session;
 
 pub use registry::{Dim, Manifest, ModelVersion, Registry, RegistryError, TensorSpec};
 pub use session::{DevicePlan, ModelError, Placement};
+
+/// Index of the largest value (the first of equal ones).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
+}

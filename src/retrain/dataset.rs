@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use super::job::{DatasetConfig, FeatureColumns, LabelConfig};
 use super::trainer::Examples;
+use crate::config::job::{DatasetConfig, FeatureColumns, LabelConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -314,7 +314,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field};
 
     use super::*;
-    use crate::retrain::job::{LabelJoin, LabelRule};
+    use crate::config::job::{LabelJoin, LabelRule};
 
     const DAY: i64 = 86_400_000;
 

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::stage::enrich::derive::argmax;
+use crate::config::job::GateMetric;
+use crate::model::argmax;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
@@ -86,15 +87,6 @@ impl Metrics {
             GateMetric::LogLoss => -self.log_loss,
         }
     }
-}
-
-/// What the evaluation gate compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GateMetric {
-    Accuracy,
-    MacroF1,
-    LogLoss,
 }
 
 #[cfg(test)]

@@ -12,12 +12,10 @@
 //! `stage::infer::serving`); nothing here talks to them.
 
 pub mod dataset;
-pub mod job;
 pub mod metrics;
 pub mod onnx_export;
 pub mod onnx_proto;
 pub mod report;
-pub mod schedule;
 pub mod trainer;
 
 use std::path::Path;
@@ -25,10 +23,11 @@ use std::path::Path;
 use ort::value::TensorRef;
 use serde::Serialize;
 
-use self::job::{LabelConfig, LoadedJob};
 use self::metrics::Metrics;
+use crate::config::job::LabelConfig;
 use crate::config::Device;
 use crate::model::{DevicePlan, ModelError, ModelVersion, Registry, RegistryError};
+use crate::pipeline::job::LoadedJob;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetrainError {
@@ -65,7 +64,7 @@ pub struct RetrainReport {
     pub holdout_rows: usize,
     pub labelled_rows: usize,
     pub class_counts: Vec<usize>,
-    pub gate_metric: metrics::GateMetric,
+    pub gate_metric: crate::config::job::GateMetric,
     pub min_improvement: f64,
     pub candidate: Metrics,
     /// `NAME/VERSION` and metrics of the serving version on the same holdout.

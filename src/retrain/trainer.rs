@@ -14,66 +14,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::onnx_export::{Classifier, Dense};
-
-/// Hyper-parameters (the `trainer` section of a retrain job).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Hidden layer widths; empty = softmax regression. Default: empty.
-    #[serde(default)]
-    pub hidden: Vec<usize>,
-    /// Passes over the training set. Default: 60.
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    /// Adam step size. Default: 0.01.
-    #[serde(default = "default_learning_rate")]
-    pub learning_rate: f32,
-    /// L2 penalty on weights. Default: 0.0001.
-    #[serde(default = "default_l2")]
-    pub l2: f32,
-    /// Rows per gradient step. Default: 256.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    /// Standardize features (mean 0, std 1). Default: true.
-    #[serde(default = "default_true")]
-    pub standardize: bool,
-    /// Seed for initialisation and shuffling. Default: 7.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            hidden: Vec::new(),
-            epochs: default_epochs(),
-            learning_rate: default_learning_rate(),
-            l2: default_l2(),
-            batch_size: default_batch_size(),
-            standardize: true,
-            seed: default_seed(),
-        }
-    }
-}
-
-fn default_epochs() -> usize {
-    60
-}
-fn default_learning_rate() -> f32 {
-    0.01
-}
-fn default_l2() -> f32 {
-    1e-4
-}
-fn default_batch_size() -> usize {
-    256
-}
-fn default_true() -> bool {
-    true
-}
-fn default_seed() -> u64 {
-    7
-}
+use crate::config::job::TrainConfig;
 
 /// Rows of features (row-major `[rows, width]`) with class indices.
 #[derive(Debug, Clone, Default)]

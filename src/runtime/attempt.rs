@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{check_brokers, retrain_task, RunError, SourceMode};
 use crate::ack::AckTracker;
-use crate::config::{Pipeline, SourceConfig};
+use crate::config::SourceConfig;
 use crate::decode::JsonDecoder;
+use crate::pipeline::Pipeline;
 use crate::sink::{self, SinkMessage};
 use crate::source::bounded::BoundedSource;
 use crate::source::files::FileSource;

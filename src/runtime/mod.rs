@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Pipeline, ScheduledRetrain, SourceConfig};
+use crate::config::SourceConfig;
 use crate::kafka_client::{check_reachable, client_config, ClientEvents, Unreachable};
+use crate::pipeline::{Pipeline, ScheduledRetrain};
 use crate::sink::{self, SinkError};
 use crate::source::bounded::{BackfillProgress, BoundedError};
 use crate::source::files::FilesError;

@@ -22,8 +22,9 @@ use self::kafka::{Encoding, KafkaSink};
 use self::parquet::{ParquetInput, ParquetSink};
 use crate::ack::AckTracker;
 use crate::batch::{Batch, Flush};
-use crate::config::{Pipeline, SinkConfig, SourceConfig};
+use crate::config::{SinkConfig, SourceConfig};
 use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
+use crate::pipeline::Pipeline;
 use crate::telemetry::Stats;
 
 /// What a sink task receives.

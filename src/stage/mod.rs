@@ -38,8 +38,9 @@ use arrow::datatypes::{Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::error::ArrowError;
 
 use crate::batch::{Batch, DeadLetter, DeadLetterKind, TopicPartition};
-use crate::config::{limits, ConfigIssue, Pipeline, StageConfig};
+use crate::config::{limits, ConfigIssue, StageConfig};
 use crate::model::Registry;
+use crate::pipeline::Pipeline;
 use crate::telemetry::Stats;
 
 #[derive(Debug, thiserror::Error)]

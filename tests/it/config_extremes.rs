@@ -16,7 +16,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use crate::common::project;
-use sluice::config::{self, ConfigError};
+use sluice::config::ConfigError;
 
 /// Loads `text` as the file `name` would be loaded, from beside the shipped pipelines
 /// (so their relative schema, model and lookup paths resolve). The file is written under
@@ -26,10 +26,10 @@ fn load_beside_pipelines(name: &str, text: &str) -> Result<(), ConfigError> {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = project("pipelines").join(format!(".test-{}-{n}.tmp", std::process::id()));
     std::fs::write(&file, text).unwrap();
-    let loaded = if sluice::retrain::job::is_job_file(Path::new(name)) {
-        sluice::retrain::job::load(&file, &|_| None).map(drop)
+    let loaded = if sluice::pipeline::job::is_job_file(Path::new(name)) {
+        sluice::pipeline::job::load(&file, &|_| None).map(drop)
     } else {
-        config::load_with_vars(&file, &|_| None).map(drop)
+        sluice::pipeline::load_with_vars(&file, &|_| None).map(drop)
     };
     let _ = std::fs::remove_file(&file);
     loaded

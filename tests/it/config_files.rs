@@ -11,13 +11,13 @@ fn pipelines_dir() -> PathBuf {
 }
 
 /// Writes `text` as a pipeline file next to a copy of the feedback schema.
-fn load_text(text: &str) -> Result<config::Pipeline, ConfigError> {
+fn load_text(text: &str) -> Result<sluice::pipeline::Pipeline, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/customer_feedback.json");
     std::fs::copy(schema, dir.path().join("feedback.json")).unwrap();
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(&file, text).unwrap();
-    config::load_with_vars(&file, &|_| None)
+    sluice::pipeline::load_with_vars(&file, &|_| None)
 }
 
 const VALID: &str = "\
@@ -45,10 +45,11 @@ fn every_shipped_pipeline_validates() {
     for entry in std::fs::read_dir(pipelines_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            if sluice::retrain::job::is_job_file(&path) {
-                sluice::retrain::job::load(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+            if sluice::pipeline::job::is_job_file(&path) {
+                sluice::pipeline::job::load(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
             } else {
-                config::load_with_vars(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+                sluice::pipeline::load_with_vars(&path, &|_| None)
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
             checked += 1;
         }

@@ -11,7 +11,7 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_json::Value;
 
-use sluice::config::{self, SinkConfig, SourceConfig};
+use sluice::config::{SinkConfig, SourceConfig};
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -48,10 +48,10 @@ fn check_sluice_command(args: &[String], context: &str) {
             assert!(file.is_file(), "{context}: {arg} is not in pipelines/");
             let name = file.file_name().unwrap().to_string_lossy().to_string();
             if name.starts_with("retrain-") {
-                sluice::retrain::job::load(&file, &|v| std::env::var(v).ok())
+                sluice::pipeline::job::load(&file, &|v| std::env::var(v).ok())
                     .unwrap_or_else(|e| panic!("{context}: {e}"));
             } else {
-                config::load(&file).unwrap_or_else(|e| panic!("{context}: {e}"));
+                sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{context}: {e}"));
             }
             checked.push(file.display().to_string());
         } else {
@@ -274,7 +274,7 @@ fn the_compose_file_matches_the_pipeline_it_runs() {
         "metrics port {listen} not published: {published:?}"
     );
 
-    let pipeline = config::load(&in_repo(args.last().unwrap()).unwrap()).unwrap();
+    let pipeline = sluice::pipeline::load(&in_repo(args.last().unwrap()).unwrap()).unwrap();
     let SourceConfig::Kafka(source) = &pipeline.config.source;
     let mut needed: Vec<String> = source.topics.clone();
     for sink in &pipeline.config.sinks {

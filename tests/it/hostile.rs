@@ -21,7 +21,7 @@ use arrow::array::AsArray;
 use rdkafka::mocking::MockCluster;
 
 use crate::common::{self, TestPipeline};
-use sluice::config;
+
 use sluice::demo::feeds::feedback::{produce, FeedbackGenerator, SampleRecord};
 
 fn record(id: &str, payload: impl Into<Vec<u8>>, timestamp_ms: i64) -> SampleRecord {
@@ -94,7 +94,7 @@ async fn a_record_too_large_for_the_dead_letter_topic_is_delivered_cut_and_kept_
         "      key: id\n      properties:\n        message.max.bytes: 1000\n",
     );
     std::fs::write(&file, text.replace("16 KiB", "64 KiB")).unwrap();
-    let pipeline = config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let stats = common::consume_all(pipeline, 5).await;
     assert_eq!(stats.dead_letters, 1, "only the 1.5 MB record is refused");
 

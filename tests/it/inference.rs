@@ -15,10 +15,11 @@ use rdkafka::mocking::MockCluster;
 
 use crate::common::*;
 use sluice::batch::{Batch, BatchId, RawBatch, TopicPartition};
-use sluice::config::{self, Pipeline, UnknownFields};
+use sluice::config::{self, UnknownFields};
 use sluice::decode::JsonDecoder;
 use sluice::demo::feeds::feedback::{produce, SampleRecord};
 use sluice::model::{Manifest, Registry};
+use sluice::pipeline::Pipeline;
 use sluice::stage::Chain;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -41,7 +42,7 @@ fn sentiment(brokers: &str, out: &Path, models: &Path) -> Pipeline {
         ("SLUICE_MODELS", models.display().to_string()),
         ("SLUICE_DEVICE", "cpu".to_owned()),
     ]);
-    config::load_with_vars(&Path::new(ROOT).join("pipelines/sentiment.yaml"), &|name| {
+    sluice::pipeline::load_with_vars(&Path::new(ROOT).join("pipelines/sentiment.yaml"), &|name| {
         vars.get(name).cloned()
     })
     .unwrap_or_else(|e| panic!("{e}"))
@@ -56,7 +57,7 @@ fn pipeline_with_stages(dir: &Path, stages: &str) -> Result<Pipeline, config::Co
     );
     let path = dir.join("stages.yaml");
     std::fs::write(&path, text).unwrap();
-    config::load(&path)
+    sluice::pipeline::load(&path)
 }
 
 /// A decoded batch of feedback records with these texts.

@@ -17,7 +17,6 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use polars::prelude::*;
 use rdkafka::mocking::MockCluster;
 
-use sluice::config;
 use sluice::demo::feeds::ai4i::ProcessGenerator;
 use sluice::demo::feeds::feedback::{produce, SampleRecord};
 use sluice::demo::{self, DemoOptions};
@@ -33,7 +32,7 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn window_pipeline(brokers: &str, out: &Path) -> config::Pipeline {
+fn window_pipeline(brokers: &str, out: &Path) -> sluice::pipeline::Pipeline {
     let text = format!(
         "name: windows-test
 source:
@@ -71,7 +70,7 @@ dead_letter:
     );
     let file = out.join("windows-test.yaml");
     std::fs::write(&file, text).unwrap();
-    config::load(&file).unwrap_or_else(|e| panic!("{e}"))
+    sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Generated readings of six machines, each machine's pairs of neighbouring readings

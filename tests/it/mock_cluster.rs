@@ -224,14 +224,14 @@ async fn a_rebalance_between_two_members_loses_and_duplicates_nothing() {
         .write();
         let renamed = member_out.join("pipeline.yaml");
         std::fs::rename(file, &renamed).unwrap();
-        sluice::config::load(&renamed).unwrap()
+        sluice::pipeline::load(&renamed).unwrap()
     };
     let all = records(3, 6_000, 0.0);
     produce(&brokers, "feedback", all[..3_000].to_vec())
         .await
         .unwrap();
 
-    let start = |pipeline: sluice::config::Pipeline| {
+    let start = |pipeline: sluice::pipeline::Pipeline| {
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn({

@@ -78,7 +78,7 @@ async fn records_deleted_by_retention_are_counted_and_fail_stops_without_committ
         &dir.path().join("fail"),
         "    on_offset_reset: fail\n",
     );
-    let load = |file: &Path| sluice::config::load(file).unwrap_or_else(|e| panic!("{e}"));
+    let load = |file: &Path| sluice::pipeline::load(file).unwrap_or_else(|e| panic!("{e}"));
     produce(&broker.address, "retained", feedback(1, 300))
         .await
         .unwrap();

@@ -14,13 +14,15 @@ use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 
 use crate::common::*;
-use sluice::config::{self, Device};
+use sluice::config::job::TrainConfig;
+use sluice::config::Device;
 use sluice::demo::feeds::feedback::produce;
 use sluice::demo::feeds::reviews;
 use sluice::model::{DevicePlan, Registry};
+use sluice::pipeline::job;
 use sluice::retrain::onnx_export::{Classifier, Dense};
-use sluice::retrain::trainer::{train, Examples, TrainConfig};
-use sluice::retrain::{self, job, RetrainOptions};
+use sluice::retrain::trainer::{train, Examples};
+use sluice::retrain::{self, RetrainOptions};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -159,9 +161,11 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
         ("SLUICE_DEVICE", "cpu".to_owned()),
     ]);
     let lookup = |name: &str| vars.get(name).cloned();
-    let pipeline =
-        config::load_with_vars(&Path::new(ROOT).join("pipelines/sentiment.yaml"), &lookup)
-            .unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = sluice::pipeline::load_with_vars(
+        &Path::new(ROOT).join("pipelines/sentiment.yaml"),
+        &lookup,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let Running {
         stats,
         shutdown,
@@ -311,7 +315,7 @@ async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipel
         ("SLUICE_MODELS", registry_dir.path().display().to_string()),
         ("SLUICE_DEVICE", "cpu".to_owned()),
     ]);
-    let pipeline = config::load_with_vars(&file, &|name| vars.get(name).cloned())
+    let pipeline = sluice::pipeline::load_with_vars(&file, &|name| vars.get(name).cloned())
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(pipeline.retrain.is_some());
     let Running {

@@ -106,7 +106,7 @@ async fn sluice_consumes_and_produces_over_tls_with_the_server_verified() {
             ("ssl.endpoint.identification.algorithm", "https"),
         ],
     );
-    let pipeline = sluice::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let stats = common::consume_all(pipeline, 200).await;
     assert_eq!(stats.records_in, 200);
     let rows = common::read_dataset(&out.path().join("feedback"));
@@ -262,7 +262,7 @@ for codec in ["zstd", "lz4", "snappy", "gzip"]:
         "      key: id\n      properties:\n        compression.type: zstd\n",
     );
     std::fs::write(&file, text).unwrap();
-    let pipeline = sluice::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let stats = common::consume_all(pipeline, 400).await;
     assert_eq!((stats.records_in, stats.dead_letters), (400, 0));
     let rows = common::read_dataset(&out.path().join("feedback"));

@@ -13,7 +13,6 @@ use rdkafka::mocking::MockCluster;
 
 use crate::common;
 
-use sluice::config;
 use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
 
 const QUERY: &str = "SELECT *, lower(text) AS text_lc, CAST(rating AS INT) * 2 AS double_stars \
@@ -55,7 +54,7 @@ async fn the_sql_stage_filters_and_computes_columns_between_kafka_and_parquet() 
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("pipeline.yaml");
     std::fs::write(&file, pipeline_text(&brokers, out.path(), QUERY)).unwrap();
-    let pipeline = config::load(&file).unwrap();
+    let pipeline = sluice::pipeline::load(&file).unwrap();
 
     let records: Vec<_> = FeedbackGenerator::new(11, 0.02, 1_795_000_000_000, 10)
         .take(3_000)
@@ -116,7 +115,7 @@ fn a_statement_polars_cannot_run_is_a_startup_error_with_the_key_path() {
     let file = out.path().join("pipeline.yaml");
     let bad = "SELECT *, CAST(missing_column AS INT) AS x FROM batch";
     std::fs::write(&file, pipeline_text("localhost:1", out.path(), bad)).unwrap();
-    let error = config::load(&file).unwrap_err().to_string();
+    let error = sluice::pipeline::load(&file).unwrap_err().to_string();
     assert!(error.contains("pipeline.yaml"), "{error}");
     assert!(error.contains("stages[0].sql.query"), "{error}");
     assert!(error.contains("missing_column"), "{error}");

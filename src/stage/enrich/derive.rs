@@ -14,6 +14,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
 
 use crate::config::{DeriveConfig, LabelSource};
+use crate::model::argmax;
 use crate::model::Registry;
 use crate::stage::{PlanIssues, StageError};
 
@@ -188,20 +189,6 @@ fn float_values(column: &ArrayRef) -> Result<(ScalarBuffer<f32>, usize), StageEr
         _ => cast(&values, &DataType::Float32)?,
     };
     Ok((values.as_primitive::<Float32Type>().values().clone(), width))
-}
-
-/// Index of the largest value (the first of equal ones).
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
 }
 
 /// Computes one derived column over `rows` (which already has the earlier ones).

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use sluice::config::{self, Pipeline};
+use sluice::pipeline::Pipeline;
 use sluice::sink::parquet::read::{dataset_files, read_file};
 
 pub const SCHEMA: &str = concat!(
@@ -122,7 +122,7 @@ impl TestPipeline<'_> {
     }
 
     pub fn load(&self) -> Pipeline {
-        config::load(&self.write()).unwrap_or_else(|e| panic!("{e}"))
+        sluice::pipeline::load(&self.write()).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

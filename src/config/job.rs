@@ -1,15 +1,11 @@
-//! The retrain job file: which dataset, which labels, which model, which trainer, and the
-//! gate a candidate must pass to be published. Typed with `deny_unknown_fields`; loaded
-//! with the same `${VAR}` interpolation and error reporting as pipeline files.
+//! The retrain job file (`retrain-*.yaml`): which dataset, which labels, which model,
+//! which trainer, and the gate a candidate must pass to be published. Typed with
+//! `deny_unknown_fields`, mirroring the YAML; `pipeline::job` loads and checks it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use super::metrics::GateMetric;
-use super::trainer::TrainConfig;
-use crate::config::{limits, typed, ConfigError, ConfigIssue, YamlFile};
 
 /// A whole retrain job file.
 #[derive(Debug, Clone, Deserialize)]
@@ -165,122 +161,71 @@ fn default_metric() -> GateMetric {
     GateMetric::MacroF1
 }
 
-/// Retrain jobs live beside pipelines as `retrain-*.yaml`.
-pub fn is_job_file(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("retrain-"))
+/// What the evaluation gate compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMetric {
+    Accuracy,
+    MacroF1,
+    LogLoss,
 }
 
-/// A loaded job and the directory its relative paths start from.
-#[derive(Debug, Clone)]
-pub struct LoadedJob {
-    pub job: RetrainJob,
-    pub base_dir: PathBuf,
+/// Hyper-parameters (the `trainer` section of a retrain job).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Hidden layer widths; empty = softmax regression. Default: empty.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Passes over the training set. Default: 60.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Adam step size. Default: 0.01.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f32,
+    /// L2 penalty on weights. Default: 0.0001.
+    #[serde(default = "default_l2")]
+    pub l2: f32,
+    /// Rows per gradient step. Default: 256.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Standardize features (mean 0, std 1). Default: true.
+    #[serde(default = "default_true")]
+    pub standardize: bool,
+    /// Seed for initialisation and shuffling. Default: 7.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
 }
 
-impl LoadedJob {
-    pub fn path(&self, relative: &Path) -> PathBuf {
-        self.base_dir.join(relative)
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            hidden: Vec::new(),
+            epochs: default_epochs(),
+            learning_rate: default_learning_rate(),
+            l2: default_l2(),
+            batch_size: default_batch_size(),
+            standardize: true,
+            seed: default_seed(),
+        }
     }
 }
 
-/// Reads a job file: `${VAR}` interpolation, typed parse, checks; errors name the file,
-/// the key path and the line.
-pub fn load(
-    file: &Path,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<LoadedJob, ConfigError> {
-    let yaml = YamlFile::read(
-        file,
-        "retrain job",
-        &["name", "dataset", "models", "model", "trainer", "gate"],
-        lookup,
-    )?;
-    let job: RetrainJob = typed(&yaml.root, "").map_err(|issue| yaml.error(vec![issue]))?;
-    let mut issues = Vec::new();
-    let mut issue = |path: &str, message: String| {
-        issues.push(ConfigIssue {
-            path: path.into(),
-            line: None,
-            message,
-        })
-    };
-    if job.model.labels.len() < 2 {
-        issue("model.labels", "expected at least two classes".into());
-    }
-    let trainer = &job.trainer;
-    let bounded = [
-        ("trainer.epochs", limits::count(trainer.epochs, 0, 100_000)),
-        (
-            "trainer.batch_size",
-            limits::count(trainer.batch_size, 1, 1 << 20),
-        ),
-        ("trainer.hidden", limits::count(trainer.hidden.len(), 0, 16)),
-    ];
-    for (key, checked) in bounded {
-        if let Err(message) = checked {
-            issue(key, message);
-        }
-    }
-    for (i, width) in trainer.hidden.iter().enumerate() {
-        if let Err(message) = limits::count(*width, 1, 1 << 16) {
-            issue(&format!("trainer.hidden[{i}]"), message);
-        }
-    }
-    for (key, value) in [
-        ("trainer.learning_rate", trainer.learning_rate),
-        ("trainer.l2", trainer.l2),
-    ] {
-        if !value.is_finite() || value < 0.0 {
-            issue(
-                key,
-                format!("expected a finite number of at least 0, found {value}"),
-            );
-        }
-    }
-    if let Some(last) = job.dataset.last {
-        if let Err(message) = limits::duration(last, limits::SECOND, 100 * limits::YEAR) {
-            issue("dataset.last", message);
-        }
-    }
-    if !(0.0..1.0).contains(&job.dataset.holdout) || job.dataset.holdout == 0.0 {
-        issue(
-            "dataset.holdout",
-            "expected a share between 0 and 1, e.g. 0.2".into(),
-        );
-    }
-    for (key, value) in [
-        ("dataset.from", &job.dataset.from),
-        ("dataset.to", &job.dataset.to),
-    ] {
-        if let Some(text) = value {
-            if chrono::DateTime::parse_from_rfc3339(text).is_err() {
-                issue(
-                    key,
-                    format!("`{text}` is not an RFC 3339 time (2026-11-22T00:00:00Z)"),
-                );
-            }
-        }
-    }
-    if let LabelConfig::Rules(rules) = &job.dataset.label {
-        for (i, rule) in rules.iter().enumerate() {
-            if !job.model.labels.contains(&rule.label) {
-                issue(
-                    &format!("dataset.label.rules[{i}].label"),
-                    format!(
-                        "`{}` is not one of model.labels {:?}",
-                        rule.label, job.model.labels
-                    ),
-                );
-            }
-        }
-    }
-    if !issues.is_empty() {
-        return Err(yaml.error(issues));
-    }
-    Ok(LoadedJob {
-        job,
-        base_dir: file.parent().unwrap_or(Path::new(".")).to_owned(),
-    })
+fn default_epochs() -> usize {
+    60
+}
+fn default_learning_rate() -> f32 {
+    0.01
+}
+fn default_l2() -> f32 {
+    1e-4
+}
+fn default_batch_size() -> usize {
+    256
+}
+fn default_true() -> bool {
+    true
+}
+fn default_seed() -> u64 {
+    7
 }

@@ -1,16 +1,17 @@
-//! Semantic checks of a parsed pipeline file, all reported together, and the checked
-//! [`Pipeline`] that the runtime builds from.
+//! Semantic checks of a parsed pipeline file, all reported together, producing the checked
+//! [`Pipeline`].
 //!
 //! These are the mistakes serde cannot see: a schema file that is missing or wrong, a
 //! partition key or output column that is not in the rows, a roll threshold of zero, a
 //! pipeline with nowhere to put its dead letters.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::Schema;
 
-use super::{
+use super::Pipeline;
+use crate::config::{
     limits, ConfigIssue, KafkaSinkConfig, ParquetSinkConfig, PipelineConfig, SinkConfig,
     SourceConfig,
 };
@@ -22,106 +23,6 @@ use crate::{dead_letter, schema};
 
 /// The largest record (and dead-letter payload) a file may allow: 256 MiB.
 const MAX_RECORD_BYTES: u64 = 256 << 20;
-
-/// A pipeline file that parsed and passed every check.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
-    pub config: PipelineConfig,
-    /// The record fields declared by `decode.schema`.
-    pub record_schema: SchemaRef,
-    /// Decoded rows: record fields plus provenance columns (what the first stage gets).
-    pub row_schema: SchemaRef,
-    /// Output schema of each stage, in order.
-    pub stage_schemas: Vec<SchemaRef>,
-    /// The schema file, resolved against the pipeline file's directory.
-    pub schema_path: PathBuf,
-    /// Paths the stages resolve (pipeline file directory, model registry).
-    pub plan_context: PlanContext,
-    /// The `retrain` section's job, loaded (set by the loader after these checks).
-    pub retrain: Option<super::ScheduledRetrain>,
-    /// Values from the environment (shown as `${NAME}`) and credentials: the binary hides
-    /// the secrets among them in everything it prints.
-    pub redactions: super::Redactions,
-    /// How long a run keeps retrying while its storage is full (`--storage-retry`; see
-    /// `runtime`). Default: 5 minutes.
-    pub storage_retry: std::time::Duration,
-    /// Outputs this run leaves out (`sinks[1].kafka`, `dead_letter.kafka`): `sluice
-    /// backfill --sinks` writes only some of them.
-    pub disabled_sinks: std::collections::BTreeSet<String>,
-}
-
-impl Pipeline {
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    /// The sinks this run writes, with their names (`sinks[0].parquet`), in order.
-    pub fn sinks(&self) -> impl Iterator<Item = (String, &SinkConfig)> {
-        self.config
-            .sinks
-            .iter()
-            .enumerate()
-            .map(|(i, sink)| (format!("sinks[{i}].{}", sink.kind()), sink))
-            .filter(|(name, _)| !self.disabled_sinks.contains(name))
-    }
-
-    /// The dead-letter Parquet dataset, if this run writes one.
-    pub fn dead_letter_parquet(&self) -> Option<&ParquetSinkConfig> {
-        self.config
-            .dead_letter
-            .parquet
-            .as_ref()
-            .filter(|_| !self.disabled_sinks.contains("dead_letter.parquet"))
-    }
-
-    /// The dead-letter topic, if this run writes one.
-    pub fn dead_letter_kafka(&self) -> Option<&super::DeadLetterKafkaConfig> {
-        self.config
-            .dead_letter
-            .kafka
-            .as_ref()
-            .filter(|_| !self.disabled_sinks.contains("dead_letter.kafka"))
-    }
-
-    /// Dataset roots of the Parquet sinks, in order (dead letters not counted).
-    pub fn parquet_sinks(&self) -> impl Iterator<Item = &Path> {
-        self.sinks().filter_map(|(_, s)| match s {
-            SinkConfig::Parquet(p) => Some(p.path.as_path()),
-            SinkConfig::Kafka(_) => None,
-        })
-    }
-
-    /// Roots of every Parquet dataset the pipeline writes: its sinks', then the
-    /// dead-letter dataset.
-    pub fn parquet_roots(&self) -> impl Iterator<Item = &Path> {
-        let dead_letters = self.dead_letter_parquet();
-        self.parquet_sinks()
-            .chain(dead_letters.map(|p| p.path.as_path()))
-    }
-
-    /// What the sinks receive: the last stage's output, or the decoded rows.
-    pub fn output_schema(&self) -> &SchemaRef {
-        self.stage_schemas.last().unwrap_or(&self.row_schema)
-    }
-
-    /// `onnxruntime.library`, resolved against the pipeline file's directory.
-    pub fn onnxruntime_library(&self) -> Option<PathBuf> {
-        self.config
-            .onnxruntime
-            .library
-            .as_ref()
-            .map(|l| self.plan_context.base_dir.join(l))
-    }
-
-    /// The consumer group: `source.kafka.group_id` or `sluice-<name>`.
-    pub fn group_id(&self) -> String {
-        let SourceConfig::Kafka(kafka) = &self.config.source;
-        kafka
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("sluice-{}", self.config.name))
-    }
-}
 
 struct Issues(Vec<ConfigIssue>);
 

@@ -1,0 +1,200 @@
+//! The `sinks` and `dead_letter` sections: a Parquet dataset, an output topic, and where
+//! bad records go. Typed structs that mirror the YAML; defaults in each doc comment.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use super::PropertyValue;
+
+/// One entry of `sinks`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SinkConfig {
+    Parquet(ParquetSinkConfig),
+    Kafka(KafkaSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Kafka(_) => "kafka",
+        }
+    }
+}
+
+/// A Hive-partitioned Parquet dataset in a local directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkConfig {
+    /// Dataset root directory (created if missing).
+    pub path: PathBuf,
+    /// Hive partition keys, outermost first: `date(COL)`, `hour(COL)` (UTC, of a timestamp
+    /// column) or a plain column name; `name=expr` renames the key. Default: none.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// `zstd` (default) or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub roll: RollConfig,
+    /// Most files open at once; past it the oldest open file group is closed early.
+    /// Default: 64.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Rows per Parquet row group. Default: 65536.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// Columns written. Default: all. The provenance columns (`_topic`, `_partition`,
+    /// `_offset`, `_timestamp`) are always written.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    None,
+}
+
+/// When open Parquet files are closed and made visible. A closed file is what makes its
+/// records durable, so these also bound how far offset commits lag behind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollConfig {
+    /// Default: 1000000 rows per source partition.
+    #[serde(default = "default_roll_rows")]
+    pub max_rows: u64,
+    /// Default: `128 MiB` (encoded size, estimated while writing).
+    #[serde(default = "default_roll_bytes")]
+    pub max_bytes: ByteSize,
+    /// Default: `1m` after the first row of the file.
+    #[serde(default = "default_roll_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// `max_age` of a partition's first file group after it is assigned (or the pipeline
+    /// starts), so a restarted pipeline makes its first progress durable and committed
+    /// this soon, however often it is restarted. The small file is merged into its
+    /// segment's file later. Default: `2s` (or `max_age`, if that is shorter).
+    #[serde(default, with = "humantime_serde")]
+    pub first_max_age: Option<Duration>,
+    /// Files are aligned to segments of this many source offsets (`k·N ..= (k+1)·N − 1`):
+    /// a segment's files are merged into one per directory when the partition moves past
+    /// it, so file names depend on offsets only and a backfill rewrites the same names.
+    /// Default: `max_rows`.
+    #[serde(default)]
+    pub segment_offsets: Option<u64>,
+}
+
+impl RollConfig {
+    /// `first_max_age`, defaulted and never above `max_age`.
+    pub fn first_max_age(&self) -> Duration {
+        self.first_max_age
+            .unwrap_or(Duration::from_secs(2))
+            .min(self.max_age)
+    }
+
+    /// Offsets per segment.
+    pub fn segment_offsets(&self) -> u64 {
+        self.segment_offsets.unwrap_or(self.max_rows)
+    }
+}
+
+impl Default for RollConfig {
+    fn default() -> Self {
+        RollConfig {
+            max_rows: default_roll_rows(),
+            max_bytes: default_roll_bytes(),
+            max_age: default_roll_age(),
+            first_max_age: None,
+            segment_offsets: None,
+        }
+    }
+}
+
+/// An output Kafka topic: one JSON message per row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    pub topic: String,
+    /// Default: the source's brokers.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Columns written into each JSON message. Default: all.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Column whose value (as text) is the message key. Default: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// librdkafka producer properties. sluice sets `acks=all` and
+    /// `enable.idempotence=true` unless overridden here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
+    /// Send only rows that raise an alert (with hysteresis per key). Default: every row.
+    #[serde(default)]
+    pub alert: Option<AlertConfig>,
+}
+
+/// `alert` of a `kafka` sink: a row is sent when its `score` rises above `raise_above`
+/// while its `key` is not alerting; the key's alert clears when its score falls below
+/// `clear_below`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub key: String,
+    pub score: String,
+    pub raise_above: f64,
+    pub clear_below: f64,
+}
+
+/// `dead_letter`: at least one of `parquet` and `kafka`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// A Parquet dataset of dead letters (schema in `schemas/dead_letter.json`).
+    #[serde(default)]
+    pub parquet: Option<ParquetSinkConfig>,
+    /// A topic that receives the original bytes, with the reason in headers.
+    #[serde(default)]
+    pub kafka: Option<DeadLetterKafkaConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterKafkaConfig {
+    pub topic: String,
+    /// Default: the source's brokers.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Longer payloads are cut to this size, flagged in the headers
+    /// `sluice.payload.truncated` and `sluice.payload.original.bytes` (the Parquet dead
+    /// letters keep them whole). Default: `512 KiB`, under Kafka's default 1 MB limit.
+    #[serde(default = "default_dead_letter_payload")]
+    pub max_payload_bytes: ByteSize,
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+fn default_dead_letter_payload() -> ByteSize {
+    ByteSize::kib(512)
+}
+fn default_max_open_files() -> usize {
+    64
+}
+fn default_row_group_rows() -> usize {
+    65_536
+}
+fn default_roll_rows() -> u64 {
+    1_000_000
+}
+fn default_roll_bytes() -> ByteSize {
+    ByteSize::mib(128)
+}
+fn default_roll_age() -> Duration {
+    Duration::from_secs(60)
+}
