@@ -32,7 +32,7 @@ fn pipeline(dir: &Path, stages: &str) -> Pipeline {
 
 fn chain(runtime: &tokio::runtime::Runtime, pipeline: &Pipeline) -> Chain {
     runtime
-        .block_on(Chain::build(pipeline))
+        .block_on(Chain::build(&pipeline.stages))
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -50,17 +50,7 @@ pub fn keep_sinks(pipeline: &mut Pipeline, arg: &str) -> Result<(), ArgError> {
         arg: arg.to_owned(),
         problem,
     };
-    let mut outputs: Vec<(String, &'static str)> = pipeline
-        .sinks()
-        .map(|(name, sink)| (name, sink.kind()))
-        .collect();
-    let dead_letter = &pipeline.config.dead_letter;
-    if dead_letter.parquet.is_some() {
-        outputs.push(("dead_letter.parquet".into(), "parquet"));
-    }
-    if dead_letter.kafka.is_some() {
-        outputs.push(("dead_letter.kafka".into(), "kafka"));
-    }
+    let outputs = pipeline.sinks.names();
     let mut keep = std::collections::BTreeSet::new();
     for selector in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let index = selector
@@ -96,11 +86,7 @@ pub fn keep_sinks(pipeline: &mut Pipeline, arg: &str) -> Result<(), ArgError> {
                 .into(),
         ));
     }
-    pipeline.disabled_sinks = outputs
-        .into_iter()
-        .map(|(name, _)| name)
-        .filter(|name| !keep.contains(name))
-        .collect();
+    pipeline.sinks.keep(&keep);
     Ok(())
 }
 
@@ -284,7 +270,7 @@ async fn execute(
     if complete {
         // Done: the same arguments again mean a new pass (e.g. with a newer model), not a
         // resume, so this run's bookkeeping goes.
-        for root in pipeline.parquet_roots() {
+        for root in pipeline.sinks.parquet_roots() {
             commit::forget_writer(root, &progress.run_id)
                 .map_err(|e| RunError::Task(format!("{}: {e}", root.display())))?;
         }

@@ -253,7 +253,7 @@ fn whole_hour(ms: i64) -> i64 {
 /// offsets as already written. Only directories sluice's Parquet sink made (with its
 /// `_sluice` bookkeeping) are removed; anything else in the way is an error.
 fn clear_earlier_output(pipeline: &Pipeline) -> Result<(), DemoError> {
-    for dataset in pipeline.parquet_roots() {
+    for dataset in pipeline.sinks.parquet_roots() {
         let io = |source| DemoError::Output {
             path: dataset.to_owned(),
             source,
@@ -452,7 +452,7 @@ fn compare_labels(
 ) -> Result<LabelReport, DemoError> {
     use arrow::array::AsArray;
     let mut report = LabelReport::default();
-    let Some(root) = pipeline.parquet_sinks().next() else {
+    let Some(root) = pipeline.sinks.parquet_sinks().next() else {
         return Ok(report);
     };
     let files = crate::sink::parquet::read::dataset_files(root)
@@ -487,7 +487,7 @@ fn compare_labels(
 
 /// Rows in the pipeline's first Parquet sink and in its dead-letter dataset.
 fn read_back(pipeline: &Pipeline) -> Result<(u64, u64), DemoError> {
-    let rows = match pipeline.parquet_sinks().next() {
+    let rows = match pipeline.sinks.parquet_sinks().next() {
         Some(root) => count_rows(root)?,
         None => 0,
     };

@@ -16,26 +16,25 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::SchemaRef;
 
 use crate::config::{
-    parse_sections, ConfigError, ConfigIssue, ParquetSinkConfig, PipelineConfig, SinkConfig,
-    SourceConfig, YamlFile, PIPELINE_KEYS,
+    parse_sections, ConfigError, ConfigIssue, PipelineConfig, SourceConfig, YamlFile, PIPELINE_KEYS,
 };
-use crate::stage::PlanContext;
+use crate::{sink, stage};
 
-/// A pipeline file that parsed and passed every check.
+/// A pipeline file that parsed and passed every check: what a run is built from.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
+    /// The file as parsed (every Kafka client's `properties` include the shared
+    /// `kafka.properties`).
     pub config: PipelineConfig,
     /// The record fields declared by `decode.schema`.
     pub record_schema: SchemaRef,
-    /// Decoded rows: record fields plus provenance columns (what the first stage gets).
-    pub row_schema: SchemaRef,
-    /// Output schema of each stage, in order.
-    pub stage_schemas: Vec<SchemaRef>,
     /// The schema file, resolved against the pipeline file's directory.
     pub schema_path: PathBuf,
-    /// Paths the stages resolve (pipeline file directory, model registry).
-    pub plan_context: PlanContext,
-    /// The `retrain` section's job, loaded (set by the loader after these checks).
+    /// The stages, planned (`stage::Chain::build` builds them from this).
+    pub stages: stage::Plan,
+    /// The outputs, planned (`sink::build` builds them from this).
+    pub sinks: sink::Plan,
+    /// The `retrain` section's job, loaded, and its schedule.
     pub retrain: Option<ScheduledRetrain>,
     /// Values from the environment (shown as `${NAME}`) and credentials: the binary hides
     /// the secrets among them in everything it prints.
@@ -43,9 +42,6 @@ pub struct Pipeline {
     /// How long a run keeps retrying while its storage is full (`--storage-retry`; see
     /// `runtime`). Default: 5 minutes.
     pub storage_retry: std::time::Duration,
-    /// Outputs this run leaves out (`sinks[1].kafka`, `dead_letter.kafka`): `sluice
-    /// backfill --sinks` writes only some of them.
-    pub disabled_sinks: std::collections::BTreeSet<String>,
 }
 
 impl Pipeline {
@@ -53,62 +49,14 @@ impl Pipeline {
         &self.config.name
     }
 
-    /// The sinks this run writes, with their names (`sinks[0].parquet`), in order.
-    pub fn sinks(&self) -> impl Iterator<Item = (String, &SinkConfig)> {
-        self.config
-            .sinks
-            .iter()
-            .enumerate()
-            .map(|(i, sink)| (format!("sinks[{i}].{}", sink.kind()), sink))
-            .filter(|(name, _)| !self.disabled_sinks.contains(name))
-    }
-
-    /// The dead-letter Parquet dataset, if this run writes one.
-    pub fn dead_letter_parquet(&self) -> Option<&ParquetSinkConfig> {
-        self.config
-            .dead_letter
-            .parquet
-            .as_ref()
-            .filter(|_| !self.disabled_sinks.contains("dead_letter.parquet"))
-    }
-
-    /// The dead-letter topic, if this run writes one.
-    pub fn dead_letter_kafka(&self) -> Option<&crate::config::DeadLetterKafkaConfig> {
-        self.config
-            .dead_letter
-            .kafka
-            .as_ref()
-            .filter(|_| !self.disabled_sinks.contains("dead_letter.kafka"))
-    }
-
-    /// Dataset roots of the Parquet sinks, in order (dead letters not counted).
-    pub fn parquet_sinks(&self) -> impl Iterator<Item = &Path> {
-        self.sinks().filter_map(|(_, s)| match s {
-            SinkConfig::Parquet(p) => Some(p.path.as_path()),
-            SinkConfig::Kafka(_) => None,
-        })
-    }
-
-    /// Roots of every Parquet dataset the pipeline writes: its sinks', then the
-    /// dead-letter dataset.
-    pub fn parquet_roots(&self) -> impl Iterator<Item = &Path> {
-        let dead_letters = self.dead_letter_parquet();
-        self.parquet_sinks()
-            .chain(dead_letters.map(|p| p.path.as_path()))
+    /// Decoded rows: record fields plus provenance columns (what the first stage gets).
+    pub fn row_schema(&self) -> &SchemaRef {
+        &self.stages.input
     }
 
     /// What the sinks receive: the last stage's output, or the decoded rows.
     pub fn output_schema(&self) -> &SchemaRef {
-        self.stage_schemas.last().unwrap_or(&self.row_schema)
-    }
-
-    /// `onnxruntime.library`, resolved against the pipeline file's directory.
-    pub fn onnxruntime_library(&self) -> Option<PathBuf> {
-        self.config
-            .onnxruntime
-            .library
-            .as_ref()
-            .map(|l| self.plan_context.base_dir.join(l))
+        self.stages.output_schema()
     }
 
     /// The consumer group: `source.kafka.group_id` or `sluice-<name>`.
@@ -175,7 +123,7 @@ fn scheduled_retrain(
             ))
         }
     };
-    let job_file = pipeline.plan_context.base_dir.join(&retrain.job);
+    let job_file = pipeline.stages.context.base_dir.join(&retrain.job);
     let job = job::load(&job_file, lookup).map_err(|e| issue("retrain.job", e.to_string()))?;
     Ok(Some(ScheduledRetrain { job, schedule }))
 }

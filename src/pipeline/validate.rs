@@ -8,20 +8,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use arrow::datatypes::Schema;
-
 use super::Pipeline;
-use crate::config::{
-    limits, ConfigIssue, KafkaSinkConfig, ParquetSinkConfig, PipelineConfig, SinkConfig,
-    SourceConfig,
-};
+use crate::config::{limits, ConfigIssue, PipelineConfig, SinkConfig, SourceConfig};
 use crate::kafka_client::{check_config, client_config, PRODUCER_DEFAULTS};
 use crate::model::Registry;
-use crate::sink::parquet::partition::{PartitionKey, Partitioner};
 use crate::stage::{self, PlanContext};
-use crate::{dead_letter, schema};
+use crate::{schema, sink};
 
-/// The largest record (and dead-letter payload) a file may allow: 256 MiB.
+/// The largest record a file may allow: 256 MiB.
 const MAX_RECORD_BYTES: u64 = 256 << 20;
 
 struct Issues(Vec<ConfigIssue>);
@@ -121,88 +115,53 @@ pub(super) fn validate(
         }
     };
     let row_schema = record_schema.as_deref().map(schema::with_provenance);
-    let plan_context = PlanContext {
+    let context = PlanContext {
         base_dir: base_dir.to_owned(),
         registry: Registry::new(base_dir.join(&config.models)),
     };
-    let stage_schemas = match &row_schema {
-        Some(rows) => match stage::plan(&config.stages, rows, &plan_context) {
-            Ok(schemas) => Some(schemas),
-            Err(stage_issues) => {
-                issues.0.extend(stage_issues);
-                None
+    let library = config
+        .onnxruntime
+        .library
+        .as_ref()
+        .map(|l| base_dir.join(l));
+    let stages = match (&row_schema, &record_schema) {
+        (Some(rows), Some(record)) => {
+            let record_columns = record.fields().iter().map(|f| f.name().clone()).collect();
+            match stage::Plan::new(&config.stages, rows, context, record_columns, library) {
+                Ok(plan) => Some(plan),
+                Err(stage_issues) => {
+                    issues.0.extend(stage_issues);
+                    None
+                }
             }
-        },
-        None => None,
-    };
-    // Sinks see the last stage's output; when the stages did not plan, skip column checks.
-    let sink_schema = match (&stage_schemas, &row_schema) {
-        (Some(stages), Some(rows)) => Some(stages.last().unwrap_or(rows).clone()),
+        }
         _ => None,
     };
-
-    if config.sinks.is_empty() {
-        issues.add("sinks", "expected at least one sink (`parquet` or `kafka`)");
-    }
-    for (i, sink) in config.sinks.iter().enumerate() {
-        match sink {
-            SinkConfig::Parquet(parquet) => check_parquet(
-                parquet,
-                sink_schema.as_deref(),
-                &format!("sinks[{i}].parquet"),
-                &mut issues,
-            ),
-            SinkConfig::Kafka(out) => check_kafka(
-                out,
-                sink_schema.as_deref(),
-                &format!("sinks[{i}].kafka"),
-                &mut issues,
-            ),
-        }
-    }
-
-    let dead_letter = &config.dead_letter;
-    if dead_letter.parquet.is_none() && dead_letter.kafka.is_none() {
-        issues.add(
-            "dead_letter",
-            "expected `parquet`, `kafka` or both: bad records must go somewhere",
-        );
-    }
-    if let Some(parquet) = &dead_letter.parquet {
-        check_parquet(
-            parquet,
-            Some(&dead_letter::schema()),
-            "dead_letter.parquet",
-            &mut issues,
-        );
-    }
-    if let Some(out) = &dead_letter.kafka {
-        if out.topic.is_empty() {
-            issues.add("dead_letter.kafka.topic", "expected a topic name");
-        }
-        issues.check(
-            "dead_letter.kafka.max_payload_bytes",
-            limits::count(out.max_payload_bytes.as_u64(), 0, MAX_RECORD_BYTES),
-        );
-    }
-
-    match (
-        issues.0.is_empty(),
-        record_schema,
-        row_schema,
-        stage_schemas,
+    // Sinks see the last stage's output; when the stages did not plan, skip column checks.
+    let sink_rows = stages.as_ref().map(|plan| plan.output_schema().clone());
+    let sinks = match sink::Plan::new(
+        &config.sinks,
+        &config.dead_letter,
+        sink_rows.as_ref(),
+        &kafka.brokers,
     ) {
-        (true, Some(record_schema), Some(row_schema), Some(stage_schemas)) => Ok(Pipeline {
+        Ok(plan) => Some(plan),
+        Err(sink_issues) => {
+            issues.0.extend(sink_issues);
+            None
+        }
+    };
+
+    match (issues.0.is_empty(), record_schema, stages, sinks) {
+        (true, Some(record_schema), Some(stages), Some(sinks)) => Ok(Pipeline {
             config,
             record_schema,
-            row_schema,
-            stage_schemas,
             schema_path,
-            plan_context,
+            stages,
+            sinks,
             retrain: None,
             redactions: Default::default(),
             storage_retry: std::time::Duration::from_secs(300),
-            disabled_sinks: Default::default(),
         }),
         _ => Err(issues.0),
     }
@@ -266,114 +225,4 @@ fn check_clients(config: &PipelineConfig, issues: &mut Issues) {
             }
         }
     }
-}
-
-fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
-    let mut keys = Vec::new();
-    for (j, spec) in sink.partition_by.iter().enumerate() {
-        match PartitionKey::parse(spec) {
-            Ok(key) => keys.push(key),
-            Err(e) => issues.add(format!("{path}.partition_by[{j}]"), e),
-        }
-    }
-    if let (Some(rows), true) = (rows, keys.len() == sink.partition_by.len()) {
-        if let Err(e) = Partitioner::new(keys, rows) {
-            issues.add(format!("{path}.partition_by"), e);
-        }
-    }
-    if let Some(rows) = rows {
-        for (j, column) in sink.columns.iter().flatten().enumerate() {
-            if rows.column_with_name(column).is_none() {
-                issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
-            }
-        }
-    }
-    let roll = &sink.roll;
-    issues.check(
-        format!("{path}.roll.max_rows"),
-        limits::count(roll.max_rows, 1, 1_000_000_000),
-    );
-    if let Some(segment) = roll.segment_offsets {
-        issues.check(
-            format!("{path}.roll.segment_offsets"),
-            limits::count(segment, 1, 1_000_000_000_000),
-        );
-    }
-    issues.check(
-        format!("{path}.roll.max_bytes"),
-        limits::count(roll.max_bytes.as_u64(), 1024, 16 << 30),
-    );
-    issues.check(
-        format!("{path}.roll.max_age"),
-        limits::duration(roll.max_age, 10 * limits::MILLISECOND, limits::DAY),
-    );
-    if let Some(first) = roll.first_max_age {
-        issues.check(
-            format!("{path}.roll.first_max_age"),
-            limits::duration(first, 10 * limits::MILLISECOND, limits::DAY),
-        );
-    }
-    issues.check(
-        format!("{path}.max_open_files"),
-        limits::count(sink.max_open_files, 1, 10_000),
-    );
-    issues.check(
-        format!("{path}.row_group_rows"),
-        limits::count(sink.row_group_rows, 1, 16_000_000),
-    );
-}
-
-fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
-    if sink.topic.is_empty() {
-        issues.add(format!("{path}.topic"), "expected a topic name");
-    }
-    let Some(rows) = rows else { return };
-    let known = |column: &str| rows.column_with_name(column).is_some();
-    for (j, column) in sink.columns.iter().flatten().enumerate() {
-        if !known(column) {
-            issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
-        }
-    }
-    if let Some(key) = &sink.key {
-        if !known(key) {
-            issues.add(format!("{path}.key"), unknown_column(key, rows));
-        }
-    }
-    if let Some(alert) = &sink.alert {
-        if !known(&alert.key) {
-            issues.add(
-                format!("{path}.alert.key"),
-                unknown_column(&alert.key, rows),
-            );
-        }
-        match rows.column_with_name(&alert.score) {
-            Some((_, f)) if f.data_type().is_numeric() => {}
-            Some((_, f)) => issues.add(
-                format!("{path}.alert.score"),
-                format!(
-                    "column `{}` is {}, expected a number",
-                    alert.score,
-                    f.data_type()
-                ),
-            ),
-            None => issues.add(
-                format!("{path}.alert.score"),
-                unknown_column(&alert.score, rows),
-            ),
-        }
-        if alert.clear_below > alert.raise_above {
-            issues.add(
-                format!("{path}.alert.clear_below"),
-                "expected clear_below <= raise_above (the hysteresis band)",
-            );
-        }
-    }
-}
-
-fn unknown_column(column: &str, rows: &Schema) -> String {
-    let names: Vec<&str> = rows.fields().iter().map(|f| f.name().as_str()).collect();
-    format!(
-        "unknown column `{column}`, expected one of: {}",
-        names.join(", ")
-    )
 }

@@ -60,9 +60,9 @@ pub(super) async fn run(
 ) -> Result<StatsSnapshot, RunError> {
     let config = &pipeline.config;
     let SourceConfig::Kafka(kafka) = &config.source;
-    let sink_count = sink::count(pipeline);
+    let sink_count = pipeline.sinks.count();
     let tracker = Arc::new(AckTracker::new(sink_count));
-    let sinks = sink::build(pipeline, mode.parquet_writer(), &tracker, &stats)?;
+    let sinks = sink::build(&pipeline.sinks, mode.parquet_writer(), &tracker, &stats)?;
 
     // Fail fast, before loading models, when no broker answers.
     tokio::select! {
@@ -71,7 +71,7 @@ pub(super) async fn run(
     }
 
     // Models load and warm up before the consumer joins the group.
-    let chain = Arc::new(Chain::build_counted(pipeline, stats.clone()).await?);
+    let chain = Arc::new(Chain::build_counted(&pipeline.stages, stats.clone()).await?);
     stats.set_inference_devices(chain.inference_devices());
     stats.readiness.set_stages_ready();
 

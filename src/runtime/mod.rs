@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceConfig;
 use crate::kafka_client::{check_reachable, client_config, ClientEvents, Unreachable};
 use crate::pipeline::{Pipeline, ScheduledRetrain};
-use crate::sink::{self, SinkError};
+use crate::sink::SinkError;
 use crate::source::bounded::{BackfillProgress, BoundedError};
 use crate::source::files::FilesError;
 use crate::source::kafka::SourceError;
@@ -88,7 +88,7 @@ async fn check_brokers(
     stats: &Arc<Stats>,
 ) -> Result<(), RunError> {
     let SourceConfig::Kafka(kafka) = &pipeline.config.source;
-    let mut clients = sink::kafka_clients(pipeline);
+    let mut clients = pipeline.sinks.kafka_clients();
     if matches!(mode, SourceMode::Group) {
         let consumer = client_config(&kafka.brokers, &[], &kafka.properties, &[]);
         clients.push(("source.kafka.brokers".into(), consumer));

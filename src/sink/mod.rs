@@ -10,11 +10,13 @@
 pub mod alert;
 pub mod kafka;
 pub mod parquet;
+pub mod plan;
+
+pub use plan::Plan;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rdkafka::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,9 +24,7 @@ use self::kafka::{Encoding, KafkaSink};
 use self::parquet::{ParquetInput, ParquetSink};
 use crate::ack::AckTracker;
 use crate::batch::{Batch, Flush};
-use crate::config::{SinkConfig, SourceConfig};
-use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
-use crate::pipeline::Pipeline;
+use crate::config::SinkConfig;
 use crate::telemetry::Stats;
 
 /// What a sink task receives.
@@ -95,61 +95,23 @@ impl Sink {
     }
 }
 
-/// How many sinks acknowledge each batch: the pipeline's sinks and dead-letter targets.
-pub fn count(pipeline: &Pipeline) -> usize {
-    pipeline.sinks().count()
-        + usize::from(pipeline.dead_letter_parquet().is_some())
-        + usize::from(pipeline.dead_letter_kafka().is_some())
-}
-
-/// The Kafka producer configuration of every Kafka sink, with the key its brokers come
-/// from (for start-up checks).
-pub fn kafka_clients(pipeline: &Pipeline) -> Vec<(String, ClientConfig)> {
-    let SourceConfig::Kafka(source) = &pipeline.config.source;
-    let config = |brokers: &Option<String>, properties| {
-        let brokers = brokers.as_deref().unwrap_or(&source.brokers);
-        client_config(brokers, PRODUCER_DEFAULTS, properties, &[])
-    };
-    let key = |path: String, brokers: &Option<String>| match brokers {
-        Some(_) => format!("{path}.brokers"),
-        None => "source.kafka.brokers".to_owned(),
-    };
-    let mut clients = Vec::new();
-    for (path, sink) in pipeline.sinks() {
-        if let SinkConfig::Kafka(out) = sink {
-            clients.push((
-                key(path, &out.brokers),
-                config(&out.brokers, &out.properties),
-            ));
-        }
-    }
-    if let Some(out) = pipeline.dead_letter_kafka() {
-        let path = "dead_letter.kafka".to_owned();
-        clients.push((
-            key(path, &out.brokers),
-            config(&out.brokers, &out.properties),
-        ));
-    }
-    clients
-}
-
-/// Builds every sink of `pipeline`, in acknowledgement order: the sinks, then the
+/// Builds every sink of `plan`, in acknowledgement order: the outputs, then the
 /// Parquet and Kafka dead letters. `writer`: who writes the Parquet files (`None`: the
 /// live pipeline; a backfill's run id).
 pub fn build(
-    pipeline: &Pipeline,
+    plan: &Plan,
     writer: Option<String>,
     tracker: &Arc<AckTracker>,
     stats: &Arc<Stats>,
 ) -> Result<Vec<Sink>, SinkError> {
-    let mut producers = kafka_clients(pipeline).into_iter().map(|(_, c)| c);
+    let mut producers = plan.kafka_clients().into_iter().map(|(_, c)| c);
     let mut next_producer = || {
         producers.next().ok_or_else(|| SinkError::Setup {
             sink: "sinks".into(),
             message: "a Kafka sink without a producer configuration (a bug)".into(),
         })
     };
-    let rows = pipeline.output_schema();
+    let rows = &plan.rows;
     let parquet = |name: String, input, sink, schema| -> Result<Sink, SinkError> {
         Ok(Sink::Parquet(Box::new(ParquetSink::new(
             name,
@@ -161,10 +123,12 @@ pub fn build(
             stats.clone(),
         )?)))
     };
-    let mut sinks = Vec::with_capacity(count(pipeline));
-    for (name, sink) in pipeline.sinks() {
+    let mut sinks = Vec::with_capacity(plan.count());
+    for (name, sink) in &plan.outputs {
         sinks.push(match sink {
-            SinkConfig::Parquet(out) => parquet(name, ParquetInput::Rows, out, rows.clone())?,
+            SinkConfig::Parquet(out) => {
+                parquet(name.clone(), ParquetInput::Rows, out, rows.clone())?
+            }
             SinkConfig::Kafka(out) => {
                 let index = |name: &str| rows.index_of(name).map_err(SinkError::from);
                 let columns = match &out.columns {
@@ -173,7 +137,7 @@ pub fn build(
                 };
                 let key = out.key.as_deref().map(index).transpose()?;
                 Sink::Kafka(Box::new(KafkaSink::new(
-                    name,
+                    name.clone(),
                     out.topic.clone(),
                     next_producer()?,
                     Encoding::Rows {
@@ -187,7 +151,7 @@ pub fn build(
             }
         });
     }
-    if let Some(out) = pipeline.dead_letter_parquet() {
+    if let Some(out) = &plan.dead_letter_parquet {
         sinks.push(parquet(
             "dead_letter.parquet".into(),
             ParquetInput::DeadLetters,
@@ -195,7 +159,7 @@ pub fn build(
             crate::dead_letter::schema(),
         )?);
     }
-    if let Some(out) = pipeline.dead_letter_kafka() {
+    if let Some(out) = &plan.dead_letter_kafka {
         sinks.push(Sink::Kafka(Box::new(KafkaSink::new(
             "dead_letter.kafka".into(),
             out.topic.clone(),

@@ -24,23 +24,22 @@
 
 pub mod enrich;
 pub mod infer;
+pub mod plan;
 pub mod sql;
 pub mod tokenize;
 pub mod window;
 
-use std::path::PathBuf;
+pub use plan::{plan, Plan, PlanContext, PlanIssues};
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Int64Type, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::{Int64Type, SchemaRef, TimestampMillisecondType};
 use arrow::error::ArrowError;
 
 use crate::batch::{Batch, DeadLetter, DeadLetterKind, TopicPartition};
-use crate::config::{limits, ConfigIssue, StageConfig};
-use crate::model::Registry;
-use crate::pipeline::Pipeline;
+use crate::config::StageConfig;
 use crate::telemetry::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,104 +84,6 @@ pub struct StageOutput {
     pub rejected: Vec<Rejection>,
     /// The rows are new rows (not one per input row); rejected rows are not among them.
     pub aggregated: bool,
-}
-
-/// What stage planning needs: where relative paths start and the model registry.
-#[derive(Debug, Clone)]
-pub struct PlanContext {
-    pub base_dir: PathBuf,
-    pub registry: Registry,
-}
-
-/// Problems found while planning one stage, with key paths relative to the stage.
-pub struct PlanIssues {
-    prefix: String,
-    pub issues: Vec<ConfigIssue>,
-}
-
-impl PlanIssues {
-    fn new(prefix: String) -> Self {
-        PlanIssues {
-            prefix,
-            issues: Vec::new(),
-        }
-    }
-
-    pub fn add(&mut self, key: &str, message: impl Into<String>) {
-        let path = if key.is_empty() {
-            self.prefix.clone()
-        } else {
-            format!("{}.{key}", self.prefix)
-        };
-        self.issues.push(ConfigIssue {
-            path,
-            line: None,
-            message: message.into(),
-        });
-    }
-
-    /// Refuses a duration outside `min..=max` (see `config::limits`).
-    pub fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
-        if let Err(message) = limits::duration(value, min, max) {
-            self.add(key, message);
-        }
-    }
-
-    /// Refuses a count outside `min..=max`.
-    pub fn count(&mut self, key: &str, value: usize, min: usize, max: usize) {
-        if let Err(message) = limits::count(value, min, max) {
-            self.add(key, message);
-        }
-    }
-
-    pub fn unknown_column(&mut self, key: &str, column: &str, schema: &Schema) {
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        self.add(
-            key,
-            format!(
-                "unknown column `{column}`, expected one of: {}",
-                names.join(", ")
-            ),
-        );
-    }
-}
-
-/// Output schema of every stage in order (the last is what sinks receive), or every
-/// problem found.
-pub fn plan(
-    stages: &[StageConfig],
-    input: &SchemaRef,
-    ctx: &PlanContext,
-) -> Result<Vec<SchemaRef>, Vec<ConfigIssue>> {
-    let mut schemas = Vec::with_capacity(stages.len());
-    let mut current = input.clone();
-    let mut all = Vec::new();
-    for (i, stage) in stages.iter().enumerate() {
-        let mut issues = PlanIssues::new(format!("stages[{i}].{}", stage.kind()));
-        let schema = match stage {
-            StageConfig::Window(config) => window::output_schema(config, &current, &mut issues),
-            StageConfig::Tokenize(config) => {
-                if let Err(e) = tokenize::tokenizer_path(config, ctx) {
-                    issues.add("tokenizer", e);
-                }
-                tokenize::output_schema(config, &current, &mut issues)
-            }
-            StageConfig::Infer(config) => infer::output_schema(config, &current, ctx, &mut issues),
-            StageConfig::Enrich(config) => {
-                enrich::output_schema(config, &current, ctx, &mut issues)
-            }
-            StageConfig::Sql(config) => sql::output_schema(config, &current, &mut issues),
-        };
-        let failed = !issues.issues.is_empty();
-        all.extend(issues.issues);
-        if failed {
-            // Later stages would only report consequences of this one.
-            return Err(all);
-        }
-        current = Arc::new(schema);
-        schemas.push(current.clone());
-    }
-    Ok(schemas)
 }
 
 /// One running stage.
@@ -232,21 +133,18 @@ pub struct Chain {
 impl Chain {
     /// Builds every stage: loads tokenizers, opens and warms up model sessions, reads
     /// lookup tables. Slow (seconds), so it runs before the source subscribes.
-    pub async fn build(pipeline: &Pipeline) -> Result<Chain, StageError> {
-        Chain::build_counted(pipeline, Arc::default()).await
+    pub async fn build(plan: &Plan) -> Result<Chain, StageError> {
+        Chain::build_counted(plan, Arc::default()).await
     }
 
     /// [`Chain::build`], counting rows, time and model runs per stage into `stats`.
-    pub async fn build_counted(
-        pipeline: &Pipeline,
-        stats: Arc<Stats>,
-    ) -> Result<Chain, StageError> {
-        let configs = &pipeline.config.stages;
-        let ctx = &pipeline.plan_context;
-        let library = pipeline.onnxruntime_library();
+    pub async fn build_counted(plan: &Plan, stats: Arc<Stats>) -> Result<Chain, StageError> {
+        let configs = &plan.configs;
+        let ctx = &plan.context;
+        let library = plan.onnxruntime_library.clone();
         let mut stages = Vec::with_capacity(configs.len());
-        let mut input = pipeline.row_schema.clone();
-        for (i, (config, output)) in configs.iter().zip(&pipeline.stage_schemas).enumerate() {
+        let mut input = plan.input.clone();
+        for (i, (config, output)) in configs.iter().zip(&plan.outputs).enumerate() {
             let name = format!("stages[{i}].{}", config.kind());
             let stage = match config {
                 StageConfig::Window(config) => {
@@ -297,12 +195,7 @@ impl Chain {
             stages,
             ordered,
             output_schema: input,
-            record_columns: pipeline
-                .record_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
+            record_columns: plan.record_columns.clone(),
             stats,
         })
     }

@@ -62,7 +62,7 @@ fn a_valid_file_loads_with_defaults_filled_in() {
     let pipeline = load_text(VALID).unwrap();
     assert_eq!(pipeline.group_id(), "sluice-t");
     assert_eq!(
-        pipeline.row_schema.fields().len(),
+        pipeline.row_schema().fields().len(),
         10,
         "6 fields + 4 provenance columns"
     );

@@ -121,7 +121,7 @@ async fn tokenizer_and_encoder_match_the_numpy_reference() {
             "  - tokenize: {{input: text, tokenizer: minilm-l6}}\n  - infer:\n      model: minilm-l6\n      device: cpu\n      inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}\n      outputs: {{sentence_embedding: embedding}}\n      {batching}\n"
         );
         let pipeline = pipeline_with_stages(dir.path(), &stages).unwrap_or_else(|e| panic!("{e}"));
-        let chain = Chain::build(&pipeline).await.unwrap();
+        let chain = Chain::build(&pipeline.stages).await.unwrap();
         let out = chain
             .process(feedback_batch(&pipeline, &texts))
             .await
@@ -222,7 +222,7 @@ async fn device_cuda_without_a_gpu_fails_clearly_and_auto_falls_back_to_the_cpu(
         format!("  - tokenize: {{input: text, tokenizer: minilm-l6}}\n  - infer: {{model: minilm-l6, device: {device}, inputs: {{input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}}, outputs: {{sentence_embedding: embedding}}}}\n")
     };
     let cuda = pipeline_with_stages(dir.path(), &encoder("cuda")).unwrap();
-    let err = Chain::build(&cuda)
+    let err = Chain::build(&cuda.stages)
         .await
         .err()
         .expect("device: cuda must fail without a CUDA provider");
@@ -232,7 +232,7 @@ async fn device_cuda_without_a_gpu_fails_clearly_and_auto_falls_back_to_the_cpu(
     assert!(text.contains("scripts/setup.sh --gpu"), "{text}");
 
     let auto = pipeline_with_stages(dir.path(), &encoder("auto")).unwrap();
-    let chain = Chain::build(&auto)
+    let chain = Chain::build(&auto.stages)
         .await
         .expect("device: auto falls back to the CPU");
     let out = chain
@@ -544,7 +544,7 @@ async fn a_batch_whose_every_row_is_rejected_still_leaves_with_the_output_schema
     let dir = tempfile::tempdir().unwrap();
     let stages = "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer: {model: minilm-l6, device: cpu, inputs: {input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}, outputs: {sentence_embedding: embedding}}\n";
     let pipeline = pipeline_with_stages(dir.path(), stages).unwrap();
-    let chain = Chain::build(&pipeline).await.unwrap();
+    let chain = Chain::build(&pipeline.stages).await.unwrap();
     // Every text empty: tokenize rejects all rows.
     let out = chain
         .process(feedback_batch(&pipeline, &["", "   "]))
@@ -587,7 +587,7 @@ async fn a_row_the_model_fails_on_is_rejected_and_the_others_still_get_results()
     let tokenized = {
         let tokenize_only =
             pipeline_with_stages(dir.path(), &stages[..stages.find("  - infer").unwrap()]).unwrap();
-        Chain::build(&tokenize_only)
+        Chain::build(&tokenize_only.stages)
             .await
             .unwrap()
             .process(feedback_batch(&tokenize_only, &texts))
@@ -598,10 +598,10 @@ async fn a_row_the_model_fails_on_is_rejected_and_the_others_still_get_results()
     let infer = InferStage::start(
         "stages[1].infer".into(),
         infer_config,
-        &pipeline.plan_context.registry,
+        &pipeline.stages.context.registry,
         None,
-        &pipeline.stage_schemas[0],
-        pipeline.stage_schemas[1].clone(),
+        &pipeline.stages.outputs[0],
+        pipeline.stages.outputs[1].clone(),
         &Default::default(),
     )
     .await

@@ -1,0 +1,291 @@
+//! Planning the sinks at load time: which outputs a run writes (a backfill may leave some
+//! out) and the checks serde cannot make (partition keys and columns that exist in the
+//! rows the sinks receive, roll limits in range, somewhere for bad records to go). The
+//! result, [`Plan`], is what [`super::build`] builds from.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use rdkafka::ClientConfig;
+
+use super::parquet::partition::{PartitionKey, Partitioner};
+use crate::config::{
+    limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, KafkaSinkConfig,
+    ParquetSinkConfig, SinkConfig,
+};
+use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
+
+/// The largest dead-letter payload a file may allow: 256 MiB.
+const MAX_PAYLOAD_BYTES: u64 = 256 << 20;
+
+/// The outputs of a run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The sinks, named `sinks[N].KIND`, in order.
+    pub outputs: Vec<(String, SinkConfig)>,
+    pub dead_letter_parquet: Option<ParquetSinkConfig>,
+    pub dead_letter_kafka: Option<DeadLetterKafkaConfig>,
+    /// What the sinks receive (the last stage's output).
+    pub rows: SchemaRef,
+    /// The brokers of Kafka sinks that name none: the source's.
+    pub default_brokers: String,
+}
+
+impl Plan {
+    /// Checks `sinks` and `dead_letter` against the `rows` they receive (`None`: the
+    /// stages did not plan, so column checks are skipped); every problem at once.
+    pub fn new(
+        sinks: &[SinkConfig],
+        dead_letter: &DeadLetterConfig,
+        rows: Option<&SchemaRef>,
+        default_brokers: &str,
+    ) -> Result<Plan, Vec<ConfigIssue>> {
+        let mut issues = Issues(Vec::new());
+        let schema = rows.map(|r| r.as_ref());
+        if sinks.is_empty() {
+            issues.add("sinks", "expected at least one sink (`parquet` or `kafka`)");
+        }
+        let mut outputs = Vec::with_capacity(sinks.len());
+        for (i, sink) in sinks.iter().enumerate() {
+            let name = format!("sinks[{i}].{}", sink.kind());
+            match sink {
+                SinkConfig::Parquet(parquet) => check_parquet(parquet, schema, &name, &mut issues),
+                SinkConfig::Kafka(out) => check_kafka(out, schema, &name, &mut issues),
+            }
+            outputs.push((name, sink.clone()));
+        }
+        if dead_letter.parquet.is_none() && dead_letter.kafka.is_none() {
+            issues.add(
+                "dead_letter",
+                "expected `parquet`, `kafka` or both: bad records must go somewhere",
+            );
+        }
+        if let Some(parquet) = &dead_letter.parquet {
+            let letters = crate::dead_letter::schema();
+            check_parquet(parquet, Some(&letters), "dead_letter.parquet", &mut issues);
+        }
+        if let Some(out) = &dead_letter.kafka {
+            if out.topic.is_empty() {
+                issues.add("dead_letter.kafka.topic", "expected a topic name");
+            }
+            issues.check(
+                "dead_letter.kafka.max_payload_bytes",
+                limits::count(out.max_payload_bytes.as_u64(), 0, MAX_PAYLOAD_BYTES),
+            );
+        }
+        match (issues.0.is_empty(), rows) {
+            (true, Some(rows)) => Ok(Plan {
+                outputs,
+                dead_letter_parquet: dead_letter.parquet.clone(),
+                dead_letter_kafka: dead_letter.kafka.clone(),
+                rows: rows.clone(),
+                default_brokers: default_brokers.to_owned(),
+            }),
+            _ => Err(issues.0),
+        }
+    }
+
+    /// How many sinks acknowledge each batch: the outputs and dead-letter targets.
+    pub fn count(&self) -> usize {
+        self.outputs.len()
+            + usize::from(self.dead_letter_parquet.is_some())
+            + usize::from(self.dead_letter_kafka.is_some())
+    }
+
+    /// Every output's name, dead-letter targets included (`dead_letter.parquet`).
+    pub fn names(&self) -> Vec<(String, &'static str)> {
+        let mut names: Vec<(String, &'static str)> = self
+            .outputs
+            .iter()
+            .map(|(name, sink)| (name.clone(), sink.kind()))
+            .collect();
+        if self.dead_letter_parquet.is_some() {
+            names.push(("dead_letter.parquet".into(), "parquet"));
+        }
+        if self.dead_letter_kafka.is_some() {
+            names.push(("dead_letter.kafka".into(), "kafka"));
+        }
+        names
+    }
+
+    /// Keeps only the outputs named in `keep` (see `sluice backfill --sinks`).
+    pub fn keep(&mut self, keep: &BTreeSet<String>) {
+        self.outputs.retain(|(name, _)| keep.contains(name));
+        if !keep.contains("dead_letter.parquet") {
+            self.dead_letter_parquet = None;
+        }
+        if !keep.contains("dead_letter.kafka") {
+            self.dead_letter_kafka = None;
+        }
+    }
+
+    /// The producer configuration of every Kafka output, with the key its brokers come
+    /// from (for start-up checks), in build order.
+    pub fn kafka_clients(&self) -> Vec<(String, ClientConfig)> {
+        let client = |path: &str, brokers: &Option<String>, properties| {
+            let key = match brokers {
+                Some(_) => format!("{path}.brokers"),
+                None => "source.kafka.brokers".to_owned(),
+            };
+            let brokers = brokers.as_deref().unwrap_or(&self.default_brokers);
+            (
+                key,
+                client_config(brokers, PRODUCER_DEFAULTS, properties, &[]),
+            )
+        };
+        let mut clients = Vec::new();
+        for (name, sink) in &self.outputs {
+            if let SinkConfig::Kafka(out) = sink {
+                clients.push(client(name, &out.brokers, &out.properties));
+            }
+        }
+        if let Some(out) = &self.dead_letter_kafka {
+            clients.push(client("dead_letter.kafka", &out.brokers, &out.properties));
+        }
+        clients
+    }
+
+    /// Dataset roots of the Parquet outputs, in order (dead letters not counted).
+    pub fn parquet_sinks(&self) -> impl Iterator<Item = &Path> {
+        self.outputs.iter().filter_map(|(_, s)| match s {
+            SinkConfig::Parquet(p) => Some(p.path.as_path()),
+            SinkConfig::Kafka(_) => None,
+        })
+    }
+
+    /// Roots of every Parquet dataset the run writes: its outputs', then the dead letters'.
+    pub fn parquet_roots(&self) -> impl Iterator<Item = &Path> {
+        let dead_letters = self.dead_letter_parquet.as_ref();
+        self.parquet_sinks()
+            .chain(dead_letters.map(|p| p.path.as_path()))
+    }
+}
+
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn check(&mut self, path: impl Into<String>, checked: Result<(), String>) {
+        if let Err(message) = checked {
+            self.add(path, message);
+        }
+    }
+}
+
+fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
+    let mut keys = Vec::new();
+    for (j, spec) in sink.partition_by.iter().enumerate() {
+        match PartitionKey::parse(spec) {
+            Ok(key) => keys.push(key),
+            Err(e) => issues.add(format!("{path}.partition_by[{j}]"), e),
+        }
+    }
+    if let (Some(rows), true) = (rows, keys.len() == sink.partition_by.len()) {
+        if let Err(e) = Partitioner::new(keys, rows) {
+            issues.add(format!("{path}.partition_by"), e);
+        }
+    }
+    if let Some(rows) = rows {
+        for (j, column) in sink.columns.iter().flatten().enumerate() {
+            if rows.column_with_name(column).is_none() {
+                issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
+            }
+        }
+    }
+    let roll = &sink.roll;
+    issues.check(
+        format!("{path}.roll.max_rows"),
+        limits::count(roll.max_rows, 1, 1_000_000_000),
+    );
+    if let Some(segment) = roll.segment_offsets {
+        issues.check(
+            format!("{path}.roll.segment_offsets"),
+            limits::count(segment, 1, 1_000_000_000_000),
+        );
+    }
+    issues.check(
+        format!("{path}.roll.max_bytes"),
+        limits::count(roll.max_bytes.as_u64(), 1024, 16 << 30),
+    );
+    issues.check(
+        format!("{path}.roll.max_age"),
+        limits::duration(roll.max_age, 10 * limits::MILLISECOND, limits::DAY),
+    );
+    if let Some(first) = roll.first_max_age {
+        issues.check(
+            format!("{path}.roll.first_max_age"),
+            limits::duration(first, 10 * limits::MILLISECOND, limits::DAY),
+        );
+    }
+    issues.check(
+        format!("{path}.max_open_files"),
+        limits::count(sink.max_open_files, 1, 10_000),
+    );
+    issues.check(
+        format!("{path}.row_group_rows"),
+        limits::count(sink.row_group_rows, 1, 16_000_000),
+    );
+}
+
+fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
+    if sink.topic.is_empty() {
+        issues.add(format!("{path}.topic"), "expected a topic name");
+    }
+    let Some(rows) = rows else { return };
+    let known = |column: &str| rows.column_with_name(column).is_some();
+    for (j, column) in sink.columns.iter().flatten().enumerate() {
+        if !known(column) {
+            issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
+        }
+    }
+    if let Some(key) = &sink.key {
+        if !known(key) {
+            issues.add(format!("{path}.key"), unknown_column(key, rows));
+        }
+    }
+    if let Some(alert) = &sink.alert {
+        if !known(&alert.key) {
+            issues.add(
+                format!("{path}.alert.key"),
+                unknown_column(&alert.key, rows),
+            );
+        }
+        match rows.column_with_name(&alert.score) {
+            Some((_, f)) if f.data_type().is_numeric() => {}
+            Some((_, f)) => issues.add(
+                format!("{path}.alert.score"),
+                format!(
+                    "column `{}` is {}, expected a number",
+                    alert.score,
+                    f.data_type()
+                ),
+            ),
+            None => issues.add(
+                format!("{path}.alert.score"),
+                unknown_column(&alert.score, rows),
+            ),
+        }
+        if alert.clear_below > alert.raise_above {
+            issues.add(
+                format!("{path}.alert.clear_below"),
+                "expected clear_below <= raise_above (the hysteresis band)",
+            );
+        }
+    }
+}
+
+fn unknown_column(column: &str, rows: &Schema) -> String {
+    let names: Vec<&str> = rows.fields().iter().map(|f| f.name().as_str()).collect();
+    format!(
+        "unknown column `{column}`, expected one of: {}",
+        names.join(", ")
+    )
+}
