@@ -67,20 +67,46 @@ pub enum DemoError {
     },
 }
 
-/// What `sluice demo` does.
-#[derive(Debug, Clone)]
+/// What `sluice demo` does (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
+    /// A pipeline name in pipelines/ (`demo`, `sentiment`) or a file.
+    #[arg(long, default_value = "sentiment")]
     pub pipeline: PathBuf,
-    pub out: PathBuf,
-    /// Default: 50000 generated records, or 2000 replayed reviews.
+    /// Output directory (the pipeline's `${SLUICE_OUT}`). Default: out/NAME.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Records to produce. Default: 50000 generated, or 2000 replayed reviews.
+    #[arg(long)]
     pub records: Option<u64>,
+    /// Fraction of records deliberately malformed.
+    #[arg(long, default_value_t = 0.01)]
     pub malformed_rate: f64,
     /// Labelled reviews replayed for pipelines that tokenize text.
+    #[arg(long, default_value = "data/reviews.jsonl")]
     pub reviews: PathBuf,
-    /// Which split of the reviews or recordings: `holdout` (default) or `train`.
+    /// Which split of the reviews or bearing recordings to replay: `holdout` or `train`.
+    #[arg(long, default_value = "holdout")]
     pub split: String,
-    /// The MFPT recordings (`data/signals`), replayed for bearing pipelines.
+    /// The MFPT bearing recordings, replayed for pipelines that window `vibration`.
+    #[arg(long, default_value = "data/signals")]
     pub signals: PathBuf,
+}
+
+impl DemoOptions {
+    /// The pipeline file: a name in `pipelines/` or a path.
+    pub fn pipeline_file(&self) -> PathBuf {
+        pipeline_path(&self.pipeline)
+    }
+
+    /// `out`, or `out/NAME` after the pipeline file.
+    pub fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let file = self.pipeline_file();
+            let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+            PathBuf::from(format!("out/{stem}"))
+        })
+    }
 }
 
 /// `--pipeline sentiment` means `pipelines/sentiment.yaml`; a path is taken as it is.
@@ -283,7 +309,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
-    let pipeline = load_pipeline(&options.pipeline, &brokers, &options.out)?;
+    let out = options.out_dir();
+    let pipeline = load_pipeline(&options.pipeline_file(), &brokers, &out)?;
     clear_earlier_output(&pipeline)?;
     let topic = source_topic(&pipeline);
     cluster.create_topic(&topic, DEMO_PARTITIONS, 1)?;
@@ -394,7 +421,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         rows_read_back,
         dead_letters_read_back,
         elapsed: started.elapsed(),
-        out: options.out.clone(),
+        out: out.clone(),
         labels,
         alerts,
     })

@@ -113,9 +113,8 @@ fn scheduled_retrain(
     };
     let schedule = match (&retrain.every, &retrain.cron) {
         (Some(every), None) => schedule::Schedule::Every(*every),
-        (None, Some(cron)) => {
-            schedule::Schedule::cron(cron).map_err(|e| issue("retrain.cron", e))?
-        }
+        (None, Some(cron)) => schedule::Schedule::cron(cron)
+            .map_err(|e| issue("retrain.cron", crate::telemetry::chain(&e)))?,
         _ => {
             return Err(issue(
                 "retrain",

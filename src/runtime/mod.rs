@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
 use crate::kafka_client::{check_reachable, client_config, ClientEvents, Unreachable};
+use crate::pipeline::schedule::repeat;
 use crate::pipeline::{Pipeline, ScheduledRetrain};
 use crate::sink::SinkError;
 use crate::source::bounded::{BackfillProgress, BoundedError};
@@ -231,35 +232,21 @@ async fn retrain_task(
     retrain: ScheduledRetrain,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    loop {
-        let delay = match retrain.schedule.delay_after(chrono::Utc::now()) {
-            Ok(delay) => delay,
-            Err(e) => {
-                tracing::error!(error = %e, "retrain schedule has no next run; scheduled retraining stops");
-                return Ok(());
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
+    let run = || async {
         let job = retrain.job.clone();
-        let run = tokio::task::spawn_blocking(move || {
-            crate::retrain::run(
-                &job,
-                &crate::retrain::RetrainOptions::default(),
-                |_, _, _| {},
-            )
-        });
-        tokio::select! {
-            outcome = run => match outcome {
-                Ok(Ok(report)) => tracing::info!(report = %report, "scheduled retrain finished"),
-                Ok(Err(e)) => tracing::error!(error = %e, "scheduled retrain failed; the serving model stays"),
-                Err(e) => tracing::error!(error = %e, "scheduled retrain task failed"),
-            },
-            // Shutdown does not wait for a run in progress. Publishing is a rename at its
-            // very end, so a run cut off by the process exiting leaves nothing half-written.
-            _ = shutdown.cancelled() => return Ok(()),
+        let options = crate::retrain::RetrainOptions::default();
+        let run =
+            tokio::task::spawn_blocking(move || crate::retrain::run(&job, &options, |_, _, _| {}));
+        match run.await {
+            Ok(Ok(report)) => tracing::info!(report = %report, "scheduled retrain finished"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %crate::telemetry::chain(&e), "scheduled retrain failed; the serving model stays")
+            }
+            Err(e) => tracing::error!(error = %e, "scheduled retrain task failed"),
         }
+    };
+    if let Err(e) = repeat(Some(&retrain.schedule), false, &shutdown, run).await {
+        tracing::error!(error = %crate::telemetry::chain(&e), "retrain schedule has no next run; scheduled retraining stops");
     }
+    Ok(())
 }

@@ -278,7 +278,7 @@ async fn window_features_equal_a_polars_reference_with_out_of_order_and_late_eve
 fn demo_options(pipeline: &str, out: &Path, records: Option<u64>) -> DemoOptions {
     DemoOptions {
         pipeline: repo(&format!("pipelines/{pipeline}.yaml")),
-        out: out.to_owned(),
+        out: Some(out.to_owned()),
         records,
         malformed_rate: 0.0,
         reviews: repo("data/reviews.jsonl"),
