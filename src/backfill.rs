@@ -216,7 +216,7 @@ pub async fn run(
         let resolving =
             tokio::task::spawn_blocking(move || bounded::resolve(&kafka, &spec, &filter));
         tokio::select! {
-            resolved = resolving => resolved.map_err(|e| RunError::Task(e.to_string()))??,
+            resolved = resolving => resolved.map_err(RunError::Task)??,
             _ = shutdown.cancelled() => return Err(RunError::Interrupted),
         }
     };
@@ -271,8 +271,12 @@ async fn execute(
         // Done: the same arguments again mean a new pass (e.g. with a newer model), not a
         // resume, so this run's bookkeeping goes.
         for root in pipeline.sinks.parquet_roots() {
-            commit::forget_writer(root, &progress.run_id)
-                .map_err(|e| RunError::Task(format!("{}: {e}", root.display())))?;
+            commit::forget_writer(root, &progress.run_id).map_err(|source| {
+                RunError::Bookkeeping {
+                    path: root.to_owned(),
+                    source,
+                }
+            })?;
         }
     }
     Ok(BackfillSummary {

@@ -40,8 +40,26 @@ pub enum SchemaError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("schema file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("schema file {path}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: FieldError,
+    },
+}
+
+/// A field declaration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    #[error("field `{0}` is declared twice")]
+    Twice(String),
+    #[error(
+        "field `{path}`: unknown type `{name}`, expected one of {}, {{\"list\": TYPE}} or {{\"struct\": [FIELDS]}}",
+        NAMED_TYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownType { path: String, name: String },
+    #[error("field `{0}`: names starting with `_` are reserved for provenance columns")]
+    Reserved(String),
 }
 
 /// The JSON document in a schema file.
@@ -127,26 +145,23 @@ pub fn load(path: &Path) -> Result<RecordSchema, SchemaError> {
             path: path.to_owned(),
             source,
         },
-        ParseError::Invalid(message) => SchemaError::Invalid {
+        ParseError::Invalid(source) => SchemaError::Invalid {
             path: path.to_owned(),
-            message,
+            source,
         },
     })
 }
 
 enum ParseError {
     Json(serde_json::Error),
-    Invalid(String),
+    Invalid(FieldError),
 }
 
 fn parse(text: &str) -> Result<RecordSchema, ParseError> {
     let file: SchemaFile = serde_json::from_str(text).map_err(ParseError::Json)?;
     let fields = to_fields(&file.fields, "").map_err(ParseError::Invalid)?;
     if let Some(f) = fields.iter().find(|f| f.name().starts_with('_')) {
-        return Err(ParseError::Invalid(format!(
-            "field `{}`: names starting with `_` are reserved for provenance columns",
-            f.name()
-        )));
+        return Err(ParseError::Invalid(FieldError::Reserved(f.name().clone())));
     }
     Ok(RecordSchema {
         name: file.name,
@@ -154,13 +169,13 @@ fn parse(text: &str) -> Result<RecordSchema, ParseError> {
     })
 }
 
-fn to_fields(specs: &[FieldSpec], parent: &str) -> Result<Fields, String> {
+fn to_fields(specs: &[FieldSpec], parent: &str) -> Result<Fields, FieldError> {
     let mut seen = std::collections::HashSet::new();
     let mut fields = Vec::with_capacity(specs.len());
     for spec in specs {
         let path = format!("{parent}{}", spec.name);
         if !seen.insert(spec.name.as_str()) {
-            return Err(format!("field `{path}` is declared twice"));
+            return Err(FieldError::Twice(path));
         }
         let data_type = to_type(&spec.data_type, &path)?;
         fields.push(Field::new(&spec.name, data_type, spec.nullable));
@@ -168,19 +183,15 @@ fn to_fields(specs: &[FieldSpec], parent: &str) -> Result<Fields, String> {
     Ok(fields.into())
 }
 
-fn to_type(spec: &TypeSpec, path: &str) -> Result<DataType, String> {
+fn to_type(spec: &TypeSpec, path: &str) -> Result<DataType, FieldError> {
     match spec {
         TypeSpec::Named(name) => NAMED_TYPES
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, make)| make())
-            .ok_or_else(|| {
-                let names: Vec<_> = NAMED_TYPES.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "field `{path}`: unknown type `{name}`, expected one of {}, \
-                     {{\"list\": TYPE}} or {{\"struct\": [FIELDS]}}",
-                    names.join(", ")
-                )
+            .ok_or_else(|| FieldError::UnknownType {
+                path: path.to_owned(),
+                name: name.clone(),
             }),
         TypeSpec::List { list } => {
             let item = to_type(list, &format!("{path}[]"))?;
@@ -251,7 +262,7 @@ mod tests {
     #[test]
     fn unknown_types_and_reserved_names_are_rejected_with_the_field() {
         let err = |text: &str| match parse(text) {
-            Err(ParseError::Invalid(m)) => m,
+            Err(ParseError::Invalid(m)) => m.to_string(),
             _ => panic!("expected an invalid schema"),
         };
         let unknown = err(r#"{"name": "t", "fields": [{"name": "a", "type": "int128"}]}"#);

@@ -17,27 +17,40 @@ pub const DAY: Duration = Duration::from_secs(86_400);
 /// A leap year: the longest window, schedule or lookback a file may set.
 pub const YEAR: Duration = Duration::from_secs(366 * 86_400);
 
-/// `Err(message)` when `value` is outside `min..=max`.
-pub fn duration(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+/// A value outside its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {what} from {min} to {max}, found {found}")]
+pub struct OutOfRange {
+    pub what: &'static str,
+    pub min: String,
+    pub max: String,
+    pub found: String,
+}
+
+/// Refuses a `value` outside `min..=max`.
+pub fn duration(value: Duration, min: Duration, max: Duration) -> Result<(), OutOfRange> {
     if (min..=max).contains(&value) {
         return Ok(());
     }
-    Err(format!(
-        "expected a duration from {} to {}, found {}",
-        show(min),
-        show(max),
-        show(value)
-    ))
+    Err(OutOfRange {
+        what: "a duration",
+        min: show(min),
+        max: show(max),
+        found: show(value),
+    })
 }
 
-/// `Err(message)` when `value` is outside `min..=max`.
-pub fn count<T: PartialOrd + Display>(value: T, min: T, max: T) -> Result<(), String> {
+/// Refuses a `value` outside `min..=max`.
+pub fn count<T: PartialOrd + Display>(value: T, min: T, max: T) -> Result<(), OutOfRange> {
     if value >= min && value <= max {
         return Ok(());
     }
-    Err(format!(
-        "expected a number from {min} to {max}, found {value}"
-    ))
+    Err(OutOfRange {
+        what: "a number",
+        min: min.to_string(),
+        max: max.to_string(),
+        found: value.to_string(),
+    })
 }
 
 fn show(duration: Duration) -> String {
@@ -55,7 +68,9 @@ mod tests {
     #[test]
     fn durations_outside_their_range_are_refused_with_both_ends() {
         assert!(duration(SECOND, MILLISECOND, HOUR).is_ok());
-        let message = duration(Duration::from_secs(u64::MAX), MILLISECOND, HOUR).unwrap_err();
+        let message = duration(Duration::from_secs(u64::MAX), MILLISECOND, HOUR)
+            .unwrap_err()
+            .to_string();
         assert!(
             message.starts_with("expected a duration from 1ms to 1h, found "),
             "{message}"
@@ -67,7 +82,7 @@ mod tests {
     fn counts_outside_their_range_are_refused() {
         assert!(count(5usize, 1, 10).is_ok());
         assert_eq!(
-            count(usize::MAX, 1, 10).unwrap_err(),
+            count(usize::MAX, 1, 10).unwrap_err().to_string(),
             format!("expected a number from 1 to 10, found {}", usize::MAX)
         );
     }

@@ -103,7 +103,7 @@ pub async fn run(
                 let (brokers, topic) = (brokers.clone(), topic.clone());
                 tokio::task::spawn_blocking(move || raw_consume(&brokers, &topic, produced))
                     .await
-                    .map_err(|e| crate::runtime::RunError::Task(e.to_string()))??
+                    .map_err(crate::runtime::RunError::Task)??
             };
             let raw_rate = produced as f64 / raw_elapsed.as_secs_f64().max(1e-9);
             let (stats, elapsed) =

@@ -200,7 +200,7 @@ async fn consume(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
-    let snapshot = running.await.map_err(|e| RunError::Task(e.to_string()))??;
+    let snapshot = running.await.map_err(RunError::Task)??;
     let busy = first_record.map(|t| t.elapsed()).unwrap_or_default();
     Ok((snapshot, busy))
 }

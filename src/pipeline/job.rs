@@ -61,13 +61,13 @@ pub fn load(
         ("trainer.hidden", limits::count(trainer.hidden.len(), 0, 16)),
     ];
     for (key, checked) in bounded {
-        if let Err(message) = checked {
-            issue(key, message);
+        if let Err(out_of_range) = checked {
+            issue(key, out_of_range.to_string());
         }
     }
     for (i, width) in trainer.hidden.iter().enumerate() {
-        if let Err(message) = limits::count(*width, 1, 1 << 16) {
-            issue(&format!("trainer.hidden[{i}]"), message);
+        if let Err(out_of_range) = limits::count(*width, 1, 1 << 16) {
+            issue(&format!("trainer.hidden[{i}]"), out_of_range.to_string());
         }
     }
     for (key, value) in [
@@ -82,8 +82,8 @@ pub fn load(
         }
     }
     if let Some(last) = job.dataset.last {
-        if let Err(message) = limits::duration(last, limits::SECOND, 100 * limits::YEAR) {
-            issue("dataset.last", message);
+        if let Err(out_of_range) = limits::duration(last, limits::SECOND, 100 * limits::YEAR) {
+            issue("dataset.last", out_of_range.to_string());
         }
     }
     if !(0.0..1.0).contains(&job.dataset.holdout) || job.dataset.holdout == 0.0 {

@@ -29,9 +29,9 @@ impl Issues {
         });
     }
 
-    fn check(&mut self, path: impl Into<String>, checked: Result<(), String>) {
-        if let Err(message) = checked {
-            self.add(path, message);
+    fn check(&mut self, path: impl Into<String>, checked: Result<(), limits::OutOfRange>) {
+        if let Err(out_of_range) = checked {
+            self.add(path, out_of_range.to_string());
         }
     }
 }
@@ -110,7 +110,7 @@ pub(super) fn validate(
     let record_schema = match schema::load(&schema_path) {
         Ok(record) => Some(record.fields),
         Err(e) => {
-            issues.add("decode.schema", e.to_string());
+            issues.add("decode.schema", crate::telemetry::chain(&e));
             None
         }
     };

@@ -133,14 +133,12 @@ pub(super) async fn run(
             Source::Files(source) => source.run(source_shutdown).map_err(RunError::from),
         })
         .await
-        .map_err(|e| RunError::Task(e.to_string()))?
+        .map_err(RunError::Task)?
     });
 
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
-        let outcome = done
-            .map_err(|e| RunError::Task(e.to_string()))
-            .and_then(|r| r);
+        let outcome = done.map_err(RunError::Task).and_then(|r| r);
         if let Err(error) = outcome {
             // The pipeline closing behind a failed component is a consequence, not a cause.
             let consequence = matches!(error, RunError::Source(SourceError::PipelineClosed));

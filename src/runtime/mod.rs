@@ -43,8 +43,14 @@ pub enum RunError {
     Decode(#[from] arrow::error::ArrowError),
     #[error(transparent)]
     Stage(#[from] StageError),
-    #[error("a pipeline task panicked or was cancelled: {0}")]
-    Task(String),
+    #[error("a pipeline task panicked or was cancelled")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("forgetting the finished backfill's bookkeeping under {}", path.display())]
+    Bookkeeping {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::http::BindError),
     #[error(transparent)]
@@ -101,7 +107,7 @@ async fn check_brokers(
         tokio::task::spawn_blocking(move || check_reachable(&config, &key, timeout, Some(events)))
     });
     for checked in futures::future::join_all(checks).await {
-        checked.map_err(|e| RunError::Task(e.to_string()))??;
+        checked??;
     }
     Ok(())
 }

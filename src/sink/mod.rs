@@ -40,6 +40,12 @@ pub enum SinkMessage {
 pub enum SinkError {
     #[error("{sink}: {message}")]
     Setup { sink: String, message: String },
+    #[error("{sink}: partition_by")]
+    Partition {
+        sink: String,
+        #[source]
+        source: parquet::partition::PartitionKeyError,
+    },
     #[error("{sink}: {}: {source}", path.display())]
     Io {
         sink: String,

@@ -173,9 +173,9 @@ impl Issues {
         });
     }
 
-    fn check(&mut self, path: impl Into<String>, checked: Result<(), String>) {
-        if let Err(message) = checked {
-            self.add(path, message);
+    fn check(&mut self, path: impl Into<String>, checked: Result<(), limits::OutOfRange>) {
+        if let Err(out_of_range) = checked {
+            self.add(path, out_of_range.to_string());
         }
     }
 }
@@ -185,12 +185,12 @@ fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, is
     for (j, spec) in sink.partition_by.iter().enumerate() {
         match PartitionKey::parse(spec) {
             Ok(key) => keys.push(key),
-            Err(e) => issues.add(format!("{path}.partition_by[{j}]"), e),
+            Err(e) => issues.add(format!("{path}.partition_by[{j}]"), e.to_string()),
         }
     }
     if let (Some(rows), true) = (rows, keys.len() == sink.partition_by.len()) {
         if let Err(e) = Partitioner::new(keys, rows) {
-            issues.add(format!("{path}.partition_by"), e);
+            issues.add(format!("{path}.partition_by"), e.to_string());
         }
     }
     if let Some(rows) = rows {

@@ -46,16 +46,36 @@ use crate::telemetry::Stats;
 pub enum StageError {
     #[error("stage {stage}: {message}")]
     Setup { stage: String, message: String },
+    #[error("stage {stage}: reading the model registry")]
+    ModelVersion {
+        stage: String,
+        #[source]
+        source: crate::model::RegistryError,
+    },
+    #[error("stage {stage}: finding the tokenizer")]
+    Tokenizer {
+        stage: String,
+        #[source]
+        source: tokenize::TokenizerError,
+    },
     #[error("stage {stage}: {message}")]
     Failed { stage: String, message: String },
+    #[error("stage {stage}: a model input")]
+    Input {
+        stage: String,
+        #[source]
+        source: infer::tensors::TensorError,
+    },
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Registry(#[from] crate::model::RegistryError),
     #[error("Arrow error in a stage (a bug, not bad input): {0}")]
     Arrow(#[from] ArrowError),
-    #[error("a stage's blocking task failed: {0}")]
-    Task(String),
+    #[error("a stage's blocking task failed")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("stage {stage}: column `{column}` is missing at run time (a bug: the plan has it)")]
+    MissingColumn { stage: String, column: String },
 }
 
 /// A row a stage could not process, and why.
@@ -151,10 +171,10 @@ impl Chain {
                     Stage::Window(window::WindowStage::new(name, config, output.clone()))
                 }
                 StageConfig::Tokenize(config) => {
-                    let file = tokenize::tokenizer_path(config, ctx).map_err(|message| {
-                        StageError::Setup {
+                    let file = tokenize::tokenizer_path(config, ctx).map_err(|source| {
+                        StageError::Tokenizer {
                             stage: name.clone(),
-                            message,
+                            source,
                         }
                     })?;
                     Stage::Tokenize(tokenize::TokenizeStage::new(

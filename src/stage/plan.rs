@@ -90,15 +90,15 @@ impl PlanIssues {
 
     /// Refuses a duration outside `min..=max` (see `config::limits`).
     pub fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
-        if let Err(message) = limits::duration(value, min, max) {
-            self.add(key, message);
+        if let Err(out_of_range) = limits::duration(value, min, max) {
+            self.add(key, out_of_range.to_string());
         }
     }
 
     /// Refuses a count outside `min..=max`.
     pub fn count(&mut self, key: &str, value: usize, min: usize, max: usize) {
-        if let Err(message) = limits::count(value, min, max) {
-            self.add(key, message);
+        if let Err(out_of_range) = limits::count(value, min, max) {
+            self.add(key, out_of_range.to_string());
         }
     }
 
@@ -130,7 +130,7 @@ pub fn plan(
             StageConfig::Window(config) => window::output_schema(config, &current, &mut issues),
             StageConfig::Tokenize(config) => {
                 if let Err(e) = tokenize::tokenizer_path(config, ctx) {
-                    issues.add("tokenizer", e);
+                    issues.add("tokenizer", crate::telemetry::chain(&e));
                 }
                 tokenize::output_schema(config, &current, &mut issues)
             }

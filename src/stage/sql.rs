@@ -205,7 +205,7 @@ impl SqlStage {
         );
         tokio::task::spawn_blocking(move || process(&query, &schema, rows))
             .await
-            .map_err(|e| StageError::Task(e.to_string()))?
+            .map_err(StageError::Task)?
             .map_err(|e| StageError::Failed {
                 stage,
                 message: e.to_string(),

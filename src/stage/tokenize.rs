@@ -33,31 +33,55 @@ fn token_list_type() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Int64, false)))
 }
 
+/// Why a tokenizer file cannot be found.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("tokenizer file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("model `{model}` has no current version")]
+    Registry {
+        model: String,
+        #[source]
+        source: crate::model::RegistryError,
+    },
+    #[error("model `{model}` version {version} has no tokenizer.json ({})", .path.display())]
+    NotInModel {
+        model: String,
+        version: String,
+        path: PathBuf,
+    },
+}
+
 /// The tokenizer file named by `tokenizer`: a `.json` path (relative to the pipeline
 /// file) or the current version of a registry model.
-pub fn tokenizer_path(config: &TokenizeConfig, ctx: &PlanContext) -> Result<PathBuf, String> {
+pub fn tokenizer_path(
+    config: &TokenizeConfig,
+    ctx: &PlanContext,
+) -> Result<PathBuf, TokenizerError> {
     if config.tokenizer.ends_with(".json") {
         let path = ctx.base_dir.join(&config.tokenizer);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!("tokenizer file {} does not exist", path.display()))
+            Err(TokenizerError::Missing(path))
         };
     }
-    let version = ctx
-        .registry
-        .current(&config.tokenizer)
-        .map_err(|e| e.to_string())?;
+    let version =
+        ctx.registry
+            .current(&config.tokenizer)
+            .map_err(|source| TokenizerError::Registry {
+                model: config.tokenizer.clone(),
+                source,
+            })?;
     let path = version.dir.join("tokenizer.json");
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!(
-            "model `{}` version {} has no tokenizer.json ({})",
-            version.name,
-            version.version,
-            path.display()
-        ))
+        Err(TokenizerError::NotInModel {
+            model: version.name.clone(),
+            version: version.version.to_string(),
+            path,
+        })
     }
 }
 
@@ -145,7 +169,7 @@ impl TokenizeStage {
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || tokenize(&tokenizer, rows, input, schema, &name))
             .await
-            .map_err(|e| StageError::Task(e.to_string()))?
+            .map_err(StageError::Task)?
     }
 }
 

@@ -48,16 +48,16 @@ impl Readiness {
         problems.retain(|key, _| !key.starts_with(prefix));
     }
 
-    /// `Ok` when ready, else what is wrong or still missing.
-    pub fn check(&self) -> Result<(), String> {
+    /// `None` when ready, else what is wrong or still missing.
+    pub fn not_ready(&self) -> Option<String> {
         let problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(problem) = problems.values().next() {
-            return Err(problem.clone());
+            return Some(problem.clone());
         }
         match (self.stages_ready.load(Relaxed), self.assigned.load(Relaxed)) {
-            (true, true) => Ok(()),
-            (false, _) => Err("loading stages and models".into()),
-            (true, false) => Err("waiting for the first partition assignment".into()),
+            (true, true) => None,
+            (false, _) => Some("loading stages and models".into()),
+            (true, false) => Some("waiting for the first partition assignment".into()),
         }
     }
 }
@@ -69,19 +69,19 @@ mod tests {
     #[test]
     fn a_problem_is_the_answer_until_it_is_cleared() {
         let readiness = Readiness::default();
-        assert_eq!(readiness.check().unwrap_err(), "loading stages and models");
+        assert_eq!(readiness.not_ready().unwrap(), "loading stages and models");
         readiness.set_stages_ready();
         readiness.set_assigned();
-        assert!(readiness.check().is_ok());
+        assert!(readiness.not_ready().is_none());
         readiness.set_problem(
             "source: authentication",
             Some("authentication failed: bad password".into()),
         );
         assert_eq!(
-            readiness.check().unwrap_err(),
+            readiness.not_ready().unwrap(),
             "authentication failed: bad password"
         );
         readiness.clear_problems("source:");
-        assert!(readiness.check().is_ok());
+        assert!(readiness.not_ready().is_none());
     }
 }

@@ -88,9 +88,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    match shared.stats.readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (
+    match shared.stats.readiness.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             super::secrets::redact(&format!("not ready: {why}\n")).into_owned(),
         ),

@@ -122,9 +122,9 @@ impl ParquetSink {
             .map(|spec| PartitionKey::parse(spec))
             .collect::<Result<Vec<_>, _>>()
             .and_then(|keys| Partitioner::new(keys, &schema))
-            .map_err(|message| SinkError::Setup {
+            .map_err(|source| SinkError::Partition {
                 sink: name.clone(),
-                message,
+                source,
             })?;
         let compression = match config.compression {
             Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),

@@ -27,6 +27,27 @@ enum Expr {
     Column(String),
 }
 
+/// A `partition_by` entry that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartitionKeyError {
+    #[error("`{spec}`: expected FUNCTION(COLUMN)")]
+    NotACall { spec: String },
+    #[error("`{spec}`: unknown function `{function}`, expected `date` or `hour`")]
+    UnknownFunction { spec: String, function: String },
+    #[error("`{spec}`: expected a column name, date(COL) or hour(COL)")]
+    NotAKey { spec: String },
+    #[error("`{spec}`: `{name}` is not a valid partition key name")]
+    BadName { spec: String, name: String },
+    #[error("unknown column `{column}` in partition key `{key}`")]
+    UnknownColumn { key: String, column: String },
+    #[error("partition key `{key}`: column `{column}` has type {data_type}, which it cannot partition by")]
+    WrongType {
+        key: String,
+        column: String,
+        data_type: DataType,
+    },
+}
+
 /// One parsed `partition_by` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionKey {
@@ -36,7 +57,7 @@ pub struct PartitionKey {
 
 impl PartitionKey {
     /// Parses `date(ts)`, `hour(ts)`, `region` or `name=expr`.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, PartitionKeyError> {
         let spec = spec.trim();
         let (name, expr_text) = match spec.split_once('=') {
             Some((name, expr)) => (Some(name.trim()), expr.trim()),
@@ -48,22 +69,25 @@ impl PartitionKey {
                     .strip_suffix(')')
                     .map(str::trim)
                     .filter(|c| is_identifier(c))
-                    .ok_or_else(|| format!("`{spec}`: expected FUNCTION(COLUMN)"))?;
+                    .ok_or_else(|| PartitionKeyError::NotACall {
+                        spec: spec.to_owned(),
+                    })?;
                 match func.trim() {
                     "date" => Expr::Date(column.to_owned()),
                     "hour" => Expr::Hour(column.to_owned()),
                     other => {
-                        return Err(format!(
-                            "`{spec}`: unknown function `{other}`, expected `date` or `hour`"
-                        ))
+                        return Err(PartitionKeyError::UnknownFunction {
+                            spec: spec.to_owned(),
+                            function: other.to_owned(),
+                        })
                     }
                 }
             }
             None if is_identifier(expr_text) => Expr::Column(expr_text.to_owned()),
             None => {
-                return Err(format!(
-                    "`{spec}`: expected a column name, date(COL) or hour(COL)"
-                ))
+                return Err(PartitionKeyError::NotAKey {
+                    spec: spec.to_owned(),
+                })
             }
         };
         let default_name = match &expr {
@@ -73,9 +97,10 @@ impl PartitionKey {
         };
         let name = name.unwrap_or(default_name);
         if !is_identifier(name) {
-            return Err(format!(
-                "`{spec}`: `{name}` is not a valid partition key name"
-            ));
+            return Err(PartitionKeyError::BadName {
+                spec: spec.to_owned(),
+                name: name.to_owned(),
+            });
         }
         Ok(PartitionKey {
             name: name.to_owned(),
@@ -104,12 +129,15 @@ pub struct Partitioner {
 
 impl Partitioner {
     /// Checks every key against `schema` (column exists, type fits the function).
-    pub fn new(keys: Vec<PartitionKey>, schema: &Schema) -> Result<Self, String> {
+    pub fn new(keys: Vec<PartitionKey>, schema: &Schema) -> Result<Self, PartitionKeyError> {
         let mut resolved = Vec::with_capacity(keys.len());
         for key in keys {
             let column = key.column();
             let (index, field) = schema.column_with_name(column).ok_or_else(|| {
-                format!("unknown column `{column}` in partition key `{}`", key.name)
+                PartitionKeyError::UnknownColumn {
+                    key: key.name.clone(),
+                    column: column.to_owned(),
+                }
             })?;
             let ok = match (&key.expr, field.data_type()) {
                 (Expr::Date(_), DataType::Timestamp(..) | DataType::Date32 | DataType::Date64) => {
@@ -123,11 +151,11 @@ impl Partitioner {
                 _ => false,
             };
             if !ok {
-                return Err(format!(
-                    "partition key `{}`: column `{column}` has type {}, which it cannot partition by",
-                    key.name,
-                    field.data_type()
-                ));
+                return Err(PartitionKeyError::WrongType {
+                    key: key.name.clone(),
+                    column: column.to_owned(),
+                    data_type: field.data_type().clone(),
+                });
             }
             resolved.push((key, index));
         }
@@ -331,16 +359,19 @@ mod tests {
     fn rejects_bad_expressions_and_types() {
         assert!(PartitionKey::parse("week(ts)")
             .unwrap_err()
+            .to_string()
             .contains("unknown function"));
         assert!(PartitionKey::parse("date(ts").is_err());
         let schema = batch().schema();
         let hour_of_text = vec![PartitionKey::parse("hour(region)").unwrap()];
         assert!(Partitioner::new(hour_of_text, &schema)
             .unwrap_err()
+            .to_string()
             .contains("type Utf8"));
         let missing = vec![PartitionKey::parse("nope").unwrap()];
         assert!(Partitioner::new(missing, &schema)
             .unwrap_err()
+            .to_string()
             .contains("unknown column"));
     }
 }

@@ -201,7 +201,10 @@ pub fn compute(
     let column = |name: &str| {
         rows.column_by_name(name)
             .cloned()
-            .ok_or_else(|| StageError::Task(format!("column `{name}` missing at run time")))
+            .ok_or_else(|| StageError::MissingColumn {
+                stage: "enrich".into(),
+                column: name.to_owned(),
+            })
     };
     Ok(match op {
         DeriveConfig::Argmax {

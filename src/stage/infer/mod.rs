@@ -24,7 +24,7 @@ use self::tensors::{input_matrix, Elem, OutputSpec};
 use self::worker::{Batching, Request};
 use super::{PlanContext, PlanIssues, StageError, StageOutput};
 use crate::config::{limits, InferConfig, InputColumns};
-use crate::model::{DevicePlan, Dim, Manifest, Placement, Registry};
+use crate::model::{DevicePlan, Dim, Manifest, Placement, Registry, RegistryError};
 
 pub struct InferStage {
     name: String,
@@ -204,9 +204,9 @@ fn check_columns(
 }
 
 /// The manifest of the model's current version, for planning.
-fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifest, String> {
-    let version = registry.current(&config.model).map_err(|e| e.to_string())?;
-    registry.manifest(&version).map_err(|e| e.to_string())
+fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifest, RegistryError> {
+    let version = registry.current(&config.model)?;
+    registry.manifest(&version)
 }
 
 /// Output schema: the input (minus the inputs with `drop_inputs`), the mapped outputs and
@@ -236,7 +236,7 @@ pub fn output_schema(
     let manifest = match current_manifest(config, &ctx.registry) {
         Ok(m) => m,
         Err(e) => {
-            issues.add("model", e);
+            issues.add("model", e.to_string());
             return input.clone();
         }
     };
@@ -296,7 +296,11 @@ impl InferStage {
             stage: name.clone(),
             message,
         };
-        let manifest = current_manifest(config, registry).map_err(setup)?;
+        let manifest =
+            current_manifest(config, registry).map_err(|source| StageError::ModelVersion {
+                stage: name.clone(),
+                source,
+            })?;
         let mut issues = PlanIssues::new(name.clone());
         let plans = input_plans(config, &manifest, &mut issues);
         let outputs = output_specs(config, &manifest, &mut issues);
@@ -346,7 +350,7 @@ impl InferStage {
             Ok((plan, model))
         })
         .await
-        .map_err(|e| StageError::Task(e.to_string()))??;
+        .map_err(StageError::Task)??;
         tracing::info!(stage = %name, model = %model.label, device = %plan.placement, workers, "model loaded");
         let placement = plan.placement;
         let serving = Arc::new(Serving::new(model));
@@ -419,9 +423,9 @@ impl InferStage {
             let arrays: Vec<&ArrayRef> = columns.iter().map(|&i| rows.column(i)).collect();
             let mut nulls = Vec::new();
             let matrix =
-                input_matrix(&arrays, *elem, &mut nulls).map_err(|message| StageError::Failed {
+                input_matrix(&arrays, *elem, &mut nulls).map_err(|source| StageError::Input {
                     stage: self.name.clone(),
-                    message,
+                    source,
                 })?;
             invalid.extend(
                 nulls

@@ -84,13 +84,26 @@ impl Matrix {
     }
 }
 
+/// Model input columns that cannot become a tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorError {
+    #[error(
+        "list rows have different lengths; pad them to one length per batch (the tokenize stage does)"
+    )]
+    Ragged,
+    #[error("expected a fixed-size list")]
+    NotFixedSize,
+    #[error("the column cannot be cast to the model's element type")]
+    Cast(#[from] arrow::error::ArrowError),
+}
+
 /// Builds one model input from its columns, or says why the rows cannot be fed.
 /// `null_rows` receives rows with a null input (they are rejected by the stage).
 pub fn input_matrix(
     columns: &[&ArrayRef],
     want: Elem,
     null_rows: &mut Vec<usize>,
-) -> Result<Matrix, String> {
+) -> Result<Matrix, TensorError> {
     let rows = columns.first().map_or(0, |c| c.len());
     for column in columns {
         null_rows.extend((0..rows).filter(|&r| column.is_null(r)));
@@ -105,9 +118,9 @@ pub fn input_matrix(
     stacked_matrix(columns, want)
 }
 
-fn list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
+fn list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, TensorError> {
     let target = DataType::List(Arc::new(Field::new_list_field(want.data_type(), true)));
-    let list = cast(column, &target).map_err(|e| e.to_string())?;
+    let list = cast(column, &target)?;
     let list = list.as_list::<i32>();
     let offsets = list.value_offsets();
     let width = match offsets {
@@ -115,7 +128,7 @@ fn list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
         _ => 0,
     };
     if offsets.windows(2).any(|w| (w[1] - w[0]) as usize != width) {
-        return Err("list rows have different lengths; pad them to one length per batch (the tokenize stage does)".into());
+        return Err(TensorError::Ragged);
     }
     let start = offsets.first().copied().unwrap_or(0) as usize;
     Ok(slice_values(
@@ -147,16 +160,16 @@ fn slice_values(values: &ArrayRef, start: usize, len: usize, width: usize, want:
     }
 }
 
-fn fixed_list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
+fn fixed_list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, TensorError> {
     let DataType::FixedSizeList(_, width) = column.data_type() else {
-        return Err("expected a fixed-size list".into());
+        return Err(TensorError::NotFixedSize);
     };
     let width = *width as usize;
     let target = DataType::FixedSizeList(
         Arc::new(Field::new_list_field(want.data_type(), true)),
         width as i32,
     );
-    let list = cast(column, &target).map_err(|e| e.to_string())?;
+    let list = cast(column, &target)?;
     let list = list.as_fixed_size_list();
     let start = if list.is_empty() {
         0
@@ -172,7 +185,7 @@ fn fixed_list_matrix(column: &ArrayRef, want: Elem) -> Result<Matrix, String> {
     ))
 }
 
-fn stacked_matrix(columns: &[&ArrayRef], want: Elem) -> Result<Matrix, String> {
+fn stacked_matrix(columns: &[&ArrayRef], want: Elem) -> Result<Matrix, TensorError> {
     let width = columns.len();
     Ok(match want {
         Elem::F32 => Matrix::F32 {
@@ -187,11 +200,11 @@ fn stacked_matrix(columns: &[&ArrayRef], want: Elem) -> Result<Matrix, String> {
 }
 
 /// Columns cast to `T`, interleaved row by row (Arrow stores them column by column).
-fn interleave<T: ArrowPrimitiveType>(columns: &[&ArrayRef]) -> Result<Vec<T::Native>, String> {
+fn interleave<T: ArrowPrimitiveType>(columns: &[&ArrayRef]) -> Result<Vec<T::Native>, TensorError> {
     let rows = columns.first().map_or(0, |c| c.len());
     let cast: Vec<ArrayRef> = columns
         .iter()
-        .map(|c| cast(c, &T::DATA_TYPE).map_err(|e| e.to_string()))
+        .map(|c| cast(c, &T::DATA_TYPE))
         .collect::<Result<_, _>>()?;
     let values: Vec<&[T::Native]> = cast
         .iter()
