@@ -112,6 +112,7 @@ pub struct Stats {
     inference_batch_rows: HistogramFamily<StageLabels>,
     inference_seconds: HistogramFamily<StageLabels>,
     model_info: Family<ModelLabels, Gauge>,
+    model_rejected: Family<ModelLabels, Counter>,
     consumer_lag: Family<PartitionLabels, Gauge>,
     commits: Family<CommitLabels, Counter>,
     commit_seconds: HistogramFamily<ModeLabels>,
@@ -150,6 +151,7 @@ impl Default for Stats {
             inference_batch_rows: Family::new_with_constructor(rows_histogram),
             inference_seconds: Family::new_with_constructor(latency_histogram),
             model_info: Family::default(),
+            model_rejected: Family::default(),
             consumer_lag: Family::default(),
             commits: Family::default(),
             commit_seconds: Family::new_with_constructor(latency_histogram),
@@ -266,6 +268,41 @@ impl Stats {
             self.model_info.remove(&previous);
         }
         self.model_info.get_or_create(&labels).set(1);
+    }
+
+    /// The watcher of `stage` refused `version` of `model` (it failed to load or does not
+    /// fit the stage); the serving version stays.
+    pub fn record_model_rejected(&self, stage: &str, model: &str, version: &str) {
+        self.model_rejected
+            .get_or_create(&ModelLabels {
+                stage: stage.to_owned(),
+                model: model.to_owned(),
+                version: version.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The version `stage` serves now.
+    pub fn serving_version(&self, stage: &str) -> Option<String> {
+        let serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        serving.get(stage).map(|labels| labels.version.clone())
+    }
+
+    /// Whether `stage` has refused `version`.
+    pub fn rejected_version(&self, stage: &str, version: &str) -> bool {
+        let serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        let model = serving
+            .get(stage)
+            .map(|l| l.model.clone())
+            .unwrap_or_default();
+        drop(serving);
+        self.model_rejected
+            .get(&ModelLabels {
+                stage: stage.to_owned(),
+                model,
+                version: version.to_owned(),
+            })
+            .is_some_and(|c| c.get() > 0)
     }
 
     pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
@@ -461,6 +498,11 @@ impl Stats {
             "model_info",
             "The model version each infer stage serves (value 1)",
             self.model_info.clone(),
+        );
+        r.register(
+            "model_versions_rejected",
+            "Model versions an infer stage's watcher refused (the serving version stayed)",
+            self.model_rejected.clone(),
         );
         r.register(
             "consumer_lag",

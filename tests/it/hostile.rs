@@ -322,8 +322,16 @@ fn sigterm_stops_a_backfill_that_waits_for_a_broker() {
     std::fs::write(&file, text).unwrap();
     let input = dir.path().join("input.jsonl");
     std::fs::write(&input, r#"{"id":"a","text":"t"}"#).unwrap();
-    let mut child = backfill(&file, &input, &[]).spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut child = backfill(&file, &input, &["--metrics-listen", &addr])
+        .spawn()
+        .unwrap();
+    // Wait until start-up is waiting for the broker (its /health says so).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !common::http_get(&addr, "/health").is_some_and(|(code, _)| code == 503) {
+        assert!(Instant::now() < deadline, "the backfill never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let started = Instant::now();
     let status = common::noida::terminate(&mut child, Duration::from_secs(10));
     let status = status.expect("still running 10 s after SIGTERM");

@@ -490,7 +490,11 @@ async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is
     let corrupt = registry_dir.path().join("corrupt.onnx");
     std::fs::write(&corrupt, b"this is not an ONNX model").unwrap();
     let v3 = registry.publish(&corrupt, manifest, &[], true).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = eventually(Duration::from_secs(30), || {
+        stats.rejected_version("stages[2].infer", &v3.version)
+    })
+    .await;
+    assert!(refused, "the watcher refused the corrupt version");
     produce(&brokers, "customer-feedback", wave("three", 60))
         .await
         .unwrap();

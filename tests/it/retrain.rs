@@ -237,9 +237,12 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
     assert_eq!(rejected.published, None, "{rejected}");
     assert_eq!(registry.current("sentiment-head").unwrap().version, "2");
 
-    // The running pipeline swaps version 2 in: wave B's rows carry it. Wait for the
-    // watcher (it polls every second) with a margin, then stream.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The running pipeline swaps version 2 in: wave B's rows carry it.
+    let serving = eventually(Duration::from_secs(30), || {
+        stats.serving_version("stages[2].infer").as_deref() == Some("2")
+    })
+    .await;
+    assert!(serving, "the watcher swapped version 2 in");
     produce(
         &brokers,
         "customer-feedback",
@@ -346,8 +349,13 @@ async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipel
         published,
         "the pipeline's own schedule published a better head"
     );
-    // Give the watcher time to serve it, then new rows carry a trained version.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Once the watcher serves it, new rows carry a trained version.
+    let current = registry.current("sentiment-head").unwrap().version;
+    let serving = eventually(Duration::from_secs(30), || {
+        stats.serving_version("stages[2].infer").as_deref() == Some(current.as_str())
+    })
+    .await;
+    assert!(serving, "the watcher swapped the trained version in");
     let before = stats.snapshot().rows_decoded;
     produce(
         &brokers,

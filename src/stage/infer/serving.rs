@@ -177,6 +177,8 @@ impl Watcher {
                 }
                 Err(e) => {
                     tracing::error!(stage = %self.stage, version = %label, serving = %serving, error = %e, "model version rejected; the serving version stays");
+                    self.stats
+                        .record_model_rejected(&self.stage, &self.model, &version.version);
                     rejected.insert(label);
                 }
             }
