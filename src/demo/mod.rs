@@ -305,6 +305,9 @@ fn clear_earlier_output(pipeline: &Pipeline) -> Result<(), DemoError> {
 pub const PROCESS_MACHINES: usize = 100;
 
 /// Runs the demo end to end.
+///
+/// Long on purpose: the demo is one story told in order (cluster, feed, run, read back,
+/// summary); splitting it would scatter that story.
 pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
     let cluster = MockCluster::new(1)?;

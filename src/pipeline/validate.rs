@@ -41,6 +41,72 @@ pub(super) fn validate(
     base_dir: &Path,
 ) -> Result<Pipeline, Vec<ConfigIssue>> {
     let mut issues = Issues(Vec::new());
+    check_top_level(&config, &mut issues);
+    check_clients(&config, &mut issues);
+
+    let schema_path = base_dir.join(&config.decode.schema);
+    let record_schema = match schema::load(&schema_path) {
+        Ok(record) => Some(record.fields),
+        Err(e) => {
+            issues.add("decode.schema", crate::telemetry::chain(&e));
+            None
+        }
+    };
+    let row_schema = record_schema.as_deref().map(schema::with_provenance);
+    let context = PlanContext {
+        base_dir: base_dir.to_owned(),
+        registry: Registry::new(base_dir.join(&config.models)),
+    };
+    let library = config
+        .onnxruntime
+        .library
+        .as_ref()
+        .map(|l| base_dir.join(l));
+    let stages = match (&row_schema, &record_schema) {
+        (Some(rows), Some(record)) => {
+            let record_columns = record.fields().iter().map(|f| f.name().clone()).collect();
+            match stage::Plan::new(&config.stages, rows, context, record_columns, library) {
+                Ok(plan) => Some(plan),
+                Err(stage_issues) => {
+                    issues.0.extend(stage_issues);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    // Sinks see the last stage's output; when the stages did not plan, skip column checks.
+    let sink_rows = stages.as_ref().map(|plan| plan.output_schema().clone());
+    let sinks = match sink::Plan::new(
+        &config.sinks,
+        &config.dead_letter,
+        sink_rows.as_ref(),
+        &source_brokers(&config),
+    ) {
+        Ok(plan) => Some(plan),
+        Err(sink_issues) => {
+            issues.0.extend(sink_issues);
+            None
+        }
+    };
+
+    match (issues.0.is_empty(), record_schema, stages, sinks) {
+        (true, Some(record_schema), Some(stages), Some(sinks)) => Ok(Pipeline {
+            config,
+            record_schema,
+            schema_path,
+            stages,
+            sinks,
+            retrain: None,
+            redactions: Default::default(),
+            storage_retry: std::time::Duration::from_secs(300),
+        }),
+        _ => Err(issues.0),
+    }
+}
+
+/// The name, the metrics address, the source's and decode's settings, the schedule.
+fn check_top_level(config: &PipelineConfig, issues: &mut Issues) {
     let name_ok = !config.name.is_empty()
         && config
             .name
@@ -103,68 +169,6 @@ pub(super) fn validate(
             "sluice stores offsets itself, only after every sink made a batch durable; remove this key",
         );
     }
-
-    check_clients(&config, &mut issues);
-
-    let schema_path = base_dir.join(&config.decode.schema);
-    let record_schema = match schema::load(&schema_path) {
-        Ok(record) => Some(record.fields),
-        Err(e) => {
-            issues.add("decode.schema", crate::telemetry::chain(&e));
-            None
-        }
-    };
-    let row_schema = record_schema.as_deref().map(schema::with_provenance);
-    let context = PlanContext {
-        base_dir: base_dir.to_owned(),
-        registry: Registry::new(base_dir.join(&config.models)),
-    };
-    let library = config
-        .onnxruntime
-        .library
-        .as_ref()
-        .map(|l| base_dir.join(l));
-    let stages = match (&row_schema, &record_schema) {
-        (Some(rows), Some(record)) => {
-            let record_columns = record.fields().iter().map(|f| f.name().clone()).collect();
-            match stage::Plan::new(&config.stages, rows, context, record_columns, library) {
-                Ok(plan) => Some(plan),
-                Err(stage_issues) => {
-                    issues.0.extend(stage_issues);
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
-    // Sinks see the last stage's output; when the stages did not plan, skip column checks.
-    let sink_rows = stages.as_ref().map(|plan| plan.output_schema().clone());
-    let sinks = match sink::Plan::new(
-        &config.sinks,
-        &config.dead_letter,
-        sink_rows.as_ref(),
-        &kafka.brokers,
-    ) {
-        Ok(plan) => Some(plan),
-        Err(sink_issues) => {
-            issues.0.extend(sink_issues);
-            None
-        }
-    };
-
-    match (issues.0.is_empty(), record_schema, stages, sinks) {
-        (true, Some(record_schema), Some(stages), Some(sinks)) => Ok(Pipeline {
-            config,
-            record_schema,
-            schema_path,
-            stages,
-            sinks,
-            retrain: None,
-            redactions: Default::default(),
-            storage_retry: std::time::Duration::from_secs(300),
-        }),
-        _ => Err(issues.0),
-    }
 }
 
 /// Builds every Kafka client configuration the way the run will, so a property librdkafka
@@ -225,4 +229,9 @@ fn check_clients(config: &PipelineConfig, issues: &mut Issues) {
             }
         }
     }
+}
+
+fn source_brokers(config: &PipelineConfig) -> String {
+    let SourceConfig::Kafka(kafka) = &config.source;
+    kafka.brokers.clone()
 }

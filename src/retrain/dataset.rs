@@ -63,6 +63,9 @@ fn millis(text: &str) -> Option<i64> {
 }
 
 /// Reads, labels and splits the dataset for classes `labels`.
+///
+/// Long on purpose: one polars lazy query built step by step (scan, time range, filter,
+/// labels, dedup, balance, sample, split); each step needs the previous frame.
 pub fn load(
     config: &DatasetConfig,
     root: &Path,

@@ -146,6 +146,9 @@ fn predict_onnx(
 }
 
 /// Runs one retrain job.
+///
+/// Long on purpose: the retrain job is a sequence (dataset, train, export, evaluate both
+/// versions, gate, publish, report) that reads top to bottom like the diagram above.
 pub fn run(
     loaded: &LoadedJob,
     options: &RetrainOptions,

@@ -68,6 +68,9 @@ pub fn roc(truth: &[bool], scores: &[f32]) -> (Vec<(f64, f64)>, f64) {
 }
 
 /// Draws the report picture.
+///
+/// Long on purpose: plotters drawing code for two panels (confusion matrix, ROC) on one
+/// canvas.
 pub fn draw(
     path: &Path,
     title: &str,

@@ -99,6 +99,9 @@ impl Adam {
 }
 
 /// Trains a classifier; `on_epoch(epoch, mean_loss)` reports progress.
+///
+/// Long on purpose: the forward pass, its gradient and the Adam update of one training
+/// loop, kept together so the maths can be checked in one place.
 pub fn train(
     data: &Examples,
     labels: Vec<String>,

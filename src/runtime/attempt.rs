@@ -59,7 +59,6 @@ pub(super) async fn run(
     stats: Arc<Stats>,
 ) -> Result<StatsSnapshot, RunError> {
     let config = &pipeline.config;
-    let SourceConfig::Kafka(kafka) = &config.source;
     let sink_count = pipeline.sinks.count();
     let tracker = Arc::new(AckTracker::new(sink_count));
     let sinks = sink::build(&pipeline.sinks, mode.parquet_writer(), &tracker, &stats)?;
@@ -88,30 +87,7 @@ pub(super) async fn run(
     }
 
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let source = match mode {
-        SourceMode::Group => Source::Group(KafkaSource::new(
-            kafka,
-            &pipeline.group_id(),
-            source_tx,
-            tracker.clone(),
-            stats.clone(),
-        )?),
-        SourceMode::Bounded(progress) => Source::Bounded(BoundedSource::new(
-            kafka,
-            progress,
-            source_tx,
-            tracker.clone(),
-            stats.clone(),
-        )?),
-        SourceMode::Files(files, progress) => Source::Files(FileSource::new(
-            files,
-            kafka.batch.max_rows,
-            progress,
-            source_tx,
-            tracker.clone(),
-            stats.clone(),
-        )),
-    };
+    let source = build_source(pipeline, mode, source_tx, &tracker, &stats)?;
     let decoder = JsonDecoder::new(
         pipeline.record_schema.clone(),
         config.decode.max_record_bytes.as_u64() as usize,
@@ -136,6 +112,53 @@ pub(super) async fn run(
         .map_err(RunError::Task)?
     });
 
+    supervise(tasks, &tracker, &shutdown).await?;
+    Ok(stats.snapshot())
+}
+
+/// The source `mode` asks for, sending to `out`.
+fn build_source(
+    pipeline: &Pipeline,
+    mode: SourceMode,
+    out: mpsc::Sender<SourceMessage>,
+    tracker: &Arc<AckTracker>,
+    stats: &Arc<Stats>,
+) -> Result<Source, RunError> {
+    let SourceConfig::Kafka(kafka) = &pipeline.config.source;
+    Ok(match mode {
+        SourceMode::Group => Source::Group(KafkaSource::new(
+            kafka,
+            &pipeline.group_id(),
+            out,
+            tracker.clone(),
+            stats.clone(),
+        )?),
+        SourceMode::Bounded(progress) => Source::Bounded(BoundedSource::new(
+            kafka,
+            progress,
+            out,
+            tracker.clone(),
+            stats.clone(),
+        )?),
+        SourceMode::Files(files, progress) => Source::Files(FileSource::new(
+            files,
+            kafka.batch.max_rows,
+            progress,
+            out,
+            tracker.clone(),
+            stats.clone(),
+        )),
+    })
+}
+
+/// Waits for every task; on the first failure marks the tracker failed and cancels the
+/// attempt, so the source commits only what is durable. Returns the failure that caused
+/// the others.
+async fn supervise(
+    mut tasks: JoinSet<Result<(), RunError>>,
+    tracker: &AckTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
         let outcome = done.map_err(RunError::Task).and_then(|r| r);
@@ -156,10 +179,7 @@ pub(super) async fn run(
             shutdown.cancel();
         }
     }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(stats.snapshot()),
-    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// A source message after the ordered part of the chain.

@@ -433,6 +433,9 @@ impl Stats {
     }
 
     /// A registry of these metrics (shared, not copied), prefixed `sluice_`.
+    ///
+    /// Long on purpose: one `register` call per metric with its help text: a table, read as
+    /// one.
     pub fn registry(&self, pipeline: &str) -> Registry {
         let mut registry = Registry::with_prefix_and_labels(
             "sluice",

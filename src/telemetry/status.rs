@@ -128,6 +128,8 @@ pub async fn fetch(base: &str) -> Result<Scrape, StatusError> {
 }
 
 /// The status screen; rates when an earlier scrape is given.
+///
+/// Long on purpose: one screen drawn top to bottom, line by line.
 pub fn render(now: &Scrape, before: Option<&Scrape>) -> String {
     let mut out = String::new();
     let rate = |name: &str| -> String {

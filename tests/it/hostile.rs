@@ -328,7 +328,7 @@ fn sigterm_stops_a_backfill_that_waits_for_a_broker() {
         .unwrap();
     // Wait until start-up is waiting for the broker (its /health says so).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !common::http_get(&addr, "/health").is_some_and(|(code, _)| code == 503) {
+    while common::http_get(&addr, "/health").is_none_or(|(code, _)| code != 503) {
         assert!(Instant::now() < deadline, "the backfill never started");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -26,6 +26,10 @@ impl ParquetSink {
     /// Commits the open group of `tp` (merging the segment's earlier files when `roll`
     /// says so, replacing files of other writers it overlaps), then acknowledges its
     /// batches.
+    ///
+    /// Long on purpose: one commit of the protocol (which files to merge, which to replace,
+    /// stage, manifest, rename, acknowledge); its steps share the state of one commit and
+    /// must stay in this order.
     pub(super) fn roll(&mut self, tp: &TopicPartition, roll: Roll) -> Result<(), SinkError> {
         let segment = self.segment;
         let Some(state) = self.partitions.get_mut(tp) else {

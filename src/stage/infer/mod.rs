@@ -283,6 +283,9 @@ pub fn output_schema(
 impl InferStage {
     /// Loads ONNX Runtime, decides the device, opens and warms up the current version,
     /// and starts the workers and the registry watcher.
+    ///
+    /// Long on purpose: checks the serving contract, starts the workers and the registry
+    /// watcher; each part needs the previous one.
     pub async fn start(
         name: String,
         config: &InferConfig,

@@ -263,6 +263,9 @@ impl WindowStage {
     }
 
     /// Adds one record; returns why it was rejected, if it was.
+    ///
+    /// Long on purpose: one record into its key's windows (validation, assignment,
+    /// lateness, closing due windows), the window semantics in one place.
     fn add(
         &self,
         partition: &mut PartitionState,

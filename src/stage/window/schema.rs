@@ -30,6 +30,9 @@ pub fn band_column(field: &str, band: &str) -> String {
 }
 
 /// The stage's output schema: keys, window bounds, carried columns, features, provenance.
+///
+/// Long on purpose: every window-config check with its key path, then the output columns in
+/// the order they are written.
 pub fn output_schema(config: &WindowConfig, input: &Schema, issues: &mut PlanIssues) -> Schema {
     let mut fields = Vec::new();
     let utf8 = |key: &str, name: &str, issues: &mut PlanIssues| match input.field_with_name(name) {
