@@ -11,13 +11,13 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
-pub const TOPIC_COLUMN: &str = "_topic";
-pub const PARTITION_COLUMN: &str = "_partition";
-pub const OFFSET_COLUMN: &str = "_offset";
-pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+pub(crate) const TOPIC_COLUMN: &str = "_topic";
+pub(crate) const PARTITION_COLUMN: &str = "_partition";
+pub(crate) const OFFSET_COLUMN: &str = "_offset";
+pub(crate) const TIMESTAMP_COLUMN: &str = "_timestamp";
 
 /// Whether `name` is one of the provenance columns every row carries.
-pub fn is_provenance(name: &str) -> bool {
+pub(crate) fn is_provenance(name: &str) -> bool {
     [
         TOPIC_COLUMN,
         PARTITION_COLUMN,
@@ -204,7 +204,7 @@ fn to_type(spec: &TypeSpec, path: &str) -> Result<DataType, FieldError> {
 }
 
 /// The provenance columns appended to every decoded row.
-pub fn provenance_fields() -> [Field; 4] {
+pub(crate) fn provenance_fields() -> [Field; 4] {
     [
         Field::new(TOPIC_COLUMN, DataType::Utf8, false),
         Field::new(PARTITION_COLUMN, DataType::Int32, false),

@@ -9,18 +9,18 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-pub const MILLISECOND: Duration = Duration::from_millis(1);
-pub const SECOND: Duration = Duration::from_secs(1);
-pub const MINUTE: Duration = Duration::from_secs(60);
+pub(crate) const MILLISECOND: Duration = Duration::from_millis(1);
+pub(crate) const SECOND: Duration = Duration::from_secs(1);
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 pub const HOUR: Duration = Duration::from_secs(3600);
-pub const DAY: Duration = Duration::from_secs(86_400);
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 /// A leap year: the longest window, schedule or lookback a file may set.
-pub const YEAR: Duration = Duration::from_secs(366 * 86_400);
+pub(crate) const YEAR: Duration = Duration::from_secs(366 * 86_400);
 
 /// A value outside its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("expected {what} from {min} to {max}, found {found}")]
-pub struct OutOfRange {
+pub(crate) struct OutOfRange {
     pub what: &'static str,
     pub min: String,
     pub max: String,
@@ -28,7 +28,7 @@ pub struct OutOfRange {
 }
 
 /// Refuses a `value` outside `min..=max`.
-pub fn duration(value: Duration, min: Duration, max: Duration) -> Result<(), OutOfRange> {
+pub(crate) fn duration(value: Duration, min: Duration, max: Duration) -> Result<(), OutOfRange> {
     if (min..=max).contains(&value) {
         return Ok(());
     }
@@ -41,7 +41,7 @@ pub fn duration(value: Duration, min: Duration, max: Duration) -> Result<(), Out
 }
 
 /// Refuses a `value` outside `min..=max`.
-pub fn count<T: PartialOrd + Display>(value: T, min: T, max: T) -> Result<(), OutOfRange> {
+pub(crate) fn count<T: PartialOrd + Display>(value: T, min: T, max: T) -> Result<(), OutOfRange> {
     if value >= min && value <= max {
         return Ok(());
     }

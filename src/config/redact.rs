@@ -124,7 +124,7 @@ impl Redactions {
 
     /// `text` with every value replaced: secrets wherever they occur, other values where
     /// they stand as a whole token.
-    pub fn apply<'a>(&self, text: &'a str) -> Cow<'a, str> {
+    pub(crate) fn apply<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);
         for entry in &self.entries {
             if !out.contains(entry.value.as_str()) {

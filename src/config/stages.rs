@@ -18,7 +18,7 @@ pub enum StageConfig {
 }
 
 impl StageConfig {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             StageConfig::Window(_) => "window",
             StageConfig::Tokenize(_) => "tokenize",
@@ -71,7 +71,7 @@ pub struct WindowConfig {
 }
 
 impl WindowConfig {
-    pub fn slide(&self) -> Duration {
+    pub(crate) fn slide(&self) -> Duration {
         self.slide.unwrap_or(self.size)
     }
 }
@@ -119,7 +119,7 @@ pub enum WindowFeature {
 }
 
 impl WindowFeature {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             WindowFeature::Mean => "mean",
             WindowFeature::Std => "std",
@@ -221,7 +221,7 @@ pub enum InputColumns {
 }
 
 impl InputColumns {
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         match self {
             InputColumns::One(name) => vec![name.as_str()],
             InputColumns::Stacked(names) => names.iter().map(String::as_str).collect(),
@@ -317,7 +317,7 @@ pub struct LookupConfig {
 }
 
 impl LookupConfig {
-    pub fn key_column(&self) -> &str {
+    pub(crate) fn key_column(&self) -> &str {
         self.key.as_deref().unwrap_or(&self.on)
     }
 }

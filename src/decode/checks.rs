@@ -26,7 +26,7 @@ const NS_RANGE: (i64, i64) = (i64::MIN + 1, i64::MAX);
 const DATE32_RANGE: (i32, i32) = (-719_162, 2_932_896);
 
 /// The accepted range of a timestamp in `unit`.
-pub(crate) fn timestamp_range(unit: TimeUnit) -> (i64, i64) {
+pub fn timestamp_range(unit: TimeUnit) -> (i64, i64) {
     let per_ns = match unit {
         TimeUnit::Second => 1_000_000_000,
         TimeUnit::Millisecond => 1_000_000,
@@ -38,14 +38,14 @@ pub(crate) fn timestamp_range(unit: TimeUnit) -> (i64, i64) {
 }
 
 /// Whether a broker timestamp (ms since the epoch) is inside the accepted range.
-pub(crate) fn broker_timestamp_ok(ms: i64) -> bool {
+pub fn broker_timestamp_ok(ms: i64) -> bool {
     let (min, max) = timestamp_range(TimeUnit::Millisecond);
     (min..=max).contains(&ms)
 }
 
 /// The first raw control character inside a JSON string, or outside one other than
 /// whitespace: `(byte offset, byte)`.
-pub(crate) fn raw_control_character(payload: &[u8]) -> Option<(usize, u8)> {
+pub fn raw_control_character(payload: &[u8]) -> Option<(usize, u8)> {
     // Almost every record has none: one cheap pass decides.
     if !payload.iter().any(|&b| b < 0x20) {
         return None;
@@ -72,7 +72,7 @@ pub(crate) fn raw_control_character(payload: &[u8]) -> Option<(usize, u8)> {
 }
 
 /// Whether a column of this type can hold a value out of range (so is worth checking).
-pub(crate) fn holds_dates(data_type: &DataType) -> bool {
+pub fn holds_dates(data_type: &DataType) -> bool {
     match data_type {
         DataType::Timestamp(..) | DataType::Date32 => true,
         DataType::Struct(fields) => fields.iter().any(|f| holds_dates(f.data_type())),
@@ -85,7 +85,7 @@ pub(crate) fn holds_dates(data_type: &DataType) -> bool {
 
 /// Rows of `rows` with a timestamp or date out of range: `(row, why)`, at most one per
 /// row (its first bad column).
-pub(crate) fn out_of_range_rows(rows: &RecordBatch) -> Vec<(usize, String)> {
+pub fn out_of_range_rows(rows: &RecordBatch) -> Vec<(usize, String)> {
     let mut found: Vec<Option<String>> = Vec::new();
     for (field, column) in rows.schema().fields().iter().zip(rows.columns()) {
         if !holds_dates(field.data_type()) {
@@ -110,7 +110,7 @@ pub(crate) fn out_of_range_rows(rows: &RecordBatch) -> Vec<(usize, String)> {
 }
 
 /// Keeps the rows not listed in `bad` (sorted row numbers).
-pub(crate) fn without_rows(
+pub fn without_rows(
     rows: &RecordBatch,
     bad: &[usize],
 ) -> Result<RecordBatch, arrow::error::ArrowError> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The ONNX Runtime version the set-up script installs.
-pub const ORT_VERSION: &str = "1.31.1";
+pub(crate) const ORT_VERSION: &str = "1.31.1";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OrtLoadError {

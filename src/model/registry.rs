@@ -52,7 +52,7 @@ pub enum Dim {
 
 impl TensorSpec {
     /// The fixed size of every dimension after the batch one, or `None` if one is dynamic.
-    pub fn fixed_tail(&self) -> Option<Vec<i64>> {
+    pub(crate) fn fixed_tail(&self) -> Option<Vec<i64>> {
         self.shape
             .iter()
             .skip(1)
@@ -82,10 +82,10 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn output(&self, name: &str) -> Option<&TensorSpec> {
+    pub(crate) fn output(&self, name: &str) -> Option<&TensorSpec> {
         self.outputs.iter().find(|o| o.name == name)
     }
-    pub fn input(&self, name: &str) -> Option<&TensorSpec> {
+    pub(crate) fn input(&self, name: &str) -> Option<&TensorSpec> {
         self.inputs.iter().find(|o| o.name == name)
     }
 }

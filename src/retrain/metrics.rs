@@ -42,7 +42,11 @@ impl Metrics {
 
     /// Metrics of hard predictions given as a confusion matrix (rows = true class,
     /// columns = predicted); `log_loss` is whatever the caller measured (NaN if none).
-    pub fn from_confusion(labels: &[String], confusion: Vec<Vec<usize>>, log_loss: f64) -> Metrics {
+    pub(crate) fn from_confusion(
+        labels: &[String],
+        confusion: Vec<Vec<usize>>,
+        log_loss: f64,
+    ) -> Metrics {
         let classes = labels.len();
         let rows: usize = confusion.iter().flatten().sum();
         let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();

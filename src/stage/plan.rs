@@ -75,7 +75,7 @@ impl PlanIssues {
         }
     }
 
-    pub fn add(&mut self, key: &str, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, key: &str, message: impl Into<String>) {
         let path = if key.is_empty() {
             self.prefix.clone()
         } else {
@@ -89,20 +89,20 @@ impl PlanIssues {
     }
 
     /// Refuses a duration outside `min..=max` (see `config::limits`).
-    pub fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
+    pub(crate) fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
         if let Err(out_of_range) = limits::duration(value, min, max) {
             self.add(key, out_of_range.to_string());
         }
     }
 
     /// Refuses a count outside `min..=max`.
-    pub fn count(&mut self, key: &str, value: usize, min: usize, max: usize) {
+    pub(crate) fn count(&mut self, key: &str, value: usize, min: usize, max: usize) {
         if let Err(out_of_range) = limits::count(value, min, max) {
             self.add(key, out_of_range.to_string());
         }
     }
 
-    pub fn unknown_column(&mut self, key: &str, column: &str, schema: &Schema) {
+    pub(crate) fn unknown_column(&mut self, key: &str, column: &str, schema: &Schema) {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         self.add(
             key,

@@ -28,7 +28,7 @@ use crate::config::SqlConfig;
 use crate::schema::is_provenance;
 
 /// The table name statements select from.
-pub const TABLE: &str = "batch";
+pub(crate) const TABLE: &str = "batch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -39,7 +39,7 @@ pub enum SqlError {
 }
 
 /// Converts an arrow-rs batch to a polars frame through the C data interface.
-pub fn to_polars(batch: &RecordBatch) -> Result<DataFrame, SqlError> {
+pub(crate) fn to_polars(batch: &RecordBatch) -> Result<DataFrame, SqlError> {
     let height = batch.num_rows();
     let columns = batch
         .columns()

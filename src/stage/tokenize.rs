@@ -20,7 +20,7 @@ use super::{PlanContext, PlanIssues, Rejection, StageError, StageOutput};
 use crate::batch::DeadLetterKind;
 use crate::config::TokenizeConfig;
 
-pub const OUTPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
+pub(crate) const OUTPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
 
 pub struct TokenizeStage {
     name: String,
@@ -54,7 +54,7 @@ pub enum TokenizerError {
 
 /// The tokenizer file named by `tokenizer`: a `.json` path (relative to the pipeline
 /// file) or the current version of a registry model.
-pub fn tokenizer_path(
+pub(crate) fn tokenizer_path(
     config: &TokenizeConfig,
     ctx: &PlanContext,
 ) -> Result<PathBuf, TokenizerError> {

@@ -63,7 +63,7 @@ where
 }
 
 /// [`causes`] of an error's source chain.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     causes(std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string))
 }
 

@@ -19,38 +19,38 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StageLabels {
+pub(crate) struct StageLabels {
     pub stage: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeadLetterLabels {
+pub(crate) struct DeadLetterLabels {
     pub stage: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelLabels {
+pub(crate) struct ModelLabels {
     pub stage: String,
     pub model: String,
     pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabels {
+pub(crate) struct PartitionLabels {
     pub topic: String,
     pub partition: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SkipLabels {
+pub(crate) struct SkipLabels {
     pub topic: String,
     pub partition: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CommitLabels {
+pub(crate) struct CommitLabels {
     /// `auto` (librdkafka's periodic commit of stored offsets) or `sync` (on revoke and
     /// shutdown).
     pub mode: String,
@@ -58,29 +58,29 @@ pub struct CommitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SinkReasonLabels {
+pub(crate) struct SinkReasonLabels {
     pub sink: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SinkLabels {
+pub(crate) struct SinkLabels {
     pub sink: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientLabels {
+pub(crate) struct ClientLabels {
     pub client: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientErrorLabels {
+pub(crate) struct ClientErrorLabels {
     pub client: String,
     pub error: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModeLabels {
+pub(crate) struct ModeLabels {
     pub mode: String,
 }
 

@@ -32,7 +32,7 @@ pub struct Table {
 }
 
 /// Reads the whole file as one batch.
-pub fn read(path: &Path) -> Result<RecordBatch, LookupError> {
+pub(crate) fn read(path: &Path) -> Result<RecordBatch, LookupError> {
     let fail = |message: String| LookupError::Read {
         path: path.to_owned(),
         message,
@@ -74,7 +74,7 @@ pub fn read(path: &Path) -> Result<RecordBatch, LookupError> {
 }
 
 /// The fields a lookup adds (nullable: a key may be missing), or what is wrong.
-pub fn output_fields(config: &LookupConfig, table: &Schema) -> Result<Vec<Field>, String> {
+pub(crate) fn output_fields(config: &LookupConfig, table: &Schema) -> Result<Vec<Field>, String> {
     if table.field_with_name(config.key_column()).is_err() {
         return Err(format!(
             "the table has no key column `{}`",

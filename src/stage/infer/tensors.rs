@@ -24,7 +24,7 @@ pub enum Elem {
 }
 
 impl Elem {
-    pub fn from_dtype(dtype: &str) -> Option<Elem> {
+    pub(crate) fn from_dtype(dtype: &str) -> Option<Elem> {
         match dtype {
             "int64" => Some(Elem::I64),
             "float32" => Some(Elem::F32),
@@ -32,7 +32,7 @@ impl Elem {
         }
     }
 
-    pub fn data_type(self) -> DataType {
+    pub(crate) fn data_type(self) -> DataType {
         match self {
             Elem::I64 => DataType::Int64,
             Elem::F32 => DataType::Float32,
@@ -246,7 +246,7 @@ pub struct OutputSpec {
 }
 
 impl OutputSpec {
-    pub fn field(&self) -> Field {
+    pub(crate) fn field(&self) -> Field {
         let data_type = if self.vector {
             DataType::FixedSizeList(
                 Arc::new(Field::new_list_field(self.elem.data_type(), false)),

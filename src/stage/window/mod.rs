@@ -44,10 +44,10 @@ use crate::config::{WindowConfig, WindowField};
 use crate::schema::{OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_COLUMN};
 
 /// Output columns besides keys, carried columns and features.
-pub const WINDOW_ID_COLUMN: &str = "window_id";
-pub const WINDOW_START_COLUMN: &str = "window_start";
-pub const WINDOW_END_COLUMN: &str = "window_end";
-pub const RECORDS_COLUMN: &str = "records";
+pub(crate) const WINDOW_ID_COLUMN: &str = "window_id";
+pub(crate) const WINDOW_START_COLUMN: &str = "window_start";
+pub(crate) const WINDOW_END_COLUMN: &str = "window_end";
+pub(crate) const RECORDS_COLUMN: &str = "records";
 
 /// One record's contribution to its windows.
 #[derive(Debug)]
