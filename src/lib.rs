@@ -10,14 +10,27 @@
 //!       +---- offsets committed only when every sink made a batch durable
 //! ```
 //!
-//! A pipeline is a YAML file ([`config`]). [`runtime::run`] builds it: the Kafka
-//! [`source`] cuts per-partition micro-batches ([`batch`]), [`decode`] turns JSON into
-//! Arrow against a schema from `schemas/` ([`schema`]) and sends bad records to the
-//! [`dead_letter`]s, the [`stage`]s tokenize, run ONNX models from the [`model`] registry
-//! (hot-swapped while running) and enrich, and the [`sink`]s write Parquet datasets and
-//! Kafka topics. The
-//! [`ack`] tracker advances a partition's committable offset only over batches every
-//! sink reported durable. [`demo`] runs the whole flow on an in-process Kafka cluster.
+//! Where each concept lives (one hop from here):
+//!
+//! - a pipeline file: [`config`] (serde types, `${VAR}`, key paths and lines), checked into a
+//!   [`pipeline::Pipeline`] by [`pipeline`] (which also loads retrain jobs and schedules);
+//! - running it: [`runtime::run`] (or [`backfill`] over a bounded range) wires the Kafka
+//!   [`source`] (per-partition micro-batches, [`batch`]), [`decode`] (JSON -> Arrow against
+//!   a [`schema`], bad records -> [`batch::DeadLetter`]s), the [`stage`]s (sql, window,
+//!   tokenize, infer with models from the [`model`] registry, enrich) and the [`sink`]s
+//!   (Parquet with its commit protocol, Kafka topics, dead letters; [`dead_letter`] is the
+//!   dead-letter dataset's layout);
+//! - what gets committed: [`ack`] advances a partition's offset only over batches every
+//!   sink reported durable;
+//! - Kafka clients: [`kafka_client`] (configuration, checks, rate-limited events);
+//! - models over time: [`retrain`] (dataset, trainer, ONNX export, gate, report);
+//! - what an operator sees: [`telemetry`] (logs, `/metrics`, `/health`, `sluice status`,
+//!   secrets kept out of all of them);
+//! - trying it: [`demo`] (in-process cluster, bench, feeds).
+//!
+//! Lower layers never import higher ones (`scripts/check_cycles.py`): `config` imports
+//! nothing from the crate; components build from their own plans ([`stage::Plan`],
+//! [`sink::Plan`]); `pipeline` composes them; `runtime` wires them.
 
 // Error enums carry the context a user needs (paths, topics, librdkafka errors); they are
 // returned once per failed run, never per record, so their size is not worth boxing.

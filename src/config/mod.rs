@@ -2,12 +2,12 @@
 //! they share. This module imports nothing else from the crate; `pipeline` turns a parsed
 //! file into a checked plan.
 //!
-//! - the pipeline file: [`PipelineConfig`] here, the stages in [`stages`], the sinks in
-//!   [`sinks`]; [`parse`] reports every independent mistake at once;
+//! - the pipeline file: [`PipelineConfig`] here, the stages in `stages`, the sinks in
+//!   `sinks`; [`parse`] reports every independent mistake at once;
 //! - the retrain job file: [`job`];
-//! - reading any of them: [`file`] (text, YAML, typed parse with key paths),
-//!   [`interpolate`] (`${VAR}`, `${VAR:-default}`, `${file:PATH}`), [`locate`] (key path
-//!   -> line), [`error`] (file, key path, line, what was expected), [`redact`] (values
+//! - reading any of them: `file` (text, YAML, typed parse with key paths),
+//!   `interpolate` (`${VAR}`, `${VAR:-default}`, `${file:PATH}`), `locate` (key path
+//!   -> line), `error` (file, key path, line, what was expected), [`redact`] (values
 //!   from outside the file shown as `${NAME}`), [`limits`] (bounds on every duration and
 //!   count).
 //!

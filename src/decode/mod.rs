@@ -2,7 +2,7 @@
 //!
 //! Decoding uses arrow-json's streaming decoder against the schema from `schemas/`.
 //! Cheap checks run per record first (tombstone, size, UTF-8, raw control characters,
-//! the broker timestamp's range: see [`checks`]). The fast path then feeds
+//! the broker timestamp's range: see `checks`). The fast path then feeds
 //! the whole batch to one decoder, checking after each record that it produced exactly
 //! one complete row, and flushes once, without copying. If anything is off (a syntax error, a type that does
 //! not match, a record holding two objects or half of one), the bad records are isolated

@@ -1,5 +1,5 @@
 //! A pipeline file or retrain job, loaded and checked into the plan the runtime builds
-//! from: [`load`] reads and parses the file (`config`), [`validate`] makes the checks serde
+//! from: [`load`] reads and parses the file (`config`), `validate` makes the checks serde
 //! cannot (schemas, stage plans, sink plans, librdkafka settings), [`job`] loads retrain
 //! jobs, [`schedule`] says when they run.
 //!

