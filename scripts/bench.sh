@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and appends their numbers to files that compare run to run:
 #   benches/results/criterion.jsonl  one line per criterion benchmark (mean, rows/s or bytes/s)
+#   benches/results/compression.jsonl  the Kafka sink codecs (messages/s, bytes on the wire)
 #   benches/results/e2e.jsonl        `sluice bench`: topic -> Parquet vs raw consume rate, and
 #                                    the sentiment pipeline (tokenize + MiniLM + head) on the CPU,
 #                                    the process-maintenance pipeline (windows + MLP + assets)
@@ -18,6 +19,7 @@ python3 scripts/requirements_met.py scripts/requirements-bench.txt ||
   python3 -m pip install --disable-pip-version-check -q -r scripts/requirements-bench.txt
 
 cargo bench --bench decode --bench parquet_encode --bench inference
+cargo bench --bench compression   # appends to benches/results/compression.jsonl
 python3 scripts/collect_criterion.py target/criterion benches/results/criterion.jsonl
 
 cargo build --release
