@@ -17,6 +17,32 @@ pub struct ConfigIssue {
     pub message: String,
 }
 
+/// Problems collected by a check that reports all of them (paths without lines: the
+/// loader adds those).
+#[derive(Debug, Default)]
+pub struct Issues(pub Vec<ConfigIssue>);
+
+impl Issues {
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    /// Adds the range error of a bounded value, if any.
+    pub fn check(
+        &mut self,
+        path: impl Into<String>,
+        checked: Result<(), super::limits::OutOfRange>,
+    ) {
+        if let Err(out_of_range) = checked {
+            self.add(path, out_of_range.to_string());
+        }
+    }
+}
+
 /// Every problem found in one pipeline file, reported together.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {

@@ -20,7 +20,7 @@ pub(crate) const YEAR: Duration = Duration::from_secs(366 * 86_400);
 /// A value outside its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("expected {what} from {min} to {max}, found {found}")]
-pub(crate) struct OutOfRange {
+pub struct OutOfRange {
     pub what: &'static str,
     pub min: String,
     pub max: String,

@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-pub use error::{ConfigError, ConfigIssue};
+pub use error::{ConfigError, ConfigIssue, Issues};
 pub use file::{typed, YamlFile};
 pub use interpolate::{interpolate, InterpolationIssue, Substitution};
 pub use locate::LineIndex;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Pipeline;
-use crate::config::{limits, ConfigIssue, PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{limits, ConfigIssue, Issues, PipelineConfig, SinkConfig, SourceConfig};
 use crate::kafka_client::{check_config, client_config, PRODUCER_DEFAULTS};
 use crate::model::Registry;
 use crate::stage::{self, PlanContext};
@@ -17,24 +17,6 @@ use crate::{schema, sink};
 
 /// The largest record a file may allow: 256 MiB.
 const MAX_RECORD_BYTES: u64 = 256 << 20;
-
-struct Issues(Vec<ConfigIssue>);
-
-impl Issues {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        });
-    }
-
-    fn check(&mut self, path: impl Into<String>, checked: Result<(), limits::OutOfRange>) {
-        if let Err(out_of_range) = checked {
-            self.add(path, out_of_range.to_string());
-        }
-    }
-}
 
 pub(super) fn validate(
     config: PipelineConfig,

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 
 use super::parquet::partition::{PartitionKey, Partitioner};
 use crate::config::{
-    limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, KafkaSinkConfig,
+    limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, Issues, KafkaSinkConfig,
     ParquetSinkConfig, SinkConfig,
 };
 use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
@@ -159,24 +159,6 @@ impl Plan {
         let dead_letters = self.dead_letter_parquet.as_ref();
         self.parquet_sinks()
             .chain(dead_letters.map(|p| p.path.as_path()))
-    }
-}
-
-struct Issues(Vec<ConfigIssue>);
-
-impl Issues {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        });
-    }
-
-    fn check(&mut self, path: impl Into<String>, checked: Result<(), limits::OutOfRange>) {
-        if let Err(out_of_range) = checked {
-            self.add(path, out_of_range.to_string());
-        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod health;
 pub mod http;
+mod labels;
 pub mod secrets;
 pub mod stats;
 pub mod status;
