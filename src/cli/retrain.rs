@@ -41,8 +41,11 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     // A failed run ends the command when it runs once; on a schedule it is reported and
     // the next run still happens.
     let failure = std::cell::RefCell::new(None);
+    let finished = std::cell::Cell::new(false);
     let run = || async {
-        if let Err(error) = once(&args.job, &options).await {
+        let outcome = once(&args.job, &options).await;
+        finished.set(true);
+        if let Err(error) = outcome {
             if schedule.is_some() {
                 let message = telemetry::causes(error.chain().map(ToString::to_string));
                 tracing::error!(error = %message, "retrain failed; the serving model stays");
@@ -54,6 +57,8 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     schedule::repeat(schedule.as_ref(), true, &shutdown, run).await?;
     match failure.into_inner() {
         Some(error) => Err(error),
+        // A single run cut off by a signal did not finish: nothing was published.
+        None if schedule.is_none() && !finished.get() => Ok(ExitCode::from(130)),
         None => Ok(ExitCode::SUCCESS),
     }
 }
