@@ -288,6 +288,15 @@ pub enum UnknownFields {
 }
 
 impl PipelineConfig {
+    /// The consumer group: `source.kafka.group_id` or `sluice-<name>`.
+    pub fn group_id(&self) -> String {
+        let SourceConfig::Kafka(kafka) = &self.source;
+        kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}", self.name))
+    }
+
     /// Puts the shared `kafka.properties` into every client's own `properties` (which
     /// win), so each client's map is complete.
     pub fn share_kafka_properties(&mut self) {

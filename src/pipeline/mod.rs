@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::SchemaRef;
 
 use crate::config::{
-    parse_sections, ConfigError, ConfigIssue, PipelineConfig, SourceConfig, YamlFile, PIPELINE_KEYS,
+    parse_sections, ConfigError, ConfigIssue, PipelineConfig, YamlFile, PIPELINE_KEYS,
 };
 use crate::{sink, stage};
 
@@ -61,11 +61,7 @@ impl Pipeline {
 
     /// The consumer group: `source.kafka.group_id` or `sluice-<name>`.
     pub fn group_id(&self) -> String {
-        let SourceConfig::Kafka(kafka) = &self.config.source;
-        kafka
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("sluice-{}", self.config.name))
+        self.config.group_id()
     }
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use super::Pipeline;
 use crate::config::{limits, ConfigIssue, Issues, PipelineConfig, SinkConfig, SourceConfig};
-use crate::kafka_client::{check_config, client_config, PRODUCER_DEFAULTS};
+use crate::kafka_client::{check_config, client_config};
 use crate::model::Registry;
+use crate::sink::plan::producer_config;
 use crate::stage::{self, PlanContext};
 use crate::{schema, sink};
 
@@ -157,18 +158,13 @@ fn check_top_level(config: &PipelineConfig, issues: &mut Issues) {
 /// rejects (a bad value, an unsupported SASL mechanism, a missing TLS file) fails here.
 fn check_clients(config: &PipelineConfig, issues: &mut Issues) {
     let SourceConfig::Kafka(source) = &config.source;
-    let group = source
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("sluice-{}", config.name));
     let mut clients = vec![(
         "source.kafka".to_owned(),
-        crate::source::kafka::consumer_config(source, &group),
+        crate::source::kafka::consumer_config(source, &config.group_id()),
         false,
     )];
     let producer = |brokers: &Option<String>, properties| {
-        let brokers = brokers.as_deref().unwrap_or(&source.brokers);
-        client_config(brokers, PRODUCER_DEFAULTS, properties, &[])
+        producer_config(&source.brokers, brokers, properties)
     };
     for (i, sink) in config.sinks.iter().enumerate() {
         if let SinkConfig::Kafka(out) = sink {

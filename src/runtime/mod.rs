@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceConfig;
-use crate::kafka_client::{check_reachable, client_config, ClientEvents, Unreachable};
+use crate::kafka_client::{check_reachable, ClientEvents, Unreachable};
 use crate::pipeline::schedule::repeat;
 use crate::pipeline::{Pipeline, ScheduledRetrain};
 use crate::sink::SinkError;
@@ -97,7 +97,8 @@ async fn check_brokers(
     let SourceConfig::Kafka(kafka) = &pipeline.config.source;
     let mut clients = pipeline.sinks.kafka_clients();
     if matches!(mode, SourceMode::Group) {
-        let consumer = client_config(&kafka.brokers, &[], &kafka.properties, &[]);
+        // The member's own configuration (check_reachable leaves the group out).
+        let consumer = crate::source::kafka::consumer_config(kafka, &pipeline.group_id());
         clients.push(("source.kafka.brokers".into(), consumer));
     }
     let timeout = kafka.connect_timeout;

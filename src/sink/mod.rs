@@ -38,8 +38,6 @@ pub enum SinkMessage {
 /// what is durable; the batches are read again on restart.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{sink}: {message}")]
-    Setup { sink: String, message: String },
     #[error("{sink}: partition_by")]
     Partition {
         sink: String,
@@ -110,12 +108,8 @@ pub fn build(
     tracker: &Arc<AckTracker>,
     stats: &Arc<Stats>,
 ) -> Result<Vec<Sink>, SinkError> {
-    let mut producers = plan.kafka_clients().into_iter().map(|(_, c)| c);
-    let mut next_producer = || {
-        producers.next().ok_or_else(|| SinkError::Setup {
-            sink: "sinks".into(),
-            message: "a Kafka sink without a producer configuration (a bug)".into(),
-        })
+    let producer = |brokers: &Option<String>, properties| {
+        plan::producer_config(&plan.default_brokers, brokers, properties)
     };
     let rows = &plan.rows;
     let parquet = |name: String, input, sink, schema| -> Result<Sink, SinkError> {
@@ -145,7 +139,7 @@ pub fn build(
                 Sink::Kafka(Box::new(KafkaSink::new(
                     name.clone(),
                     out.topic.clone(),
-                    next_producer()?,
+                    producer(&out.brokers, &out.properties),
                     Encoding::Rows {
                         columns,
                         key,
@@ -169,7 +163,7 @@ pub fn build(
         sinks.push(Sink::Kafka(Box::new(KafkaSink::new(
             "dead_letter.kafka".into(),
             out.topic.clone(),
-            next_producer()?,
+            producer(&out.brokers, &out.properties),
             Encoding::DeadLetters {
                 max_payload_bytes: usize::try_from(out.max_payload_bytes.as_u64())
                     .unwrap_or(usize::MAX),

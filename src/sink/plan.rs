@@ -3,13 +3,14 @@
 //! rows the sinks receive, roll limits in range, somewhere for bad records to go). The
 //! result, [`Plan`], is what [`super::build`] builds from.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use rdkafka::ClientConfig;
 
 use super::parquet::partition::{PartitionKey, Partitioner};
+use crate::config::PropertyValue;
 use crate::config::{
     limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, Issues, KafkaSinkConfig,
     ParquetSinkConfig, SinkConfig,
@@ -18,6 +19,17 @@ use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
 
 /// The largest dead-letter payload a file may allow: 256 MiB.
 const MAX_PAYLOAD_BYTES: u64 = 256 << 20;
+
+/// A Kafka output's producer configuration: its own `brokers` or `default_brokers` (the
+/// source's), sluice's producer defaults, then its `properties`.
+pub fn producer_config(
+    default_brokers: &str,
+    brokers: &Option<String>,
+    properties: &BTreeMap<String, PropertyValue>,
+) -> ClientConfig {
+    let brokers = brokers.as_deref().unwrap_or(default_brokers);
+    client_config(brokers, PRODUCER_DEFAULTS, properties, &[])
+}
 
 /// The outputs of a run.
 #[derive(Debug, Clone)]
@@ -128,10 +140,9 @@ impl Plan {
                 Some(_) => format!("{path}.brokers"),
                 None => "source.kafka.brokers".to_owned(),
             };
-            let brokers = brokers.as_deref().unwrap_or(&self.default_brokers);
             (
                 key,
-                client_config(brokers, PRODUCER_DEFAULTS, properties, &[]),
+                producer_config(&self.default_brokers, brokers, properties),
             )
         };
         let mut clients = Vec::new();

@@ -32,8 +32,9 @@ pub fn hide(redactions: &Redactions) {
 /// `text` with every hidden secret replaced.
 pub fn redact(text: &str) -> Cow<'_, str> {
     match registry().read() {
-        Ok(held) if !held.is_empty() => Cow::Owned(held.apply(text).into_owned()),
-        _ => Cow::Borrowed(text),
+        // Borrowed unless a secret actually occurs in `text`.
+        Ok(held) => held.apply(text),
+        Err(_) => Cow::Borrowed(text),
     }
 }
 
