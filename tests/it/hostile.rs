@@ -88,12 +88,12 @@ async fn a_record_too_large_for_the_dead_letter_topic_is_delivered_cut_and_kept_
     .write();
     // Rows over 1,000 bytes of JSON do not fit the output topic; the 3,000-character text
     // is one.
-    let text = std::fs::read_to_string(&file).unwrap();
-    let text = text.replace(
+    common::patch(
+        &file,
         "      key: id\n",
         "      key: id\n      properties:\n        message.max.bytes: 1000\n",
     );
-    std::fs::write(&file, text.replace("16 KiB", "64 KiB")).unwrap();
+    common::patch(&file, "16 KiB", "64 KiB");
     let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let stats = common::consume_all(pipeline, 5).await;
     assert_eq!(stats.dead_letters, 1, "only the 1.5 MB record is refused");
@@ -316,10 +316,7 @@ fn a_backfill_without_a_broker_fails_fast_or_with_parquet_only_outputs_needs_non
 fn sigterm_stops_a_backfill_that_waits_for_a_broker() {
     let dir = tempfile::tempdir().unwrap();
     let file = demo_with_brokers(&closed_port(), &dir.path().join("out"));
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("connect_timeout: 2s", "connect_timeout: 5m");
-    std::fs::write(&file, text).unwrap();
+    common::patch(&file, "connect_timeout: 2s", "connect_timeout: 5m");
     let input = dir.path().join("input.jsonl");
     std::fs::write(&input, r#"{"id":"a","text":"t"}"#).unwrap();
     let addr = format!("127.0.0.1:{}", common::free_port());

@@ -40,7 +40,7 @@ fn pipeline_file(
     out: &Path,
     extra_source: &str,
 ) -> std::path::PathBuf {
-    let file = TestPipeline {
+    TestPipeline {
         brokers,
         topic,
         group,
@@ -51,12 +51,7 @@ fn pipeline_file(
         roll_age: "200ms",
         properties: &[],
     }
-    .write();
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("    batch:", &format!("{extra_source}    batch:"));
-    std::fs::write(&file, text).unwrap();
-    file
+    .write_with(extra_source, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,14 +344,12 @@ async fn a_full_disk_keeps_the_process_up_saying_why_and_it_resumes_when_space_i
         properties: &[],
     }
     .write();
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("16 KiB", "64 KiB")
-        .replace(
-            "      partition_by",
-            "      compression: none\n      partition_by",
-        );
-    std::fs::write(&file, text).unwrap();
+    common::patch(&file, "16 KiB", "64 KiB");
+    common::patch(
+        &file,
+        "      partition_by",
+        "      compression: none\n      partition_by",
+    );
     let addr = format!("127.0.0.1:{}", common::free_port());
     let mut child = run_binary(&file, &addr, &[("SLUICE_STORAGE_RETRY", "5m")]);
     let said = common::eventually(Duration::from_secs(60), || {

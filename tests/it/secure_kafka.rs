@@ -62,7 +62,7 @@ fn pipeline_with_shared(
     output_topic: Option<&str>,
     shared: &[(&str, &str)],
 ) -> std::path::PathBuf {
-    let file = TestPipeline {
+    TestPipeline {
         brokers,
         topic,
         group,
@@ -73,14 +73,7 @@ fn pipeline_with_shared(
         roll_age: "300ms",
         properties: &[],
     }
-    .write();
-    let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str("kafka:\n  properties:\n");
-    for (key, value) in shared {
-        text.push_str(&format!("    {key}: {value}\n"));
-    }
-    std::fs::write(&file, text).unwrap();
-    file
+    .write_with("", shared)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,10 +133,7 @@ fn a_wrong_ca_fails_start_up_naming_the_setting() {
         None,
         &[("security.protocol", "ssl"), ("ssl.ca.location", &wrong)],
     );
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("    topics:", "    connect_timeout: 5s\n    topics:");
-    std::fs::write(&file, text).unwrap();
+    common::patch(&file, "    topics:", "    connect_timeout: 5s\n    topics:");
     let validated = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("validate")
         .arg(&file)
@@ -184,10 +174,11 @@ async fn a_refused_scram_login_is_in_health_counted_and_fails_start_up_with_the_
             ("sasl.password", "${TEST_SASL_PASSWORD}"),
         ],
     );
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("    topics:", "    connect_timeout: 20s\n    topics:");
-    std::fs::write(&file, text).unwrap();
+    common::patch(
+        &file,
+        "    topics:",
+        "    connect_timeout: 20s\n    topics:",
+    );
     let addr = format!("127.0.0.1:{}", common::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("run")
@@ -257,11 +248,11 @@ for codec in ["zstd", "lz4", "snappy", "gzip"]:
         properties: &[],
     }
     .write();
-    let text = std::fs::read_to_string(&file).unwrap().replace(
+    common::patch(
+        &file,
         "      key: id\n",
         "      key: id\n      properties:\n        compression.type: zstd\n",
     );
-    std::fs::write(&file, text).unwrap();
     let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let stats = common::consume_all(pipeline, 400).await;
     assert_eq!((stats.records_in, stats.dead_letters), (400, 0));

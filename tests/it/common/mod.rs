@@ -121,9 +121,32 @@ impl TestPipeline<'_> {
         path
     }
 
+    /// [`Self::write`], with `source` (YAML lines, indented for `source.kafka`) added to
+    /// the source and `shared` as the top-level `kafka.properties`.
+    pub fn write_with(&self, source: &str, shared: &[(&str, &str)]) -> PathBuf {
+        let file = self.write();
+        patch(&file, "    batch:", &format!("{source}    batch:"));
+        if !shared.is_empty() {
+            let mut text = std::fs::read_to_string(&file).unwrap();
+            text.push_str("kafka:\n  properties:\n");
+            for (key, value) in shared {
+                text.push_str(&format!("    {key}: {value}\n"));
+            }
+            std::fs::write(&file, text).unwrap();
+        }
+        file
+    }
+
     pub fn load(&self) -> Pipeline {
         sluice::pipeline::load(&self.write()).unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// Replaces `from` (which must be there) with `to` in `file`.
+pub fn patch(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{} has no `{from}`", file.display());
+    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
 }
 
 /// Runs `pipeline` on the mock cluster until it has consumed `produced` records (two
