@@ -8,6 +8,7 @@ for line in open(sys.argv[1], encoding="utf-8"):
     if not requirement:
         continue
     name, _, version = requirement.partition("==")
+    name = name.split("[")[0]  # `moto[server]`: the extras install with it
     try:
         if metadata.version(name) != version:
             sys.exit(1)

@@ -21,7 +21,7 @@ use crate::batch::TopicPartition;
 use crate::config::SourceConfig;
 use crate::pipeline::Pipeline;
 use crate::runtime::{self, RunError, SourceMode};
-use crate::sink::parquet::commit;
+use crate::sink::parquet::open_dataset;
 use crate::source::bounded::{self, BackfillProgress, PartitionFilter, RangeSpec};
 use crate::telemetry::{Stats, StatsSnapshot};
 
@@ -271,12 +271,13 @@ async fn execute(
         // Done: the same arguments again mean a new pass (e.g. with a newer model), not a
         // resume, so this run's bookkeeping goes.
         for root in pipeline.sinks.parquet_roots() {
-            commit::forget_writer(root, &progress.run_id).map_err(|source| {
-                RunError::Bookkeeping {
+            let dataset = open_dataset("backfill", root, &pipeline.sinks.storage, None)?;
+            dataset
+                .forget_writer(&progress.run_id)
+                .map_err(|source| RunError::Bookkeeping {
                     path: root.to_owned(),
                     source,
-                }
-            })?;
+                })?;
         }
     }
     Ok(BackfillSummary {

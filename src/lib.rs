@@ -52,4 +52,5 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod storage;
 pub mod telemetry;

@@ -25,6 +25,7 @@ pub mod parse;
 pub mod redact;
 mod sinks;
 mod stages;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use stages::{
     LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig, WindowConfig,
     WindowFeature, WindowField,
 };
+pub use storage::StorageConfig;
 /// A whole pipeline file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +83,10 @@ pub struct PipelineConfig {
     /// topic): where TLS and SASL settings go once. Default: none.
     #[serde(default)]
     pub kafka: Option<KafkaClientsConfig>,
+    /// How to reach object-store URLs used as paths, per URL prefix (see
+    /// [`storage`]). Default: each service's standard environment.
+    #[serde(default)]
+    pub storage: BTreeMap<String, StorageConfig>,
 }
 
 /// `kafka`: what every Kafka client of the pipeline shares.
@@ -331,6 +337,11 @@ impl PipelineConfig {
             }
         }
         maps.extend(self.dead_letter.kafka.as_ref().map(|k| &k.properties));
+        let storage = self
+            .storage
+            .values()
+            .flat_map(StorageConfig::credentials)
+            .map(|(key, value)| (key as &str, value));
         maps.into_iter()
             .flat_map(|m| m.iter())
             .filter(|(key, _)| redact::SENSITIVE_PROPERTIES.contains(&key.as_str()))
@@ -338,6 +349,7 @@ impl PipelineConfig {
                 PropertyValue::Text(text) => Some((key.as_str(), text.as_str())),
                 _ => None,
             })
+            .chain(storage)
             .collect()
     }
 }

@@ -6,7 +6,7 @@ use serde_norway::Value;
 
 use super::{
     typed, ConfigIssue, DeadLetterConfig, DecodeConfig, KafkaClientsConfig, OnnxRuntimeConfig,
-    PipelineConfig, PipelineRetrainConfig, SinkConfig, SourceConfig, StageConfig,
+    PipelineConfig, PipelineRetrainConfig, SinkConfig, SourceConfig, StageConfig, StorageConfig,
 };
 
 /// The top level with every section left as YAML, used to report unknown and missing
@@ -32,6 +32,8 @@ struct TopLevelShape {
     metrics: Option<Value>,
     #[serde(default)]
     kafka: Option<Value>,
+    #[serde(default)]
+    storage: Option<std::collections::BTreeMap<String, Value>>,
 }
 
 /// The top-level keys of a pipeline file.
@@ -47,6 +49,7 @@ pub const PIPELINE_KEYS: &[&str] = &[
     "dead_letter",
     "metrics",
     "kafka",
+    "storage",
 ];
 
 /// Deserializes the whole file; when that fails, deserializes each section on its own so
@@ -91,6 +94,12 @@ pub fn parse_sections(root: &Value) -> Result<PipelineConfig, Vec<ConfigIssue>> 
     }
     if let Some(kafka) = section("kafka") {
         issues.extend(typed::<KafkaClientsConfig>(kafka, "kafka").err());
+    }
+    if let Some(Value::Mapping(storage)) = section("storage") {
+        for (prefix, block) in storage {
+            let prefix = prefix.as_str().unwrap_or("?");
+            issues.extend(typed::<StorageConfig>(block, &format!("storage.{prefix}")).err());
+        }
     }
     issues.dedup();
     if issues.is_empty() {

@@ -65,6 +65,18 @@ impl Pipeline {
     }
 }
 
+/// Environment variables holding object-store credentials (read by the `object_store`
+/// clients directly): hidden like the file's secrets.
+const STORAGE_SECRET_VARS: &[&str] = &[
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_SAS_KEY",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+];
+
 /// Loads and validates a pipeline file, reading `${VAR}`s from the process environment.
 pub fn load(file: &Path) -> Result<Pipeline, ConfigError> {
     load_with_vars(file, &|name| std::env::var(name).ok())
@@ -82,6 +94,12 @@ pub fn load_with_vars(
     let mut redactions = yaml.redactions.clone();
     for (property, value) in config.credentials() {
         redactions.add_secret(value, format!("[{property}]"));
+    }
+    // Object-store credentials the clients read from the environment themselves.
+    for name in STORAGE_SECRET_VARS {
+        if let Some(value) = lookup(name) {
+            redactions.add_secret(&value, format!("${{{name}}}"));
+        }
     }
     let yaml = YamlFile { redactions, ..yaml };
     let base_dir = file.parent().unwrap_or(Path::new("."));

@@ -65,6 +65,7 @@ pub(super) fn validate(
         &config.dead_letter,
         sink_rows.as_ref(),
         &source_brokers(&config),
+        &config.storage,
     ) {
         Ok(plan) => Some(plan),
         Err(sink_issues) => {

@@ -4,8 +4,9 @@
 //! [`run`] takes the shutdown token as an argument (mini-redis style), so the binary
 //! wires it to SIGINT/SIGTERM and tests and the demo cancel it themselves.
 //!
-//! A full disk (or quota) is not a reason to exit at once: a supervisor would restart the
-//! process into the same full disk every few seconds. The attempt stops the way a crash
+//! A full disk (or quota), or an object store that stops answering mid-run (after the
+//! object-store client's own retries), is not a reason to exit at once: a supervisor
+//! would restart the process into the same fault every few seconds. The attempt stops the way a crash
 //! would leave things (nothing committed past what is durable), `/health` answers with
 //! the cause, and a new attempt starts after a backoff (1 s doubling to 30 s), for at most
 //! `Pipeline::storage_retry` (default 5 minutes; `--storage-retry`). Each attempt starts
@@ -189,7 +190,7 @@ async fn attempts(
         )
         .await;
         let error = match outcome {
-            Err(error) if storage_full(&error) => error,
+            Err(error) if storage_fault(&error).is_some() => error,
             other => {
                 stats.readiness.set_problem("storage", None);
                 return other;
@@ -200,10 +201,11 @@ async fn attempts(
             return Err(error);
         }
         let cause = crate::telemetry::chain(&error);
-        tracing::error!(error = %cause, retry_in = ?backoff, "storage is full: nothing past what is durable was committed; retrying");
+        let fault = storage_fault(&error).unwrap_or("storage fault");
+        tracing::error!(error = %cause, retry_in = ?backoff, "{fault}: nothing past what is durable was committed; retrying");
         stats.readiness.set_problem(
             "storage",
-            Some(format!("storage full, retrying in {backoff:?}: {cause}")),
+            Some(format!("{fault}, retrying in {backoff:?}: {cause}")),
         );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -213,8 +215,9 @@ async fn attempts(
     }
 }
 
-/// Whether `error` comes from a full disk or an exhausted quota.
-fn storage_full(error: &RunError) -> bool {
+/// Whether `error` comes from a full disk or an exhausted quota (`storage full`), or from
+/// an object store that stopped answering (`object store unavailable`).
+fn storage_fault(error: &RunError) -> Option<&'static str> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -223,12 +226,25 @@ fn storage_full(error: &RunError) -> bool {
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
             ) || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
             {
-                return true;
+                return Some("storage full");
+            }
+            let store = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<object_store::Error>());
+            if store.is_some_and(|e| {
+                !matches!(
+                    e,
+                    object_store::Error::NotFound { .. }
+                        | object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. }
+                )
+            }) {
+                return Some("object store unavailable");
             }
         }
         cause = e.source();
     }
-    false
+    None
 }
 
 /// Runs the pipeline's `retrain` job on its schedule until shutdown, on a blocking thread

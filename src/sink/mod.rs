@@ -50,6 +50,18 @@ pub enum SinkError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{sink}: storage")]
+    Storage {
+        sink: String,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    #[error("{sink}: commit refused")]
+    Fenced {
+        sink: String,
+        #[source]
+        source: parquet::commit::CommitError,
+    },
     #[error("writing Parquet: {0}")]
     Parquet(#[from] ::parquet::errors::ParquetError),
     #[error("building Arrow data: {0}")]
@@ -117,6 +129,7 @@ pub fn build(
             name,
             input,
             sink,
+            &plan.storage,
             schema,
             writer.clone(),
             tracker.clone(),

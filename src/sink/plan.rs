@@ -13,7 +13,7 @@ use super::parquet::partition::{PartitionKey, Partitioner};
 use crate::config::PropertyValue;
 use crate::config::{
     limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, Issues, KafkaSinkConfig,
-    ParquetSinkConfig, SinkConfig,
+    ParquetSinkConfig, SinkConfig, StorageConfig,
 };
 use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
 
@@ -42,6 +42,8 @@ pub struct Plan {
     pub rows: SchemaRef,
     /// The brokers of Kafka sinks that name none: the source's.
     pub default_brokers: String,
+    /// How to reach object-store URLs among the Parquet paths (the pipeline's `storage`).
+    pub storage: BTreeMap<String, StorageConfig>,
 }
 
 impl Plan {
@@ -52,6 +54,7 @@ impl Plan {
         dead_letter: &DeadLetterConfig,
         rows: Option<&SchemaRef>,
         default_brokers: &str,
+        storage: &BTreeMap<String, StorageConfig>,
     ) -> Result<Plan, Vec<ConfigIssue>> {
         let mut issues = Issues(Vec::new());
         let schema = rows.map(|r| r.as_ref());
@@ -62,7 +65,9 @@ impl Plan {
         for (i, sink) in sinks.iter().enumerate() {
             let name = format!("sinks[{i}].{}", sink.kind());
             match sink {
-                SinkConfig::Parquet(parquet) => check_parquet(parquet, schema, &name, &mut issues),
+                SinkConfig::Parquet(parquet) => {
+                    check_parquet(parquet, schema, storage, &name, &mut issues)
+                }
                 SinkConfig::Kafka(out) => check_kafka(out, schema, &name, &mut issues),
             }
             outputs.push((name, sink.clone()));
@@ -75,7 +80,13 @@ impl Plan {
         }
         if let Some(parquet) = &dead_letter.parquet {
             let letters = crate::dead_letter::schema();
-            check_parquet(parquet, Some(&letters), "dead_letter.parquet", &mut issues);
+            check_parquet(
+                parquet,
+                Some(&letters),
+                storage,
+                "dead_letter.parquet",
+                &mut issues,
+            );
         }
         if let Some(out) = &dead_letter.kafka {
             if out.topic.is_empty() {
@@ -93,6 +104,7 @@ impl Plan {
                 dead_letter_kafka: dead_letter.kafka.clone(),
                 rows: rows.clone(),
                 default_brokers: default_brokers.to_owned(),
+                storage: storage.clone(),
             }),
             _ => Err(issues.0),
         }
@@ -173,7 +185,16 @@ impl Plan {
     }
 }
 
-fn check_parquet(sink: &ParquetSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
+fn check_parquet(
+    sink: &ParquetSinkConfig,
+    rows: Option<&Schema>,
+    storage: &BTreeMap<String, StorageConfig>,
+    path: &str,
+    issues: &mut Issues,
+) {
+    if let Err(e) = crate::storage::check(&sink.path, storage) {
+        issues.add(format!("{path}.path"), crate::telemetry::chain(&e));
+    }
     let mut keys = Vec::new();
     for (j, spec) in sink.partition_by.iter().enumerate() {
         match PartitionKey::parse(spec) {

@@ -18,6 +18,7 @@ mod inference;
 mod maintenance;
 mod metrics_endpoint;
 mod mock_cluster;
+mod object_storage;
 mod operator;
 mod retrain;
 mod secure_kafka;

@@ -1,37 +1,49 @@
-//! How Parquet files become visible exactly once, even across `kill -9`.
+//! How Parquet files become visible exactly once, even across `kill -9`, on a local
+//! filesystem and on an object store alike: one protocol over the small [`Store`]
+//! interface (`store.rs` says what each step is on each).
 //!
 //! A source partition's files are written as a *group* covering offsets `first..=last`,
 //! one file per Hive directory, under hidden temp names (`.OWNER-FIRST.KIND.parquet.tmp`:
 //! readers skip dot files, and the suffix is not `.parquet`, so globs skip them too).
-//! Committing a group:
+//! Each writer keeps, per partition, a numbered sequence of manifests
+//! `_sluice/manifests/TOPIC-PARTITION/SEQ.json`. Committing a group:
 //!
-//! 1. close and fsync every temp file;
-//! 2. write the group's manifest `_sluice/manifests/TOPIC-PARTITION/FIRST-LAST.json`
-//!    (temp + fsync + rename + fsync dir): **this is the commit point**. It names the
-//!    temp files and their final names, and the older files the commit *replaces*
-//!    (merged into a segment file, or a backfill's new version of the same offsets);
-//! 3. rename each temp file to `TOPIC-PARTITION-FIRST-LAST.parquet`, delete the replaced
-//!    files, fsync the dirs;
+//! 1. *stage* every temp (local: closed and fsynced in place; object store: uploaded whole
+//!    under `_sluice/staging/`, multipart when large, so nothing partial is ever seen);
+//! 2. *create* manifest `SEQ+1` if it does not exist (local: a hard link; object store: a
+//!    conditional `PUT` with `If-None-Match`): **this is the commit point**. It names the
+//!    temps and their final names, and the older files the commit *replaces* (merged into
+//!    a segment file, or a backfill's new version of the same offsets). If `SEQ+1` exists,
+//!    or a later manifest does, another writer owns the partition now: the commit is
+//!    refused ([`CommitError::Fenced`]), its temps are discarded and the sink stops
+//!    without acknowledging anything, so no offset is committed past it;
+//! 3. *publish* each temp under `TOPIC-PARTITION-FIRST-LAST.parquet` (rename; or
+//!    server-side copy and delete of the staged object), delete the replaced files;
 //! 4. delete the partition's older manifests.
 //!
 //! When a partition is (re)assigned, [`Dataset::recover`] rolls the latest manifest
-//! forward (finishing renames and deletions a crash interrupted), deletes temp files no
-//! manifest names (torn writes), lists the partition's files, and returns the last offset
-//! already in the dataset. The sink drops replayed rows up to that offset, so a replay
-//! after a crash, whatever its batch boundaries, adds no duplicate and loses nothing: Kafka
-//! offsets may lag the dataset, never lead it.
+//! forward (finishing publishes and deletions a crash interrupted), then *claims* the
+//! partition by creating the next manifest (no files, same offsets): a writer that still
+//! believes it owns the partition (a zombie from before a rebalance) finds its next
+//! number taken and is fenced at its next commit. Then it deletes temps no manifest names
+//! (torn writes), lists the partition's files, and returns the last offset already in the
+//! dataset. The sink drops replayed rows up to that offset, so a replay after a crash,
+//! whatever its batch boundaries, adds no duplicate and loses nothing: Kafka offsets may
+//! lag the dataset, never lead it.
 //!
 //! A backfill writing into the live dataset is a second *writer*: it keeps its manifests
 //! under `_sluice/backfills/RUN/` and its temp names carry `RUN.`, so its recovery never
 //! touches the live pipeline's files in flight, and the live pipeline's never touches its.
 
-use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use super::store::{LocalCopy, Store};
 use crate::batch::TopicPartition;
 
 /// Directory (under the dataset root) of sluice's own bookkeeping; `_` makes readers
@@ -39,14 +51,32 @@ use crate::batch::TopicPartition;
 pub const META_DIR: &str = "_sluice";
 pub const TMP_SUFFIX: &str = ".parquet.tmp";
 
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(
+        "partition {partition} was claimed by another writer (manifest {seq} exists): this \
+         writer no longer owns it and stops without committing"
+    )]
+    Fenced { partition: TopicPartition, seq: u64 },
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
+    /// Position in the partition's sequence of manifests (0 for manifests written before
+    /// sequences existed, named `FIRST-LAST.json`).
+    #[serde(default)]
+    seq: u64,
     topic: String,
     partition: i32,
-    first_offset: i64,
-    last_offset: i64,
+    /// The offsets of this commit; a claim carries its predecessor's (`None`: nothing
+    /// durable yet).
+    first_offset: Option<i64>,
+    last_offset: Option<i64>,
     files: Vec<ManifestFile>,
-    /// Files (relative to the root) this commit supersedes; deleted after the renames.
+    /// Files (relative to the root) this commit supersedes; deleted after the publishes.
     #[serde(default)]
     replaces: Vec<String>,
 }
@@ -60,7 +90,7 @@ struct ManifestFile {
     rows: u64,
 }
 
-/// A file of a commit, written and fsynced, waiting for its commit.
+/// A file of a commit, written and closed, waiting for its commit.
 #[derive(Debug)]
 pub struct StagedFile {
     pub dir: String,
@@ -81,12 +111,7 @@ pub struct DataFile {
 impl DataFile {
     /// Path relative to the dataset root.
     pub fn relative_path(&self, tp: &TopicPartition) -> String {
-        let name = Dataset::file_name(tp, self.first, self.last);
-        if self.dir.is_empty() {
-            name
-        } else {
-            format!("{}/{name}", self.dir)
-        }
+        join(&self.dir, &Dataset::file_name(tp, self.first, self.last))
     }
 
     pub fn overlaps(&self, first: i64, last: i64) -> bool {
@@ -103,24 +128,71 @@ pub struct Recovered {
     pub files: BTreeSet<DataFile>,
 }
 
-/// One Parquet dataset directory, as seen by one writer.
+/// What a commit made visible.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// One Parquet dataset, as seen by one writer.
 #[derive(Debug, Clone)]
 pub struct Dataset {
-    root: PathBuf,
+    store: Arc<dyn Store>,
     /// `None`: the live pipeline. `Some(run)`: a backfill run writing beside it.
     writer: Option<String>,
+    /// Per partition, the number of this writer's latest manifest.
+    seqs: Arc<Mutex<HashMap<TopicPartition, u64>>>,
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// `SEQ.json` -> SEQ; a pre-sequence `FIRST-LAST.json` counts as 0.
+fn manifest_seq(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".json")?;
+    if stem.starts_with('.') {
+        return None;
+    }
+    match stem.split_once('-') {
+        Some((first, last)) => {
+            (first.parse::<i64>().is_ok() && last.parse::<i64>().is_ok()).then_some(0)
+        }
+        None => stem.parse().ok(),
+    }
+}
+
+fn manifest_name(seq: u64) -> String {
+    format!("{seq:020}.json")
 }
 
 impl Dataset {
-    pub fn new(root: impl Into<PathBuf>, writer: Option<String>) -> Self {
+    pub fn new(store: Box<dyn Store>, writer: Option<String>) -> Self {
         Dataset {
-            root: root.into(),
+            store: Arc::from(store),
             writer,
+            seqs: Arc::default(),
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// A dataset in local directory `root`.
+    pub fn local(root: impl Into<PathBuf>, writer: Option<String>) -> Self {
+        Self::new(Box::new(super::store::LocalStore::new(root)), writer)
+    }
+
+    /// The root as written (path or URL), for messages.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// A committed file (relative to the root) as a local file.
+    pub fn local_copy(&self, relative: &str) -> io::Result<LocalCopy> {
+        self.store.local_copy(relative)
     }
 
     /// Final file name of the rows of `tp` at offsets `first..=last`: derived only from
@@ -150,7 +222,7 @@ impl Dataset {
         }
     }
 
-    /// Creates a temp file in Hive directory `dir` for rows of `tp` from offset `first`;
+    /// Creates a temp file for Hive directory `dir` for rows of `tp` from offset `first`;
     /// `kind` keeps temps of one commit apart (`group`, `merge`, `keep`).
     pub fn create_temp(
         &self,
@@ -159,24 +231,54 @@ impl Dataset {
         first: i64,
         kind: &str,
     ) -> io::Result<(PathBuf, File)> {
-        let dir_path = self.root.join(dir);
-        fs::create_dir_all(&dir_path)?;
         let owner = self.owner(tp);
-        let path = dir_path.join(format!(".{owner}-{first:020}.{kind}{TMP_SUFFIX}"));
+        let path = self
+            .store
+            .temp_dir(dir)?
+            .join(format!(".{owner}-{first:020}.{kind}{TMP_SUFFIX}"));
         let file = File::create(&path)?;
         Ok((path, file))
     }
 
-    fn manifest_dir(&self, tp: &TopicPartition) -> PathBuf {
-        let meta = self.root.join(META_DIR);
+    fn manifest_dir(&self, tp: &TopicPartition) -> String {
         match &self.writer {
-            Some(run) => meta.join("backfills").join(run).join(tp.to_string()),
-            None => meta.join("manifests").join(tp.to_string()),
+            Some(run) => format!("{META_DIR}/backfills/{run}/{tp}"),
+            None => format!("{META_DIR}/manifests/{tp}"),
         }
     }
 
-    /// Commits `files` (closed and fsynced) as the rows of `tp` at `first..=last`,
-    /// superseding `replaces`. Returns the final paths.
+    /// The partition's manifests, by sequence number.
+    fn manifests(&self, tp: &TopicPartition) -> io::Result<Vec<(u64, String)>> {
+        let mut found: Vec<(u64, String)> = self
+            .store
+            .names(&self.manifest_dir(tp))?
+            .into_iter()
+            .filter_map(|name| Some((manifest_seq(&name)?, name)))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    fn read_manifest(&self, tp: &TopicPartition, name: &str) -> io::Result<Option<Manifest>> {
+        let path = join(&self.manifest_dir(tp), name);
+        match self.store.read(&path)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn seq(&self, tp: &TopicPartition) -> u64 {
+        let seqs = self.seqs.lock().unwrap_or_else(PoisonError::into_inner);
+        seqs.get(tp).copied().unwrap_or(0)
+    }
+
+    fn set_seq(&self, tp: &TopicPartition, seq: u64) {
+        let mut seqs = self.seqs.lock().unwrap_or_else(PoisonError::into_inner);
+        seqs.insert(tp.clone(), seq);
+    }
+
+    /// Commits `files` (closed) as the rows of `tp` at `first..=last`, superseding
+    /// `replaces`.
     pub fn commit(
         &self,
         tp: &TopicPartition,
@@ -184,12 +286,23 @@ impl Dataset {
         last: i64,
         files: &[StagedFile],
         replaces: &[DataFile],
-    ) -> io::Result<Vec<PathBuf>> {
+    ) -> Result<Committed, CommitError> {
+        let mut committed = Committed::default();
+        for f in files {
+            committed.files += 1;
+            committed.bytes += self.store.temp_size(&f.tmp_path);
+            if let Err(e) = self.store.stage(&f.dir, &f.tmp_path) {
+                self.discard(files);
+                return Err(e.into());
+            }
+        }
+        let seq = self.seq(tp) + 1;
         let manifest = Manifest {
+            seq,
             topic: tp.topic.to_string(),
             partition: tp.partition,
-            first_offset: first,
-            last_offset: last,
+            first_offset: Some(first),
+            last_offset: Some(last),
             files: files
                 .iter()
                 .map(|f| ManifestFile {
@@ -201,157 +314,165 @@ impl Dataset {
                 .collect(),
             replaces: replaces.iter().map(|f| f.relative_path(tp)).collect(),
         };
-        let dir = self.manifest_dir(tp);
-        fs::create_dir_all(&dir)?;
-        let manifest_name = format!("{first:020}-{last:020}.json");
-        write_atomically(&dir, &manifest_name, &serde_json::to_vec_pretty(&manifest)?)?;
-        let finals = self.roll_forward(&manifest)?;
-        remove_manifests_except(&dir, &manifest_name)?;
-        Ok(finals)
+        if let Err(e) = self.create_manifest(tp, &manifest) {
+            self.discard(files);
+            return Err(e);
+        }
+        self.roll_forward(&manifest)?;
+        self.remove_manifests_before(tp, seq)?;
+        self.set_seq(tp, seq);
+        Ok(committed)
+    }
+
+    /// Creates `manifest` under its number, then makes sure no later one exists (an older
+    /// manifest may have been deleted after a later one was created by the partition's
+    /// new owner): either way the partition belongs to someone else.
+    fn create_manifest(&self, tp: &TopicPartition, manifest: &Manifest) -> Result<(), CommitError> {
+        let path = join(&self.manifest_dir(tp), &manifest_name(manifest.seq));
+        let fenced = || CommitError::Fenced {
+            partition: tp.clone(),
+            seq: manifest.seq,
+        };
+        if !self.store.create(
+            &path,
+            serde_json::to_vec_pretty(manifest).map_err(io::Error::from)?,
+        )? {
+            return Err(fenced());
+        }
+        if self
+            .manifests(tp)?
+            .iter()
+            .any(|(seq, _)| *seq > manifest.seq)
+        {
+            self.store.delete(&path)?;
+            return Err(fenced());
+        }
+        Ok(())
+    }
+
+    /// Deletes the temps of a commit that did not happen.
+    fn discard(&self, files: &[StagedFile]) {
+        for f in files {
+            let _ = self.store.discard(&f.dir, &file_name_of(&f.tmp_path));
+            let _ = std::fs::remove_file(&f.tmp_path);
+        }
     }
 
     /// Makes the partition's dataset consistent after a crash or a move from another
-    /// consumer: finishes this writer's last commit, removes its torn writes, and lists
-    /// the partition's files.
-    pub fn recover(&self, tp: &TopicPartition) -> io::Result<Recovered> {
-        let dir = self.manifest_dir(tp);
-        // The latest manifest is the one reaching furthest (names are FIRST-LAST.json).
-        let latest = match fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter_map(|n| {
-                    let last: i64 = n.strip_suffix(".json")?.split_once('-')?.1.parse().ok()?;
-                    Some((last, n))
-                })
-                .max(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        let durable_through = match &latest {
-            Some((_, name)) => {
-                let manifest: Manifest = serde_json::from_slice(&fs::read(dir.join(name))?)?;
-                self.roll_forward(&manifest)?;
-                remove_manifests_except(&dir, name)?;
-                Some(manifest.last_offset)
+    /// consumer: finishes this writer's last commit, claims the partition, removes its
+    /// torn writes, and lists the partition's files.
+    pub fn recover(&self, tp: &TopicPartition) -> Result<Recovered, CommitError> {
+        // Two writers recovering at once both try to claim; the loser reads again.
+        for _ in 0..8 {
+            let manifests = self.manifests(tp)?;
+            let latest = match manifests.last() {
+                Some((_, name)) => self.read_manifest(tp, name)?,
+                None => None,
+            };
+            let seq = manifests.last().map_or(0, |(seq, _)| *seq);
+            if let Some(manifest) = &latest {
+                self.roll_forward(manifest)?;
             }
-            None => None,
-        };
-        let files = self.scan_partition(tp)?;
-        Ok(Recovered {
-            durable_through,
-            files,
+            let claim = Manifest {
+                seq: seq + 1,
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                first_offset: latest.as_ref().and_then(|m| m.first_offset),
+                last_offset: latest.as_ref().and_then(|m| m.last_offset),
+                files: Vec::new(),
+                replaces: Vec::new(),
+            };
+            match self.create_manifest(tp, &claim) {
+                Ok(()) => {}
+                Err(CommitError::Fenced { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            self.remove_manifests_before(tp, claim.seq)?;
+            self.set_seq(tp, claim.seq);
+            let files = self.scan_partition(tp)?;
+            return Ok(Recovered {
+                durable_through: claim.last_offset,
+                files,
+            });
+        }
+        Err(CommitError::Fenced {
+            partition: tp.clone(),
+            seq: self.seq(tp),
         })
     }
 
-    fn roll_forward(&self, manifest: &Manifest) -> io::Result<Vec<PathBuf>> {
-        let mut finals = Vec::with_capacity(manifest.files.len());
+    fn roll_forward(&self, manifest: &Manifest) -> io::Result<()> {
+        let mut finals = BTreeSet::new();
         let mut touched = BTreeSet::new();
         for file in &manifest.files {
-            let dir = self.root.join(&file.dir);
-            let tmp = dir.join(&file.tmp);
-            let target = dir.join(&file.name);
-            if tmp.exists() {
-                fs::rename(&tmp, &target)?;
-                touched.insert(dir);
-            } else if !target.exists() {
-                tracing::warn!(file = %target.display(), "a committed Parquet file is missing from the dataset");
+            let target = join(&file.dir, &file.name);
+            if self.store.publish(&file.dir, &file.tmp, &file.name)? {
+                touched.insert(file.dir.clone());
+            } else if !self.store.exists(&target)? {
+                tracing::warn!(dataset = %self.describe(), file = %target, "a committed Parquet file is missing from the dataset");
             }
-            finals.push(target);
+            finals.insert(target);
         }
         for replaced in &manifest.replaces {
-            let path = self.root.join(replaced);
-            if finals.contains(&path) {
+            if finals.contains(replaced) {
                 continue;
             }
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    if let Some(parent) = path.parent() {
-                        touched.insert(parent.to_owned());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            self.store.delete(replaced)?;
+            touched.insert(
+                replaced
+                    .rsplit_once('/')
+                    .map(|(dir, _)| dir.to_owned())
+                    .unwrap_or_default(),
+            );
         }
-        for dir in &touched {
-            sync_dir(dir)?;
-        }
-        Ok(finals)
+        self.store.sync(&touched)
     }
 
-    /// Walks the dataset once: deletes this writer's temp files of `tp` (a manifest rolled
-    /// forward has renamed all it names, so what is left is torn) and lists the committed
-    /// files of `tp`.
+    fn remove_manifests_before(&self, tp: &TopicPartition, seq: u64) -> io::Result<()> {
+        let dir = self.manifest_dir(tp);
+        for (older, name) in self.manifests(tp)? {
+            if older < seq {
+                self.store.delete(&join(&dir, &name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the dataset once: deletes this writer's temps of `tp` (a manifest rolled
+    /// forward has published all it names, so what is left is torn) and returns the
+    /// committed files of `tp`.
     fn scan_partition(&self, tp: &TopicPartition) -> io::Result<BTreeSet<DataFile>> {
         let temp_prefix = format!(".{}-", self.owner(tp));
-        let mut files = BTreeSet::new();
-        let walker = walkdir::WalkDir::new(&self.root)
-            .into_iter()
-            .filter_entry(|e| e.depth() == 0 || e.file_name() != META_DIR);
-        for entry in walker {
-            let entry = entry.map_err(io::Error::other)?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy();
-            if name.ends_with(TMP_SUFFIX) {
-                let ours = name
-                    .strip_prefix(&temp_prefix)
-                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
-                if ours {
-                    fs::remove_file(entry.path())?;
-                }
-            } else if let Some((first, last)) = Self::parse_file_name(tp, &name) {
-                let dir = entry
-                    .path()
-                    .parent()
-                    .and_then(|p| p.strip_prefix(&self.root).ok())
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                files.insert(DataFile { first, last, dir });
+        let listing = self.store.list()?;
+        for (dir, name) in &listing.temps {
+            let ours = name
+                .strip_prefix(&temp_prefix)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+            if ours {
+                self.store.discard(dir, name)?;
             }
         }
-        Ok(files)
+        Ok(listing
+            .files
+            .into_iter()
+            .filter_map(|(dir, name)| {
+                let (first, last) = Self::parse_file_name(tp, &name)?;
+                Some(DataFile { first, last, dir })
+            })
+            .collect())
+    }
+
+    /// Removes the bookkeeping of backfill `run` (it finished).
+    pub fn forget_writer(&self, run: &str) -> io::Result<()> {
+        self.store
+            .delete_all(&format!("{META_DIR}/backfills/{run}"))
     }
 }
 
-/// Removes the bookkeeping of backfill `run` under dataset `root` (it finished).
-pub fn forget_writer(root: &Path, run: &str) -> io::Result<()> {
-    match fs::remove_dir_all(root.join(META_DIR).join("backfills").join(run)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-fn file_name_of(path: &Path) -> String {
+fn file_name_of(path: &std::path::Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn remove_manifests_except(dir: &Path, keep: &str) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_name() != keep {
-            fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes `dir/name` so that it is either absent or complete, and durable.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
-
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -375,6 +496,15 @@ mod tests {
         }
     }
 
+    /// A manifest as a crash right after the commit point leaves it.
+    fn write_manifest(dataset: &Dataset, tp: &TopicPartition, manifest: &Manifest) {
+        let path = join(&dataset.manifest_dir(tp), &manifest_name(manifest.seq));
+        assert!(dataset
+            .store
+            .create(&path, serde_json::to_vec(manifest).unwrap())
+            .unwrap());
+    }
+
     fn data_file(dir: &str, first: i64, last: i64) -> DataFile {
         DataFile {
             first,
@@ -386,16 +516,20 @@ mod tests {
     #[test]
     fn a_committed_group_is_visible_under_provenance_names() {
         let root = tempfile::tempdir().unwrap();
-        let dataset = Dataset::new(root.path(), None);
+        let dataset = Dataset::local(root.path(), None);
         let tp = TopicPartition::new("t", 0);
         let files = [
             stage(&dataset, "date=a", &tp, 0, 9),
             stage(&dataset, "date=b", &tp, 0, 9),
         ];
-        let finals = dataset.commit(&tp, 0, 9, &files, &[]).unwrap();
-        for f in &finals {
-            assert!(f.exists());
-            assert!(f.ends_with(Dataset::file_name(&tp, 0, 9)));
+        let committed = dataset.commit(&tp, 0, 9, &files, &[]).unwrap();
+        assert_eq!(committed.files, 2);
+        for dir in ["date=a", "date=b"] {
+            assert!(root
+                .path()
+                .join(dir)
+                .join(Dataset::file_name(&tp, 0, 9))
+                .exists());
         }
         assert!(!files[0].tmp_path.exists());
         let recovered = dataset.recover(&tp).unwrap();
@@ -425,7 +559,7 @@ mod tests {
     #[test]
     fn a_commit_deletes_the_files_it_replaces_even_after_a_crash() {
         let root = tempfile::tempdir().unwrap();
-        let dataset = Dataset::new(root.path(), None);
+        let dataset = Dataset::local(root.path(), None);
         let tp = TopicPartition::new("t", 0);
         dataset
             .commit(&tp, 0, 4, &[stage(&dataset, "d=1", &tp, 0, 4)], &[])
@@ -456,8 +590,9 @@ mod tests {
         let manifest = Manifest {
             topic: "t".into(),
             partition: 0,
-            first_offset: 0,
-            last_offset: 9,
+            seq: 9,
+            first_offset: Some(0),
+            last_offset: Some(9),
             files: vec![ManifestFile {
                 dir: newer.dir.clone(),
                 tmp: file_name_of(&newer.tmp_path),
@@ -466,12 +601,7 @@ mod tests {
             }],
             replaces: vec![data_file("d=1", 0, 9).relative_path(&tp)],
         };
-        write_atomically(
-            &dataset.manifest_dir(&tp),
-            "00000000000000000000-00000000000000000009.json",
-            &serde_json::to_vec(&manifest).unwrap(),
-        )
-        .unwrap();
+        write_manifest(&dataset, &tp, &manifest);
         let recovered = dataset.recover(&tp).unwrap();
         assert_eq!(
             recovered.files.into_iter().collect::<Vec<_>>(),
@@ -482,7 +612,7 @@ mod tests {
     #[test]
     fn recovery_finishes_an_interrupted_commit_and_drops_torn_writes() {
         let root = tempfile::tempdir().unwrap();
-        let dataset = Dataset::new(root.path(), None);
+        let dataset = Dataset::local(root.path(), None);
         let tp = TopicPartition::new("t", 1);
         let other = TopicPartition::new("t", 11);
         let a = stage(&dataset, "d=1", &tp, 10, 19);
@@ -491,8 +621,9 @@ mod tests {
         let manifest = Manifest {
             topic: "t".into(),
             partition: 1,
-            first_offset: 10,
-            last_offset: 19,
+            seq: 1,
+            first_offset: Some(10),
+            last_offset: Some(19),
             files: [&a, &b]
                 .iter()
                 .map(|f| ManifestFile {
@@ -504,18 +635,11 @@ mod tests {
                 .collect(),
             replaces: Vec::new(),
         };
-        let dir = dataset.manifest_dir(&tp);
-        fs::create_dir_all(&dir).unwrap();
-        write_atomically(
-            &dir,
-            "00000000000000000010-00000000000000000019.json",
-            &serde_json::to_vec(&manifest).unwrap(),
-        )
-        .unwrap();
+        write_manifest(&dataset, &tp, &manifest);
         // A later group was being written when the process died: torn, never committed.
         let torn = stage(&dataset, "d=2", &tp, 20, 29);
         let not_ours = stage(&dataset, "d=2", &other, 20, 29);
-        let backfill = Dataset::new(root.path(), Some("backfill-1".into()));
+        let backfill = Dataset::local(root.path(), Some("backfill-1".into()));
         let backfills = stage(&backfill, "d=2", &tp, 20, 29);
 
         assert_eq!(dataset.recover(&tp).unwrap().durable_through, Some(19));
@@ -554,5 +678,53 @@ mod tests {
             "but it sees the partition's files"
         );
         assert!(!backfills.tmp_path.exists());
+    }
+
+    #[test]
+    fn a_writer_that_lost_its_partition_cannot_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let old = Dataset::local(root.path(), None);
+        let new = Dataset::local(root.path(), None);
+        old.recover(&tp).unwrap();
+        old.commit(&tp, 0, 9, &[stage(&old, "d=1", &tp, 0, 9)], &[])
+            .unwrap();
+        assert_eq!(new.recover(&tp).unwrap().durable_through, Some(9));
+        let zombie = stage(&old, "d=1", &tp, 10, 19);
+        let zombie_temp = zombie.tmp_path.clone();
+        let refused = old.commit(&tp, 10, 19, &[zombie], &[]);
+        assert!(
+            matches!(refused, Err(CommitError::Fenced { .. })),
+            "{refused:?}"
+        );
+        assert!(!zombie_temp.exists(), "the refused commit's temp is gone");
+        new.commit(&tp, 10, 14, &[stage(&new, "d=1", &tp, 10, 14)], &[])
+            .unwrap();
+        new.commit(&tp, 15, 19, &[stage(&new, "d=1", &tp, 15, 19)], &[])
+            .unwrap();
+        // Its number was deleted meanwhile; the later manifest still fences it.
+        let refused = old.commit(&tp, 20, 29, &[stage(&old, "d=1", &tp, 20, 29)], &[]);
+        assert!(matches!(refused, Err(CommitError::Fenced { .. })));
+        let recovered = Dataset::local(root.path(), None).recover(&tp).unwrap();
+        assert_eq!(recovered.durable_through, Some(19));
+        assert_eq!(
+            recovered.files.into_iter().collect::<Vec<_>>(),
+            [
+                data_file("d=1", 0, 9),
+                data_file("d=1", 10, 14),
+                data_file("d=1", 15, 19)
+            ]
+        );
+    }
+
+    #[test]
+    fn manifests_written_before_sequences_still_recover() {
+        assert_eq!(
+            manifest_seq("00000000000000000010-00000000000000000019.json"),
+            Some(0)
+        );
+        assert_eq!(manifest_seq("00000000000000000007.json"), Some(7));
+        assert_eq!(manifest_seq(".00000000000000000007.json.12.tmp"), None);
+        assert_eq!(manifest_seq("notes.json"), None);
     }
 }

@@ -1,4 +1,5 @@
-//! The `parquet` sink: a Hive-partitioned Parquet dataset in a local directory.
+//! The `parquet` sink: a Hive-partitioned Parquet dataset in a local directory or under
+//! an object-store URL (`s3://`, `gs://`, `az://`; see [`store`]).
 //!
 //! Each source partition's offsets are cut into *segments* of `roll.segment_offsets`
 //! offsets (`k·N ..= (k+1)·N − 1`), and no file crosses a segment boundary. Per partition
@@ -24,8 +25,10 @@ pub mod partition;
 pub mod read;
 pub mod rewrite;
 mod roll;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,7 @@ use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
-use self::commit::{DataFile, Dataset};
+use self::commit::{CommitError, DataFile, Dataset};
 use self::partition::{PartitionKey, Partitioner};
 use self::rewrite::{rows_between, TempWriter};
 use self::roll::Roll;
@@ -43,7 +46,7 @@ use super::{SinkError, SinkMessage};
 use crate::ack::AckTracker;
 use crate::batch::Flush;
 use crate::batch::{Batch, BatchId, TopicPartition};
-use crate::config::{Compression, ParquetSinkConfig};
+use crate::config::{Compression, ParquetSinkConfig, StorageConfig};
 use crate::dead_letter;
 use crate::telemetry::Stats;
 
@@ -106,11 +109,13 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// `schema` is what the sink receives (row schema, or the dead-letter schema).
     /// `writer`: `None` for the live pipeline, a backfill's run id otherwise (see
-    /// [`commit`]).
+    /// [`commit`]). `storage`: the pipeline's `storage` blocks, for URL paths.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         input: ParquetInput,
         config: &ParquetSinkConfig,
+        storage: &BTreeMap<String, StorageConfig>,
         schema: SchemaRef,
         writer: Option<String>,
         acks: Arc<AckTracker>,
@@ -135,11 +140,7 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(config.row_group_rows))
             .set_created_by(format!("sluice {}", env!("CARGO_PKG_VERSION")))
             .build();
-        std::fs::create_dir_all(&config.path).map_err(|source| SinkError::Io {
-            sink: name.clone(),
-            path: config.path.clone(),
-            source,
-        })?;
+        let dataset = open_dataset(&name, &config.path, storage, writer)?;
         let projection = config.columns.as_ref().map(|columns| {
             schema
                 .fields()
@@ -159,7 +160,7 @@ impl ParquetSink {
         Ok(ParquetSink {
             name,
             input,
-            dataset: Dataset::new(&config.path, writer),
+            dataset,
             file_schema,
             projection,
             partitioner: keys,
@@ -211,10 +212,7 @@ impl ParquetSink {
         if self.partitions.contains_key(tp) {
             return Ok(());
         }
-        let recovered = self
-            .dataset
-            .recover(tp)
-            .map_err(|source| self.io_error(self.dataset.root(), source))?;
+        let recovered = self.dataset.recover(tp).map_err(|e| self.commit_error(e))?;
         if let Some(offset) = recovered.durable_through {
             tracing::info!(sink = %self.name, partition = %tp, offset, "dataset already holds rows up to this offset; replayed rows are skipped");
         }
@@ -434,13 +432,45 @@ impl ParquetSink {
         }
     }
 
-    fn io_error(&self, path: &std::path::Path, source: std::io::Error) -> SinkError {
+    fn io_error(&self, source: std::io::Error) -> SinkError {
         SinkError::Io {
             sink: self.name.clone(),
-            path: path.to_owned(),
+            path: self.dataset.describe().into(),
             source,
         }
     }
+
+    fn commit_error(&self, error: CommitError) -> SinkError {
+        match error {
+            CommitError::Io(source) => self.io_error(source),
+            fenced @ CommitError::Fenced { .. } => SinkError::Fenced {
+                sink: self.name.clone(),
+                source: fenced,
+            },
+        }
+    }
+}
+
+/// The dataset at `path` (a directory or an object-store URL), as writer `writer` sees
+/// it, with its store reachable.
+pub fn open_dataset(
+    sink: &str,
+    path: &Path,
+    storage: &BTreeMap<String, StorageConfig>,
+    writer: Option<String>,
+) -> Result<Dataset, SinkError> {
+    let storage_error = |source| SinkError::Storage {
+        sink: sink.to_owned(),
+        source,
+    };
+    let location = crate::storage::open(path, storage).map_err(storage_error)?;
+    crate::storage::probe(&location).map_err(storage_error)?;
+    let store = store::open(location).map_err(|source| SinkError::Io {
+        sink: sink.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Dataset::new(store, writer))
 }
 
 #[cfg(test)]

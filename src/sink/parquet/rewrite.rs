@@ -55,7 +55,7 @@ impl TempWriter {
             .create_temp(dir, tp, first, kind)
             .map_err(|source| SinkError::Io {
                 sink: sink.to_owned(),
-                path: dataset.root().join(dir),
+                path: PathBuf::from(dataset.describe()).join(dir),
                 source,
             })?;
         let writer = ArrowWriter::try_new(
@@ -210,7 +210,14 @@ pub fn keep_outside(
     (first, last): (i64, i64),
     properties: &WriterProperties,
 ) -> Result<Vec<(DataFile, TempFile)>, SinkError> {
-    let (schema, batches) = read_batches(&dataset.root().join(file.relative_path(tp)))?;
+    let copy = dataset
+        .local_copy(&file.relative_path(tp))
+        .map_err(|source| SinkError::Io {
+            sink: sink.to_owned(),
+            path: PathBuf::from(dataset.describe()).join(file.relative_path(tp)),
+            source,
+        })?;
+    let (schema, batches) = read_batches(&copy.path)?;
     // Unique per replaced file, so two of them in one directory never share a temp.
     let kind = format!("keep{}-{}", file.first, file.last);
     let mut kept = Vec::new();
@@ -297,7 +304,7 @@ mod tests {
     #[test]
     fn a_replaced_file_keeps_its_rows_on_both_sides_of_the_new_range() {
         let root = tempfile::tempdir().unwrap();
-        let dataset = Dataset::new(root.path(), None);
+        let dataset = Dataset::local(root.path(), None);
         let tp = TopicPartition::new("t", 0);
         let properties = WriterProperties::builder().build();
         let old = DataFile {
@@ -344,7 +351,7 @@ mod tests {
     #[test]
     fn a_batch_of_another_schema_is_refused() {
         let root = tempfile::tempdir().unwrap();
-        let dataset = Dataset::new(root.path(), None);
+        let dataset = Dataset::local(root.path(), None);
         let tp = TopicPartition::new("t", 0);
         let properties = WriterProperties::builder().build();
         let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));

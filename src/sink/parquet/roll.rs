@@ -136,21 +136,16 @@ impl ParquetSink {
             }
         }
         if !staged.is_empty() || !replaces.is_empty() {
-            let finals = self
+            let committed = self
                 .dataset
                 .commit(tp, first, last, &staged, &replaces)
-                .map_err(|e| self.io_error(self.dataset.root(), e))?;
+                .map_err(|e| self.commit_error(e))?;
             for temp in merged_temps {
                 let _ = std::fs::remove_file(temp);
             }
-            let bytes: u64 = finals
-                .iter()
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
             self.stats
-                .record_files(finals.len() as u64, group_rows, bytes);
-            tracing::debug!(sink = %self.name, partition = %tp, first = first, last = last, files = finals.len(), rows = group_rows, ?roll, "committed Parquet files");
+                .record_files(committed.files, group_rows, committed.bytes);
+            tracing::debug!(sink = %self.name, partition = %tp, first = first, last = last, files = committed.files, rows = group_rows, ?roll, "committed Parquet files");
         }
         // Rows another writer had below our range stay in a file of their own; at a
         // segment's end or a flush they join the segment's file like ours.
@@ -196,11 +191,19 @@ impl ParquetSink {
         written: &[(String, TempFile)],
     ) -> Result<Option<Vec<StagedFile>>, SinkError> {
         let mut sources: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
+        // Committed files as local files (downloads from an object store live as long as
+        // these guards).
+        let mut copies = Vec::with_capacity(merge.len());
         for file in merge {
+            let copy = self
+                .dataset
+                .local_copy(&file.relative_path(tp))
+                .map_err(|e| self.io_error(e))?;
             sources
                 .entry(file.dir.clone())
                 .or_default()
-                .push(self.dataset.root().join(file.relative_path(tp)));
+                .push(copy.path.clone());
+            copies.push(copy);
         }
         for (dir, temp) in written {
             sources

@@ -29,6 +29,7 @@ fn sink(root: &Path, writer: Option<&str>) -> ParquetSink {
         "test".into(),
         ParquetInput::Rows,
         &config,
+        &Default::default(),
         schema(),
         writer.map(str::to_owned),
         Arc::new(AckTracker::new(1)),

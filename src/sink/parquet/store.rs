@@ -1,0 +1,499 @@
+//! The small storage interface the commit protocol ([`super::commit`]) runs over, and its
+//! two implementations: a local directory and an object-store prefix.
+//!
+//! Paths are `/`-separated and relative to the dataset root. A *temp* is a file the sink
+//! writes locally and then *stages* (makes durable where a commit can find it); a commit
+//! *publishes* a staged temp under its final name.
+//!
+//! | step      | local directory                    | object store                                   |
+//! |-----------|------------------------------------|------------------------------------------------|
+//! | temp      | hidden file beside the final name  | file in a local spool directory                |
+//! | stage     | nothing (written and fsynced)      | upload to `_sluice/staging/DIR/TEMP` (multipart when large) |
+//! | create    | temp + fsync + `link` (fails if it exists) | `PUT` with `If-None-Match: *`         |
+//! | publish   | `rename`                           | server-side copy, then delete the staged object |
+//! | sync      | fsync the touched directories      | nothing (each request is durable when it returns) |
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use super::commit::{META_DIR, TMP_SUFFIX};
+use crate::storage::{block_on, Location, ObjectLocation};
+
+/// Uploads above this size go in parts, so no partial object is ever visible.
+const MULTIPART_ABOVE: u64 = 16 * 1024 * 1024;
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Where staged temps live on an object store.
+const STAGING_DIR: &str = "_sluice/staging";
+
+/// A committed file made readable as a local file (downloaded when remote; the download
+/// is deleted on drop).
+pub struct LocalCopy {
+    pub path: PathBuf,
+    _download: Option<tempfile::TempPath>,
+}
+
+/// What a dataset's files are, by name: committed files and temps.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// `(dir, name)` of every non-temp file outside `_sluice/`.
+    pub files: Vec<(String, String)>,
+    /// `(dir, temp name)` of every staged temp.
+    pub temps: Vec<(String, String)>,
+}
+
+/// Storage operations of the commit protocol.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The root as written (a path or URL), for messages.
+    fn describe(&self) -> String;
+    /// Local directory in which temps of Hive directory `dir` are created.
+    fn temp_dir(&self, dir: &str) -> io::Result<PathBuf>;
+    /// Makes the closed local temp `path` (in `temp_dir(dir)`) durable for a commit.
+    fn stage(&self, dir: &str, path: &Path) -> io::Result<()>;
+    /// Publishes staged temp `temp` of `dir` as `name`; `false` when it is not staged
+    /// (published already).
+    fn publish(&self, dir: &str, temp: &str, name: &str) -> io::Result<bool>;
+    /// Deletes a staged (or local) temp that will not be committed.
+    fn discard(&self, dir: &str, temp: &str) -> io::Result<()>;
+    fn exists(&self, path: &str) -> io::Result<bool>;
+    fn read(&self, path: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Creates `path` with `bytes` unless something is there: `false` then.
+    fn create(&self, path: &str, bytes: Vec<u8>) -> io::Result<bool>;
+    /// Deletes `path`; a missing file is not an error.
+    fn delete(&self, path: &str) -> io::Result<()>;
+    /// Deletes everything under directory `dir`.
+    fn delete_all(&self, dir: &str) -> io::Result<()>;
+    /// Names of the files directly in directory `dir`.
+    fn names(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Every committed file and staged temp of the dataset.
+    fn list(&self) -> io::Result<Listing>;
+    /// A committed file as a local file.
+    fn local_copy(&self, path: &str) -> io::Result<LocalCopy>;
+    /// Size of a local temp file in bytes.
+    fn temp_size(&self, path: &Path) -> u64 {
+        fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+    /// Makes the publishes and deletes in `dirs` durable.
+    fn sync(&self, dirs: &BTreeSet<String>) -> io::Result<()>;
+}
+
+/// Builds the store of a dataset root.
+pub fn open(location: Location) -> io::Result<Box<dyn Store>> {
+    Ok(match location {
+        Location::Local(root) => {
+            fs::create_dir_all(&root)?;
+            Box::new(LocalStore { root })
+        }
+        Location::Object(object) => Box::new(ObjectStoreStore {
+            spool: tempfile::Builder::new().prefix("sluice-spool-").tempdir()?,
+            location: object,
+        }),
+    })
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// A dataset in a local directory.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+}
+
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn temp_dir(&self, dir: &str) -> io::Result<PathBuf> {
+        let path = self.root.join(dir);
+        fs::create_dir_all(&path)?;
+        Ok(path)
+    }
+
+    fn stage(&self, _dir: &str, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn publish(&self, dir: &str, temp: &str, name: &str) -> io::Result<bool> {
+        let dir = self.root.join(dir);
+        match fs::rename(dir.join(temp), dir.join(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn discard(&self, dir: &str, temp: &str) -> io::Result<()> {
+        self.delete(&join(dir, temp))
+    }
+
+    fn exists(&self, path: &str) -> io::Result<bool> {
+        self.root.join(path).try_exists()
+    }
+
+    fn read(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.root.join(path)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create(&self, path: &str, bytes: Vec<u8>) -> io::Result<bool> {
+        let target = self.root.join(path);
+        let dir = target.parent().unwrap_or(&self.root).to_owned();
+        fs::create_dir_all(&dir)?;
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        // A hard link fails when the target exists: the local conditional create.
+        let linked = fs::hard_link(&tmp, &target);
+        fs::remove_file(&tmp)?;
+        match linked {
+            Ok(()) => {
+                sync_dir(&dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete(&self, path: &str) -> io::Result<()> {
+        match fs::remove_file(self.root.join(path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn delete_all(&self, dir: &str) -> io::Result<()> {
+        match fs::remove_dir_all(self.root.join(dir)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn names(&self, dir: &str) -> io::Result<Vec<String>> {
+        match fs::read_dir(self.root.join(dir)) {
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self) -> io::Result<Listing> {
+        let mut listing = Listing::default();
+        let walker = walkdir::WalkDir::new(&self.root)
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || e.file_name() != META_DIR);
+        for entry in walker {
+            let entry = entry.map_err(io::Error::other)?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry
+                .path()
+                .parent()
+                .and_then(|p| p.strip_prefix(&self.root).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.ends_with(TMP_SUFFIX) {
+                listing.temps.push((dir, name));
+            } else {
+                listing.files.push((dir, name));
+            }
+        }
+        Ok(listing)
+    }
+
+    fn local_copy(&self, path: &str) -> io::Result<LocalCopy> {
+        Ok(LocalCopy {
+            path: self.root.join(path),
+            _download: None,
+        })
+    }
+
+    fn sync(&self, dirs: &BTreeSet<String>) -> io::Result<()> {
+        for dir in dirs {
+            sync_dir(&self.root.join(dir))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A dataset under an object-store prefix.
+pub struct ObjectStoreStore {
+    location: ObjectLocation,
+    /// Where temps are written before they are uploaded.
+    spool: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for ObjectStoreStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreStore")
+            .field("url", &self.location.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: object_store::Error) -> io::Error {
+    match e {
+        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
+        other => io::Error::other(other),
+    }
+}
+
+impl ObjectStoreStore {
+    fn staged_key(&self, dir: &str, temp: &str) -> object_store::path::Path {
+        self.location.key(&join(&join(STAGING_DIR, dir), temp))
+    }
+
+    fn call<T, F>(&self, f: impl FnOnce(std::sync::Arc<dyn ObjectStore>) -> F) -> io::Result<T>
+    where
+        F: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        block_on(f(self.location.store.clone())).map_err(store_error)
+    }
+}
+
+impl Store for ObjectStoreStore {
+    fn describe(&self) -> String {
+        self.location.url.clone()
+    }
+
+    fn temp_dir(&self, dir: &str) -> io::Result<PathBuf> {
+        let path = self.spool.path().join(dir);
+        fs::create_dir_all(&path)?;
+        Ok(path)
+    }
+
+    fn stage(&self, dir: &str, path: &Path) -> io::Result<()> {
+        let temp = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let key = self.staged_key(dir, &temp);
+        let size = fs::metadata(path)?.len();
+        if size <= MULTIPART_ABOVE {
+            let bytes = fs::read(path)?;
+            self.call(move |store| async move { store.put(&key, PutPayload::from(bytes)).await })?;
+            // Uploaded: the spool copy is not needed any more.
+            return fs::remove_file(path);
+        }
+        // Parts are read from the file as they go, PART_SIZE at a time; the object only
+        // appears when the upload completes.
+        let mut file = File::open(path)?;
+        let store = self.location.store.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let upload = std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> io::Result<()> {
+                loop {
+                    let mut part = vec![0; PART_SIZE];
+                    let mut filled = 0;
+                    while filled < PART_SIZE {
+                        match file.read(&mut part[filled..])? {
+                            0 => break,
+                            n => filled += n,
+                        }
+                    }
+                    if filled == 0 {
+                        return Ok(());
+                    }
+                    part.truncate(filled);
+                    if tx.blocking_send(part).is_err() {
+                        return Ok(());
+                    }
+                }
+            });
+            let uploaded = block_on(async move {
+                let upload = store.put_multipart(&key).await?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                while let Some(part) = rx.recv().await {
+                    writer.wait_for_capacity(2).await?;
+                    writer.write(&part);
+                }
+                writer.finish().await
+            });
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the upload reader panicked")));
+            read.and(uploaded.map_err(store_error))
+        });
+        upload?;
+        fs::remove_file(path)
+    }
+
+    fn publish(&self, dir: &str, temp: &str, name: &str) -> io::Result<bool> {
+        let from = self.staged_key(dir, temp);
+        let to = self.location.key(&join(dir, name));
+        let copied = self.call(move |store| async move {
+            match store.copy(&from, &to).await {
+                Ok(()) => {
+                    store.delete(&from).await?;
+                    Ok(true)
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(copied)
+    }
+
+    fn discard(&self, dir: &str, temp: &str) -> io::Result<()> {
+        let key = self.staged_key(dir, temp);
+        self.call(move |store| async move {
+            match store.delete(&key).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        })
+    }
+
+    fn exists(&self, path: &str) -> io::Result<bool> {
+        let key = self.location.key(path);
+        self.call(move |store| async move {
+            match store.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn read(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        let key = self.location.key(path);
+        self.call(move |store| async move {
+            match store.get(&key).await {
+                Ok(got) => Ok(Some(got.bytes().await?.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn create(&self, path: &str, bytes: Vec<u8>) -> io::Result<bool> {
+        let key = self.location.key(path);
+        self.call(move |store| async move {
+            let options = PutOptions::from(PutMode::Create);
+            match store.put_opts(&key, PutPayload::from(bytes), options).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn delete(&self, path: &str) -> io::Result<()> {
+        let key = self.location.key(path);
+        self.call(move |store| async move {
+            match store.delete(&key).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        })
+    }
+
+    fn delete_all(&self, dir: &str) -> io::Result<()> {
+        let prefix = self.location.key(dir);
+        self.call(move |store| async move {
+            let keys: Vec<_> = store
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await?;
+            for key in keys {
+                match store.delete(&key).await {
+                    Err(object_store::Error::NotFound { .. }) | Ok(()) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn names(&self, dir: &str) -> io::Result<Vec<String>> {
+        let key = self.location.key(dir);
+        self.call(move |store| async move {
+            let listed = store.list_with_delimiter(Some(&key)).await?;
+            Ok(listed
+                .objects
+                .into_iter()
+                .filter_map(|o| o.location.filename().map(str::to_owned))
+                .collect())
+        })
+    }
+
+    fn list(&self) -> io::Result<Listing> {
+        let prefix = self.location.prefix.clone();
+        let keys: Vec<object_store::path::Path> = self.call(move |store| async move {
+            store
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await
+        })?;
+        let mut listing = Listing::default();
+        let staging = format!("{STAGING_DIR}/");
+        for key in keys {
+            let Some(relative) = self.location.relative(&key) else {
+                continue;
+            };
+            if let Some(staged) = relative.strip_prefix(&staging) {
+                let (dir, name) = staged.rsplit_once('/').unwrap_or(("", staged));
+                listing.temps.push((dir.to_owned(), name.to_owned()));
+            } else if !relative.starts_with(&format!("{META_DIR}/")) {
+                let (dir, name) = relative.rsplit_once('/').unwrap_or(("", &relative));
+                listing.files.push((dir.to_owned(), name.to_owned()));
+            }
+        }
+        Ok(listing)
+    }
+
+    fn local_copy(&self, path: &str) -> io::Result<LocalCopy> {
+        let key = self.location.key(path);
+        let bytes = self.call(move |store| async move { store.get(&key).await?.bytes().await })?;
+        let mut download = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempfile_in(self.spool.path())?;
+        download.write_all(&bytes)?;
+        let download = download.into_temp_path();
+        Ok(LocalCopy {
+            path: download.to_path_buf(),
+            _download: Some(download),
+        })
+    }
+
+    fn sync(&self, _dirs: &BTreeSet<String>) -> io::Result<()> {
+        Ok(())
+    }
+}
