@@ -43,7 +43,8 @@ pub enum ArgError {
 
 /// `--sinks`: which outputs a backfill writes (e.g. `parquet` to leave the output topics
 /// alone). `parquet` and `kafka` select every sink and dead-letter target of that kind;
-/// `sinks[N]` (or `N`), `dead_letter.parquet` and `dead_letter.kafka` select one. At least
+/// `sinks[N]` (or `N`), `dead_letter.parquet`, `dead_letter.delta` and `dead_letter.kafka`
+/// select one. At least
 /// one sink and one dead-letter target must remain.
 pub fn keep_sinks(pipeline: &mut Pipeline, arg: &str) -> Result<(), ArgError> {
     let problem = |problem: String| ArgError::Sinks {
@@ -82,7 +83,7 @@ pub fn keep_sinks(pipeline: &mut Pipeline, arg: &str) -> Result<(), ArgError> {
     if !kept("dead_letter.") {
         return Err(problem(
             "no dead-letter target would be left (bad records must go somewhere): add \
-             `dead_letter.parquet` or `dead_letter.kafka`"
+             `dead_letter.parquet`, `dead_letter.delta` or `dead_letter.kafka`"
                 .into(),
         ));
     }

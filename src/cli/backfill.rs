@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     quiet: bool,
     /// Write only these outputs: `parquet`, `kafka` (every sink and dead-letter target
-    /// of that kind), `sinks[N]`, `dead_letter.parquet`, `dead_letter.kafka`;
+    /// of that kind), `sinks[N]`, `dead_letter.parquet`, `dead_letter.delta`, `dead_letter.kafka`;
     /// comma-separated. E.g. `--sinks parquet` leaves the output topics alone.
     #[arg(long)]
     sinks: Option<String>,

@@ -41,8 +41,8 @@ pub use locate::LineIndex;
 pub use parse::{parse_sections, PIPELINE_KEYS};
 pub use redact::Redactions;
 pub use sinks::{
-    AlertConfig, Compression, DeadLetterConfig, DeadLetterKafkaConfig, KafkaSinkConfig,
-    ParquetSinkConfig, RollConfig, SinkConfig,
+    AlertConfig, Compression, DeadLetterConfig, DeadLetterKafkaConfig, DeltaSinkConfig,
+    KafkaSinkConfig, ParquetSinkConfig, RollConfig, SinkConfig,
 };
 pub use stages::{
     BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,

@@ -16,6 +16,7 @@ use super::PropertyValue;
 pub enum SinkConfig {
     Parquet(ParquetSinkConfig),
     Kafka(KafkaSinkConfig),
+    Delta(DeltaSinkConfig),
 }
 
 impl SinkConfig {
@@ -23,6 +24,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Parquet(_) => "parquet",
             SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Delta(_) => "delta",
         }
     }
 }
@@ -53,6 +55,40 @@ pub struct ParquetSinkConfig {
     /// `_offset`, `_timestamp`) are always written.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+}
+
+/// A Delta Lake table (local directory or object-store URL): each commit appends a file
+/// group and records, per source partition, the last offset it holds (a `txn` action).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSinkConfig {
+    /// Table root (created with the rows' schema if there is no table yet).
+    pub path: PathBuf,
+    /// Partition columns of a new table (plain columns of string, integer, boolean or date
+    /// type; values go in the file paths and the log, not in the files). Default: none.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// `zstd` (default) or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// When a partition's open files are committed: `max_rows`, `max_bytes`, `max_age`,
+    /// `first_max_age` as for Parquet (`segment_offsets` does not apply).
+    #[serde(default)]
+    pub roll: RollConfig,
+    /// Rows per Parquet row group. Default: 65536.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// Columns written. Default: all (the provenance columns always).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// A checkpoint is written every this many table versions, so readers replay a short
+    /// log. Default: 10 (as Spark).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -159,6 +195,9 @@ pub struct DeadLetterConfig {
     /// A Parquet dataset of dead letters (schema in `schemas/dead_letter.json`).
     #[serde(default)]
     pub parquet: Option<ParquetSinkConfig>,
+    /// A Delta Lake table of dead letters (same columns as the Parquet dataset).
+    #[serde(default)]
+    pub delta: Option<DeltaSinkConfig>,
     /// A topic that receives the original bytes, with the reason in headers.
     #[serde(default)]
     pub kafka: Option<DeadLetterKafkaConfig>,

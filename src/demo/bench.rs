@@ -23,6 +23,8 @@ use crate::demo::{self, DemoError, DEMO_PARTITIONS};
 pub struct BenchResult {
     /// `e2e/PIPELINE` (`e2e/bench` is topic -> Parquet with no model).
     pub bench: String,
+    /// Where the outputs went (`SLUICE_OUT`: a directory or an object-store URL).
+    pub out: String,
     pub unix_time: i64,
     pub git_rev: Option<String>,
     pub profile: &'static str,
@@ -130,6 +132,7 @@ pub async fn run(
     let pipeline_rate = produced as f64 / pipeline_elapsed.as_secs_f64().max(1e-9);
     Ok(BenchResult {
         bench,
+        out: out.display().to_string(),
         unix_time: chrono::Utc::now().timestamp(),
         git_rev: git_rev(),
         profile: if cfg!(debug_assertions) {

@@ -66,6 +66,7 @@ pub(super) fn validate(
         sink_rows.as_ref(),
         &source_brokers(&config),
         &config.storage,
+        &config.name,
     ) {
         Ok(plan) => Some(plan),
         Err(sink_issues) => {

@@ -8,9 +8,11 @@
 //! shutdown). Sinks are a closed set, so they are plain types, not trait objects.
 
 pub mod alert;
+pub mod delta;
 pub mod kafka;
 pub mod parquet;
 pub mod plan;
+mod rolling;
 
 pub use plan::Plan;
 
@@ -56,6 +58,12 @@ pub enum SinkError {
         #[source]
         source: crate::storage::StorageError,
     },
+    #[error("{sink}")]
+    Delta {
+        sink: String,
+        #[source]
+        source: delta::DeltaError,
+    },
     #[error("{sink}: commit refused")]
     Fenced {
         sink: String,
@@ -94,6 +102,7 @@ pub enum SinkError {
 pub enum Sink {
     Parquet(Box<ParquetSink>),
     Kafka(Box<KafkaSink>),
+    Delta(Box<delta::DeltaSink>),
 }
 
 impl Sink {
@@ -107,6 +116,7 @@ impl Sink {
         match self {
             Sink::Parquet(sink) => sink.run(input).await,
             Sink::Kafka(sink) => sink.run(input, shutdown).await,
+            Sink::Delta(sink) => sink.run(input).await,
         }
     }
 }
@@ -142,6 +152,17 @@ pub fn build(
             SinkConfig::Parquet(out) => {
                 parquet(name.clone(), ParquetInput::Rows, out, rows.clone())?
             }
+            SinkConfig::Delta(out) => Sink::Delta(Box::new(delta::DeltaSink::new(
+                name.clone(),
+                ParquetInput::Rows,
+                out,
+                &plan.storage,
+                rows.clone(),
+                &plan.pipeline,
+                writer.clone(),
+                tracker.clone(),
+                stats.clone(),
+            )?)),
             SinkConfig::Kafka(out) => {
                 let index = |name: &str| rows.index_of(name).map_err(SinkError::from);
                 let columns = match &out.columns {
@@ -171,6 +192,19 @@ pub fn build(
             out,
             crate::dead_letter::schema(),
         )?);
+    }
+    if let Some(out) = &plan.dead_letter_delta {
+        sinks.push(Sink::Delta(Box::new(delta::DeltaSink::new(
+            "dead_letter.delta".into(),
+            ParquetInput::DeadLetters,
+            out,
+            &plan.storage,
+            crate::dead_letter::schema(),
+            &plan.pipeline,
+            writer.clone(),
+            tracker.clone(),
+            stats.clone(),
+        )?)));
     }
     if let Some(out) = &plan.dead_letter_kafka {
         sinks.push(Sink::Kafka(Box::new(KafkaSink::new(

@@ -12,8 +12,8 @@ use rdkafka::ClientConfig;
 use super::parquet::partition::{PartitionKey, Partitioner};
 use crate::config::PropertyValue;
 use crate::config::{
-    limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, Issues, KafkaSinkConfig,
-    ParquetSinkConfig, SinkConfig, StorageConfig,
+    limits, ConfigIssue, DeadLetterConfig, DeadLetterKafkaConfig, DeltaSinkConfig, Issues,
+    KafkaSinkConfig, ParquetSinkConfig, RollConfig, SinkConfig, StorageConfig,
 };
 use crate::kafka_client::{client_config, PRODUCER_DEFAULTS};
 
@@ -37,6 +37,7 @@ pub struct Plan {
     /// The sinks, named `sinks[N].KIND`, in order.
     pub outputs: Vec<(String, SinkConfig)>,
     pub dead_letter_parquet: Option<ParquetSinkConfig>,
+    pub dead_letter_delta: Option<DeltaSinkConfig>,
     pub dead_letter_kafka: Option<DeadLetterKafkaConfig>,
     /// What the sinks receive (the last stage's output).
     pub rows: SchemaRef,
@@ -44,6 +45,8 @@ pub struct Plan {
     pub default_brokers: String,
     /// How to reach object-store URLs among the Parquet paths (the pipeline's `storage`).
     pub storage: BTreeMap<String, StorageConfig>,
+    /// The pipeline's name (Delta tables record offsets under it).
+    pub pipeline: String,
 }
 
 impl Plan {
@@ -55,6 +58,7 @@ impl Plan {
         rows: Option<&SchemaRef>,
         default_brokers: &str,
         storage: &BTreeMap<String, StorageConfig>,
+        pipeline: &str,
     ) -> Result<Plan, Vec<ConfigIssue>> {
         let mut issues = Issues(Vec::new());
         let schema = rows.map(|r| r.as_ref());
@@ -69,13 +73,27 @@ impl Plan {
                     check_parquet(parquet, schema, storage, &name, &mut issues)
                 }
                 SinkConfig::Kafka(out) => check_kafka(out, schema, &name, &mut issues),
+                SinkConfig::Delta(delta) => check_delta(delta, schema, storage, &name, &mut issues),
             }
             outputs.push((name, sink.clone()));
         }
-        if dead_letter.parquet.is_none() && dead_letter.kafka.is_none() {
+        if dead_letter.parquet.is_none()
+            && dead_letter.delta.is_none()
+            && dead_letter.kafka.is_none()
+        {
             issues.add(
                 "dead_letter",
-                "expected `parquet`, `kafka` or both: bad records must go somewhere",
+                "expected `parquet`, `delta`, `kafka` or several: bad records must go somewhere",
+            );
+        }
+        if let Some(delta) = &dead_letter.delta {
+            let letters = crate::dead_letter::schema();
+            check_delta(
+                delta,
+                Some(&letters),
+                storage,
+                "dead_letter.delta",
+                &mut issues,
             );
         }
         if let Some(parquet) = &dead_letter.parquet {
@@ -101,10 +119,12 @@ impl Plan {
             (true, Some(rows)) => Ok(Plan {
                 outputs,
                 dead_letter_parquet: dead_letter.parquet.clone(),
+                dead_letter_delta: dead_letter.delta.clone(),
                 dead_letter_kafka: dead_letter.kafka.clone(),
                 rows: rows.clone(),
                 default_brokers: default_brokers.to_owned(),
                 storage: storage.clone(),
+                pipeline: pipeline.to_owned(),
             }),
             _ => Err(issues.0),
         }
@@ -114,6 +134,7 @@ impl Plan {
     pub fn count(&self) -> usize {
         self.outputs.len()
             + usize::from(self.dead_letter_parquet.is_some())
+            + usize::from(self.dead_letter_delta.is_some())
             + usize::from(self.dead_letter_kafka.is_some())
     }
 
@@ -127,6 +148,9 @@ impl Plan {
         if self.dead_letter_parquet.is_some() {
             names.push(("dead_letter.parquet".into(), "parquet"));
         }
+        if self.dead_letter_delta.is_some() {
+            names.push(("dead_letter.delta".into(), "delta"));
+        }
         if self.dead_letter_kafka.is_some() {
             names.push(("dead_letter.kafka".into(), "kafka"));
         }
@@ -138,6 +162,9 @@ impl Plan {
         self.outputs.retain(|(name, _)| keep.contains(name));
         if !keep.contains("dead_letter.parquet") {
             self.dead_letter_parquet = None;
+        }
+        if !keep.contains("dead_letter.delta") {
+            self.dead_letter_delta = None;
         }
         if !keep.contains("dead_letter.kafka") {
             self.dead_letter_kafka = None;
@@ -173,7 +200,7 @@ impl Plan {
     pub fn parquet_sinks(&self) -> impl Iterator<Item = &Path> {
         self.outputs.iter().filter_map(|(_, s)| match s {
             SinkConfig::Parquet(p) => Some(p.path.as_path()),
-            SinkConfig::Kafka(_) => None,
+            SinkConfig::Kafka(_) | SinkConfig::Delta(_) => None,
         })
     }
 
@@ -185,6 +212,32 @@ impl Plan {
     }
 }
 
+fn check_delta(
+    sink: &DeltaSinkConfig,
+    rows: Option<&Schema>,
+    storage: &BTreeMap<String, StorageConfig>,
+    path: &str,
+    issues: &mut Issues,
+) {
+    let shared = Dataset::new(&sink.path, &sink.columns, &sink.roll, sink.row_group_rows);
+    check_dataset(&shared, rows, storage, path, issues);
+    if let Some(rows) = rows {
+        if let Err(e) = super::delta::check(rows, sink) {
+            issues.add(format!("{path}.partition_by"), e.to_string());
+        }
+    }
+    if sink.roll.segment_offsets.is_some() {
+        issues.add(
+            format!("{path}.roll.segment_offsets"),
+            "applies to `parquet` sinks only (a Delta table's files are found through its log)",
+        );
+    }
+    issues.check(
+        format!("{path}.checkpoint_interval"),
+        limits::count(sink.checkpoint_interval, 1, 1_000_000),
+    );
+}
+
 fn check_parquet(
     sink: &ParquetSinkConfig,
     rows: Option<&Schema>,
@@ -192,9 +245,8 @@ fn check_parquet(
     path: &str,
     issues: &mut Issues,
 ) {
-    if let Err(e) = crate::storage::check(&sink.path, storage) {
-        issues.add(format!("{path}.path"), crate::telemetry::chain(&e));
-    }
+    let shared = Dataset::new(&sink.path, &sink.columns, &sink.roll, sink.row_group_rows);
+    check_dataset(&shared, rows, storage, path, issues);
     let mut keys = Vec::new();
     for (j, spec) in sink.partition_by.iter().enumerate() {
         match PartitionKey::parse(spec) {
@@ -207,6 +259,54 @@ fn check_parquet(
             issues.add(format!("{path}.partition_by"), e.to_string());
         }
     }
+    if let Some(segment) = sink.roll.segment_offsets {
+        issues.check(
+            format!("{path}.roll.segment_offsets"),
+            limits::count(segment, 1, 1_000_000_000_000),
+        );
+    }
+    issues.check(
+        format!("{path}.max_open_files"),
+        limits::count(sink.max_open_files, 1, 10_000),
+    );
+}
+
+/// What Parquet datasets and Delta tables are configured alike.
+struct Dataset<'a> {
+    path: &'a Path,
+    columns: &'a Option<Vec<String>>,
+    roll: &'a RollConfig,
+    row_group_rows: usize,
+}
+
+impl<'a> Dataset<'a> {
+    fn new(
+        path: &'a Path,
+        columns: &'a Option<Vec<String>>,
+        roll: &'a RollConfig,
+        row_group_rows: usize,
+    ) -> Self {
+        Dataset {
+            path,
+            columns,
+            roll,
+            row_group_rows,
+        }
+    }
+}
+
+/// The checks Parquet datasets and Delta tables share: the storage URL, the columns, the
+/// roll limits and the row group size.
+fn check_dataset(
+    sink: &Dataset<'_>,
+    rows: Option<&Schema>,
+    storage: &BTreeMap<String, StorageConfig>,
+    path: &str,
+    issues: &mut Issues,
+) {
+    if let Err(e) = crate::storage::check(sink.path, storage) {
+        issues.add(format!("{path}.path"), crate::telemetry::chain(&e));
+    }
     if let Some(rows) = rows {
         for (j, column) in sink.columns.iter().flatten().enumerate() {
             if rows.column_with_name(column).is_none() {
@@ -214,17 +314,11 @@ fn check_parquet(
             }
         }
     }
-    let roll = &sink.roll;
+    let roll = sink.roll;
     issues.check(
         format!("{path}.roll.max_rows"),
         limits::count(roll.max_rows, 1, 1_000_000_000),
     );
-    if let Some(segment) = roll.segment_offsets {
-        issues.check(
-            format!("{path}.roll.segment_offsets"),
-            limits::count(segment, 1, 1_000_000_000_000),
-        );
-    }
     issues.check(
         format!("{path}.roll.max_bytes"),
         limits::count(roll.max_bytes.as_u64(), 1024, 16 << 30),
@@ -239,10 +333,6 @@ fn check_parquet(
             limits::duration(first, 10 * limits::MILLISECOND, limits::DAY),
         );
     }
-    issues.check(
-        format!("{path}.max_open_files"),
-        limits::count(sink.max_open_files, 1, 10_000),
-    );
     issues.check(
         format!("{path}.row_group_rows"),
         limits::count(sink.row_group_rows, 1, 16_000_000),

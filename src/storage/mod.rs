@@ -359,6 +359,98 @@ fn azure(
     })
 }
 
+/// Uploads above this size go in parts, so no partial object is ever visible.
+const MULTIPART_ABOVE: u64 = 16 * 1024 * 1024;
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// Uploads local file `path` whole to `key` (in parts when large: the object appears only
+/// when the upload completes). Returns its size.
+pub fn upload_file(
+    store: Arc<dyn ObjectStore>,
+    key: ObjectPath,
+    path: &Path,
+) -> std::io::Result<u64> {
+    use std::io::Read;
+    let to_io = |e: object_store::Error| std::io::Error::other(e);
+    let size = std::fs::metadata(path)?.len();
+    if size <= MULTIPART_ABOVE {
+        let bytes = std::fs::read(path)?;
+        block_on(async move {
+            use object_store::ObjectStoreExt;
+            store.put(&key, object_store::PutPayload::from(bytes)).await
+        })
+        .map_err(to_io)?;
+        return Ok(size);
+    }
+    // Parts are read from the file as they go, PART_SIZE at a time.
+    let mut file = std::fs::File::open(path)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> std::io::Result<()> {
+            loop {
+                let mut part = vec![0; PART_SIZE];
+                let mut filled = 0;
+                while filled < PART_SIZE {
+                    match file.read(&mut part[filled..])? {
+                        0 => break,
+                        n => filled += n,
+                    }
+                }
+                if filled == 0 {
+                    return Ok(());
+                }
+                part.truncate(filled);
+                if tx.blocking_send(part).is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let uploaded = block_on(async move {
+            use object_store::ObjectStoreExt;
+            let upload = store.put_multipart(&key).await?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            while let Some(part) = rx.recv().await {
+                writer.wait_for_capacity(2).await?;
+                writer.write(&part);
+            }
+            writer.finish().await
+        });
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the upload reader panicked")));
+        read.and(uploaded.map(|_| ()).map_err(to_io))
+    })?;
+    Ok(size)
+}
+
+/// Runs a blocking call (a Delta kernel call, which waits on its own I/O) from any thread:
+/// on a multi-threaded Tokio runtime, its other tasks move to another worker meanwhile.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let in_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if in_worker {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// sluice's object-store runtime (two threads, started on first use, never dropped);
+/// `None` if its threads could not be started.
+pub fn io_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("sluice-storage")
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .as_ref()
+}
+
 /// Runs `future` on sluice's object-store runtime and waits for its output. Callable from
 /// any thread (the caller's thread blocks, as it would on a file write).
 pub fn block_on<F>(future: F) -> F::Output
@@ -366,16 +458,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sluice-storage")
-            .enable_all()
-            .build()
-            .ok()
-    });
-    match runtime {
+    match io_runtime() {
         Some(runtime) => {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             runtime.spawn(async move {

@@ -11,6 +11,7 @@ mod backfill;
 mod config_extremes;
 mod config_files;
 mod crash_noida;
+mod delta;
 mod demo_readers;
 mod deploy_files;
 mod hostile;

@@ -71,16 +71,7 @@ fn pyarrow_rows(s3: &S3Server, prefix: &str) -> usize {
          partitioning='hive').count_rows())",
         port = s3.port
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    python(&script).parse().unwrap()
 }
 
 fn spawn_sluice(pipeline: &Path, log: &Path, s3: &S3Server) -> Child {
@@ -104,6 +95,17 @@ fn spawn_sluice(pipeline: &Path, log: &Path, s3: &S3Server) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_writing_to_s3_loses_and_duplicates_nothing() {
+    crash_while_writing_to_s3(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_appending_to_a_delta_table_on_s3_loses_and_duplicates_nothing() {
+    crash_while_writing_to_s3(true).await;
+}
+
+/// Kills the binary four times while it writes to the S3 server (a Parquet dataset, or a
+/// Delta table when `delta`), runs it to the end, and checks every record is there once.
+async fn crash_while_writing_to_s3(delta: bool) {
     const TOPIC: &str = "feedback";
     const PARTITIONS: i32 = 3;
     let s3 = S3Server::start();
@@ -138,6 +140,13 @@ async fn kill_9_while_writing_to_s3_loses_and_duplicates_nothing() {
         &s3,
         &s3.endpoint,
     );
+    if delta {
+        patch(
+            &pipeline,
+            "  - parquet:\n      path: s3://lake/crash/feedback\n      partition_by: [date(_timestamp)]\n",
+            "  - delta:\n      path: s3://lake/crash/table\n      partition_by: [_partition]\n      checkpoint_interval: 5\n",
+        );
+    }
     let log = out.path().join("sluice.log");
     let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
         .ok()
@@ -176,12 +185,34 @@ async fn kill_9_while_writing_to_s3_loses_and_duplicates_nothing() {
 
     let local = tempfile::tempdir().unwrap();
     let root = s3.download(BUCKET, "crash", local.path()).await;
+    let letters = read_dataset(&root.join("dead_letters"));
+    assert_eq!(letters.iter().map(|b| b.num_rows()).sum::<usize>(), bad);
+    if delta {
+        let options = format!(
+            "{{'AWS_ENDPOINT_URL': '{}', 'AWS_ACCESS_KEY_ID': 'sluice-test-key', \
+             'AWS_SECRET_ACCESS_KEY': '{SECRET_KEY}', 'AWS_REGION': 'us-east-1', \
+             'AWS_ALLOW_HTTP': 'true'}}",
+            s3.endpoint
+        );
+        let (rows, ids, txn) = crate::delta::read_with_python(
+            &format!("s3://{BUCKET}/crash/table"),
+            &options,
+            "sluice:test",
+            PARTITIONS,
+        );
+        assert_eq!(
+            (rows, ids),
+            (good, good),
+            "every good record once (seed {seed})"
+        );
+        let last: Vec<Option<i64>> = hw.iter().map(|h| Some(h - 1)).collect();
+        assert_eq!(txn, last, "the txn versions are the committed offsets");
+        return;
+    }
     let rows = read_dataset(&root.join("feedback"));
     let ids = count_strings(&rows, "id");
     assert_eq!(ids.len(), good, "every good record (seed {seed})");
     assert!(ids.values().all(|&n| n == 1), "no duplicates (seed {seed})");
-    let letters = read_dataset(&root.join("dead_letters"));
-    assert_eq!(letters.iter().map(|b| b.num_rows()).sum::<usize>(), bad);
     assert_eq!(leftovers(&s3, "crash").await, Vec::<String>::new());
     assert_eq!(
         pyarrow_rows(&s3, "crash/feedback"),

@@ -30,7 +30,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -42,9 +42,9 @@ use self::commit::{CommitError, DataFile, Dataset};
 use self::partition::{PartitionKey, Partitioner};
 use self::rewrite::{rows_between, TempWriter};
 use self::roll::Roll;
+use super::rolling::Rolling;
 use super::{SinkError, SinkMessage};
 use crate::ack::AckTracker;
-use crate::batch::Flush;
 use crate::batch::{Batch, BatchId, TopicPartition};
 use crate::config::{Compression, ParquetSinkConfig, StorageConfig};
 use crate::dead_letter;
@@ -73,7 +73,7 @@ impl OpenGroup {
     }
 }
 
-struct PartitionState {
+pub(crate) struct PartitionState {
     /// Rows up to this offset are already in the dataset (from recovery or our commits).
     durable_through: Option<i64>,
     /// First offset this sink saw for the partition: where its files start when nothing
@@ -174,22 +174,8 @@ impl ParquetSink {
     }
 
     /// Runs until the input closes, then commits whatever is still open.
-    pub async fn run(mut self, mut input: mpsc::Receiver<SinkMessage>) -> Result<(), SinkError> {
-        let period = (self.config.roll.first_max_age() / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                message = input.recv() => match message {
-                    Some(SinkMessage::Batch(batch)) => self.write(&batch)?,
-                    Some(SinkMessage::Flush(flush)) => self.flush(&flush)?,
-                    None => break,
-                },
-                _ = tick.tick() => self.roll_aged()?,
-            }
-        }
-        self.flush(&Flush::all())
+    pub async fn run(mut self, input: mpsc::Receiver<SinkMessage>) -> Result<(), SinkError> {
+        super::rolling::run(&mut self, input).await
     }
 
     fn segment_start(&self, offset: i64) -> i64 {
@@ -239,7 +225,7 @@ impl ParquetSink {
         Ok(())
     }
 
-    fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
         let prov = &batch.provenance;
         let tp = &prov.tp;
         self.ensure_partition(tp, prov.first_offset)?;
@@ -372,41 +358,6 @@ impl ParquetSink {
             })
     }
 
-    fn flush(&mut self, flush: &Flush) -> Result<(), SinkError> {
-        let targets: Vec<TopicPartition> = match &flush.partitions {
-            Some(tps) => tps.clone(),
-            None => self.partitions.keys().cloned().collect(),
-        };
-        for tp in &targets {
-            self.roll(tp, Roll::Flush)?;
-            if flush.revoke {
-                self.partitions.remove(tp);
-            }
-        }
-        Ok(())
-    }
-
-    /// Rolls groups older than `roll.max_age`, or than `roll.first_max_age` for a
-    /// partition's first group after it was assigned: a pipeline that is restarted often
-    /// still makes durable progress, and re-sends little to its output topics.
-    fn roll_aged(&mut self) -> Result<(), SinkError> {
-        let max_age = self.config.roll.max_age;
-        let first_max_age = self.config.roll.first_max_age();
-        let aged: Vec<TopicPartition> = self
-            .partitions
-            .iter()
-            .filter(|(_, s)| {
-                let limit = if s.rolled { max_age } else { first_max_age };
-                s.open.as_ref().is_some_and(|g| g.opened.elapsed() >= limit)
-            })
-            .map(|(tp, _)| tp.clone())
-            .collect();
-        for tp in aged {
-            self.roll(&tp, Roll::Early)?;
-        }
-        Ok(())
-    }
-
     /// Rolls the oldest groups until at most `max_open_files` files are open.
     fn enforce_open_file_cap(&mut self) -> Result<(), SinkError> {
         loop {
@@ -451,6 +402,31 @@ impl ParquetSink {
     }
 }
 
+impl Rolling for ParquetSink {
+    type State = PartitionState;
+
+    fn roll_config(&self) -> &crate::config::RollConfig {
+        &self.config.roll
+    }
+
+    fn partitions(&mut self) -> &mut HashMap<TopicPartition, PartitionState> {
+        &mut self.partitions
+    }
+
+    fn group_age(state: &PartitionState) -> (Option<Instant>, bool) {
+        (state.open.as_ref().map(|g| g.opened), state.rolled)
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.write_batch(batch)
+    }
+
+    /// An early roll leaves the segment open; a flush merges its files so far.
+    fn roll_group(&mut self, tp: &TopicPartition, early: bool) -> Result<(), SinkError> {
+        self.roll(tp, if early { Roll::Early } else { Roll::Flush })
+    }
+}
+
 /// The dataset at `path` (a directory or an object-store URL), as writer `writer` sees
 /// it, with its store reachable.
 pub fn open_dataset(
@@ -474,4 +450,4 @@ pub fn open_dataset(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

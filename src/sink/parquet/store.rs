@@ -15,18 +15,15 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::commit::{META_DIR, TMP_SUFFIX};
 use crate::storage::{block_on, Location, ObjectLocation};
 
-/// Uploads above this size go in parts, so no partial object is ever visible.
-const MULTIPART_ABOVE: u64 = 16 * 1024 * 1024;
-const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Where staged temps live on an object store.
 const STAGING_DIR: &str = "_sluice/staging";
 
@@ -302,53 +299,8 @@ impl Store for ObjectStoreStore {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let key = self.staged_key(dir, &temp);
-        let size = fs::metadata(path)?.len();
-        if size <= MULTIPART_ABOVE {
-            let bytes = fs::read(path)?;
-            self.call(move |store| async move { store.put(&key, PutPayload::from(bytes)).await })?;
-            // Uploaded: the spool copy is not needed any more.
-            return fs::remove_file(path);
-        }
-        // Parts are read from the file as they go, PART_SIZE at a time; the object only
-        // appears when the upload completes.
-        let mut file = File::open(path)?;
-        let store = self.location.store.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-        let upload = std::thread::scope(|scope| {
-            let reader = scope.spawn(move || -> io::Result<()> {
-                loop {
-                    let mut part = vec![0; PART_SIZE];
-                    let mut filled = 0;
-                    while filled < PART_SIZE {
-                        match file.read(&mut part[filled..])? {
-                            0 => break,
-                            n => filled += n,
-                        }
-                    }
-                    if filled == 0 {
-                        return Ok(());
-                    }
-                    part.truncate(filled);
-                    if tx.blocking_send(part).is_err() {
-                        return Ok(());
-                    }
-                }
-            });
-            let uploaded = block_on(async move {
-                let upload = store.put_multipart(&key).await?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-                while let Some(part) = rx.recv().await {
-                    writer.wait_for_capacity(2).await?;
-                    writer.write(&part);
-                }
-                writer.finish().await
-            });
-            let read = reader
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the upload reader panicked")));
-            read.and(uploaded.map_err(store_error))
-        });
-        upload?;
+        crate::storage::upload_file(self.location.store.clone(), key, path)?;
+        // Uploaded: the spool copy is not needed any more.
         fs::remove_file(path)
     }
 

@@ -7,11 +7,12 @@ use arrow::array::{AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
 use super::*;
+use crate::batch::Flush;
 use crate::schema::OFFSET_COLUMN;
 
 const SEGMENT: u64 = 100;
 
-fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("v", DataType::Utf8, false),
         Field::new("d", DataType::Utf8, false),
@@ -39,7 +40,7 @@ fn sink(root: &Path, writer: Option<&str>) -> ParquetSink {
 }
 
 /// Offsets `first..=last` of partition 0; odd offsets go to `d=b`, even to `d=a`.
-fn batch(id: u64, first: i64, last: i64, value: &str) -> Batch {
+pub(crate) fn batch(id: u64, first: i64, last: i64, value: &str) -> Batch {
     let offsets: Vec<i64> = (first..=last).collect();
     let rows = RecordBatch::try_new(
         schema(),

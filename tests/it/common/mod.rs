@@ -392,3 +392,18 @@ pub fn spawn_pipeline(pipeline: Pipeline) -> Running {
         handle,
     }
 }
+
+/// Runs a Python script (`python3 -c`), fails the test with its stderr if it fails, and
+/// returns what it printed, trimmed.
+pub fn python(script: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
