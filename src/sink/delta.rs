@@ -240,9 +240,19 @@ impl Table {
         let engine = DefaultEngineBuilder::new(store.clone())
             .with_task_executor(Arc::new(executor))
             .build();
+        let log = ObjectPath::from_url_path(format!("{}_delta_log/", url.path()))
+            .map_err(|e| DeltaError::Schema(e.to_string()))?;
+        let exists = {
+            let store = store.clone();
+            storage::block_on(async move { store.list_with_delimiter(Some(&log)).await })
+                .map(|listed| !listed.objects.is_empty())
+                .unwrap_or(false)
+        };
         let snapshot = storage::blocking(|| -> Result<SnapshotRef, DeltaError> {
-            if let Ok(snapshot) = Snapshot::builder_for(url.as_str()).build(&engine) {
-                return Ok(snapshot);
+            if exists {
+                return Snapshot::builder_for(url.as_str())
+                    .build(&engine)
+                    .map_err(kernel);
             }
             let kernel_schema = Arc::new(
                 StructType::try_from_arrow(schema)
@@ -697,11 +707,11 @@ impl DeltaSink {
         })
         .map_err(|e| self.kernel(e))?;
         for (values, path, stats) in files {
-            let context = write_state
-                .write_context_builder()
-                .with_partition_values(values)
-                .build()
-                .map_err(|e| self.kernel(e))?;
+            let mut context = write_state.write_context_builder();
+            if !values.is_empty() {
+                context = context.with_partition_values(values);
+            }
+            let context = context.build().map_err(|e| self.kernel(e))?;
             let name = format!(
                 "part-{tp}-{first:020}-{last:020}-{}.{}.parquet",
                 uuid_like(),
@@ -852,8 +862,12 @@ mod tests {
     use crate::sink::parquet::tests::{batch, schema};
 
     fn sink(root: &Path) -> DeltaSink {
+        sink_partitioned_by(root, "[d]")
+    }
+
+    fn sink_partitioned_by(root: &Path, partition_by: &str) -> DeltaSink {
         let config: DeltaSinkConfig = serde_norway::from_str(&format!(
-            "path: {}\npartition_by: [d]\nroll:\n  max_age: 1h\n",
+            "path: {}\npartition_by: {partition_by}\nroll:\n  max_age: 1h\n",
             root.display()
         ))
         .unwrap();
@@ -933,6 +947,21 @@ mod tests {
         assert_eq!(rows, expected, "offsets 0..=14 once, each from its owner");
         let app = new.app_id(&TopicPartition::new("t", 0));
         assert_eq!(new.table.txn_version(&app).unwrap(), Some(14));
+    }
+
+    #[test]
+    fn an_unpartitioned_table_takes_appends_and_a_restart_skips_what_it_holds() {
+        let root = tempfile::tempdir().unwrap();
+        let mut first = sink_partitioned_by(root.path(), "[]");
+        first.write(&batch(1, 0, 4, "a")).unwrap();
+        first.flush(&Flush::all()).unwrap();
+        let mut second = sink_partitioned_by(root.path(), "[]");
+        second.write(&batch(1, 0, 7, "b")).unwrap();
+        second.flush(&Flush::all()).unwrap();
+        let rows = table_rows(root.path());
+        let offsets: Vec<i64> = rows.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..=7).collect::<Vec<_>>());
+        assert_eq!(rows[5].1, "b5");
     }
 
     #[test]

@@ -23,12 +23,15 @@ pub use stats::{Stats, StatsSnapshot};
 
 use tracing_subscriber::EnvFilter;
 
-/// Sets up `tracing` to stderr (ONNX Runtime's own log at warn and above, it is noisy).
+/// Sets up `tracing` to stderr (ONNX Runtime's and the Delta kernel's own logs at warn and
+/// above: they are noisy).
 /// `RUST_LOG` overrides the default level; `json` switches
 /// to one JSON object per line for log shippers.
 pub fn init_logging(default_level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rdkafka=warn,ort=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!(
+            "{default_level},rdkafka=warn,ort=warn,delta_kernel=warn,delta_kernel_default_engine=warn"
+        )));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(secrets::RedactingStderr);
