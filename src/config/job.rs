@@ -22,13 +22,18 @@ pub struct RetrainJob {
     pub trainer: TrainConfig,
     #[serde(default)]
     pub gate: GateConfig,
+    /// How to reach an object-store `dataset.path` (as a pipeline's `storage`). Default:
+    /// the service's standard environment.
+    #[serde(default)]
+    pub storage: std::collections::BTreeMap<String, super::StorageConfig>,
 }
 
 /// Where the training rows come from and how they are labelled and split.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// A Hive-partitioned Parquet dataset (a sink's `path`), relative to the job file.
+    /// A Hive-partitioned Parquet dataset (a sink's `path`), relative to the job file, or
+    /// an object-store URL (`s3://...`; its committed files are read).
     pub path: PathBuf,
     /// Unique row id: deduplication keeps one row per id, and the train/holdout split is a
     /// hash of it (so reruns split the same way). Default: `id`.

@@ -22,7 +22,11 @@ pub struct LoadedJob {
 }
 
 impl LoadedJob {
+    /// `relative` resolved against the job file's directory (URLs are left as they are).
     pub fn path(&self, relative: &Path) -> PathBuf {
+        if crate::storage::is_url(&relative.to_string_lossy()) {
+            return relative.to_owned();
+        }
         self.base_dir.join(relative)
     }
 }
@@ -36,7 +40,9 @@ pub fn load(
     let yaml = YamlFile::read(
         file,
         "retrain job",
-        &["name", "dataset", "models", "model", "trainer", "gate"],
+        &[
+            "name", "dataset", "models", "model", "trainer", "gate", "storage",
+        ],
         lookup,
     )?;
     let job: RetrainJob = typed(&yaml.root, "").map_err(|issue| yaml.error(vec![issue]))?;
@@ -48,6 +54,9 @@ pub fn load(
             message,
         })
     };
+    if let Err(e) = crate::storage::check(&job.dataset.path, &job.storage) {
+        issue("dataset.path", crate::telemetry::chain(&e));
+    }
     if job.model.labels.len() < 2 {
         issue("model.labels", "expected at least two classes".into());
     }

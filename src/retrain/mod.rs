@@ -18,9 +18,10 @@ pub mod onnx_proto;
 pub mod report;
 pub mod trainer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ort::value::TensorRef;
+
 use serde::Serialize;
 
 use self::metrics::Metrics;
@@ -39,11 +40,40 @@ pub enum RetrainError {
     Registry(#[from] RegistryError),
     #[error("retrain {job}: {message}")]
     Job { job: String, message: String },
+    #[error("dataset: {0}")]
+    Storage(#[from] crate::storage::StorageError),
     #[error("writing {path}: {source}")]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Where the job's dataset can be read as local files: its directory, or a temporary copy
+/// of the committed files under an object-store URL (kept alive by the returned guard).
+fn dataset_root(loaded: &LoadedJob) -> Result<(PathBuf, Option<tempfile::TempDir>), RetrainError> {
+    let path = loaded.path(&loaded.job.dataset.path);
+    match crate::storage::open(&path, &loaded.job.storage)? {
+        crate::storage::Location::Local(root) => Ok((root, None)),
+        crate::storage::Location::Object(object) => {
+            let copy = tempfile::Builder::new()
+                .prefix("sluice-dataset-")
+                .tempdir()
+                .map_err(|source| RetrainError::Io {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            let files =
+                crate::storage::download_dataset(&object, copy.path()).map_err(|source| {
+                    RetrainError::Io {
+                        path: PathBuf::from(&object.url),
+                        source,
+                    }
+                })?;
+            tracing::info!(dataset = %object.url, files, "read the dataset's files from object storage");
+            Ok((copy.path().to_owned(), Some(copy)))
+        }
+    }
 }
 
 /// Options from the command line.
@@ -165,12 +195,9 @@ pub fn run(
         LabelConfig::Join(join) => Some(loaded.path(&join.path)),
         _ => None,
     };
-    let split = dataset::load(
-        &job.dataset,
-        &loaded.path(&job.dataset.path),
-        labels_path.as_deref(),
-        labels,
-    )?;
+    // A dataset on an object store is read from a local copy of its committed files.
+    let (dataset_root, _copy) = dataset_root(loaded)?;
+    let split = dataset::load(&job.dataset, &dataset_root, labels_path.as_deref(), labels)?;
     if split.train.rows() < labels.len() || split.holdout.rows() == 0 {
         return Err(bad(format!(
             "too few labelled rows: {} train, {} holdout ({} labelled: {})",

@@ -359,6 +359,48 @@ fn azure(
     })
 }
 
+/// Downloads the Parquet files of the dataset under `location` into `dest` (same relative
+/// paths), leaving out what readers skip: `_`-prefixed directories (`_sluice/`,
+/// `_delta_log/`) and hidden files. Returns how many files it copied.
+pub fn download_dataset(location: &ObjectLocation, dest: &Path) -> std::io::Result<usize> {
+    use futures::TryStreamExt;
+    let store = location.store.clone();
+    let prefix = location.prefix.clone();
+    let keys: Vec<ObjectPath> = block_on(async move {
+        store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+    })
+    .map_err(std::io::Error::other)?;
+    let mut copied = 0;
+    for key in keys {
+        let Some(relative) = location.relative(&key) else {
+            continue;
+        };
+        let skipped = relative
+            .split('/')
+            .any(|part| part.starts_with('_') || part.starts_with('.'));
+        if skipped || !relative.ends_with(".parquet") {
+            continue;
+        }
+        let store = location.store.clone();
+        let bytes = block_on(async move {
+            use object_store::ObjectStoreExt;
+            store.get(&key).await?.bytes().await
+        })
+        .map_err(std::io::Error::other)?;
+        let target = dest.join(&relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(target, bytes)?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
 /// Uploads above this size go in parts, so no partial object is ever visible.
 const MULTIPART_ABOVE: u64 = 16 * 1024 * 1024;
 const PART_SIZE: usize = 8 * 1024 * 1024;

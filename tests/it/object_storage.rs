@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -532,4 +533,115 @@ async fn storage_mistakes_name_their_key_and_hide_the_credentials() {
         );
         assert!(!text.contains(SECRET_KEY), "{text}");
     }
+}
+
+/// A labelled tabular dataset as Parquet bytes: two features whose means depend on the
+/// class (`a`, `b`, `c`), one row per id.
+fn tabular_parquet(ids: std::ops::Range<usize>) -> Vec<u8> {
+    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let classes = ["a", "b", "c"];
+    let now = chrono::Utc::now().timestamp_millis();
+    let ids: Vec<usize> = ids.collect();
+    let noise = |i: usize| ((i * 7919) % 100) as f64 / 100.0;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("f1", DataType::Float64, false),
+        Field::new("f2", DataType::Float64, false),
+        Field::new("label", DataType::Utf8, false),
+    ]));
+    let batch = arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| format!("r{i}")),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(ids.iter().map(|_| now))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter_values(
+                ids.iter().map(|&i| (i % 3) as f64 * 4.0 + noise(i)),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                ids.iter().map(|&i| -((i % 3) as f64) * 2.0 + noise(i + 1)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|&i| classes[i % 3]),
+            )),
+        ],
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrain_job_reads_its_dataset_from_s3() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let store = s3.store(BUCKET);
+    let put = |key: &str, bytes: Vec<u8>| {
+        let store = store.clone();
+        let key = object_store::path::Path::from(key);
+        async move { store.put(&key, bytes.into()).await.unwrap() }
+    };
+    put(
+        "train/date=2026-11-01/t-0-a.parquet",
+        tabular_parquet(0..300),
+    )
+    .await;
+    put(
+        "train/date=2026-11-02/t-0-b.parquet",
+        tabular_parquet(300..600),
+    )
+    .await;
+    // Bookkeeping and staging are not the dataset: reading them would fail the job.
+    put(
+        "train/_sluice/staging/date=x/t-0-c.parquet",
+        b"not parquet".to_vec(),
+    )
+    .await;
+    put(
+        "train/_sluice/manifests/t-0/00000000000000000001.json",
+        b"{}".to_vec(),
+    )
+    .await;
+
+    let work = tempfile::tempdir().unwrap();
+    let job_file = work.path().join("retrain.yaml");
+    let storage = s3.storage_yaml();
+    std::fs::write(
+        &job_file,
+        format!(
+            "name: s3-job\ndataset:\n  path: s3://{BUCKET}/train\n  features: [f1, f2]\n  label:\n    column: label\n  holdout: 0.2\nmodels: {}\nmodel:\n  name: tabular\n  input: features\n  labels: [a, b, c]\ntrainer:\n  epochs: 40\n{storage}",
+            work.path().join("models").display()
+        ),
+    )
+    .unwrap();
+    let env = s3.env();
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    };
+    let loaded = sluice::pipeline::job::load(&job_file, &lookup).unwrap_or_else(|e| panic!("{e}"));
+    let report = tokio::task::spawn_blocking(move || {
+        sluice::retrain::run(&loaded, &Default::default(), |_, _, _| {})
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.train_rows + report.holdout_rows, 600, "{report}");
+    assert_eq!(report.published.as_deref(), Some("tabular/1"), "{report}");
+    assert!(report.candidate.accuracy > 0.9, "{report}");
 }
