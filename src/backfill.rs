@@ -11,6 +11,7 @@
 //! its own manifests; a completed one removes them, so running it again reprocesses. One progress bar per partition
 //! (records/s, ETA) on a terminal; a summary at the end.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::pipeline::Pipeline;
 use crate::runtime::{self, RunError, SourceMode};
 use crate::sink::parquet::open_dataset;
 use crate::source::bounded::{self, BackfillProgress, PartitionFilter, RangeSpec};
+use crate::source::files::FilesError;
 use crate::telemetry::{Stats, StatsSnapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +238,29 @@ pub async fn run_files(
     stats: Arc<Stats>,
     show_progress: bool,
 ) -> Result<BackfillSummary, RunError> {
-    let (files, mut progress) = crate::source::files::resolve(pattern)?;
-    let identity: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    // Objects named by a URL pattern are read from a local copy (kept until the run ends);
+    // the run is identified by their URLs, so a stopped run started again resumes.
+    let local = pattern.strip_prefix("file://").unwrap_or(pattern);
+    let (files, mut progress, identity, _copy) = if crate::storage::is_url(local) {
+        let bad = |message: String| FilesError::Pattern {
+            pattern: pattern.to_owned(),
+            message,
+        };
+        let copy = tempfile::Builder::new()
+            .prefix("sluice-input-")
+            .tempdir()
+            .map_err(|e| bad(e.to_string()))?;
+        let found =
+            crate::storage::download_matching(pattern, &pipeline.sinks.storage, copy.path())
+                .map_err(|e| bad(crate::telemetry::chain(&e)))?;
+        let (urls, files): (Vec<String>, Vec<PathBuf>) = found.into_iter().unzip();
+        let (files, progress) = crate::source::files::resolve_files(pattern, files)?;
+        (files, progress, urls, Some(copy))
+    } else {
+        let (files, progress) = crate::source::files::resolve(local)?;
+        let identity = files.iter().map(|f| f.display().to_string()).collect();
+        (files, progress, identity, None)
+    };
     progress.run_id = run_id(&format!("{}|{}", pipeline.name(), identity.join("|")));
     let progress = Arc::new(progress);
     let mode = SourceMode::Files(files, progress.clone());

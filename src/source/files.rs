@@ -72,7 +72,7 @@ fn parquet_error(path: &Path) -> impl Fn(String) -> FilesError + '_ {
     }
 }
 
-/// The files `pattern` names (a path or a glob), sorted, each with its line count.
+/// The files `pattern` names (a path or a glob), sorted, each with its record count.
 pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesError> {
     let bad = |message: String| FilesError::Pattern {
         pattern: pattern.to_owned(),
@@ -87,6 +87,19 @@ pub fn resolve(pattern: &str) -> Result<(Vec<PathBuf>, BackfillProgress), FilesE
     if files.is_empty() {
         return Err(bad("no such file".into()));
     }
+    resolve_files(pattern, files)
+}
+
+/// [`resolve`] for files already found (e.g. downloaded from object storage), in order;
+/// `pattern` is what errors name.
+pub fn resolve_files(
+    pattern: &str,
+    files: Vec<PathBuf>,
+) -> Result<(Vec<PathBuf>, BackfillProgress), FilesError> {
+    let bad = |message: String| FilesError::Pattern {
+        pattern: pattern.to_owned(),
+        message,
+    };
     if let Some(other) = files.iter().find(|f| Format::of(f).is_none()) {
         return Err(bad(format!(
             "{} is neither JSON lines (.jsonl, .ndjson, .json) nor Parquet (.parquet)",

@@ -55,6 +55,14 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
+    #[error("`{pattern}`: {message}")]
+    Glob { pattern: String, message: String },
+    #[error("reading `{url}`: {source}")]
+    Read {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("`{url}` cannot be reached: {source}")]
     Unreachable {
         url: String,
@@ -399,6 +407,74 @@ pub fn download_dataset(location: &ObjectLocation, dest: &Path) -> std::io::Resu
         copied += 1;
     }
     Ok(copied)
+}
+
+/// Downloads the objects a URL pattern names (`s3://bucket/in/*.jsonl`: a glob in the
+/// part after the last `/` before its first wildcard) into `dest`, keeping their names
+/// below that prefix. Returns each object's URL and local path, sorted by URL.
+pub fn download_matching(
+    pattern: &str,
+    storage: &BTreeMap<String, StorageConfig>,
+    dest: &Path,
+) -> Result<Vec<(String, PathBuf)>, StorageError> {
+    let wildcard = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+    let split = pattern[..wildcard].rfind('/').map_or(0, |i| i + 1);
+    let (base, glob) = pattern.split_at(split);
+    let glob_error = |message: String| StorageError::Glob {
+        pattern: pattern.to_owned(),
+        message,
+    };
+    let matcher = glob::Pattern::new(glob).map_err(|e| glob_error(e.to_string()))?;
+    let Location::Object(location) = open(Path::new(base), storage)? else {
+        return Err(glob_error("expected an object-store URL".into()));
+    };
+    let read_error = |source: std::io::Error| StorageError::Read {
+        url: location.url.clone(),
+        source,
+    };
+    let listed = {
+        use futures::TryStreamExt;
+        let store = location.store.clone();
+        let prefix = location.prefix.clone();
+        block_on(async move {
+            store
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(|e| read_error(std::io::Error::other(e)))?
+    };
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    for key in listed {
+        let Some(relative) = location.relative(&key) else {
+            continue;
+        };
+        if !matcher.matches_with(&relative, options) {
+            continue;
+        }
+        let store = location.store.clone();
+        let bytes = block_on(async move {
+            use object_store::ObjectStoreExt;
+            store.get(&key).await?.bytes().await
+        })
+        .map_err(|e| read_error(std::io::Error::other(e)))?;
+        let target = dest.join(&relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(read_error)?;
+        }
+        std::fs::write(&target, bytes).map_err(read_error)?;
+        found.push((format!("{base}{relative}"), target));
+    }
+    found.sort();
+    if found.is_empty() {
+        return Err(glob_error("no object matches".into()));
+    }
+    Ok(found)
 }
 
 /// Uploads above this size go in parts, so no partial object is ever visible.

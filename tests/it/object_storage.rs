@@ -645,3 +645,80 @@ async fn a_retrain_job_reads_its_dataset_from_s3() {
     assert_eq!(report.published.as_deref(), Some("tabular/1"), "{report}");
     assert!(report.candidate.accuracy > 0.9, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_reads_its_input_files_from_s3() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let store = s3.store(BUCKET);
+    let records: Vec<_> = FeedbackGenerator::new(21, 0.0, recent_ms(), 1_000)
+        .take(600)
+        .collect();
+    for (name, part) in [
+        ("in/a.jsonl", &records[..250]),
+        ("in/b.jsonl", &records[250..]),
+    ] {
+        let mut lines = Vec::new();
+        for record in part {
+            lines.extend_from_slice(&record.payload);
+            lines.push(b'\n');
+        }
+        store
+            .put(&object_store::path::Path::from(name), lines.into())
+            .await
+            .unwrap();
+    }
+    // Not matched by the pattern.
+    store
+        .put(
+            &object_store::path::Path::from("in/notes.txt"),
+            b"x".to_vec().into(),
+        )
+        .await
+        .unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let file = TestPipeline {
+        brokers: "127.0.0.1:9",
+        topic: "feedback",
+        group: "s3-input",
+        out: out.path(),
+        output_topic: None,
+        dead_letter_topic: None,
+        max_rows: 100,
+        roll_age: "1s",
+        properties: &[],
+    }
+    .write();
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&s3.storage_yaml());
+    std::fs::write(&file, text).unwrap();
+    let pipeline = load(&file, &s3);
+    let summary = sluice::backfill::run_files(
+        &pipeline,
+        &format!("s3://{BUCKET}/in/*.jsonl"),
+        CancellationToken::new(),
+        Default::default(),
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary.stats.records_in, 600, "{summary}");
+    let ids = count_strings(&read_dataset(&out.path().join("feedback")), "id");
+    assert_eq!(ids.len(), 600);
+    assert!(ids.values().all(|&n| n == 1));
+    // A pattern that matches nothing says so.
+    let error = sluice::backfill::run_files(
+        &pipeline,
+        &format!("s3://{BUCKET}/in/*.parquet"),
+        CancellationToken::new(),
+        Default::default(),
+        false,
+    )
+    .await
+    .map(|_| ())
+    .expect_err("nothing to read")
+    .to_string();
+    assert!(error.contains("no object matches"), "{error}");
+}
