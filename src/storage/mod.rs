@@ -11,19 +11,22 @@
 //! sluice's own I/O runtime and waits for it, so it works from any thread, inside a Tokio
 //! runtime or not.
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+mod build;
+mod runtime;
+mod transfer;
 
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use url::Url;
 
 use crate::config::StorageConfig;
+
+pub use runtime::{block_on, blocking, io_runtime};
+pub use transfer::{download_dataset, download_matching, upload_file};
 
 /// Why a storage URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +161,7 @@ pub fn open(
                     scheme,
                 });
             }
-            Arc::new(s3(&text, block)?)
+            Arc::new(build::s3(&text, block)?)
         }
         "gs" => {
             if bucket_missing {
@@ -167,9 +170,9 @@ pub fn open(
                     scheme,
                 });
             }
-            Arc::new(gcs(&text, block)?)
+            Arc::new(build::gcs(&text, block)?)
         }
-        "az" | "adl" | "azure" | "abfs" | "abfss" => Arc::new(azure(&text, block)?),
+        "az" | "adl" | "azure" | "abfs" | "abfss" => Arc::new(build::azure(&text, block)?),
         _ => {
             return Err(StorageError::Scheme {
                 url: text.to_string(),
@@ -218,400 +221,6 @@ fn settings_for<'a>(
         .filter(|(prefix, _)| url.starts_with(prefix.as_str()))
         .max_by_key(|(prefix, _)| prefix.len())
         .map(|(prefix, block)| (prefix.as_str(), block))
-}
-
-/// Retries of one object-store request: a few, quickly. A store that stays away longer
-/// ends the attempt, and the runtime retries whole attempts with a longer backoff
-/// (`runtime`), with nothing committed past what is durable.
-fn retry() -> object_store::RetryConfig {
-    object_store::RetryConfig {
-        backoff: object_store::BackoffConfig {
-            init_backoff: std::time::Duration::from_millis(100),
-            max_backoff: std::time::Duration::from_secs(3),
-            base: 2.0,
-        },
-        max_retries: 4,
-        retry_timeout: std::time::Duration::from_secs(30),
-    }
-}
-
-fn s3(
-    url: &str,
-    block: Option<(&str, &StorageConfig)>,
-) -> Result<object_store::aws::AmazonS3, StorageError> {
-    let mut builder = AmazonS3Builder::from_env()
-        .with_url(url)
-        .with_retry(retry());
-    if let Some((prefix, block)) = block {
-        if let Some(endpoint) = &block.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        if let Some(region) = &block.region {
-            builder = builder.with_region(region);
-        }
-        if let Some(path_style) = block.path_style {
-            builder = builder.with_virtual_hosted_style_request(!path_style);
-        }
-        if let Some(allow) = block.allow_http {
-            builder = builder.with_allow_http(allow);
-        }
-        if let Some(id) = &block.access_key_id {
-            builder = builder.with_access_key_id(id);
-        }
-        if let Some(secret) = &block.secret_access_key {
-            builder = builder.with_secret_access_key(secret);
-        }
-        if let Some(token) = &block.session_token {
-            builder = builder.with_token(token);
-        }
-        for (key, value) in &block.options {
-            let parsed: AmazonS3ConfigKey =
-                key.to_ascii_lowercase()
-                    .parse()
-                    .map_err(|_| StorageError::Option {
-                        prefix: prefix.to_owned(),
-                        key: key.clone(),
-                        service: "S3",
-                    })?;
-            builder = builder.with_config(parsed, value);
-        }
-    }
-    builder.build().map_err(|source| StorageError::Build {
-        url: url.to_owned(),
-        source,
-    })
-}
-
-/// Settings of a block that only S3 has, refused for other services.
-fn s3_only(prefix: &str, block: &StorageConfig) -> Result<(), StorageError> {
-    let only = [
-        ("region", block.region.is_some()),
-        ("path_style", block.path_style.is_some()),
-        ("access_key_id", block.access_key_id.is_some()),
-        ("secret_access_key", block.secret_access_key.is_some()),
-        ("session_token", block.session_token.is_some()),
-    ];
-    match only.into_iter().find(|(_, set)| *set) {
-        Some((key, _)) => Err(StorageError::S3Only {
-            prefix: prefix.to_owned(),
-            key,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn gcs(
-    url: &str,
-    block: Option<(&str, &StorageConfig)>,
-) -> Result<object_store::gcp::GoogleCloudStorage, StorageError> {
-    let mut builder = GoogleCloudStorageBuilder::from_env()
-        .with_url(url)
-        .with_retry(retry());
-    if let Some((prefix, block)) = block {
-        s3_only(prefix, block)?;
-        if let Some(endpoint) = &block.endpoint {
-            builder = builder.with_base_url(endpoint);
-        }
-        if let Some(allow) = block.allow_http {
-            builder = builder
-                .with_client_options(object_store::ClientOptions::new().with_allow_http(allow));
-        }
-        for (key, value) in &block.options {
-            let parsed: GoogleConfigKey =
-                key.to_ascii_lowercase()
-                    .parse()
-                    .map_err(|_| StorageError::Option {
-                        prefix: prefix.to_owned(),
-                        key: key.clone(),
-                        service: "Google Cloud Storage",
-                    })?;
-            builder = builder.with_config(parsed, value);
-        }
-    }
-    builder.build().map_err(|source| StorageError::Build {
-        url: url.to_owned(),
-        source,
-    })
-}
-
-fn azure(
-    url: &str,
-    block: Option<(&str, &StorageConfig)>,
-) -> Result<object_store::azure::MicrosoftAzure, StorageError> {
-    let mut builder = MicrosoftAzureBuilder::from_env()
-        .with_url(url)
-        .with_retry(retry());
-    if let Some((prefix, block)) = block {
-        s3_only(prefix, block)?;
-        if let Some(endpoint) = &block.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        if let Some(allow) = block.allow_http {
-            builder = builder.with_allow_http(allow);
-        }
-        for (key, value) in &block.options {
-            let parsed: AzureConfigKey =
-                key.to_ascii_lowercase()
-                    .parse()
-                    .map_err(|_| StorageError::Option {
-                        prefix: prefix.to_owned(),
-                        key: key.clone(),
-                        service: "Azure Blob Storage",
-                    })?;
-            builder = builder.with_config(parsed, value);
-        }
-    }
-    builder.build().map_err(|source| StorageError::Build {
-        url: url.to_owned(),
-        source,
-    })
-}
-
-/// Downloads the Parquet files of the dataset under `location` into `dest` (same relative
-/// paths), leaving out what readers skip: `_`-prefixed directories (`_sluice/`,
-/// `_delta_log/`) and hidden files. Returns how many files it copied.
-pub fn download_dataset(location: &ObjectLocation, dest: &Path) -> std::io::Result<usize> {
-    use futures::TryStreamExt;
-    let store = location.store.clone();
-    let prefix = location.prefix.clone();
-    let keys: Vec<ObjectPath> = block_on(async move {
-        store
-            .list(Some(&prefix))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await
-    })
-    .map_err(std::io::Error::other)?;
-    let mut copied = 0;
-    for key in keys {
-        let Some(relative) = location.relative(&key) else {
-            continue;
-        };
-        let skipped = relative
-            .split('/')
-            .any(|part| part.starts_with('_') || part.starts_with('.'));
-        if skipped || !relative.ends_with(".parquet") {
-            continue;
-        }
-        let store = location.store.clone();
-        let bytes = block_on(async move {
-            use object_store::ObjectStoreExt;
-            store.get(&key).await?.bytes().await
-        })
-        .map_err(std::io::Error::other)?;
-        let target = dest.join(&relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(target, bytes)?;
-        copied += 1;
-    }
-    Ok(copied)
-}
-
-/// Downloads the objects a URL pattern names (`s3://bucket/in/*.jsonl`: a glob in the
-/// part after the last `/` before its first wildcard) into `dest`, keeping their names
-/// below that prefix. Returns each object's URL and local path, sorted by URL.
-pub fn download_matching(
-    pattern: &str,
-    storage: &BTreeMap<String, StorageConfig>,
-    dest: &Path,
-) -> Result<Vec<(String, PathBuf)>, StorageError> {
-    let wildcard = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
-    let split = pattern[..wildcard].rfind('/').map_or(0, |i| i + 1);
-    let (base, glob) = pattern.split_at(split);
-    let glob_error = |message: String| StorageError::Glob {
-        pattern: pattern.to_owned(),
-        message,
-    };
-    let matcher = glob::Pattern::new(glob).map_err(|e| glob_error(e.to_string()))?;
-    let Location::Object(location) = open(Path::new(base), storage)? else {
-        return Err(glob_error("expected an object-store URL".into()));
-    };
-    let read_error = |source: std::io::Error| StorageError::Read {
-        url: location.url.clone(),
-        source,
-    };
-    let listed = {
-        use futures::TryStreamExt;
-        let store = location.store.clone();
-        let prefix = location.prefix.clone();
-        block_on(async move {
-            store
-                .list(Some(&prefix))
-                .map_ok(|meta| meta.location)
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .map_err(|e| read_error(std::io::Error::other(e)))?
-    };
-    let options = glob::MatchOptions {
-        require_literal_separator: true,
-        ..Default::default()
-    };
-    let mut found = Vec::new();
-    for key in listed {
-        let Some(relative) = location.relative(&key) else {
-            continue;
-        };
-        if !matcher.matches_with(&relative, options) {
-            continue;
-        }
-        let store = location.store.clone();
-        let bytes = block_on(async move {
-            use object_store::ObjectStoreExt;
-            store.get(&key).await?.bytes().await
-        })
-        .map_err(|e| read_error(std::io::Error::other(e)))?;
-        let target = dest.join(&relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(read_error)?;
-        }
-        std::fs::write(&target, bytes).map_err(read_error)?;
-        found.push((format!("{base}{relative}"), target));
-    }
-    found.sort();
-    if found.is_empty() {
-        return Err(glob_error("no object matches".into()));
-    }
-    Ok(found)
-}
-
-/// Uploads above this size go in parts, so no partial object is ever visible.
-const MULTIPART_ABOVE: u64 = 16 * 1024 * 1024;
-const PART_SIZE: usize = 8 * 1024 * 1024;
-
-/// Uploads local file `path` whole to `key` (in parts when large: the object appears only
-/// when the upload completes). Returns its size.
-pub fn upload_file(
-    store: Arc<dyn ObjectStore>,
-    key: ObjectPath,
-    path: &Path,
-) -> std::io::Result<u64> {
-    use std::io::Read;
-    let to_io = |e: object_store::Error| std::io::Error::other(e);
-    let size = std::fs::metadata(path)?.len();
-    if size <= MULTIPART_ABOVE {
-        let bytes = std::fs::read(path)?;
-        block_on(async move {
-            use object_store::ObjectStoreExt;
-            store.put(&key, object_store::PutPayload::from(bytes)).await
-        })
-        .map_err(to_io)?;
-        return Ok(size);
-    }
-    // Parts are read from the file as they go, PART_SIZE at a time.
-    let mut file = std::fs::File::open(path)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-    std::thread::scope(|scope| {
-        let reader = scope.spawn(move || -> std::io::Result<()> {
-            loop {
-                let mut part = vec![0; PART_SIZE];
-                let mut filled = 0;
-                while filled < PART_SIZE {
-                    match file.read(&mut part[filled..])? {
-                        0 => break,
-                        n => filled += n,
-                    }
-                }
-                if filled == 0 {
-                    return Ok(());
-                }
-                part.truncate(filled);
-                if tx.blocking_send(part).is_err() {
-                    return Ok(());
-                }
-            }
-        });
-        let uploaded = block_on(async move {
-            use object_store::ObjectStoreExt;
-            let upload = store.put_multipart(&key).await?;
-            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            while let Some(part) = rx.recv().await {
-                writer.wait_for_capacity(2).await?;
-                writer.write(&part);
-            }
-            writer.finish().await
-        });
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the upload reader panicked")));
-        read.and(uploaded.map(|_| ()).map_err(to_io))
-    })?;
-    Ok(size)
-}
-
-/// Runs a blocking call (a Delta kernel call, which waits on its own I/O) from any thread:
-/// on a multi-threaded Tokio runtime, its other tasks move to another worker meanwhile.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    let in_worker = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if in_worker {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
-}
-
-/// sluice's object-store runtime (two threads, started on first use, never dropped);
-/// `None` if its threads could not be started.
-pub fn io_runtime() -> Option<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("sluice-storage")
-                .enable_all()
-                .build()
-                .ok()
-        })
-        .as_ref()
-}
-
-/// Runs `future` on sluice's object-store runtime and waits for its output. Callable from
-/// any thread (the caller's thread blocks, as it would on a file write).
-pub fn block_on<F>(future: F) -> F::Output
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    match io_runtime() {
-        Some(runtime) => {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            runtime.spawn(async move {
-                let _ = tx.send(future.await);
-            });
-            // On a multi-threaded Tokio runtime, let its other tasks move to another
-            // worker while this one waits.
-            let in_worker = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let received = if in_worker {
-                tokio::task::block_in_place(|| rx.recv())
-            } else {
-                rx.recv()
-            };
-            match received {
-                Ok(output) => output,
-                // The task panicked: surface it here, where the caller waits.
-                Err(_) => panic!("an object-store task panicked"),
-            }
-        }
-        // No threads could be started for it: run on a current-thread runtime here.
-        None => std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map(|rt| rt.block_on(future))
-                })
-                .join()
-        })
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_else(|| panic!("no runtime for object-store calls could be started")),
-    }
 }
 
 #[cfg(test)]

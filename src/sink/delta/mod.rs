@@ -29,27 +29,22 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, SchemaRef};
 use delta_kernel::committer::FileSystemCommitter;
 use delta_kernel::engine::arrow_conversion::TryFromArrow;
 use delta_kernel::engine::arrow_data::ArrowEngineData;
 use delta_kernel::expressions::{ColumnName, Scalar};
 use delta_kernel::schema::StructType;
-use delta_kernel::transaction::create_table::create_table;
-use delta_kernel::transaction::data_layout::DataLayout;
 use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
-use delta_kernel::{Snapshot, SnapshotRef};
 use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
 use delta_kernel_default_engine::parquet::DataFileMetadata;
 use delta_kernel_default_engine::stats::FileStatsAccumulator;
-use delta_kernel_default_engine::{build_add_file_metadata, DefaultEngine, DefaultEngineBuilder};
+use delta_kernel_default_engine::{build_add_file_metadata, DefaultEngine};
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
-use url::Url;
 
 use super::parquet::rewrite::rows_between;
 use super::parquet::ParquetInput;
@@ -59,8 +54,15 @@ use crate::ack::AckTracker;
 use crate::batch::{Batch, BatchId, TopicPartition};
 use crate::config::{Compression, DeltaSinkConfig, StorageConfig};
 use crate::dead_letter;
-use crate::storage::{self, Location};
+use crate::storage;
 use crate::telemetry::Stats;
+
+mod schema;
+mod table;
+
+use schema::scalar_at;
+pub use schema::{check, table_schema};
+use table::{engine_info, Table};
 
 type Engine = DefaultEngine<TokioMultiThreadExecutor>;
 
@@ -91,219 +93,6 @@ pub enum DeltaError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The Arrow schema a Delta table holds for `rows`: timestamps in microseconds, fixed-size
-/// lists as lists, string views as strings (what the Delta protocol has types for).
-pub fn table_schema(rows: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = rows
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_data_type(delta_type(f.data_type())))
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-fn delta_type(data_type: &DataType) -> DataType {
-    match data_type {
-        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
-        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
-        DataType::FixedSizeList(item, _) | DataType::LargeList(item) | DataType::List(item) => {
-            let item = item
-                .as_ref()
-                .clone()
-                .with_data_type(delta_type(item.data_type()));
-            DataType::List(Arc::new(item))
-        }
-        DataType::Struct(fields) => DataType::Struct(
-            fields
-                .iter()
-                .map(|f| f.as_ref().clone().with_data_type(delta_type(f.data_type())))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// Checks what `validate` can know: the rows fit a Delta table and the partition columns
-/// exist with a type Delta partitions by.
-pub fn check(rows: &Schema, config: &DeltaSinkConfig) -> Result<(), DeltaError> {
-    let schema = table_schema(rows);
-    StructType::try_from_arrow(schema.as_ref()).map_err(|e| DeltaError::Schema(e.to_string()))?;
-    for column in &config.partition_by {
-        let Ok(field) = schema.field_with_name(column) else {
-            return Err(DeltaError::Schema(format!(
-                "partition column `{column}` is not among the rows' columns"
-            )));
-        };
-        if !partition_type(field.data_type()) {
-            return Err(DeltaError::Schema(format!(
-                "partition column `{column}` is {}: expected a string, integer, boolean or \
-                 date column",
-                field.data_type()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn partition_type(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::Boolean
-            | DataType::Date32
-    )
-}
-
-/// The kernel value of partition column `array` at `row`.
-fn scalar_at(array: &ArrayRef, row: usize) -> Scalar {
-    use arrow::datatypes::{Date32Type, Int16Type, Int32Type, Int64Type, Int8Type};
-    if array.is_null(row) {
-        let kernel = delta_kernel::schema::DataType::try_from_arrow(array.data_type())
-            .unwrap_or(delta_kernel::schema::DataType::STRING);
-        return Scalar::Null(kernel);
-    }
-    match array.data_type() {
-        DataType::Int8 => Scalar::Byte(array.as_primitive::<Int8Type>().value(row)),
-        DataType::Int16 => Scalar::Short(array.as_primitive::<Int16Type>().value(row)),
-        DataType::Int32 => Scalar::Integer(array.as_primitive::<Int32Type>().value(row)),
-        DataType::Int64 => Scalar::Long(array.as_primitive::<Int64Type>().value(row)),
-        DataType::Boolean => Scalar::Boolean(array.as_boolean().value(row)),
-        DataType::Date32 => Scalar::Date(array.as_primitive::<Date32Type>().value(row)),
-        _ => Scalar::String(
-            array
-                .as_string_opt::<i32>()
-                .map(|a| a.value(row).to_owned())
-                .unwrap_or_default(),
-        ),
-    }
-}
-
-/// A table: where it is and the kernel engine that reads and writes it.
-struct Table {
-    url: Url,
-    store: Arc<dyn ObjectStore>,
-    engine: Engine,
-    snapshot: SnapshotRef,
-}
-
-impl Table {
-    fn kernel_error(&self, source: delta_kernel::KernelError) -> DeltaError {
-        DeltaError::Kernel {
-            url: self.url.to_string(),
-            source,
-        }
-    }
-
-    /// Opens the table at `location`, creating it with `schema` (partitioned by
-    /// `partition_by`) if it does not exist.
-    fn open(
-        location: Location,
-        schema: &Schema,
-        partition_by: &[String],
-    ) -> Result<Table, DeltaError> {
-        let (url, store): (Url, Arc<dyn ObjectStore>) = match location {
-            Location::Local(path) => {
-                std::fs::create_dir_all(&path).map_err(|source| DeltaError::Spool {
-                    path: path.clone(),
-                    source,
-                })?;
-                let absolute = std::fs::canonicalize(&path)
-                    .map_err(|source| DeltaError::Spool { path, source })?;
-                let url = Url::from_directory_path(&absolute).map_err(|()| {
-                    DeltaError::Schema(format!("{} is not absolute", absolute.display()))
-                })?;
-                (url, Arc::new(object_store::local::LocalFileSystem::new()))
-            }
-            Location::Object(object) => {
-                let text = format!("{}/", object.url.trim_end_matches('/'));
-                let url = Url::parse(&text).map_err(|e| DeltaError::Schema(e.to_string()))?;
-                (url, object.store)
-            }
-        };
-        let kernel = |source| DeltaError::Kernel {
-            url: url.to_string(),
-            source,
-        };
-        // The kernel's I/O runs on sluice's object-store runtime (which is never dropped, so
-        // a sink may be dropped anywhere).
-        let executor = match storage::io_runtime() {
-            Some(runtime) => TokioMultiThreadExecutor::new(runtime.handle().clone()),
-            None => TokioMultiThreadExecutor::new_owned_runtime(Some(2), None).map_err(kernel)?,
-        };
-        let engine = DefaultEngineBuilder::new(store.clone())
-            .with_task_executor(Arc::new(executor))
-            .build();
-        let log = ObjectPath::from_url_path(format!("{}_delta_log/", url.path()))
-            .map_err(|e| DeltaError::Schema(e.to_string()))?;
-        let exists = {
-            let store = store.clone();
-            storage::block_on(async move { store.list_with_delimiter(Some(&log)).await })
-                .map(|listed| !listed.objects.is_empty())
-                .unwrap_or(false)
-        };
-        let snapshot = storage::blocking(|| -> Result<SnapshotRef, DeltaError> {
-            if exists {
-                return Snapshot::builder_for(url.as_str())
-                    .build(&engine)
-                    .map_err(kernel);
-            }
-            let kernel_schema = Arc::new(
-                StructType::try_from_arrow(schema)
-                    .map_err(|e| DeltaError::Schema(e.to_string()))?,
-            );
-            let mut create = create_table(url.as_str(), kernel_schema, engine_info(), true);
-            if !partition_by.is_empty() {
-                create = create.with_data_layout(DataLayout::Partitioned {
-                    columns: partition_by
-                        .iter()
-                        .map(|c| ColumnName::new([c.as_str()]))
-                        .collect(),
-                });
-            }
-            let created = create
-                .build(&engine, Box::new(FileSystemCommitter::new()))
-                .and_then(|txn| txn.commit(&engine))
-                .map_err(kernel)?;
-            if !created.is_committed() {
-                // Another writer created it first: use theirs.
-                tracing::info!(table = %url, "the Delta table was created by another writer meanwhile");
-            }
-            Snapshot::builder_for(url.as_str())
-                .build(&engine)
-                .map_err(kernel)
-        })?;
-        Ok(Table {
-            url,
-            store,
-            engine,
-            snapshot,
-        })
-    }
-
-    /// The latest version of the table.
-    fn refresh(&mut self) -> Result<(), DeltaError> {
-        let snapshot =
-            storage::blocking(|| Snapshot::builder_from(self.snapshot.clone()).build(&self.engine))
-                .map_err(|e| self.kernel_error(e))?;
-        self.snapshot = snapshot;
-        Ok(())
-    }
-
-    fn txn_version(&self, app_id: &str) -> Result<Option<i64>, DeltaError> {
-        storage::blocking(|| self.snapshot.get_app_id_version(app_id, &self.engine))
-            .map_err(|e| self.kernel_error(e))
-    }
-}
-
-fn engine_info() -> String {
-    format!("sluice/{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Rows of one table partition: grouping key, partition values, rows.
@@ -599,22 +388,25 @@ impl DeltaSink {
             .iter()
             .map(|(_, i)| cast(rows.column(*i), &DataType::Utf8))
             .collect::<Result<_, _>>()?;
+        let texts: Vec<_> = texts.iter().map(|t| t.as_string::<i32>()).collect();
         let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        // One key buffer for all rows: a key is only allocated for a new group.
+        let mut key = String::new();
         for row in 0..rows.num_rows() {
-            let key: Vec<String> = texts
-                .iter()
-                .map(|t| {
-                    if t.is_null(row) {
-                        "\u{0}null".to_owned()
-                    } else {
-                        t.as_string::<i32>().value(row).to_owned()
-                    }
-                })
-                .collect();
-            groups
-                .entry(key.join("\u{1}"))
-                .or_default()
-                .push(row as u32);
+            key.clear();
+            for text in &texts {
+                match text.is_null(row) {
+                    true => key.push('\u{0}'),
+                    false => key.push_str(text.value(row)),
+                }
+                key.push('\u{1}');
+            }
+            match groups.get_mut(key.as_str()) {
+                Some(indices) => indices.push(row as u32),
+                None => {
+                    groups.insert(key.clone(), vec![row as u32]);
+                }
+            }
         }
         let mut parts = Vec::with_capacity(groups.len());
         for (key, indices) in groups {
@@ -851,135 +643,4 @@ fn uuid_like() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
-
-    use super::*;
-    use crate::batch::Flush;
-    use crate::sink::parquet::tests::{batch, schema};
-
-    fn sink(root: &Path) -> DeltaSink {
-        sink_partitioned_by(root, "[d]")
-    }
-
-    fn sink_partitioned_by(root: &Path, partition_by: &str) -> DeltaSink {
-        let config: DeltaSinkConfig = serde_norway::from_str(&format!(
-            "path: {}\npartition_by: {partition_by}\nroll:\n  max_age: 1h\n",
-            root.display()
-        ))
-        .unwrap();
-        DeltaSink::new(
-            "test".into(),
-            ParquetInput::Rows,
-            &config,
-            &Default::default(),
-            schema(),
-            "p",
-            None,
-            Arc::new(AckTracker::new(1)),
-            Arc::new(Stats::default()),
-        )
-        .unwrap()
-    }
-
-    /// `(offset, v)` of every row in the files the log adds.
-    fn table_rows(root: &Path) -> Vec<(i64, String)> {
-        let mut rows = Vec::new();
-        for entry in std::fs::read_dir(root.join("_delta_log")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                let action: serde_json::Value = serde_json::from_str(line).unwrap();
-                assert!(action.get("remove").is_none(), "appends only");
-                let Some(add) = action["add"]["path"].as_str() else {
-                    continue;
-                };
-                let file = root.join(add);
-                for batch in crate::sink::parquet::read::read_file(&file).unwrap() {
-                    let offsets = batch.column_by_name("_offset").unwrap();
-                    let values = batch.column_by_name("v").unwrap().as_string::<i32>();
-                    for (i, o) in offsets.as_primitive::<Int64Type>().iter().enumerate() {
-                        rows.push((o.unwrap(), values.value(i).to_owned()));
-                    }
-                }
-            }
-        }
-        rows.sort();
-        rows
-    }
-
-    #[test]
-    fn a_writer_whose_partition_moved_on_cannot_commit() {
-        let root = tempfile::tempdir().unwrap();
-        let mut old = sink(root.path());
-        old.write(&batch(1, 0, 9, "old")).unwrap();
-        old.flush(&Flush::all()).unwrap();
-        // The partition moves: the new owner replays from offset 0 and skips what is there.
-        let mut new = sink(root.path());
-        new.write(&batch(1, 0, 14, "new")).unwrap();
-        new.flush(&Flush::all()).unwrap();
-        // The old owner does not know yet.
-        old.write(&batch(2, 10, 19, "old")).unwrap();
-        let refused = old.flush(&Flush::all());
-        assert!(
-            matches!(
-                refused,
-                Err(SinkError::Delta {
-                    source: DeltaError::Fenced {
-                        expected: Some(9),
-                        found: Some(14),
-                        ..
-                    },
-                    ..
-                })
-            ),
-            "{refused:?}"
-        );
-        let rows = table_rows(root.path());
-        let expected: Vec<(i64, String)> = (0..=14)
-            .map(|o| (o, format!("{}{o}", if o < 10 { "old" } else { "new" })))
-            .collect();
-        assert_eq!(rows, expected, "offsets 0..=14 once, each from its owner");
-        let app = new.app_id(&TopicPartition::new("t", 0));
-        assert_eq!(new.table.txn_version(&app).unwrap(), Some(14));
-    }
-
-    #[test]
-    fn an_unpartitioned_table_takes_appends_and_a_restart_skips_what_it_holds() {
-        let root = tempfile::tempdir().unwrap();
-        let mut first = sink_partitioned_by(root.path(), "[]");
-        first.write(&batch(1, 0, 4, "a")).unwrap();
-        first.flush(&Flush::all()).unwrap();
-        let mut second = sink_partitioned_by(root.path(), "[]");
-        second.write(&batch(1, 0, 7, "b")).unwrap();
-        second.flush(&Flush::all()).unwrap();
-        let rows = table_rows(root.path());
-        let offsets: Vec<i64> = rows.iter().map(|(o, _)| *o).collect();
-        assert_eq!(offsets, (0..=7).collect::<Vec<_>>());
-        assert_eq!(rows[5].1, "b5");
-    }
-
-    #[test]
-    fn partition_columns_need_a_type_delta_partitions_by() {
-        let config: DeltaSinkConfig =
-            serde_norway::from_str("path: x\npartition_by: [_offset]\n").unwrap();
-        assert!(check(&schema(), &config).is_ok());
-        let rows = Schema::new(vec![Field::new(
-            "t",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            true,
-        )]);
-        assert_eq!(
-            table_schema(&rows).field(0).data_type(),
-            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-        );
-        let config: DeltaSinkConfig =
-            serde_norway::from_str("path: x\npartition_by: [t]\n").unwrap();
-        assert!(check(&rows, &config).is_err());
-    }
-}
+mod tests;
