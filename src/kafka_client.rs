@@ -279,10 +279,28 @@ pub fn check_reachable(
                     }
                 }
                 if left.is_zero() {
-                    return Err(unreachable(error, consumer.context().cause()));
+                    let cause = consumer.context().cause().map(|c| explain(&probe, c));
+                    return Err(unreachable(error, cause));
                 }
             }
         }
+    }
+}
+
+/// `cause` with the setting to look at added where librdkafka's own line leaves it out:
+/// only some of its messages for a failed certificate check name `ssl.ca.location`,
+/// depending on where in the handshake it failed and which repeats it suppressed.
+fn explain(config: &ClientConfig, cause: String) -> String {
+    if !cause.contains("certificate verify failed") || cause.contains("ssl.ca.location") {
+        return cause;
+    }
+    match config.get("ssl.ca.location") {
+        Some(ca) => format!(
+            "{cause} (the broker's certificate is not signed by a CA in ssl.ca.location `{ca}`)"
+        ),
+        None => format!(
+            "{cause} (the broker's certificate is not signed by a system CA: set ssl.ca.location)"
+        ),
     }
 }
 
@@ -409,6 +427,21 @@ mod tests {
             code_name(RDKafkaErrorCode::Authentication),
             "authentication"
         );
+    }
+
+    #[test]
+    fn a_failed_certificate_check_names_the_ca_setting_whatever_librdkafka_said() {
+        let short = "ssl://b:9093/bootstrap: error:0A000086:SSL routines::certificate verify failed (after 3ms in state SSL_HANDSHAKE)";
+        let mut config = ClientConfig::new();
+        let untouched = explain(&config, "Connection refused".into());
+        assert_eq!(untouched, "Connection refused");
+        assert!(explain(&config, short.into()).ends_with("set ssl.ca.location)"));
+        config.set("ssl.ca.location", "/etc/ca.pem");
+        let named = explain(&config, short.into());
+        assert!(named.starts_with(short), "{named}");
+        assert!(named.contains("ssl.ca.location `/etc/ca.pem`"), "{named}");
+        let hinted = format!("{short}: verify that ssl.ca.location is correctly configured");
+        assert_eq!(explain(&config, hinted.clone()), hinted);
     }
 
     #[test]
