@@ -14,7 +14,8 @@
 #                             and of generated AI4I-style readings: this step builds sluice)
 #   scripts/setup.sh --test   also what the tests use: the Python tools in
 #                             scripts/requirements-test.txt (noida-db and Tansu, Kafka-protocol
-#                             broker processes; the Confluent client; pyarrow, duckdb) and
+#                             broker processes; the Confluent client; pyarrow, duckdb; moto
+#                             and SeaweedFS, S3 server processes; deltalake, polars) and
 #                             stunnel4 (a TLS proxy in front of a broker)
 #   scripts/setup.sh --gpu    also onnxruntime-gpu into .tools/onnxruntime-gpu/ (255 MB)
 #

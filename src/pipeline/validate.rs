@@ -36,17 +36,30 @@ pub(super) fn validate(
         }
     };
     let row_schema = record_schema.as_deref().map(schema::with_provenance);
-    let context = PlanContext {
-        base_dir: base_dir.to_owned(),
-        registry: Registry::new(base_dir.join(&config.models)),
+    let models = if crate::storage::is_url(&config.models.to_string_lossy()) {
+        config.models.clone()
+    } else {
+        base_dir.join(&config.models)
+    };
+    let registry = match Registry::open(&models, &config.storage) {
+        Ok(registry) => Some(registry),
+        Err(e) => {
+            issues.add("models", crate::telemetry::chain(&e));
+            None
+        }
     };
     let library = config
         .onnxruntime
         .library
         .as_ref()
         .map(|l| base_dir.join(l));
-    let stages = match (&row_schema, &record_schema) {
-        (Some(rows), Some(record)) => {
+    let stages = match (&row_schema, &record_schema, registry) {
+        (Some(rows), Some(record), Some(registry)) => {
+            let context = PlanContext {
+                base_dir: base_dir.to_owned(),
+                registry,
+                storage: config.storage.clone(),
+            };
             let record_columns = record.fields().iter().map(|f| f.name().clone()).collect();
             match stage::Plan::new(&config.stages, rows, context, record_columns, library) {
                 Ok(plan) => Some(plan),

@@ -42,38 +42,104 @@ pub enum RetrainError {
     Job { job: String, message: String },
     #[error("dataset: {0}")]
     Storage(#[from] crate::storage::StorageError),
-    #[error("writing {path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
 }
 
-/// Where the job's dataset can be read as local files: its directory, or a temporary copy
-/// of the committed files under an object-store URL (kept alive by the returned guard).
+/// The local directory to read the job's dataset from. A Parquet dataset on an object
+/// store is read from a local copy of its committed files; a Delta table (local or not)
+/// from its live files only (those its log adds and has not removed), linked or copied.
 fn dataset_root(loaded: &LoadedJob) -> Result<(PathBuf, Option<tempfile::TempDir>), RetrainError> {
     let path = loaded.path(&loaded.job.dataset.path);
-    match crate::storage::open(&path, &loaded.job.storage)? {
-        crate::storage::Location::Local(root) => Ok((root, None)),
-        crate::storage::Location::Object(object) => {
-            let copy = tempfile::Builder::new()
-                .prefix("sluice-dataset-")
-                .tempdir()
-                .map_err(|source| RetrainError::Io {
-                    path: std::env::temp_dir(),
-                    source,
-                })?;
-            let files =
-                crate::storage::download_dataset(&object, copy.path()).map_err(|source| {
-                    RetrainError::Io {
-                        path: PathBuf::from(&object.url),
-                        source,
-                    }
-                })?;
-            tracing::info!(dataset = %object.url, files, "read the dataset's files from object storage");
-            Ok((copy.path().to_owned(), Some(copy)))
+    let location = crate::storage::open(&path, &loaded.job.storage)?;
+    let is_delta = match &location {
+        crate::storage::Location::Local(root) => root.join("_delta_log").is_dir(),
+        crate::storage::Location::Object(object) => !object
+            .names("_delta_log")
+            .map_err(|source| RetrainError::Io {
+                path: PathBuf::from(&object.url),
+                source,
+            })?
+            .is_empty(),
+    };
+    if !is_delta {
+        if let crate::storage::Location::Local(root) = location {
+            return Ok((root, None));
         }
     }
+    let copy = tempfile::Builder::new()
+        .prefix("sluice-dataset-")
+        .tempdir()
+        .map_err(|source| RetrainError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let files = match location {
+        crate::storage::Location::Object(object) if !is_delta => {
+            crate::storage::download_dataset(&object, copy.path())
+        }
+        location => link_live_files(location, copy.path()),
+    }
+    .map_err(|source| RetrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(dataset = %path.display(), files, delta = is_delta, "read the dataset's files into a local directory");
+    Ok((copy.path().to_owned(), Some(copy)))
+}
+
+/// Puts the live files of the Delta table at `location` under `dest` (hard links when
+/// local, downloads otherwise). Returns how many.
+fn link_live_files(location: crate::storage::Location, dest: &Path) -> std::io::Result<usize> {
+    let files = crate::sink::delta::live_files(location.clone()).map_err(std::io::Error::other)?;
+    for relative in &files {
+        let target = dest.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match &location {
+            crate::storage::Location::Local(root) => {
+                let source = root.join(relative);
+                std::fs::hard_link(&source, &target)
+                    .or_else(|_| std::fs::copy(&source, &target).map(|_| ()))?
+            }
+            crate::storage::Location::Object(object) => {
+                crate::storage::download(object, relative, &target)?
+            }
+        }
+    }
+    Ok(files.len())
+}
+
+/// The labels file of a join, downloaded to a temp directory when it is an object.
+fn labels_file(
+    loaded: &LoadedJob,
+    path: &Path,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), RetrainError> {
+    let path = loaded.path(path);
+    let crate::storage::Location::Object(object) = crate::storage::open(&path, &loaded.job.storage)?
+    else {
+        return Ok((path, None));
+    };
+    let temp_error = |source| RetrainError::Io {
+        path: std::env::temp_dir(),
+        source,
+    };
+    let copy = tempfile::Builder::new()
+        .prefix("sluice-labels-")
+        .tempdir()
+        .map_err(temp_error)?;
+    // The file name keeps its extension (`.csv`, `.parquet`): it says how to read it.
+    let name = path.file_name().unwrap_or("labels".as_ref());
+    let local = copy.path().join(name);
+    crate::storage::download(&object, "", &local).map_err(|source| RetrainError::Io {
+        path: PathBuf::from(&object.url),
+        source,
+    })?;
+    Ok((local, Some(copy)))
 }
 
 /// Options from the command line.
@@ -189,11 +255,14 @@ pub fn run(
         job: job.name.clone(),
         message,
     };
-    let registry = Registry::new(loaded.path(&job.models));
+    let registry = Registry::open(&loaded.path(&job.models), &job.storage)?;
     let labels = &job.model.labels;
-    let labels_path = match &job.dataset.label {
-        LabelConfig::Join(join) => Some(loaded.path(&join.path)),
-        _ => None,
+    let (labels_path, _labels_copy) = match &job.dataset.label {
+        LabelConfig::Join(join) => {
+            let (path, copy) = labels_file(loaded, &join.path)?;
+            (Some(path), copy)
+        }
+        _ => (None, None),
     };
     // A dataset on an object store is read from a local copy of its committed files.
     let (dataset_root, _copy) = dataset_root(loaded)?;

@@ -59,6 +59,8 @@ impl Plan {
 pub struct PlanContext {
     pub base_dir: PathBuf,
     pub registry: Registry,
+    /// The pipeline's `storage:` blocks, for files named by URL (lookup tables).
+    pub storage: std::collections::BTreeMap<String, crate::config::StorageConfig>,
 }
 
 /// Problems found while planning one stage, with key paths relative to the stage.

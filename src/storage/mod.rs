@@ -12,6 +12,7 @@
 //! runtime or not.
 
 mod build;
+mod object;
 mod runtime;
 mod transfer;
 
@@ -25,8 +26,9 @@ use url::Url;
 
 use crate::config::StorageConfig;
 
+pub(crate) use object::io_error;
 pub use runtime::{block_on, blocking, io_runtime};
-pub use transfer::{download_dataset, download_matching, upload_file};
+pub use transfer::{download, download_dataset, download_matching, upload_file};
 
 /// Why a storage URL cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -11,29 +11,14 @@ use object_store::ObjectStore;
 use super::{block_on, open, Location, ObjectLocation, StorageError};
 use crate::config::StorageConfig;
 
-/// Every key under `location`'s prefix.
-fn list_keys(location: &ObjectLocation) -> std::io::Result<Vec<ObjectPath>> {
-    use futures::TryStreamExt;
-    let store = location.store.clone();
-    let prefix = location.prefix.clone();
-    block_on(async move {
-        store
-            .list(Some(&prefix))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await
-    })
-    .map_err(std::io::Error::other)
-}
-
-/// Downloads object `key` to `target` (creating its directory).
-fn download(location: &ObjectLocation, key: ObjectPath, target: &Path) -> std::io::Result<()> {
-    let store = location.store.clone();
-    let bytes = block_on(async move {
-        use object_store::ObjectStoreExt;
-        store.get(&key).await?.bytes().await
-    })
-    .map_err(std::io::Error::other)?;
+/// Downloads object `relative` (under `location`) to `target`, creating its directory.
+pub fn download(location: &ObjectLocation, relative: &str, target: &Path) -> std::io::Result<()> {
+    let bytes = location.read(relative)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{}/{relative} is not there", location.url),
+        )
+    })?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -45,17 +30,14 @@ fn download(location: &ObjectLocation, key: ObjectPath, target: &Path) -> std::i
 /// `_delta_log/`) and hidden files. Returns how many files it copied.
 pub fn download_dataset(location: &ObjectLocation, dest: &Path) -> std::io::Result<usize> {
     let mut copied = 0;
-    for key in list_keys(location)? {
-        let Some(relative) = location.relative(&key) else {
-            continue;
-        };
+    for relative in location.list("")? {
         let skipped = relative
             .split('/')
             .any(|part| part.starts_with('_') || part.starts_with('.'));
         if skipped || !relative.ends_with(".parquet") {
             continue;
         }
-        download(location, key, &dest.join(&relative))?;
+        download(location, &relative, &dest.join(&relative))?;
         copied += 1;
     }
     Ok(copied)
@@ -89,15 +71,12 @@ pub fn download_matching(
         ..Default::default()
     };
     let mut found = Vec::new();
-    for key in list_keys(&location).map_err(read_error)? {
-        let Some(relative) = location.relative(&key) else {
-            continue;
-        };
+    for relative in location.list("").map_err(read_error)? {
         if !matcher.matches_with(&relative, options) {
             continue;
         }
         let target = dest.join(&relative);
-        download(&location, key, &target).map_err(read_error)?;
+        download(&location, &relative, &target).map_err(read_error)?;
         found.push((format!("{base}{relative}"), target));
     }
     found.sort();

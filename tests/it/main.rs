@@ -22,5 +22,6 @@ mod mock_cluster;
 mod object_storage;
 mod operator;
 mod retrain;
+mod s3_registry;
 mod secure_kafka;
 mod sql_stage;

@@ -3,7 +3,6 @@
 //! object store that goes away mid-run, and storage mistakes reported at their key path
 //! without the credentials.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,10 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::noida::{terminate, Broker};
-use crate::common::s3::{S3Server, SECRET_KEY};
+use crate::common::s3::{Kind, S3Server, SECRET_KEY};
 use crate::common::*;
 use sluice::batch::TopicPartition;
-use sluice::config::StorageConfig;
 use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
 use sluice::sink::parquet::commit::{CommitError, Dataset, StagedFile};
 use sluice::sink::parquet::store;
@@ -96,20 +94,30 @@ fn spawn_sluice(pipeline: &Path, log: &Path, s3: &S3Server) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_writing_to_s3_loses_and_duplicates_nothing() {
-    crash_while_writing_to_s3(false).await;
+    crash_while_writing_to_s3(Kind::Moto, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_writing_to_seaweedfs_loses_and_duplicates_nothing() {
+    crash_while_writing_to_s3(Kind::Seaweed, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_appending_to_a_delta_table_on_s3_loses_and_duplicates_nothing() {
-    crash_while_writing_to_s3(true).await;
+    crash_while_writing_to_s3(Kind::Moto, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_appending_to_a_delta_table_on_seaweedfs_loses_and_duplicates_nothing() {
+    crash_while_writing_to_s3(Kind::Seaweed, true).await;
 }
 
 /// Kills the binary four times while it writes to the S3 server (a Parquet dataset, or a
 /// Delta table when `delta`), runs it to the end, and checks every record is there once.
-async fn crash_while_writing_to_s3(delta: bool) {
+async fn crash_while_writing_to_s3(kind: Kind, delta: bool) {
     const TOPIC: &str = "feedback";
     const PARTITIONS: i32 = 3;
-    let s3 = S3Server::start();
+    let s3 = S3Server::of(kind);
     s3.create_bucket(BUCKET);
     let broker = Broker::start();
     broker.create_topic(TOPIC, PARTITIONS).await;
@@ -238,20 +246,20 @@ fn stage(dataset: &Dataset, tp: &TopicPartition, first: i64, last: i64) -> Stage
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_writer_is_fenced_by_the_new_owner_s_claim() {
-    let s3 = S3Server::start();
+    zombie_writer(Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_writer_is_fenced_on_seaweedfs_too() {
+    zombie_writer(Kind::Seaweed).await;
+}
+
+/// Two writers for one partition: the older one's commits are refused once the new owner
+/// has recovered.
+async fn zombie_writer(kind: Kind) {
+    let s3 = S3Server::of(kind);
     s3.create_bucket(BUCKET);
-    let storage = BTreeMap::from([(
-        "s3://".to_owned(),
-        StorageConfig {
-            endpoint: Some(s3.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            path_style: Some(true),
-            allow_http: Some(true),
-            access_key_id: Some("sluice-test-key".into()),
-            secret_access_key: Some(SECRET_KEY.into()),
-            ..Default::default()
-        },
-    )]);
+    let storage = s3.storage();
     let open = || {
         let location = sluice::storage::open(Path::new("s3://lake/zombie"), &storage).unwrap();
         Dataset::new(store::open(location).unwrap(), None)
@@ -518,21 +526,59 @@ async fn storage_mistakes_name_their_key_and_hide_the_credentials() {
             .expect("start fails promptly")
             .unwrap()
             .expect_err("no store, no run");
-        let text = {
-            let mut text = error.to_string();
-            let mut cause = std::error::Error::source(&error);
-            while let Some(e) = cause {
-                text += &format!(": {e}");
-                cause = e.source();
-            }
-            text
-        };
+        let text = error_chain(&error);
         assert!(
             text.contains("sinks[0].parquet") && text.contains(expected),
             "{text}"
         );
         assert!(!text.contains(SECRET_KEY), "{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_start_naming_the_sink_without_the_secret() {
+    // SeaweedFS checks signatures (moto accepts any).
+    let s3 = S3Server::of(Kind::Seaweed);
+    s3.create_bucket(BUCKET);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let spec = TestPipeline {
+        brokers: &brokers,
+        topic: "feedback",
+        group: "wrong-key",
+        out: out.path(),
+        output_topic: None,
+        dead_letter_topic: None,
+        max_rows: 100,
+        roll_age: "1s",
+        properties: &[],
+    };
+    let file = s3_pipeline(spec, "denied", &s3, &s3.endpoint);
+    let wrong = "not-the-secret-either-do-not-print";
+    let pipeline = sluice::pipeline::load_with_vars(&file, &|name| match name {
+        "SLUICE_TEST_S3_KEY" => Some(crate::common::s3::ACCESS_KEY.to_owned()),
+        "SLUICE_TEST_S3_SECRET" => Some(wrong.to_owned()),
+        _ => None,
+    })
+    .expect("the settings themselves are valid");
+    let running = spawn_pipeline(pipeline);
+    let error = tokio::time::timeout(Duration::from_secs(60), running.handle)
+        .await
+        .expect("start fails promptly")
+        .unwrap()
+        .expect_err("no access, no run");
+    let text = error_chain(&error);
+    assert!(
+        text.contains("sinks[0].parquet") && text.contains("SignatureDoesNotMatch"),
+        "{text}"
+    );
+    assert!(!text.contains(wrong) && !text.contains(SECRET_KEY), "{text}");
+    assert!(
+        s3.keys(BUCKET, "denied").await.is_empty(),
+        "nothing was written"
+    );
 }
 
 /// A labelled tabular dataset as Parquet bytes: two features whose means depend on the

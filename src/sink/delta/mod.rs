@@ -62,6 +62,7 @@ mod table;
 
 use schema::scalar_at;
 pub use schema::{check, table_schema};
+pub use table::live_files;
 use table::{engine_info, Table};
 
 type Engine = DefaultEngine<TokioMultiThreadExecutor>;

@@ -43,38 +43,11 @@ impl Table {
         schema: &Schema,
         partition_by: &[String],
     ) -> Result<Table, DeltaError> {
-        let (url, store): (Url, Arc<dyn ObjectStore>) = match location {
-            Location::Local(path) => {
-                std::fs::create_dir_all(&path).map_err(|source| DeltaError::Spool {
-                    path: path.clone(),
-                    source,
-                })?;
-                let absolute = std::fs::canonicalize(&path)
-                    .map_err(|source| DeltaError::Spool { path, source })?;
-                let url = Url::from_directory_path(&absolute).map_err(|()| {
-                    DeltaError::Schema(format!("{} is not absolute", absolute.display()))
-                })?;
-                (url, Arc::new(object_store::local::LocalFileSystem::new()))
-            }
-            Location::Object(object) => {
-                let text = format!("{}/", object.url.trim_end_matches('/'));
-                let url = Url::parse(&text).map_err(|e| DeltaError::Schema(e.to_string()))?;
-                (url, object.store)
-            }
-        };
+        let (url, store, engine) = connect(location, true)?;
         let kernel = |source| DeltaError::Kernel {
             url: url.to_string(),
             source,
         };
-        // The kernel's I/O runs on sluice's object-store runtime (which is never dropped, so
-        // a sink may be dropped anywhere).
-        let executor = match storage::io_runtime() {
-            Some(runtime) => TokioMultiThreadExecutor::new(runtime.handle().clone()),
-            None => TokioMultiThreadExecutor::new_owned_runtime(Some(2), None).map_err(kernel)?,
-        };
-        let engine = DefaultEngineBuilder::new(store.clone())
-            .with_task_executor(Arc::new(executor))
-            .build();
         let log = ObjectPath::from_url_path(format!("{}_delta_log/", url.path()))
             .map_err(|e| DeltaError::Schema(e.to_string()))?;
         let exists = {
@@ -135,6 +108,84 @@ impl Table {
         storage::blocking(|| self.snapshot.get_app_id_version(app_id, &self.engine))
             .map_err(|e| self.kernel_error(e))
     }
+}
+
+/// The table's URL (a directory URL, ending in `/`), its store, and a kernel engine
+/// whose I/O runs on sluice's object-store runtime. A local directory is created when
+/// `create`.
+fn connect(
+    location: Location,
+    create: bool,
+) -> Result<(Url, Arc<dyn ObjectStore>, Engine), DeltaError> {
+    let (url, store): (Url, Arc<dyn ObjectStore>) = match location {
+        Location::Local(path) => {
+            if create {
+                std::fs::create_dir_all(&path).map_err(|source| DeltaError::Spool {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            let absolute = std::fs::canonicalize(&path)
+                .map_err(|source| DeltaError::Spool { path, source })?;
+            let url = Url::from_directory_path(&absolute).map_err(|()| {
+                DeltaError::Schema(format!("{} is not absolute", absolute.display()))
+            })?;
+            (url, Arc::new(object_store::local::LocalFileSystem::new()))
+        }
+        Location::Object(object) => {
+            let text = format!("{}/", object.url.trim_end_matches('/'));
+            let url = Url::parse(&text).map_err(|e| DeltaError::Schema(e.to_string()))?;
+            (url, object.store)
+        }
+    };
+    // The kernel's I/O runs on sluice's object-store runtime (which is never dropped, so
+    // a sink may be dropped anywhere).
+    let executor = match storage::io_runtime() {
+        Some(runtime) => TokioMultiThreadExecutor::new(runtime.handle().clone()),
+        None => TokioMultiThreadExecutor::new_owned_runtime(Some(2), None).map_err(|source| {
+            DeltaError::Kernel {
+                url: url.to_string(),
+                source,
+            }
+        })?,
+    };
+    let engine = DefaultEngineBuilder::new(store.clone())
+        .with_task_executor(Arc::new(executor))
+        .build();
+    Ok((url, store, engine))
+}
+
+/// The data files of the table's latest version (paths relative to its root), as a
+/// reader must see them: added and not removed since. Tables with deletion vectors are
+/// refused (sluice never writes them; reading such a file whole would be wrong).
+pub fn live_files(location: Location) -> Result<Vec<String>, DeltaError> {
+    let (url, _store, engine) = connect(location, false)?;
+    let kernel = |source| DeltaError::Kernel {
+        url: url.to_string(),
+        source,
+    };
+    let files = storage::blocking(|| -> Result<Vec<(String, bool)>, delta_kernel::KernelError> {
+        let snapshot = Snapshot::builder_for(url.as_str()).build(&engine)?;
+        let scan = snapshot.scan_builder().build()?;
+        let mut files = Vec::new();
+        for metadata in scan.scan_metadata(&engine)? {
+            files = metadata?.visit_scan_files(files, |files, file| {
+                files.push((file.path, file.dv_info.has_vector()));
+            })?;
+        }
+        Ok(files)
+    })
+    .map_err(kernel)?;
+    if files.iter().any(|(_, deletion_vector)| *deletion_vector) {
+        return Err(DeltaError::Schema(format!(
+            "{url}: the table has deletion vectors, which sluice does not read"
+        )));
+    }
+    Ok(files
+        .into_iter()
+        // Paths in the log are URL-encoded relative paths.
+        .map(|(path, _)| percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned())
+        .collect())
 }
 
 pub(super) fn engine_info() -> String {

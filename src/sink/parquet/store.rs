@@ -18,11 +18,10 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::commit::{META_DIR, TMP_SUFFIX};
-use crate::storage::{block_on, Location, ObjectLocation};
+use crate::storage::{block_on, io_error, Location, ObjectLocation};
 
 /// Where staged temps live on an object store.
 const STAGING_DIR: &str = "_sluice/staging";
@@ -261,13 +260,6 @@ impl std::fmt::Debug for ObjectStoreStore {
     }
 }
 
-fn store_error(e: object_store::Error) -> io::Error {
-    match e {
-        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
-        other => io::Error::other(other),
-    }
-}
-
 impl ObjectStoreStore {
     fn staged_key(&self, dir: &str, temp: &str) -> object_store::path::Path {
         self.location.key(&join(&join(STAGING_DIR, dir), temp))
@@ -278,7 +270,7 @@ impl ObjectStoreStore {
         F: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        block_on(f(self.location.store.clone())).map_err(store_error)
+        block_on(f(self.location.store.clone())).map_err(io_error)
     }
 }
 
@@ -321,105 +313,40 @@ impl Store for ObjectStoreStore {
     }
 
     fn discard(&self, dir: &str, temp: &str) -> io::Result<()> {
-        let key = self.staged_key(dir, temp);
-        self.call(move |store| async move {
-            match store.delete(&key).await {
-                Err(object_store::Error::NotFound { .. }) => Ok(()),
-                other => other,
-            }
-        })
+        self.location.delete(&join(&join(STAGING_DIR, dir), temp))
     }
 
     fn exists(&self, path: &str) -> io::Result<bool> {
-        let key = self.location.key(path);
-        self.call(move |store| async move {
-            match store.head(&key).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+        self.location.exists(path)
     }
 
     fn read(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
-        let key = self.location.key(path);
-        self.call(move |store| async move {
-            match store.get(&key).await {
-                Ok(got) => Ok(Some(got.bytes().await?.to_vec())),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
+        self.location.read(path)
     }
 
     fn create(&self, path: &str, bytes: Vec<u8>) -> io::Result<bool> {
-        let key = self.location.key(path);
-        self.call(move |store| async move {
-            let options = PutOptions::from(PutMode::Create);
-            match store.put_opts(&key, PutPayload::from(bytes), options).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+        self.location.create(path, bytes)
     }
 
     fn delete(&self, path: &str) -> io::Result<()> {
-        let key = self.location.key(path);
-        self.call(move |store| async move {
-            match store.delete(&key).await {
-                Err(object_store::Error::NotFound { .. }) => Ok(()),
-                other => other,
-            }
-        })
+        self.location.delete(path)
     }
 
     fn delete_all(&self, dir: &str) -> io::Result<()> {
-        let prefix = self.location.key(dir);
-        self.call(move |store| async move {
-            let keys: Vec<_> = store
-                .list(Some(&prefix))
-                .map_ok(|meta| meta.location)
-                .try_collect()
-                .await?;
-            for key in keys {
-                match store.delete(&key).await {
-                    Err(object_store::Error::NotFound { .. }) | Ok(()) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        })
+        for path in self.location.list(dir)? {
+            self.location.delete(&path)?;
+        }
+        Ok(())
     }
 
     fn names(&self, dir: &str) -> io::Result<Vec<String>> {
-        let key = self.location.key(dir);
-        self.call(move |store| async move {
-            let listed = store.list_with_delimiter(Some(&key)).await?;
-            Ok(listed
-                .objects
-                .into_iter()
-                .filter_map(|o| o.location.filename().map(str::to_owned))
-                .collect())
-        })
+        self.location.names(dir)
     }
 
     fn list(&self) -> io::Result<Listing> {
-        let prefix = self.location.prefix.clone();
-        let keys: Vec<object_store::path::Path> = self.call(move |store| async move {
-            store
-                .list(Some(&prefix))
-                .map_ok(|meta| meta.location)
-                .try_collect()
-                .await
-        })?;
         let mut listing = Listing::default();
         let staging = format!("{STAGING_DIR}/");
-        for key in keys {
-            let Some(relative) = self.location.relative(&key) else {
-                continue;
-            };
+        for relative in self.location.list("")? {
             if let Some(staged) = relative.strip_prefix(&staging) {
                 let (dir, name) = staged.rsplit_once('/').unwrap_or(("", staged));
                 listing.temps.push((dir.to_owned(), name.to_owned()));
@@ -432,8 +359,9 @@ impl Store for ObjectStoreStore {
     }
 
     fn local_copy(&self, path: &str) -> io::Result<LocalCopy> {
-        let key = self.location.key(path);
-        let bytes = self.call(move |store| async move { store.get(&key).await?.bytes().await })?;
+        let bytes = self.location.read(path)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{path} is not there"))
+        })?;
         let mut download = tempfile::Builder::new()
             .prefix(".download-")
             .tempfile_in(self.spool.path())?;

@@ -1,4 +1,5 @@
-//! Lookup joins against a reference table (Parquet or CSV with a header).
+//! Lookup joins against a reference table (Parquet or CSV with a header), in a local file
+//! or an object named by URL (`s3://bucket/ref/customers.parquet`).
 //!
 //! The table is read whole into one Arrow batch and indexed by its key (compared as text).
 //! A row's key becomes a row index (null when absent) and the wanted table columns are
@@ -20,9 +21,65 @@ use crate::config::LookupConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
     #[error("reading lookup table {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read { path: String, message: String },
     #[error("lookup table {path}: {message}")]
-    Shape { path: PathBuf, message: String },
+    Shape { path: String, message: String },
+}
+
+/// Where a table is read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Object(crate::storage::ObjectLocation),
+}
+
+impl Source {
+    /// `path` as written in the pipeline file: a URL, or a path relative to `base_dir`.
+    pub fn open(
+        path: &Path,
+        base_dir: &Path,
+        storage: &std::collections::BTreeMap<String, crate::config::StorageConfig>,
+    ) -> Result<Source, LookupError> {
+        match crate::storage::open(path, storage) {
+            Ok(crate::storage::Location::Local(local)) => Ok(Source::File(base_dir.join(local))),
+            Ok(crate::storage::Location::Object(object)) => Ok(Source::Object(object)),
+            Err(e) => Err(LookupError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Object(object) => object.url.clone(),
+        }
+    }
+
+    fn is_csv(&self) -> bool {
+        let name = match self {
+            Source::File(path) => path.to_string_lossy().into_owned(),
+            Source::Object(object) => object.url.clone(),
+        };
+        Path::new(&name)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    }
+
+    /// The whole file.
+    fn bytes(&self) -> std::io::Result<bytes::Bytes> {
+        match self {
+            Source::File(path) => std::fs::read(path).map(bytes::Bytes::from),
+            Source::Object(object) => match object.read("")? {
+                Some(bytes) => Ok(bytes::Bytes::from(bytes)),
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such object",
+                )),
+            },
+        }
+    }
 }
 
 /// A loaded table: the wanted columns and the key index.
@@ -31,26 +88,22 @@ pub struct Table {
     index: HashMap<String, u32>,
 }
 
-/// Reads the whole file as one batch.
-pub(crate) fn read(path: &Path) -> Result<RecordBatch, LookupError> {
+/// Reads the whole table as one batch.
+pub(crate) fn read(source: &Source) -> Result<RecordBatch, LookupError> {
     let fail = |message: String| LookupError::Read {
-        path: path.to_owned(),
+        path: source.describe(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let is_csv = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let (schema, batches): (SchemaRef, Vec<RecordBatch>) = if is_csv {
+    let bytes = source.bytes().map_err(|e| fail(e.to_string()))?;
+    let (schema, batches): (SchemaRef, Vec<RecordBatch>) = if source.is_csv() {
         let format = arrow::csv::reader::Format::default().with_header(true);
         let (schema, _) = format
-            .infer_schema(&file, Some(10_000))
+            .infer_schema(std::io::Cursor::new(&bytes), Some(10_000))
             .map_err(|e| fail(e.to_string()))?;
-        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
         let schema = Arc::new(schema);
         let reader = arrow::csv::ReaderBuilder::new(schema.clone())
             .with_format(format)
-            .build(file)
+            .build(std::io::Cursor::new(&bytes))
             .map_err(|e| fail(e.to_string()))?;
         (
             schema,
@@ -59,7 +112,7 @@ pub(crate) fn read(path: &Path) -> Result<RecordBatch, LookupError> {
                 .map_err(|e| fail(e.to_string()))?,
         )
     } else {
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| fail(e.to_string()))?;
         let schema = builder.schema().clone();
         let reader = builder.build().map_err(|e| fail(e.to_string()))?;
@@ -97,10 +150,10 @@ impl Table {
     pub fn build(
         batch: &RecordBatch,
         config: &LookupConfig,
-        path: &Path,
+        source: &Source,
     ) -> Result<Table, LookupError> {
         let shape = |message: String| LookupError::Shape {
-            path: path.to_owned(),
+            path: source.describe(),
             message,
         };
         let keys = batch
@@ -162,7 +215,7 @@ pub fn current(table: &SharedTable) -> Arc<Table> {
 pub fn spawn_refresh(
     table: Weak<RwLock<Arc<Table>>>,
     config: LookupConfig,
-    path: PathBuf,
+    source: Source,
     stage: String,
 ) {
     let interval = config.refresh.max(Duration::from_millis(100));
@@ -172,9 +225,9 @@ pub fn spawn_refresh(
             let Some(shared) = table.upgrade() else {
                 return;
             };
-            let (cfg, file) = (config.clone(), path.clone());
+            let (cfg, from) = (config.clone(), source.clone());
             let loaded = tokio::task::spawn_blocking(move || {
-                read(&file).and_then(|b| Table::build(&b, &cfg, &file))
+                read(&from).and_then(|b| Table::build(&b, &cfg, &from))
             })
             .await;
             match loaded {
@@ -184,10 +237,10 @@ pub fn spawn_refresh(
                         Ok(mut guard) => *guard = Arc::new(fresh),
                         Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
                     }
-                    tracing::debug!(stage = %stage, table = %path.display(), keys = rows, "lookup table refreshed");
+                    tracing::debug!(stage = %stage, table = %source.describe(), keys = rows, "lookup table refreshed");
                 }
                 Ok(Ok(_)) => {
-                    tracing::error!(stage = %stage, table = %path.display(), "lookup table columns changed type; keeping the previous table")
+                    tracing::error!(stage = %stage, table = %source.describe(), "lookup table columns changed type; keeping the previous table")
                 }
                 Ok(Err(e)) => {
                     tracing::error!(stage = %stage, error = %e, "lookup table refresh failed; keeping the previous table")
@@ -215,6 +268,13 @@ mod tests {
         }
     }
 
+    fn path(source: &Source) -> &Path {
+        match source {
+            Source::File(path) => path,
+            Source::Object(_) => panic!("a file"),
+        }
+    }
+
     fn segments(table: &Table, keys: &[Option<&str>]) -> Vec<Option<String>> {
         let keys: ArrayRef = Arc::new(StringArray::from(keys.to_vec()));
         let joined = table.join(&keys).unwrap();
@@ -225,16 +285,16 @@ mod tests {
     #[test]
     fn csv_and_parquet_tables_join_on_the_key_with_nulls_for_misses() {
         let dir = tempfile::tempdir().unwrap();
-        let csv = dir.path().join("customers.csv");
-        std::fs::write(&csv, "customer_id,segment\nc-1,smb\nc-2,enterprise\n").unwrap();
+        let csv = Source::File(dir.path().join("customers.csv"));
+        std::fs::write(path(&csv), "customer_id,segment\nc-1,smb\nc-2,enterprise\n").unwrap();
         let batch = read(&csv).unwrap();
         let table = Table::build(&batch, &config(1000), &csv).unwrap();
         let want = vec![Some("enterprise".to_owned()), None, None];
         assert_eq!(segments(&table, &[Some("c-2"), Some("c-9"), None]), want);
 
-        let parquet = dir.path().join("customers.parquet");
+        let parquet = Source::File(dir.path().join("customers.parquet"));
         let mut writer = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(&parquet).unwrap(),
+            std::fs::File::create(path(&parquet)).unwrap(),
             batch.schema(),
             None,
         )
@@ -249,18 +309,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_table_is_read_from_an_object_store_url() {
+        let object = crate::storage::ObjectLocation {
+            url: "memory://bucket/ref/customers.csv".into(),
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: "ref/customers.csv".into(),
+        };
+        let source = Source::Object(object.clone());
+        let missing = read(&source).unwrap_err().to_string();
+        assert!(missing.contains("memory://bucket/ref/customers.csv"), "{missing}");
+        object
+            .put("", b"customer_id,segment\nc-1,smb\n".to_vec())
+            .unwrap();
+        let table = Table::build(&read(&source).unwrap(), &config(1000), &source).unwrap();
+        assert_eq!(segments(&table, &[Some("c-1")]), [Some("smb".to_owned())]);
+    }
+
     #[tokio::test]
     async fn a_refreshed_file_is_swapped_in_and_a_broken_one_keeps_the_old_table() {
         let dir = tempfile::tempdir().unwrap();
-        let csv = dir.path().join("customers.csv");
-        std::fs::write(&csv, "customer_id,segment\nc-1,smb\n").unwrap();
+        let csv = Source::File(dir.path().join("customers.csv"));
+        std::fs::write(path(&csv), "customer_id,segment\nc-1,smb\n").unwrap();
         let config = config(100);
         let table: SharedTable = Arc::new(RwLock::new(Arc::new(
             Table::build(&read(&csv).unwrap(), &config, &csv).unwrap(),
         )));
         spawn_refresh(Arc::downgrade(&table), config, csv.clone(), "test".into());
 
-        std::fs::write(&csv, "customer_id,segment\nc-1,enterprise\n").unwrap();
+        std::fs::write(path(&csv), "customer_id,segment\nc-1,enterprise\n").unwrap();
         let mut refreshed = false;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -271,7 +348,7 @@ mod tests {
         }
         assert!(refreshed, "the new file was not picked up");
 
-        std::fs::write(&csv, "no_key_column\n1\n").unwrap();
+        std::fs::write(path(&csv), "no_key_column\n1\n").unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
             segments(&current(&table), &[Some("c-1")]),

@@ -4,7 +4,6 @@
 pub mod derive;
 pub mod lookup;
 
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use arrow::array::RecordBatch;
@@ -45,8 +44,9 @@ pub fn output_schema(
         if schema.field_with_name(&lookup.on).is_err() {
             issues.unknown_column(&format!("{key}.on"), &lookup.on, &schema);
         }
-        let path = ctx.base_dir.join(&lookup.path);
-        let table = match lookup::read(&path) {
+        let table = match lookup::Source::open(&lookup.path, &ctx.base_dir, &ctx.storage)
+            .and_then(|source| lookup::read(&source))
+        {
             Ok(t) => t,
             Err(e) => {
                 issues.add(&format!("{key}.path"), e.to_string());
@@ -81,16 +81,17 @@ impl EnrichStage {
     ) -> Result<Self, StageError> {
         let mut lookups = Vec::with_capacity(config.lookup.len());
         for lookup in &config.lookup {
-            let path: PathBuf = ctx.base_dir.join(&lookup.path);
             let setup = |e: lookup::LookupError| StageError::Setup {
                 stage: name.clone(),
                 message: e.to_string(),
             };
-            let batch = lookup::read(&path).map_err(setup)?;
+            let source =
+                lookup::Source::open(&lookup.path, &ctx.base_dir, &ctx.storage).map_err(setup)?;
+            let batch = lookup::read(&source).map_err(setup)?;
             let table: SharedTable = Arc::new(RwLock::new(Arc::new(
-                Table::build(&batch, lookup, &path).map_err(setup)?,
+                Table::build(&batch, lookup, &source).map_err(setup)?,
             )));
-            lookup::spawn_refresh(Arc::downgrade(&table), lookup.clone(), path, name.clone());
+            lookup::spawn_refresh(Arc::downgrade(&table), lookup.clone(), source, name.clone());
             lookups.push((lookup.clone(), table));
         }
         Ok(EnrichStage {

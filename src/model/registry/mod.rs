@@ -1,0 +1,521 @@
+//! The model registry: versions of each model and the `current` pointer, in a local
+//! directory or under an object-store URL, in the same layout.
+//!
+//! ```text
+//! ROOT/NAME/VERSION/model.onnx       the model (VERSION is a positive integer)
+//! ROOT/NAME/VERSION/manifest.json    inputs, outputs, labels, metrics, created_at
+//! ROOT/NAME/VERSION/...              extra files (tokenizer.json, report.json, ...)
+//! ROOT/NAME/current                  the serving version
+//! ```
+//!
+//! A reader sees either the old or the new version, never a half-written one, and two
+//! publishers never take the same version number:
+//!
+//! | step            | local directory                          | object store ([`remote`])                      |
+//! |-----------------|------------------------------------------|------------------------------------------------|
+//! | take a number   | rename of the staged directory (fails when the number exists) | create `VERSION/.claim` with `If-None-Match: *` |
+//! | write the files | into the hidden staging directory        | uploads (multipart when large); `manifest.json` last |
+//! | switch          | temp file renamed over `current`          | one `PUT` of `current`                         |
+//!
+//! A version counts once its `manifest.json` is there. Readers of an object-store registry
+//! get each version they use downloaded whole into a private local cache first (versions
+//! never change once published), so sessions and tokenizers open local files either way.
+//! The same layout is written by `scripts/models/registry.py`; a local registry copied to
+//! a bucket (`aws s3 sync models/ s3://bucket/models/`) is a valid remote one.
+
+mod remote;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model `{name}`: no `current` pointer at {} (publish a version first: scripts/setup.sh builds the bundled models)", .path.display())]
+    NoCurrent { name: String, path: PathBuf },
+    #[error("model `{name}`: {}: {source}", .path.display())]
+    Io {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("model `{name}` version {version} at {url} is not complete (no manifest.json): it is being published, or its publisher died")]
+    Incomplete {
+        name: String,
+        version: String,
+        url: String,
+    },
+    #[error("model `{name}`: {tries} publishers took version numbers at the same time; giving up")]
+    Contended { name: String, tries: usize },
+    #[error("model `{name}`: {path} is not a valid manifest: {source}")]
+    Manifest {
+        name: String,
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// One input or output of a model, as listed in its manifest. Dimensions are numbers
+/// (fixed) or names (dynamic, e.g. `batch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    /// numpy dtype name: `float32`, `int64`, ...
+    pub dtype: String,
+    pub shape: Vec<Dim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(i64),
+    Named(String),
+}
+
+impl TensorSpec {
+    /// The fixed size of every dimension after the batch one, or `None` if one is dynamic.
+    pub(crate) fn fixed_tail(&self) -> Option<Vec<i64>> {
+        self.shape
+            .iter()
+            .skip(1)
+            .map(|d| match d {
+                Dim::Fixed(n) if *n > 0 => Some(*n),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// `manifest.json` of one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub description: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// Class names by output index, for classifiers.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    #[serde(default)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Manifest {
+    pub(crate) fn output(&self, name: &str) -> Option<&TensorSpec> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+    pub(crate) fn input(&self, name: &str) -> Option<&TensorSpec> {
+        self.inputs.iter().find(|o| o.name == name)
+    }
+}
+
+/// A registry: a local directory, or an object-store prefix with a local cache.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The local directory; for an object-store registry, where versions are cached.
+    root: PathBuf,
+    remote: Option<Arc<remote::Remote>>,
+}
+
+/// One version of one model, resolved to files.
+#[derive(Debug, Clone)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: String,
+    /// Its local directory (for an object-store registry, in the cache: filled by
+    /// [`Registry::current`] and [`Registry::manifest`]).
+    pub dir: PathBuf,
+}
+
+impl ModelVersion {
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join("model.onnx")
+    }
+    /// `NAME/VERSION`, what the version column of output rows holds.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.name, self.version)
+    }
+}
+
+/// Where to look for a free version number at most this many times.
+const PUBLISH_TRIES: usize = 16;
+
+impl Registry {
+    /// A registry in a local directory.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Registry {
+            root: root.into(),
+            remote: None,
+        }
+    }
+
+    /// The registry `path` names: a local directory or an object-store URL (with the
+    /// `storage:` settings for it). Nothing is read yet.
+    pub fn open(
+        path: &Path,
+        storage: &BTreeMap<String, crate::config::StorageConfig>,
+    ) -> Result<Self, RegistryError> {
+        match crate::storage::open(path, storage)? {
+            crate::storage::Location::Local(root) => Ok(Registry::new(root)),
+            crate::storage::Location::Object(location) => {
+                let remote = remote::Remote::new(location)?;
+                Ok(Registry {
+                    root: remote.cache().to_owned(),
+                    remote: Some(Arc::new(remote)),
+                })
+            }
+        }
+    }
+
+    /// Where the registry is, for messages: its directory or URL.
+    pub fn describe(&self) -> String {
+        match &self.remote {
+            Some(remote) => remote.url().to_owned(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    fn io(name: &str, path: &Path, source: std::io::Error) -> RegistryError {
+        RegistryError::Io {
+            name: name.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The version `NAME/current` points at (for an object-store registry, downloaded
+    /// into the cache unless it is there already).
+    pub fn current(&self, name: &str) -> Result<ModelVersion, RegistryError> {
+        let text = match &self.remote {
+            Some(remote) => remote.current(name)?,
+            None => {
+                let pointer = self.root.join(name).join("current");
+                match std::fs::read_to_string(&pointer) {
+                    Ok(text) => Some(text),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Self::io(name, &pointer, e)),
+                }
+            }
+        };
+        let Some(text) = text else {
+            return Err(RegistryError::NoCurrent {
+                name: name.into(),
+                path: PathBuf::from(self.describe()).join(name).join("current"),
+            });
+        };
+        let version = self.version(name, text.trim());
+        if let Some(remote) = &self.remote {
+            remote.fetch(&version)?;
+        }
+        Ok(version)
+    }
+
+    /// Version `version` of `name` (not checked or fetched).
+    pub fn version(&self, name: &str, version: &str) -> ModelVersion {
+        ModelVersion {
+            name: name.into(),
+            version: version.into(),
+            dir: self.root.join(name).join(version),
+        }
+    }
+
+    pub fn manifest(&self, version: &ModelVersion) -> Result<Manifest, RegistryError> {
+        if let Some(remote) = &self.remote {
+            remote.fetch(version)?;
+        }
+        let path = version.dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Self::io(&version.name, &path, e))?;
+        serde_json::from_str(&text).map_err(|source| RegistryError::Manifest {
+            name: version.name.clone(),
+            path,
+            source,
+        })
+    }
+
+    /// Every published version of `name` (its `manifest.json` is there), oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<ModelVersion>, RegistryError> {
+        let numbers = match &self.remote {
+            Some(remote) => remote.versions(name)?.published,
+            None => self.local_numbers(name)?,
+        };
+        Ok(numbers
+            .into_iter()
+            .map(|n| self.version(name, &n.to_string()))
+            .collect())
+    }
+
+    /// The version numbers in a local registry's `NAME/` (none when it does not exist).
+    fn local_numbers(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
+        let dir = self.root.join(name);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Self::io(name, &dir, e)),
+        };
+        let mut numbers: Vec<u64> = entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// Publishes `model` (an ONNX file) with `manifest` (its `version` field is replaced)
+    /// as the next version of `name`, plus `extra` files copied beside it. `current` is
+    /// switched to it when `make_current`. Two publishers at once get different numbers.
+    pub fn publish(
+        &self,
+        model: &Path,
+        mut manifest: Manifest,
+        extra: &[&Path],
+        make_current: bool,
+    ) -> Result<ModelVersion, RegistryError> {
+        let name = manifest.name.clone();
+        let mut files: Vec<(String, &Path)> = vec![("model.onnx".into(), model)];
+        for file in extra {
+            let file_name = file.file_name().unwrap_or(file.as_os_str());
+            files.push((file_name.to_string_lossy().into_owned(), file));
+        }
+        let version = match &self.remote {
+            Some(remote) => remote.publish(&mut manifest, &files)?,
+            None => self.publish_local(&mut manifest, &files)?,
+        };
+        let version = self.version(&name, &version);
+        if make_current {
+            self.set_current(&name, &version.version)?;
+        }
+        Ok(version)
+    }
+
+    fn publish_local(
+        &self,
+        manifest: &mut Manifest,
+        files: &[(String, &Path)],
+    ) -> Result<String, RegistryError> {
+        let name = manifest.name.clone();
+        let dir = self.root.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Self::io(&name, &dir, e))?;
+        let mut next = self.local_numbers(&name)?.last().copied().unwrap_or(0) + 1;
+        for _ in 0..PUBLISH_TRIES {
+            manifest.version = next.to_string();
+            let staging = tempfile::Builder::new()
+                .prefix(&format!(".{next}."))
+                .tempdir_in(&dir)
+                .map_err(|e| Self::io(&name, &dir, e))?;
+            // Readable by other users, as a created directory would be.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::Permissions::from_mode(0o755);
+                std::fs::set_permissions(staging.path(), mode)
+                    .map_err(|e| Self::io(&name, staging.path(), e))?;
+            }
+            for (file_name, from) in files {
+                let to = staging.path().join(file_name);
+                std::fs::copy(from, &to).map_err(|e| Self::io(&name, from, e))?;
+            }
+            write_manifest(manifest, &staging.path().join("manifest.json"))?;
+            let target = dir.join(&manifest.version);
+            // Renaming a directory onto an existing, non-empty one fails: the number is
+            // taken by whoever renamed first.
+            match std::fs::rename(staging.path(), &target) {
+                Ok(()) => {
+                    let _ = staging.keep();
+                    return Ok(manifest.version.clone());
+                }
+                Err(_) if target.exists() => next += 1,
+                Err(e) => return Err(Self::io(&name, &target, e)),
+            }
+        }
+        Err(RegistryError::Contended {
+            name,
+            tries: PUBLISH_TRIES,
+        })
+    }
+
+    /// Points `NAME/current` at `version` (a rename over the old pointer, or one `PUT`).
+    pub fn set_current(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        if let Some(remote) = &self.remote {
+            return remote.set_current(name, version);
+        }
+        let dir = self.root.join(name);
+        let tmp = dir.join(".current.tmp");
+        std::fs::write(&tmp, format!("{version}\n")).map_err(|e| Self::io(name, &tmp, e))?;
+        let pointer = dir.join("current");
+        std::fs::rename(&tmp, &pointer).map_err(|e| Self::io(name, &pointer, e))
+    }
+}
+
+/// Writes `manifest` as pretty JSON to `path`.
+fn write_manifest(manifest: &Manifest, path: &Path) -> Result<(), RegistryError> {
+    let json = manifest_json(manifest, path)?;
+    std::fs::write(path, json).map_err(|e| Registry::io(&manifest.name, path, e))
+}
+
+/// `manifest` as the bytes of a `manifest.json` (`path` names it in errors).
+fn manifest_json(manifest: &Manifest, path: &Path) -> Result<Vec<u8>, RegistryError> {
+    let json = serde_json::to_string_pretty(manifest).map_err(|source| RegistryError::Manifest {
+        name: manifest.name.clone(),
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((json + "\n").into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(name: &str) -> Manifest {
+        Manifest {
+            name: name.into(),
+            version: String::new(),
+            created_at: "2026-11-22T00:00:00Z".into(),
+            description: String::new(),
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                dtype: "float32".into(),
+                shape: vec![Dim::Named("batch".into()), Dim::Fixed(3)],
+            }],
+            outputs: vec![],
+            labels: Some(vec!["a".into(), "b".into()]),
+            metrics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn publish_numbers_versions_and_switches_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path());
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"not really onnx").unwrap();
+        let first = registry.publish(&model, manifest("m"), &[], true).unwrap();
+        let second = registry.publish(&model, manifest("m"), &[], false).unwrap();
+        assert_eq!(
+            (first.version.as_str(), second.version.as_str()),
+            ("1", "2")
+        );
+        assert_eq!(registry.current("m").unwrap().version, "1");
+        registry.set_current("m", "2").unwrap();
+        let current = registry.current("m").unwrap();
+        assert_eq!(current.label(), "m/2");
+        let read = registry.manifest(&current).unwrap();
+        assert_eq!(read.version, "2");
+        assert_eq!(read.inputs[0].fixed_tail(), Some(vec![3]));
+        assert_eq!(registry.versions("m").unwrap().len(), 2);
+    }
+
+    /// A registry in an in-memory object store.
+    fn in_memory() -> Registry {
+        let location = crate::storage::ObjectLocation {
+            url: "memory://bucket/models".into(),
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: "models".into(),
+        };
+        let remote = remote::Remote::new(location).unwrap();
+        Registry {
+            root: remote.cache().to_owned(),
+            remote: Some(Arc::new(remote)),
+        }
+    }
+
+    #[test]
+    fn an_object_store_registry_publishes_and_serves_versions_from_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"version one").unwrap();
+        let tokenizer = dir.path().join("tokenizer.json");
+        std::fs::write(&tokenizer, b"{}").unwrap();
+        let registry = in_memory();
+        assert!(matches!(
+            registry.current("m"),
+            Err(RegistryError::NoCurrent { .. })
+        ));
+        let first = registry
+            .publish(&model, manifest("m"), &[&tokenizer], true)
+            .unwrap();
+        std::fs::write(&model, b"version two").unwrap();
+        let second = registry.publish(&model, manifest("m"), &[], false).unwrap();
+        assert_eq!((first.label(), second.label()), ("m/1".into(), "m/2".into()));
+        let current = registry.current("m").unwrap();
+        assert_eq!(current.version, "1");
+        assert_eq!(std::fs::read(current.model_path()).unwrap(), b"version one");
+        assert!(current.dir.join("tokenizer.json").is_file());
+        assert!(!current.dir.join(".claim").exists());
+        registry.set_current("m", "2").unwrap();
+        let current = registry.current("m").unwrap();
+        assert_eq!(std::fs::read(current.model_path()).unwrap(), b"version two");
+        assert_eq!(registry.manifest(&current).unwrap().version, "2");
+        assert_eq!(registry.versions("m").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn concurrent_publishers_never_share_a_version_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"model").unwrap();
+        for registry in [Registry::new(dir.path().join("local")), in_memory()] {
+            let numbers: Vec<String> = std::thread::scope(|scope| {
+                let publishers: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            (0..4)
+                                .map(|_| {
+                                    registry
+                                        .publish(&model, manifest("m"), &[], false)
+                                        .unwrap()
+                                        .version
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                publishers
+                    .into_iter()
+                    .flat_map(|p| p.join().unwrap())
+                    .collect()
+            });
+            let distinct: std::collections::BTreeSet<u64> =
+                numbers.iter().map(|n| n.parse().unwrap()).collect();
+            assert_eq!(distinct.len(), 16, "{} gave {numbers:?}", registry.describe());
+            assert_eq!(registry.versions("m").unwrap().len(), 16);
+        }
+    }
+
+    #[test]
+    fn a_dead_publisher_s_number_is_skipped_and_its_version_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"model").unwrap();
+        let registry = in_memory();
+        let remote = registry.remote.clone().unwrap();
+        registry.publish(&model, manifest("m"), &[], true).unwrap();
+        // A publisher claimed 2, uploaded its model and died before the manifest.
+        remote.location_for_tests().put("m/2/.claim", b"{}".to_vec()).unwrap();
+        remote.location_for_tests().put("m/2/model.onnx", b"half".to_vec()).unwrap();
+        let third = registry.publish(&model, manifest("m"), &[], false).unwrap();
+        assert_eq!(third.version, "3");
+        let published: Vec<String> = registry
+            .versions("m")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(published, ["1", "3"]);
+        registry.set_current("m", "2").unwrap();
+        let err = registry.current("m").unwrap_err().to_string();
+        assert!(err.contains("version 2") && err.contains("not complete"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_pointer_says_how_to_get_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Registry::new(dir.path()).current("nope").unwrap_err();
+        assert!(err.to_string().contains("scripts/setup.sh"), "{err}");
+    }
+}
