@@ -49,6 +49,8 @@ enum Command {
     /// Train a model version from a pipeline's Parquet dataset; publish it if it beats the
     /// serving version on the same holdout.
     Retrain(cli::retrain::Args),
+    /// List a model registry, or copy one between a directory and an object store.
+    Models(cli::models::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => cli::bench::execute(args).await,
             Command::Status(args) => cli::status::execute(args).await,
             Command::Retrain(args) => cli::retrain::execute(args).await,
+            Command::Models(args) => cli::models::execute(args).await,
         }
     });
     // A blocking call still waiting (a broker that never answers) must not hold the exit.

@@ -120,7 +120,8 @@ fn labels_file(
     path: &Path,
 ) -> Result<(PathBuf, Option<tempfile::TempDir>), RetrainError> {
     let path = loaded.path(path);
-    let crate::storage::Location::Object(object) = crate::storage::open(&path, &loaded.job.storage)?
+    let crate::storage::Location::Object(object) =
+        crate::storage::open(&path, &loaded.job.storage)?
     else {
         return Ok((path, None));
     };

@@ -93,6 +93,18 @@ impl ObjectLocation {
         Ok(keys.iter().filter_map(|key| self.relative(key)).collect())
     }
 
+    /// The names of the "directories" directly in `dir` (common prefixes).
+    pub fn dirs(&self, dir: &str) -> io::Result<Vec<String>> {
+        let (store, prefix) = (self.store.clone(), self.key(dir));
+        let listed = block_on(async move { store.list_with_delimiter(Some(&prefix)).await })
+            .map_err(io_error)?;
+        Ok(listed
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
     /// The names of the objects directly in `dir` (not below it).
     pub fn names(&self, dir: &str) -> io::Result<Vec<String>> {
         let (store, prefix) = (self.store.clone(), self.key(dir));
@@ -134,6 +146,7 @@ mod tests {
         all.sort();
         assert_eq!(all, ["a/b/y", "a/x.json"]);
         assert_eq!(at.names("a").unwrap(), ["x.json"]);
+        assert_eq!(at.dirs("a").unwrap(), ["b"]);
         assert!(at.exists("a/b/y").unwrap());
         at.delete("a/b/y").unwrap();
         at.delete("a/b/y").unwrap();

@@ -3,7 +3,9 @@
 //! they run is a real subcommand with real flags, on pipeline and job files that exist and
 //! validate; the files the Dockerfiles copy exist; the ConfigMap carries the repository's
 //! pipeline file unchanged; the compose file's topics, brokers and ports agree with the
-//! pipeline; the Kubernetes ports, probes, labels and volumes refer to each other.
+//! pipeline; the Kubernetes ports, probes, labels and volumes refer to each other; data and
+//! models are in one bucket everywhere (no shared volumes), and the KEDA scaler watches the
+//! pipeline's own consumer group.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -374,5 +376,201 @@ fn the_runtime_images_carry_what_tls_and_sasl_need_and_validate_a_secured_pipeli
             "{name}: {check}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+}
+
+/// The pod spec and first container of every workload in `deploy/k8s`, by file.
+fn workloads() -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for file in yaml_files(&repo("deploy/k8s")) {
+        for doc in documents(&file) {
+            let pod = match doc["kind"].as_str() {
+                Some("Deployment") | Some("Job") => doc["spec"]["template"]["spec"].clone(),
+                Some("CronJob") => doc["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone(),
+                _ => continue,
+            };
+            found.push((file.display().to_string(), pod));
+        }
+    }
+    found
+}
+
+/// `s3://BUCKET/...` -> `BUCKET`.
+fn bucket(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("s3://")
+        .unwrap_or_else(|| panic!("{url} is not an s3:// URL"));
+    rest.split('/').next().unwrap()
+}
+
+#[test]
+fn data_and_models_live_in_one_bucket_and_no_pod_needs_a_shared_volume() {
+    let secret = &documents(&repo("deploy/k8s/s3-secret.yaml"))[0];
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            secret["stringData"][key].is_string(),
+            "s3-secret.yaml: {key}"
+        );
+    }
+    let secret_name = secret["metadata"]["name"].as_str().unwrap();
+    let mut buckets = Vec::new();
+    let workloads = workloads();
+    assert!(workloads.len() >= 5, "{workloads:?}");
+    for (file, pod) in &workloads {
+        for volume in pod["volumes"].as_array().into_iter().flatten() {
+            assert!(
+                volume["persistentVolumeClaim"].is_null(),
+                "{file}: volume {} is a claim",
+                volume["name"]
+            );
+        }
+        let container = &pod["containers"][0];
+        let env_from = container["envFrom"].as_array().cloned().unwrap_or_default();
+        assert!(
+            env_from
+                .iter()
+                .any(|e| e["secretRef"]["name"] == secret_name),
+            "{file}: the S3 credentials are not in the environment"
+        );
+        for name in ["SLUICE_OUT", "SLUICE_MODELS"] {
+            if let Some(url) = env_value(container, name) {
+                buckets.push((file.clone(), bucket(&url).to_owned()));
+            }
+        }
+        let args = strings(&container["args"]);
+        for (i, arg) in args.iter().enumerate() {
+            if arg == "--out" || (i > 0 && args[0] == "models" && arg.starts_with("s3://")) {
+                let url = if arg == "--out" { &args[i + 1] } else { arg };
+                buckets.push((file.clone(), bucket(url).to_owned()));
+            }
+        }
+    }
+    let first = &buckets[0].1;
+    assert!(buckets.iter().all(|(_, b)| b == first), "{buckets:?}");
+    // The seed job fills the registry the Deployment reads.
+    let deployment = &documents(&repo("deploy/k8s/deployment.yaml"))[0];
+    let models = env_value(
+        &deployment["spec"]["template"]["spec"]["containers"][0],
+        "SLUICE_MODELS",
+    )
+    .unwrap();
+    let seed = &documents(&repo("deploy/k8s/models-seed-job.yaml"))[0];
+    let seed_args = strings(&seed["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert_eq!(seed_args[..2], ["models", "copy"]);
+    assert_eq!(seed_args.last(), Some(&models));
+}
+
+#[test]
+fn the_keda_scaler_watches_the_pipeline_s_group_and_topic() {
+    let docs = documents(&repo("deploy/k8s/keda-scaledobject.yaml"));
+    let scaled = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
+    let auth = docs
+        .iter()
+        .find(|d| d["kind"] == "TriggerAuthentication")
+        .unwrap();
+    let deployment = &documents(&repo("deploy/k8s/deployment.yaml"))[0];
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "kafka");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let pipeline =
+        sluice::pipeline::load(&in_repo(strings(&container["args"]).last().unwrap()).unwrap())
+            .unwrap();
+    let SourceConfig::Kafka(source) = &pipeline.config.source;
+    let meta = &trigger["metadata"];
+    assert_eq!(
+        meta["consumerGroup"].as_str(),
+        Some(pipeline.group_id().as_str())
+    );
+    assert!(source.topics.iter().any(|t| meta["topic"] == t.as_str()));
+    assert_eq!(
+        meta["bootstrapServers"].as_str(),
+        env_value(container, "SLUICE_BROKERS").as_deref()
+    );
+    assert!(
+        meta["lagThreshold"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    // No more replicas than the topic has partitions (as the compose file creates it).
+    let compose = &documents(&repo("deploy/docker-compose.yml"))[0];
+    let create = strings(&compose["services"]["topics"]["command"]).join("\n");
+    let topic = meta["topic"].as_str().unwrap();
+    let partitions: u64 = create
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{topic}:")))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let max = scaled["spec"]["maxReplicaCount"].as_u64().unwrap();
+    assert!(
+        max >= 1 && max <= partitions,
+        "{max} replicas, {partitions} partitions"
+    );
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    let kafka_secret = &documents(&repo("deploy/k8s/kafka-secret.yaml"))[0];
+    for target in auth["spec"]["secretTargetRef"].as_array().unwrap() {
+        assert_eq!(target["name"], kafka_secret["metadata"]["name"]);
+        let key = target["key"].as_str().unwrap();
+        assert!(
+            kafka_secret["stringData"][key].is_string(),
+            "no {key} in the secret"
+        );
+    }
+}
+
+#[test]
+fn the_compose_file_keeps_data_and_models_in_its_object_store() {
+    let compose = &documents(&repo("deploy/docker-compose.yml"))[0];
+    let services = &compose["services"];
+    let store = strings(&services["s3"]["command"]);
+    let made = store
+        .iter()
+        .find_map(|a| a.strip_prefix("-bucket="))
+        .expect("the store makes the bucket");
+    let sluice = &services["sluice"];
+    assert!(sluice["volumes"].is_null(), "no shared volume");
+    let env = &sluice["environment"];
+    for name in ["SLUICE_OUT", "SLUICE_MODELS"] {
+        assert_eq!(bucket(env[name].as_str().unwrap()), made, "{name}");
+    }
+    let seed = &services["models-seed"];
+    check_sluice_command(&strings(&seed["command"]), "docker-compose.yml models-seed");
+    assert_eq!(
+        strings(&seed["command"]).last().map(String::as_str),
+        env["SLUICE_MODELS"].as_str()
+    );
+    assert_eq!(
+        sluice["depends_on"]["models-seed"]["condition"],
+        "service_completed_successfully"
+    );
+    let identities = compose["configs"]["s3-identities"]["content"]
+        .as_str()
+        .unwrap();
+    for service in [sluice, seed] {
+        let env = &service["environment"];
+        assert!(env["AWS_ENDPOINT_URL"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://s3:"));
+        for (name, in_store) in [
+            ("AWS_ACCESS_KEY_ID", "accessKey"),
+            ("AWS_SECRET_ACCESS_KEY", "secretKey"),
+        ] {
+            let value = env[name].as_str().unwrap();
+            assert!(
+                identities.contains(&format!("\"{in_store}\": \"{value}\"")),
+                "{name} {value} is not the store's identity"
+            );
+        }
     }
 }

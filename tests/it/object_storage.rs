@@ -574,7 +574,10 @@ async fn wrong_credentials_fail_start_naming_the_sink_without_the_secret() {
         text.contains("sinks[0].parquet") && text.contains("SignatureDoesNotMatch"),
         "{text}"
     );
-    assert!(!text.contains(wrong) && !text.contains(SECRET_KEY), "{text}");
+    assert!(
+        !text.contains(wrong) && !text.contains(SECRET_KEY),
+        "{text}"
+    );
     assert!(
         s3.keys(BUCKET, "denied").await.is_empty(),
         "nothing was written"

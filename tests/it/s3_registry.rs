@@ -35,9 +35,16 @@ async fn sync(s3: &S3Server, dir: &Path, prefix: &str) {
                 pending.push(path);
                 continue;
             }
-            let relative = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let key = object_store::path::Path::from(format!("{prefix}/{relative}"));
-            store.put(&key, std::fs::read(&path).unwrap().into()).await.unwrap();
+            store
+                .put(&key, std::fs::read(&path).unwrap().into())
+                .await
+                .unwrap();
         }
     }
 }
@@ -77,7 +84,12 @@ async fn registry_under_a_running_stream(kind: Kind) {
         "models/process-failure",
     )
     .await;
-    sync(&s3, &Path::new(ROOT).join("pipelines/reference"), "reference").await;
+    sync(
+        &s3,
+        &Path::new(ROOT).join("pipelines/reference"),
+        "reference",
+    )
+    .await;
     let shipped = std::fs::read_to_string(Path::new(ROOT).join("models/process-failure/current"))
         .unwrap()
         .trim()
@@ -188,7 +200,10 @@ async fn registry_under_a_running_stream(kind: Kind) {
     let mut versions: BTreeMap<String, usize> = BTreeMap::new();
     let mut sites = 0;
     for batch in read_dataset(&out.join("windows")) {
-        let model = batch.column_by_name("model_version").unwrap().as_string::<i32>();
+        let model = batch
+            .column_by_name("model_version")
+            .unwrap()
+            .as_string::<i32>();
         let site = batch.column_by_name("site").unwrap();
         sites += site.len() - site.null_count();
         for row in 0..batch.num_rows() {
@@ -202,6 +217,55 @@ async fn registry_under_a_running_stream(kind: Kind) {
     assert!(versions.keys().all(|v| allowed.contains(v)), "{versions:?}");
     assert!(versions.contains_key(&allowed[1]), "{versions:?}");
     assert!(sites > 0, "the lookup table from the bucket joined");
+}
+
+/// `sluice models` with the standard AWS environment for `s3`.
+fn models_cli(s3: &S3Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("models")
+        .args(args)
+        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{errors}");
+    assert!(!errors.contains(SECRET_KEY) && !text.contains(SECRET_KEY));
+    text
+}
+
+#[test]
+fn sluice_models_copies_a_local_registry_to_a_bucket_once() {
+    let s3 = S3Server::of(Kind::Seaweed);
+    s3.create_bucket(BUCKET);
+    let from = format!("{ROOT}/models");
+    let to = format!("s3://{BUCKET}/models");
+    let copy = [
+        "copy",
+        &from,
+        &to,
+        "--model",
+        "process-failure",
+        "--model",
+        "bearing-health",
+    ];
+    let first = models_cli(&s3, &copy);
+    assert!(first.contains("2 copied, 0 already there"), "{first}");
+    let again = models_cli(&s3, &copy);
+    assert!(again.contains("0 copied, 2 already there"), "{again}");
+    // The bucket lists what the directory lists for those two models.
+    let listed = models_cli(&s3, &["list", &to]);
+    let local: Vec<String> = models_cli(&s3, &["list", &from])
+        .lines()
+        .filter(|l| l.starts_with("process-failure:") || l.starts_with("bearing-health:"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed.lines().collect::<Vec<_>>(), local);
+    assert!(listed.starts_with("bearing-health: current "), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +336,13 @@ os._exit(0)
 
     // In the bucket: the version whole, with its report, and `current` pointing at it.
     let keys = s3.keys(BUCKET, "models/tabular").await;
-    for file in ["1/.claim", "1/manifest.json", "1/model.onnx", "1/report.json", "current"] {
+    for file in [
+        "1/.claim",
+        "1/manifest.json",
+        "1/model.onnx",
+        "1/report.json",
+        "current",
+    ] {
         assert!(
             keys.contains(&format!("models/tabular/{file}")),
             "{file} missing: {keys:?}"
@@ -291,6 +361,9 @@ os._exit(0)
     })
     .await
     .unwrap();
-    assert_eq!((current.version.as_str(), manifest.version.as_str()), ("1", "1"));
+    assert_eq!(
+        (current.version.as_str(), manifest.version.as_str()),
+        ("1", "1")
+    );
     assert!(current.model_path().is_file(), "downloaded into the cache");
 }

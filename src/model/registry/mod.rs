@@ -144,6 +144,16 @@ impl ModelVersion {
     }
 }
 
+/// What [`Registry::copy_to`] did, by version label (`NAME/VERSION`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    pub copied: Vec<String>,
+    /// Already in the target (left as they are).
+    pub present: Vec<String>,
+    /// `current` pointers set in the target.
+    pub pointed: Vec<String>,
+}
+
 /// Where to look for a free version number at most this many times.
 const PUBLISH_TRIES: usize = 16;
 
@@ -282,60 +292,150 @@ impl Registry {
             let file_name = file.file_name().unwrap_or(file.as_os_str());
             files.push((file_name.to_string_lossy().into_owned(), file));
         }
-        let version = match &self.remote {
-            Some(remote) => remote.publish(&mut manifest, &files)?,
-            None => self.publish_local(&mut manifest, &files)?,
-        };
-        let version = self.version(&name, &version);
+        let last = match &self.remote {
+            Some(remote) => remote.versions(&name)?.taken.last().copied(),
+            None => self.local_numbers(&name)?.last().copied(),
+        }
+        .unwrap_or(0);
+        let mut published = false;
+        // A number taken meanwhile by another publisher: try the next one.
+        for next in (last + 1..).take(PUBLISH_TRIES) {
+            manifest.version = next.to_string();
+            if self.write(&manifest, &files)? {
+                published = true;
+                break;
+            }
+        }
+        if !published {
+            return Err(RegistryError::Contended {
+                name,
+                tries: PUBLISH_TRIES,
+            });
+        }
+        let version = self.version(&name, &manifest.version);
         if make_current {
             self.set_current(&name, &version.version)?;
         }
         Ok(version)
     }
 
-    fn publish_local(
-        &self,
-        manifest: &mut Manifest,
-        files: &[(String, &Path)],
-    ) -> Result<String, RegistryError> {
-        let name = manifest.name.clone();
-        let dir = self.root.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| Self::io(&name, &dir, e))?;
-        let mut next = self.local_numbers(&name)?.last().copied().unwrap_or(0) + 1;
-        for _ in 0..PUBLISH_TRIES {
-            manifest.version = next.to_string();
-            let staging = tempfile::Builder::new()
-                .prefix(&format!(".{next}."))
-                .tempdir_in(&dir)
-                .map_err(|e| Self::io(&name, &dir, e))?;
-            // Readable by other users, as a created directory would be.
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::Permissions::from_mode(0o755);
-                std::fs::set_permissions(staging.path(), mode)
-                    .map_err(|e| Self::io(&name, staging.path(), e))?;
+    /// Writes version `manifest.version` of `manifest.name` with `files` (name, local
+    /// path) and the manifest, unless that number is taken: `false` then, nothing written.
+    fn write(&self, manifest: &Manifest, files: &[(String, &Path)]) -> Result<bool, RegistryError> {
+        if let Some(remote) = &self.remote {
+            return remote.write(manifest, files);
+        }
+        let name = &manifest.name;
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Self::io(name, &dir, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{}.", manifest.version))
+            .tempdir_in(&dir)
+            .map_err(|e| Self::io(name, &dir, e))?;
+        // Readable by other users, as a created directory would be.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(staging.path(), mode)
+                .map_err(|e| Self::io(name, staging.path(), e))?;
+        }
+        for (file_name, from) in files {
+            let to = staging.path().join(file_name);
+            std::fs::copy(from, &to).map_err(|e| Self::io(name, from, e))?;
+        }
+        write_manifest(manifest, &staging.path().join("manifest.json"))?;
+        let target = dir.join(&manifest.version);
+        // Renaming a directory onto an existing, non-empty one fails: the number is taken
+        // by whoever renamed first.
+        match std::fs::rename(staging.path(), &target) {
+            Ok(()) => {
+                let _ = staging.keep();
+                Ok(true)
             }
-            for (file_name, from) in files {
-                let to = staging.path().join(file_name);
-                std::fs::copy(from, &to).map_err(|e| Self::io(&name, from, e))?;
-            }
-            write_manifest(manifest, &staging.path().join("manifest.json"))?;
-            let target = dir.join(&manifest.version);
-            // Renaming a directory onto an existing, non-empty one fails: the number is
-            // taken by whoever renamed first.
-            match std::fs::rename(staging.path(), &target) {
-                Ok(()) => {
-                    let _ = staging.keep();
-                    return Ok(manifest.version.clone());
+            Err(_) if target.exists() => Ok(false),
+            Err(e) => Err(Self::io(name, &target, e)),
+        }
+    }
+
+    /// The names of the models in the registry (those with a `current` pointer or a
+    /// version), sorted.
+    pub fn models(&self) -> Result<Vec<String>, RegistryError> {
+        let mut names = match &self.remote {
+            Some(remote) => remote.models()?,
+            None => match std::fs::read_dir(&self.root) {
+                Ok(entries) => entries
+                    .filter_map(|e| {
+                        let e = e.ok()?;
+                        let name = e.file_name().to_str()?.to_owned();
+                        (!name.starts_with('.') && e.path().is_dir()).then_some(name)
+                    })
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(Self::io("", &self.root, e)),
+            },
+        };
+        names.retain(|name| {
+            self.versions(name).is_ok_and(|v| !v.is_empty())
+                || self.pointer(name).is_ok_and(|p| p.is_some())
+        });
+        names.sort();
+        Ok(names)
+    }
+
+    /// The text of `NAME/current`, `None` when there is none.
+    fn pointer(&self, name: &str) -> Result<Option<String>, RegistryError> {
+        if let Some(remote) = &self.remote {
+            return remote.current(name);
+        }
+        let pointer = self.root.join(name).join("current");
+        match std::fs::read_to_string(&pointer) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io(name, &pointer, e)),
+        }
+    }
+
+    /// Copies every published version of the models `names` (all when empty) that `to`
+    /// lacks, under the same numbers, and points `to`'s `current` where this registry's
+    /// does where `to` has none yet. For moving a registry between a disk and a bucket;
+    /// running it again copies only what is new.
+    pub fn copy_to(&self, to: &Registry, names: &[String]) -> Result<CopyReport, RegistryError> {
+        let names = if names.is_empty() {
+            self.models()?
+        } else {
+            names.to_vec()
+        };
+        let mut report = CopyReport::default();
+        for name in &names {
+            for version in self.versions(name)? {
+                let manifest = self.manifest(&version)?;
+                let entries =
+                    std::fs::read_dir(&version.dir).map_err(|e| Self::io(name, &version.dir, e))?;
+                let mut paths = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(|e| Self::io(name, &version.dir, e))?;
+                    let file_name = entry.file_name().to_string_lossy().into_owned();
+                    let skip = file_name == "manifest.json" || file_name.starts_with('.');
+                    if !skip && entry.path().is_file() {
+                        paths.push((file_name, entry.path()));
+                    }
                 }
-                Err(_) if target.exists() => next += 1,
-                Err(e) => return Err(Self::io(&name, &target, e)),
+                let files: Vec<(String, &Path)> = paths
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.as_path()))
+                    .collect();
+                if to.write(&manifest, &files)? {
+                    report.copied.push(version.label());
+                } else {
+                    report.present.push(version.label());
+                }
+            }
+            if let (Some(current), None) = (self.pointer(name)?, to.pointer(name)?) {
+                to.set_current(name, &current)?;
+                report.pointed.push(format!("{name}/{current}"));
             }
         }
-        Err(RegistryError::Contended {
-            name,
-            tries: PUBLISH_TRIES,
-        })
+        Ok(report)
     }
 
     /// Points `NAME/current` at `version` (a rename over the old pointer, or one `PUT`).
@@ -359,11 +459,12 @@ fn write_manifest(manifest: &Manifest, path: &Path) -> Result<(), RegistryError>
 
 /// `manifest` as the bytes of a `manifest.json` (`path` names it in errors).
 fn manifest_json(manifest: &Manifest, path: &Path) -> Result<Vec<u8>, RegistryError> {
-    let json = serde_json::to_string_pretty(manifest).map_err(|source| RegistryError::Manifest {
-        name: manifest.name.clone(),
-        path: path.to_owned(),
-        source,
-    })?;
+    let json =
+        serde_json::to_string_pretty(manifest).map_err(|source| RegistryError::Manifest {
+            name: manifest.name.clone(),
+            path: path.to_owned(),
+            source,
+        })?;
     Ok((json + "\n").into_bytes())
 }
 
@@ -441,7 +542,10 @@ mod tests {
             .unwrap();
         std::fs::write(&model, b"version two").unwrap();
         let second = registry.publish(&model, manifest("m"), &[], false).unwrap();
-        assert_eq!((first.label(), second.label()), ("m/1".into(), "m/2".into()));
+        assert_eq!(
+            (first.label(), second.label()),
+            ("m/1".into(), "m/2".into())
+        );
         let current = registry.current("m").unwrap();
         assert_eq!(current.version, "1");
         assert_eq!(std::fs::read(current.model_path()).unwrap(), b"version one");
@@ -482,7 +586,12 @@ mod tests {
             });
             let distinct: std::collections::BTreeSet<u64> =
                 numbers.iter().map(|n| n.parse().unwrap()).collect();
-            assert_eq!(distinct.len(), 16, "{} gave {numbers:?}", registry.describe());
+            assert_eq!(
+                distinct.len(),
+                16,
+                "{} gave {numbers:?}",
+                registry.describe()
+            );
             assert_eq!(registry.versions("m").unwrap().len(), 16);
         }
     }
@@ -496,8 +605,14 @@ mod tests {
         let remote = registry.remote.clone().unwrap();
         registry.publish(&model, manifest("m"), &[], true).unwrap();
         // A publisher claimed 2, uploaded its model and died before the manifest.
-        remote.location_for_tests().put("m/2/.claim", b"{}".to_vec()).unwrap();
-        remote.location_for_tests().put("m/2/model.onnx", b"half".to_vec()).unwrap();
+        remote
+            .location_for_tests()
+            .put("m/2/.claim", b"{}".to_vec())
+            .unwrap();
+        remote
+            .location_for_tests()
+            .put("m/2/model.onnx", b"half".to_vec())
+            .unwrap();
         let third = registry.publish(&model, manifest("m"), &[], false).unwrap();
         assert_eq!(third.version, "3");
         let published: Vec<String> = registry
@@ -509,7 +624,52 @@ mod tests {
         assert_eq!(published, ["1", "3"]);
         registry.set_current("m", "2").unwrap();
         let err = registry.current("m").unwrap_err().to_string();
-        assert!(err.contains("version 2") && err.contains("not complete"), "{err}");
+        assert!(
+            err.contains("version 2") && err.contains("not complete"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_registry_copies_to_a_bucket_and_back_keeping_numbers_and_pointers() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"model").unwrap();
+        let tokenizer = dir.path().join("tokenizer.json");
+        std::fs::write(&tokenizer, b"{}").unwrap();
+        let local = Registry::new(dir.path().join("models"));
+        local
+            .publish(&model, manifest("m"), &[&tokenizer], false)
+            .unwrap();
+        local.publish(&model, manifest("m"), &[], true).unwrap();
+        local.publish(&model, manifest("n"), &[], true).unwrap();
+        assert_eq!(local.models().unwrap(), ["m", "n"]);
+
+        let bucket = in_memory();
+        let report = local.copy_to(&bucket, &[]).unwrap();
+        assert_eq!(report.copied, ["m/1", "m/2", "n/1"]);
+        assert_eq!(report.pointed, ["m/2", "n/1"]);
+        assert_eq!(bucket.models().unwrap(), ["m", "n"]);
+        assert_eq!(bucket.current("m").unwrap().version, "2");
+        let first = bucket.current("m").and_then(|_| {
+            let v = bucket.version("m", "1");
+            bucket.manifest(&v).map(|_| v)
+        });
+        assert!(first.unwrap().dir.join("tokenizer.json").is_file());
+        // Again: nothing new to copy; the target's own pointer is left alone.
+        bucket.set_current("m", "1").unwrap();
+        let again = local.copy_to(&bucket, &["m".into()]).unwrap();
+        assert!(
+            again.copied.is_empty() && again.pointed.is_empty(),
+            "{again:?}"
+        );
+        assert_eq!(again.present, ["m/1", "m/2"]);
+        assert_eq!(bucket.current("m").unwrap().version, "1");
+
+        let back = Registry::new(dir.path().join("back"));
+        bucket.copy_to(&back, &[]).unwrap();
+        assert_eq!(back.current("m").unwrap().version, "1");
+        assert_eq!(back.versions("n").unwrap().len(), 1);
     }
 
     #[test]

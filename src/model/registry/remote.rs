@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{manifest_json, Manifest, ModelVersion, RegistryError, PUBLISH_TRIES};
+use super::{manifest_json, Manifest, ModelVersion, RegistryError};
 use crate::storage::ObjectLocation;
 
 /// The object that takes a version number.
@@ -120,41 +120,34 @@ impl Remote {
         Ok(numbers)
     }
 
-    /// Takes the next free number, uploads `files` and then the manifest; returns the
-    /// version.
-    pub fn publish(
+    /// The names under the registry's root.
+    pub fn models(&self) -> Result<Vec<String>, RegistryError> {
+        self.location.dirs("").map_err(|e| self.error("", "", e))
+    }
+
+    /// Claims `manifest.version` of `manifest.name`, then uploads `files` and the
+    /// manifest; `false` (nothing written) when another publisher holds the number.
+    pub fn write(
         &self,
-        manifest: &mut Manifest,
+        manifest: &Manifest,
         files: &[(String, &Path)],
-    ) -> Result<String, RegistryError> {
-        let name = manifest.name.clone();
-        let mut next = self.versions(&name)?.taken.last().copied().unwrap_or(0) + 1;
-        let mut claimed = None;
-        for _ in 0..PUBLISH_TRIES {
-            let claim = format!("{name}/{next}/{CLAIM}");
-            let owner = format!(
-                "{{\"host\":{:?},\"pid\":{},\"at\":{:?}}}\n",
-                hostname(),
-                std::process::id(),
-                chrono::Utc::now().to_rfc3339()
-            );
-            if self
-                .location
-                .create(&claim, owner.into_bytes())
-                .map_err(|e| self.error(&name, &claim, e))?
-            {
-                claimed = Some(next);
-                break;
-            }
-            next += 1;
+    ) -> Result<bool, RegistryError> {
+        let name = &manifest.name;
+        let number = &manifest.version;
+        let claim = format!("{name}/{number}/{CLAIM}");
+        let owner = format!(
+            "{{\"host\":{:?},\"pid\":{},\"at\":{:?}}}\n",
+            hostname(),
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339()
+        );
+        if !self
+            .location
+            .create(&claim, owner.into_bytes())
+            .map_err(|e| self.error(name, &claim, e))?
+        {
+            return Ok(false);
         }
-        let Some(number) = claimed else {
-            return Err(RegistryError::Contended {
-                name,
-                tries: PUBLISH_TRIES,
-            });
-        };
-        manifest.version = number.to_string();
         for (file_name, from) in files {
             let path = format!("{name}/{number}/{file_name}");
             crate::storage::upload_file(
@@ -162,7 +155,7 @@ impl Remote {
                 self.location.key(&path),
                 from,
             )
-            .map_err(|e| self.error(&name, &path, e))?;
+            .map_err(|e| self.error(name, &path, e))?;
         }
         let path = format!("{name}/{number}/manifest.json");
         let json = manifest_json(manifest, Path::new(&path))?;
@@ -171,10 +164,10 @@ impl Remote {
         if !self
             .location
             .create(&path, json)
-            .map_err(|e| self.error(&name, &path, e))?
+            .map_err(|e| self.error(name, &path, e))?
         {
             return Err(self.error(
-                &name,
+                name,
                 &path,
                 std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
@@ -182,7 +175,7 @@ impl Remote {
                 ),
             ));
         }
-        Ok(manifest.version.clone())
+        Ok(true)
     }
 
     /// Makes `version`'s files available under `version.dir` (downloaded once).

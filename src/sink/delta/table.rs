@@ -164,17 +164,19 @@ pub fn live_files(location: Location) -> Result<Vec<String>, DeltaError> {
         url: url.to_string(),
         source,
     };
-    let files = storage::blocking(|| -> Result<Vec<(String, bool)>, delta_kernel::KernelError> {
-        let snapshot = Snapshot::builder_for(url.as_str()).build(&engine)?;
-        let scan = snapshot.scan_builder().build()?;
-        let mut files = Vec::new();
-        for metadata in scan.scan_metadata(&engine)? {
-            files = metadata?.visit_scan_files(files, |files, file| {
-                files.push((file.path, file.dv_info.has_vector()));
-            })?;
-        }
-        Ok(files)
-    })
+    let files = storage::blocking(
+        || -> Result<Vec<(String, bool)>, delta_kernel::KernelError> {
+            let snapshot = Snapshot::builder_for(url.as_str()).build(&engine)?;
+            let scan = snapshot.scan_builder().build()?;
+            let mut files = Vec::new();
+            for metadata in scan.scan_metadata(&engine)? {
+                files = metadata?.visit_scan_files(files, |files, file| {
+                    files.push((file.path, file.dv_info.has_vector()));
+                })?;
+            }
+            Ok(files)
+        },
+    )
     .map_err(kernel)?;
     if files.iter().any(|(_, deletion_vector)| *deletion_vector) {
         return Err(DeltaError::Schema(format!(
@@ -184,7 +186,11 @@ pub fn live_files(location: Location) -> Result<Vec<String>, DeltaError> {
     Ok(files
         .into_iter()
         // Paths in the log are URL-encoded relative paths.
-        .map(|(path, _)| percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned())
+        .map(|(path, _)| {
+            percent_encoding::percent_decode_str(&path)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect())
 }
 

@@ -318,7 +318,10 @@ mod tests {
         };
         let source = Source::Object(object.clone());
         let missing = read(&source).unwrap_err().to_string();
-        assert!(missing.contains("memory://bucket/ref/customers.csv"), "{missing}");
+        assert!(
+            missing.contains("memory://bucket/ref/customers.csv"),
+            "{missing}"
+        );
         object
             .put("", b"customer_id,segment\nc-1,smb\n".to_vec())
             .unwrap();

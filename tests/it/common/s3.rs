@@ -98,7 +98,10 @@ impl S3Server {
             // The filer behind the S3 gateway may still be starting.
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+                let out = Command::new("python3")
+                    .args(["-c", &script])
+                    .output()
+                    .unwrap();
                 if out.status.success() {
                     return;
                 }
