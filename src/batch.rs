@@ -221,6 +221,13 @@ pub enum DeadLetterKind {
     ModelFailed,
     /// The `sql` statement failed on this row alone.
     SqlFailed,
+    /// Not in the Confluent wire format (magic byte `0`, 4-byte schema id).
+    NotFramed,
+    /// Its writer schema id is not in the registry, or cannot be read into the declared
+    /// (reader) schema.
+    UnknownSchema,
+    /// A body that its writer schema does not describe.
+    MalformedAvro,
 }
 
 impl DeadLetterKind {
@@ -239,6 +246,9 @@ impl DeadLetterKind {
             DeadLetterKind::LateEvent => "late_event",
             DeadLetterKind::ModelFailed => "model_failed",
             DeadLetterKind::SqlFailed => "sql_failed",
+            DeadLetterKind::NotFramed => "not_framed",
+            DeadLetterKind::UnknownSchema => "unknown_schema",
+            DeadLetterKind::MalformedAvro => "malformed_avro",
         }
     }
 }

@@ -15,8 +15,9 @@
 //! - a pipeline file: [`config`] (serde types, `${VAR}`, key paths and lines), checked into a
 //!   [`pipeline::Pipeline`] by [`pipeline`] (which also loads retrain jobs and schedules);
 //! - running it: [`runtime::run`] (or [`backfill`] over a bounded range) wires the Kafka
-//!   [`source`] (per-partition micro-batches, [`batch`]), [`decode`] (JSON -> Arrow against
-//!   a [`schema`], bad records -> [`batch::DeadLetter`]s), the [`stage`]s (sql, window,
+//!   [`source`] (per-partition micro-batches, [`batch`]), [`decode`] (JSON or Avro -> Arrow
+//!   against a [`schema`], Avro writer schemas from the [`schema_registry`], bad records ->
+//!   [`batch::DeadLetter`]s), the [`stage`]s (sql, window,
 //!   tokenize, infer with models from the [`model`] registry, enrich) and the [`sink`]s
 //!   (Parquet with its commit protocol, Kafka topics, dead letters; [`dead_letter`] is the
 //!   dead-letter dataset's layout);
@@ -49,6 +50,7 @@ pub mod pipeline;
 pub mod retrain;
 pub mod runtime;
 pub mod schema;
+pub mod schema_registry;
 pub mod sink;
 pub mod source;
 pub mod stage;

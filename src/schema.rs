@@ -1,7 +1,9 @@
-//! Record schema files (`schemas/*.json`) and the Arrow schemas derived from them.
+//! Record schema files (`schemas/*.json`, `schemas/*.avsc`) and the Arrow schemas derived
+//! from them.
 //!
 //! A schema file declares the fields of one topic's JSON records (format in
-//! `schemas/README.md`). Decoding appends the provenance columns every row keeps
+//! `schemas/README.md`), or is an Avro schema (`.avsc`): the reader schema Avro records
+//! are resolved to, its Arrow form as `arrow-avro` decodes it. Decoding appends the provenance columns every row keeps
 //! (`_topic`, `_partition`, `_offset`, `_timestamp`), so [`with_provenance`] is the
 //! schema of decoded batches and of what sinks receive.
 
@@ -60,6 +62,8 @@ pub enum FieldError {
     UnknownType { path: String, name: String },
     #[error("field `{0}`: names starting with `_` are reserved for provenance columns")]
     Reserved(String),
+    #[error("not a usable Avro record schema: {0}")]
+    Avro(String),
 }
 
 /// The JSON document in a schema file.
@@ -132,6 +136,8 @@ const NAMED_TYPES: &[NamedType] = &[
 pub struct RecordSchema {
     pub name: String,
     pub fields: SchemaRef,
+    /// The Avro schema's JSON, for a `.avsc` file.
+    pub avro: Option<String>,
 }
 
 /// Reads and checks a schema file.
@@ -140,7 +146,13 @@ pub fn load(path: &Path) -> Result<RecordSchema, SchemaError> {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text).map_err(|err| match err {
+    let is_avro = path.extension().is_some_and(|e| e == "avsc");
+    let parsed = if is_avro {
+        parse_avro(&text)
+    } else {
+        parse(&text)
+    };
+    parsed.map_err(|err| match err {
         ParseError::Json(source) => SchemaError::Parse {
             path: path.to_owned(),
             source,
@@ -166,7 +178,48 @@ fn parse(text: &str) -> Result<RecordSchema, ParseError> {
     Ok(RecordSchema {
         name: file.name,
         fields: Arc::new(Schema::new(fields)),
+        avro: None,
     })
+}
+
+/// An Avro record schema: its fields as Arrow decodes them.
+fn parse_avro(text: &str) -> Result<RecordSchema, ParseError> {
+    use arrow_avro::reader::ReaderBuilder;
+    use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+    let json: serde_json::Value = serde_json::from_str(text).map_err(ParseError::Json)?;
+    let invalid = |message: String| ParseError::Invalid(FieldError::Avro(message));
+    if json["type"] != "record" {
+        return Err(invalid("the top level must be a record".into()));
+    }
+    let name = json["name"].as_str().unwrap_or_default().to_owned();
+    let avro = AvroSchema::new(text.to_owned());
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store
+        .set(Fingerprint::Id(0), avro)
+        .map_err(|e| invalid(e.to_string()))?;
+    let decoder = ReaderBuilder::new()
+        .with_writer_schema_store(store)
+        .with_active_fingerprint(Fingerprint::Id(0))
+        .build_decoder()
+        .map_err(|e| invalid(e.to_string()))?;
+    let fields = decoder.schema().fields().clone();
+    if let Some(f) = fields.iter().find(|f| f.name().starts_with('_')) {
+        return Err(ParseError::Invalid(FieldError::Reserved(f.name().clone())));
+    }
+    Ok(RecordSchema {
+        name,
+        fields: Arc::new(Schema::new(fields)),
+        avro: Some(text.to_owned()),
+    })
+}
+
+/// The Arrow form of an Avro record schema (tests of the Avro decoder).
+#[cfg(test)]
+pub(crate) fn parse_avro_for_tests(text: &str) -> SchemaRef {
+    match parse_avro(text) {
+        Ok(record) => record.fields,
+        Err(_) => panic!("not an Avro record schema: {text}"),
+    }
 }
 
 fn to_fields(specs: &[FieldSpec], parent: &str) -> Result<Fields, FieldError> {

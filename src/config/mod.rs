@@ -265,11 +265,17 @@ impl std::fmt::Display for PropertyValue {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeConfig {
-    /// Record format. Default: `json` (one JSON object per Kafka message).
+    /// Record format. Default: `json` (one JSON object per Kafka message); `avro`: the
+    /// Confluent wire format (magic byte, schema id, Avro body) with a schema registry.
     #[serde(default)]
     pub format: RecordFormat,
-    /// Schema file (see `schemas/README.md`), relative to the pipeline file.
+    /// Schema file, relative to the pipeline file: sluice's JSON schema (see
+    /// `schemas/README.md`), or for `format: avro` an Avro schema (`.avsc`), the reader
+    /// schema writers' schemas are resolved to.
     pub schema: PathBuf,
+    /// The schema registry writer schemas are fetched from by id (`format: avro`).
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
     /// Larger records go to the dead letters. Default: `1 MiB`.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: ByteSize,
@@ -283,6 +289,30 @@ pub struct DecodeConfig {
 pub enum RecordFormat {
     #[default]
     Json,
+    Avro,
+}
+
+/// `decode.schema_registry`: a Confluent-compatible schema registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, e.g. `http://registry:8081`.
+    pub url: String,
+    /// HTTP basic auth (Confluent Cloud: the API key and secret).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A bearer token, instead of basic auth.
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// Per request. Default: `10s`.
+    #[serde(default = "default_registry_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -350,6 +380,14 @@ impl PipelineConfig {
                 _ => None,
             })
             .chain(storage)
+            .chain(self.decode.schema_registry.iter().flat_map(|r| {
+                [
+                    ("schema_registry.password", r.password.as_deref()),
+                    ("schema_registry.bearer_token", r.bearer_token.as_deref()),
+                ]
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value?)))
+            }))
             .collect()
     }
 }

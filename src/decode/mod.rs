@@ -12,6 +12,7 @@
 //! its own for its error, and the good ones still go through. Decoded rows with a
 //! timestamp readers cannot hold are taken out last. Bad input never fails a batch.
 
+pub mod avro;
 mod checks;
 
 use std::sync::Arc;
@@ -35,7 +36,7 @@ const STAGE: &str = "decode";
 const ISOLATE_BELOW: usize = 8;
 
 /// What decoding a batch has produced so far: rows in record order, and dead letters.
-struct Decoded<'a> {
+pub(crate) struct Decoded<'a> {
     tp: &'a TopicPartition,
     parts: Vec<RecordBatch>,
     good: Vec<RawRecord<'a>>,
@@ -48,6 +49,15 @@ impl<'a> Decoded<'a> {
         self.good.extend(records.iter().map(|(r, _)| *r));
     }
 
+    pub(crate) fn new(tp: &'a TopicPartition, records: usize) -> Self {
+        Decoded {
+            tp,
+            parts: Vec::new(),
+            good: Vec::with_capacity(records),
+            dead_letters: Vec::new(),
+        }
+    }
+
     fn reject(&mut self, record: &RawRecord<'_>, (kind, reason): Rejected) {
         self.dead_letters
             .push(DeadLetter::new(STAGE, self.tp, record, kind, reason));
@@ -56,6 +66,71 @@ impl<'a> Decoded<'a> {
 
 /// Why one record was rejected.
 type Rejected = (DeadLetterKind, String);
+
+/// Whether some field is a timestamp or date (decoded rows are range-checked).
+fn holds_dates(record_schema: &SchemaRef) -> bool {
+    record_schema
+        .fields()
+        .iter()
+        .any(|f| checks::holds_dates(f.data_type()))
+}
+
+/// The decoder a pipeline's `decode.format` asks for.
+#[derive(Debug)]
+pub enum RecordDecoder {
+    Json(JsonDecoder),
+    Avro(avro::AvroDecoder),
+}
+
+impl RecordDecoder {
+    /// The decoder for `pipeline`'s `decode` section.
+    pub fn for_pipeline(
+        pipeline: &crate::pipeline::Pipeline,
+    ) -> Result<Self, crate::schema_registry::RegistryError> {
+        let decode = &pipeline.config.decode;
+        let max_record_bytes = decode.max_record_bytes.as_u64() as usize;
+        match (&pipeline.avro_schema, &decode.schema_registry) {
+            (Some(reader), Some(registry)) => Ok(RecordDecoder::Avro(avro::AvroDecoder::new(
+                reader,
+                pipeline.record_schema.clone(),
+                max_record_bytes,
+                crate::schema_registry::SchemaRegistry::new(registry)?,
+            ))),
+            _ => Ok(RecordDecoder::Json(JsonDecoder::new(
+                pipeline.record_schema.clone(),
+                max_record_bytes,
+                decode.unknown_fields,
+            ))),
+        }
+    }
+
+    pub fn output_schema(&self) -> &SchemaRef {
+        match self {
+            RecordDecoder::Json(json) => json.output_schema(),
+            RecordDecoder::Avro(avro) => avro.output_schema(),
+        }
+    }
+
+    /// What must happen before [`Self::decode`] can run without I/O: for Avro, fetching
+    /// the writer schemas the batch refers to (waiting while the registry is away).
+    pub async fn prepare(
+        &self,
+        raw: &RawBatch,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), avro::PrepareError> {
+        match self {
+            RecordDecoder::Json(_) => Ok(()),
+            RecordDecoder::Avro(avro) => avro.prepare(raw, shutdown).await,
+        }
+    }
+
+    pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
+        match self {
+            RecordDecoder::Json(json) => json.decode(raw),
+            RecordDecoder::Avro(avro) => avro.decode(raw),
+        }
+    }
+}
 
 /// Decodes JSON records of one schema.
 #[derive(Debug, Clone)]
@@ -76,10 +151,7 @@ impl JsonDecoder {
     ) -> Self {
         JsonDecoder {
             output_schema: with_provenance(&record_schema),
-            holds_dates: record_schema
-                .fields()
-                .iter()
-                .any(|f| checks::holds_dates(f.data_type())),
+            holds_dates: holds_dates(&record_schema),
             record_schema,
             max_record_bytes,
             strict: unknown_fields == UnknownFields::Reject,
@@ -101,12 +173,7 @@ impl JsonDecoder {
     /// Decodes a raw batch. Errors are internal (Arrow could not build arrays it should
     /// be able to build), never caused by bad input.
     pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
-        let mut decoded = Decoded {
-            tp: &raw.provenance.tp,
-            parts: Vec::new(),
-            good: Vec::with_capacity(raw.len()),
-            dead_letters: Vec::new(),
-        };
+        let mut decoded = Decoded::new(&raw.provenance.tp, raw.len());
         let mut candidates: Vec<(RawRecord<'_>, &[u8])> = Vec::with_capacity(raw.len());
         for record in raw.records() {
             match self.screen(&record) {
@@ -115,24 +182,13 @@ impl JsonDecoder {
             }
         }
         self.decode_isolating(&candidates, &mut decoded)?;
-        let mut fields = match decoded.parts.len() {
-            0 => RecordBatch::new_empty(self.record_schema.clone()),
-            // The usual case, a clean batch: no copy.
-            1 => decoded.parts.swap_remove(0),
-            _ => concat_batches(&self.record_schema, &decoded.parts)?,
-        };
-        if self.holds_dates {
-            fields = take_out_of_range(fields, &mut decoded)?;
-        }
-        let rows = self.with_provenance_columns(fields, raw, &decoded.good)?;
-        let mut dead_letters = decoded.dead_letters;
-        dead_letters.sort_by_key(|d| d.offset);
-        Ok(Batch {
-            provenance: raw.provenance.clone(),
-            rows,
-            dead_letters,
-            retain_from: None,
-        })
+        finish(
+            decoded,
+            raw,
+            &self.record_schema,
+            &self.output_schema,
+            self.holds_dates,
+        )
     }
 
     /// Per-record checks that need no JSON parsing.
@@ -299,29 +355,60 @@ impl JsonDecoder {
         };
         Ok(outcome)
     }
+}
 
-    fn with_provenance_columns(
-        &self,
-        fields: RecordBatch,
-        raw: &RawBatch,
-        good: &[RawRecord<'_>],
-    ) -> Result<RecordBatch, ArrowError> {
-        let n = good.len();
-        let tp = &raw.provenance.tp;
-        let mut columns: Vec<ArrayRef> = fields.columns().to_vec();
-        columns.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(&*tp.topic, n),
-        )));
-        columns.push(Arc::new(Int32Array::from_value(tp.partition, n)));
-        columns.push(Arc::new(Int64Array::from_iter_values(
-            good.iter().map(|r| r.offset),
-        )));
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from_iter(good.iter().map(|r| r.timestamp))
-                .with_timezone("UTC"),
-        ));
-        RecordBatch::try_new(self.output_schema.clone(), columns)
+/// The batch from what decoding produced: the parts in record order (one part: no copy),
+/// rows with out-of-range dates taken out when `holds_dates`, the provenance columns of
+/// the good records appended, dead letters in offset order.
+pub(crate) fn finish(
+    mut decoded: Decoded<'_>,
+    raw: &RawBatch,
+    record_schema: &SchemaRef,
+    output_schema: &SchemaRef,
+    holds_dates: bool,
+) -> Result<Batch, ArrowError> {
+    let mut fields = match decoded.parts.len() {
+        0 => RecordBatch::new_empty(record_schema.clone()),
+        // The usual case, a clean batch: no copy.
+        1 => decoded.parts.swap_remove(0),
+        _ => concat_batches(record_schema, &decoded.parts)?,
+    };
+    if holds_dates {
+        fields = take_out_of_range(fields, &mut decoded)?;
     }
+    let rows = with_provenance_columns(output_schema, fields, raw, &decoded.good)?;
+    let mut dead_letters = decoded.dead_letters;
+    dead_letters.sort_by_key(|d| d.offset);
+    Ok(Batch {
+        provenance: raw.provenance.clone(),
+        rows,
+        dead_letters,
+        retain_from: None,
+    })
+}
+
+/// `fields` (one row per good record) with the provenance columns appended.
+fn with_provenance_columns(
+    output_schema: &SchemaRef,
+    fields: RecordBatch,
+    raw: &RawBatch,
+    good: &[RawRecord<'_>],
+) -> Result<RecordBatch, ArrowError> {
+    let n = good.len();
+    let tp = &raw.provenance.tp;
+    let mut columns: Vec<ArrayRef> = fields.columns().to_vec();
+    columns.push(Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(&*tp.topic, n),
+    )));
+    columns.push(Arc::new(Int32Array::from_value(tp.partition, n)));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        good.iter().map(|r| r.offset),
+    )));
+    columns.push(Arc::new(
+        TimestampMillisecondArray::from_iter(good.iter().map(|r| r.timestamp))
+            .with_timezone("UTC"),
+    ));
+    RecordBatch::try_new(output_schema.clone(), columns)
 }
 
 /// Sends the rows holding a timestamp or date readers cannot convert to the dead letters.

@@ -30,6 +30,8 @@ pub struct Pipeline {
     pub record_schema: SchemaRef,
     /// The schema file, resolved against the pipeline file's directory.
     pub schema_path: PathBuf,
+    /// For `decode.format: avro`, the schema file's Avro JSON (the reader schema).
+    pub avro_schema: Option<String>,
     /// The stages, planned (`stage::Chain::build` builds them from this).
     pub stages: stage::Plan,
     /// The outputs, planned (`sink::build` builds them from this).

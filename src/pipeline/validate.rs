@@ -28,11 +28,14 @@ pub(super) fn validate(
     check_clients(&config, &mut issues);
 
     let schema_path = base_dir.join(&config.decode.schema);
-    let record_schema = match schema::load(&schema_path) {
-        Ok(record) => Some(record.fields),
+    let (record_schema, avro_schema) = match schema::load(&schema_path) {
+        Ok(record) => {
+            check_format(&config.decode, record.avro.is_some(), &mut issues);
+            (Some(record.fields), record.avro)
+        }
         Err(e) => {
             issues.add("decode.schema", crate::telemetry::chain(&e));
-            None
+            (None, None)
         }
     };
     let row_schema = record_schema.as_deref().map(schema::with_provenance);
@@ -93,6 +96,7 @@ pub(super) fn validate(
             config,
             record_schema,
             schema_path,
+            avro_schema,
             stages,
             sinks,
             retrain: None,
@@ -100,6 +104,50 @@ pub(super) fn validate(
             storage_retry: std::time::Duration::from_secs(300),
         }),
         _ => Err(issues.0),
+    }
+}
+
+/// `decode.format` against the schema file's kind and the registry settings.
+fn check_format(decode: &crate::config::DecodeConfig, avro_file: bool, issues: &mut Issues) {
+    use crate::config::RecordFormat;
+    match (decode.format, avro_file) {
+        (RecordFormat::Avro, false) => issues.add(
+            "decode.schema",
+            "format: avro reads records into an Avro schema: expected a .avsc file",
+        ),
+        (RecordFormat::Json, true) => issues.add(
+            "decode.schema",
+            "a .avsc schema is for format: avro; JSON records take a sluice schema (schemas/README.md)",
+        ),
+        _ => {}
+    }
+    match (decode.format, &decode.schema_registry) {
+        (RecordFormat::Avro, None) => issues.add(
+            "decode.schema_registry",
+            "format: avro needs the registry writer schemas come from: expected {url: http://HOST:PORT}",
+        ),
+        (RecordFormat::Json, Some(_)) => issues.add(
+            "decode.schema_registry",
+            "only used with format: avro",
+        ),
+        (_, Some(registry)) => {
+            let scheme_ok = url::Url::parse(&registry.url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !scheme_ok {
+                issues.add(
+                    "decode.schema_registry.url",
+                    format!("expected an http:// or https:// URL, found `{}`", registry.url),
+                );
+            }
+            issues.check(
+                "decode.schema_registry.timeout",
+                limits::duration(registry.timeout, limits::SECOND / 10, 10 * limits::MINUTE),
+            );
+            if registry.password.is_some() && registry.username.is_none() {
+                issues.add("decode.schema_registry.password", "set `username` with it");
+            }
+        }
+        _ => {}
     }
 }
 

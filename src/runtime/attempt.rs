@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{check_brokers, retrain_task, RunError, SourceMode};
 use crate::ack::AckTracker;
 use crate::config::SourceConfig;
-use crate::decode::JsonDecoder;
+use crate::decode::RecordDecoder;
 use crate::pipeline::Pipeline;
 use crate::sink::{self, SinkMessage};
 use crate::source::bounded::BoundedSource;
@@ -58,7 +58,6 @@ pub(super) async fn run(
     shutdown: CancellationToken,
     stats: Arc<Stats>,
 ) -> Result<StatsSnapshot, RunError> {
-    let config = &pipeline.config;
     let sink_count = pipeline.sinks.count();
     let tracker = Arc::new(AckTracker::new(sink_count));
     let sinks = sink::build(&pipeline.sinks, mode.parquet_writer(), &tracker, &stats)?;
@@ -88,13 +87,10 @@ pub(super) async fn run(
 
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let source = build_source(pipeline, mode, source_tx, &tracker, &stats)?;
-    let decoder = JsonDecoder::new(
-        pipeline.record_schema.clone(),
-        config.decode.max_record_bytes.as_u64() as usize,
-        config.decode.unknown_fields,
-    );
+    let decoder = RecordDecoder::for_pipeline(pipeline)?;
     tasks.spawn(process_task(
         decoder,
+        shutdown.clone(),
         chain,
         source_rx,
         sink_inputs,
@@ -191,7 +187,8 @@ enum Ordered {
 /// Decodes each raw batch, runs it through the stages and hands it to every sink;
 /// forwards flushes in order.
 async fn process_task(
-    decoder: JsonDecoder,
+    decoder: RecordDecoder,
+    shutdown: CancellationToken,
     chain: Arc<Chain>,
     input: mpsc::Receiver<SourceMessage>,
     sinks: Vec<mpsc::Sender<SinkMessage>>,
@@ -207,9 +204,11 @@ async fn process_task(
         let chain = chain.clone();
         messages.then(move |message| {
             let (chain, decoder, tracker) = (chain.clone(), decoder.clone(), tracker.clone());
+            let shutdown = shutdown.clone();
             async move {
                 Ok::<_, RunError>(match message {
                     SourceMessage::Batch(raw) => {
+                        decoder.prepare(&raw, &shutdown).await?;
                         let batch = chain.process_ordered(decoder.decode(&raw)?).await?;
                         if let Some(offset) = batch.retain_from {
                             let prov = &batch.provenance;

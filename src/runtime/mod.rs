@@ -43,6 +43,10 @@ pub enum RunError {
     #[error("decoding a batch failed inside Arrow (a bug, not bad input): {0}")]
     Decode(#[from] arrow::error::ArrowError),
     #[error(transparent)]
+    Prepare(#[from] crate::decode::avro::PrepareError),
+    #[error("decode.schema_registry: {0}")]
+    Registry(#[from] crate::schema_registry::RegistryError),
+    #[error(transparent)]
     Stage(#[from] StageError),
     #[error("a pipeline task panicked or was cancelled")]
     Task(#[from] tokio::task::JoinError),
