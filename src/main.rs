@@ -51,6 +51,8 @@ enum Command {
     Retrain(cli::retrain::Args),
     /// List a model registry, or copy one between a directory and an object store.
     Models(cli::models::Args),
+    /// Fetch a subject's schema from a schema registry (`schema pull`).
+    Schema(cli::schema::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cli::status::execute(args).await,
             Command::Retrain(args) => cli::retrain::execute(args).await,
             Command::Models(args) => cli::models::execute(args).await,
+            Command::Schema(args) => cli::schema::execute(args).await,
         }
     });
     // A blocking call still waiting (a broker that never answers) must not hold the exit.

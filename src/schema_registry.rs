@@ -16,8 +16,8 @@ use crate::config::SchemaRegistryConfig;
 pub enum RegistryError {
     #[error("schema registry {url} unavailable: {message}")]
     Unavailable { url: String, message: String },
-    #[error("schema id {id} is not in the schema registry {url}")]
-    NotFound { url: String, id: u32 },
+    #[error("{what} is not in the schema registry {url}")]
+    NotFound { url: String, what: String },
     #[error("schema registry {url} refused the request ({status}): {message}")]
     Refused {
         url: String,
@@ -81,9 +81,11 @@ impl SchemaRegistry {
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .build()
             .map_err(|e| RegistryError::Client(e, url.clone()))?;
-        let auth = match (&config.username, &config.bearer_token) {
-            (Some(user), _) => Auth::Basic(user.clone(), config.password.clone()),
-            (None, Some(token)) => Auth::Bearer(token.clone()),
+        // `${VAR:-}` of an unset variable is an empty value: no credential.
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let auth = match (given(&config.username), given(&config.bearer_token)) {
+            (Some(user), _) => Auth::Basic(user, given(&config.password)),
+            (None, Some(token)) => Auth::Bearer(token),
             (None, None) => Auth::None,
         };
         Ok(SchemaRegistry { url, client, auth })
@@ -95,9 +97,37 @@ impl SchemaRegistry {
 
     /// The schema registered under `id`.
     pub async fn schema_by_id(&self, id: u32) -> Result<RegisteredSchema, RegistryError> {
+        self.get(&format!("schemas/ids/{id}"), || RegistryError::NotFound {
+            url: self.url.clone(),
+            what: format!("schema id {id}"),
+        })
+        .await
+    }
+
+    /// Version `version` (a number or `latest`) of `subject`.
+    pub async fn subject_version(
+        &self,
+        subject: &str,
+        version: &str,
+    ) -> Result<RegisteredSchema, RegistryError> {
+        self.get(&format!("subjects/{subject}/versions/{version}"), || {
+            RegistryError::NotFound {
+                url: self.url.clone(),
+                what: format!("subject `{subject}` version {version}"),
+            }
+        })
+        .await
+    }
+
+    /// `GET path`, its JSON body parsed; `not_found` for a 404.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        not_found: impl FnOnce() -> RegistryError,
+    ) -> Result<T, RegistryError> {
         let request = self
             .client
-            .get(format!("{}/schemas/ids/{id}", self.url))
+            .get(format!("{}/{path}", self.url))
             .header("Accept", "application/vnd.schemaregistry.v1+json");
         let request = match &self.auth {
             Auth::None => request,
@@ -124,10 +154,7 @@ impl SchemaRegistry {
             )));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                url: self.url.clone(),
-                id,
-            });
+            return Err(not_found());
         }
         let refused = |message: String| RegistryError::Refused {
             url: self.url.clone(),

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod models;
 pub mod retrain;
 pub mod run;
+pub mod schema;
 pub mod signal;
 pub mod status;
 pub mod validate;

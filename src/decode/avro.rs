@@ -97,6 +97,21 @@ impl AvroDecoder {
         &self.output_schema
     }
 
+    /// Makes writer schema `id` known without asking the registry (benches, tests, a
+    /// schema shipped beside the pipeline). Returns why it cannot be used, if so.
+    pub fn add_writer(&self, id: u32, schema: &str) -> Option<String> {
+        let writer = self.resolve(id, schema.to_owned());
+        let unusable = match &writer {
+            Writer::Unusable(reason) => Some(reason.clone()),
+            Writer::Usable(_) => None,
+        };
+        self.writers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, writer);
+        unusable
+    }
+
     fn writers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Writer>> {
         self.writers.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -141,7 +156,9 @@ impl AvroDecoder {
                     )))
                 }
                 Ok(registered) => return Ok(self.resolve(id, registered.schema)),
-                Err(e @ RegistryError::NotFound { .. }) => return Ok(Writer::Unusable(e.to_string())),
+                Err(e @ RegistryError::NotFound { .. }) => {
+                    return Ok(Writer::Unusable(e.to_string()))
+                }
                 Err(e) if e.is_transient() => {
                     let wait = BACKOFF[attempt.min(BACKOFF.len() - 1)];
                     if attempt == 0 {
@@ -169,7 +186,11 @@ impl AvroDecoder {
         }
     }
 
-    fn new_decoder(&self, writers: &[(u32, &AvroSchema)], rows: usize) -> Result<Decoder, ArrowError> {
+    fn new_decoder(
+        &self,
+        writers: &[(u32, &AvroSchema)],
+        rows: usize,
+    ) -> Result<Decoder, ArrowError> {
         let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
         for (id, schema) in writers {
             store
@@ -212,7 +233,11 @@ impl AvroDecoder {
             }
             None => {
                 for (record, payload, id) in &candidates {
-                    let schema = usable.iter().filter(|(i, _)| i == id).copied().collect::<Vec<_>>();
+                    let schema = usable
+                        .iter()
+                        .filter(|(i, _)| i == id)
+                        .copied()
+                        .collect::<Vec<_>>();
                     match self.decode_all(&[(*record, payload, *id)], &schema)? {
                         Some(parts) => {
                             decoded.parts.extend(parts);
@@ -260,15 +285,12 @@ impl AvroDecoder {
         let id = schema_id(payload).ok_or_else(|| {
             (
                 DeadLetterKind::NotFramed,
-                "not in the Confluent wire format (magic byte 0 and a 4-byte schema id)"
-                    .to_owned(),
+                "not in the Confluent wire format (magic byte 0 and a 4-byte schema id)".to_owned(),
             )
         })?;
         match writers.get(&id) {
             Some(Writer::Usable(_)) => Ok((payload, id)),
-            Some(Writer::Unusable(reason)) => {
-                Err((DeadLetterKind::UnknownSchema, reason.clone()))
-            }
+            Some(Writer::Unusable(reason)) => Err((DeadLetterKind::UnknownSchema, reason.clone())),
             None => Err((
                 DeadLetterKind::UnknownSchema,
                 format!("schema id {id} was not fetched"),
@@ -332,7 +354,9 @@ impl AvroDecoder {
 /// The schema id of a Confluent-framed record.
 fn schema_id(payload: &[u8]) -> Option<u32> {
     match payload {
-        [0, a, b, c, d, ..] if payload.len() >= HEADER => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        [0, a, b, c, d, ..] if payload.len() >= HEADER => {
+            Some(u32::from_be_bytes([*a, *b, *c, *d]))
+        }
         _ => None,
     }
 }

@@ -405,8 +405,7 @@ fn with_provenance_columns(
         good.iter().map(|r| r.offset),
     )));
     columns.push(Arc::new(
-        TimestampMillisecondArray::from_iter(good.iter().map(|r| r.timestamp))
-            .with_timezone("UTC"),
+        TimestampMillisecondArray::from_iter(good.iter().map(|r| r.timestamp)).with_timezone("UTC"),
     ));
     RecordBatch::try_new(output_schema.clone(), columns)
 }

@@ -143,7 +143,8 @@ fn check_format(decode: &crate::config::DecodeConfig, avro_file: bool, issues: &
                 "decode.schema_registry.timeout",
                 limits::duration(registry.timeout, limits::SECOND / 10, 10 * limits::MINUTE),
             );
-            if registry.password.is_some() && registry.username.is_none() {
+            let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+            if given(&registry.password) && !given(&registry.username) {
                 issues.add("decode.schema_registry.password", "set `username` with it");
             }
         }

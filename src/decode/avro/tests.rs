@@ -80,10 +80,9 @@ fn decoder() -> AvroDecoder {
     })
     .unwrap();
     let decoder = AvroDecoder::new(READER, record, 1 << 16, registry);
-    for (id, schema) in [(1, V1), (2, V2), (3, INCOMPATIBLE)] {
-        let writer = decoder.resolve(id, schema.to_owned());
-        decoder.writers.write().unwrap().insert(id, writer);
-    }
+    assert_eq!(decoder.add_writer(1, V1), None);
+    assert_eq!(decoder.add_writer(2, V2), None);
+    assert!(decoder.add_writer(3, INCOMPATIBLE).is_some());
     decoder
 }
 
@@ -169,9 +168,22 @@ fn every_kind_of_bad_record_is_a_dead_letter_with_its_reason_and_the_rest_surviv
             (107, "malformed_avro"),
         ]
     );
-    let reasons: Vec<&str> = batch.dead_letters.iter().map(|d| d.reason.as_str()).collect();
-    assert!(reasons[2].contains("schema id 99 was not fetched"), "{reasons:?}");
-    assert!(reasons[3].contains("writer schema id 3 cannot be read"), "{reasons:?}");
+    let reasons: Vec<&str> = batch
+        .dead_letters
+        .iter()
+        .map(|d| d.reason.as_str())
+        .collect();
+    assert!(
+        reasons[2].contains("schema id 99 was not fetched"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].contains("writer schema id 3 cannot be read"),
+        "{reasons:?}"
+    );
     assert!(reasons[4].starts_with("not valid Avro"), "{reasons:?}");
-    assert!(reasons[5].contains("bytes left after the end"), "{reasons:?}");
+    assert!(
+        reasons[5].contains("bytes left after the end"),
+        "{reasons:?}"
+    );
 }

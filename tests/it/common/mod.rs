@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod noida;
+pub mod registry;
 pub mod s3;
 pub mod tansu;
 

@@ -1,0 +1,488 @@
+//! Avro in the Confluent wire format: records produced by confluent-kafka's
+//! `AvroSerializer` with its `SchemaRegistryClient` against the test registry
+//! (`common::registry`), consumed by sluice from the mock cluster into Parquet. Every Avro
+//! type the declared schema has arrives with its value; writers moving between schema
+//! versions decode into the declared schema; an incompatible writer's records become dead
+//! letters naming the schema id; a registry that goes away pauses the stream without dead
+//! letters, and it resumes when the registry is back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use rdkafka::mocking::MockCluster;
+
+use crate::common::registry::Registry;
+use crate::common::{eventually, read_dataset, spawn_pipeline, Running};
+
+const HERE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/avro");
+
+/// The confluent-kafka producer process (`tests/it/avro/produce.py`), driven by commands.
+struct AvroProducer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl AvroProducer {
+    fn start(brokers: &str, topic: &str, registry: &str) -> AvroProducer {
+        let mut child = Command::new("python3")
+            .arg(format!("{HERE}/produce.py"))
+            .args([brokers, topic, registry])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        AvroProducer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// `produce` or `register` records `start..start + count` of `kind` with `schema`.
+    fn run(&mut self, command: &str, schema: &str, kind: &str, start: usize, count: usize) {
+        writeln!(
+            self.stdin,
+            "{command} {HERE}/{schema} {kind} {start} {count}"
+        )
+        .unwrap();
+        self.stdin.flush().unwrap();
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).unwrap();
+        assert_eq!(
+            answer.trim(),
+            "ok",
+            "produce.py failed (its stderr is above)"
+        );
+    }
+}
+
+impl Drop for AvroProducer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pipeline reading Avro from `topic` into `out/rows` (dead letters in `out/dead`).
+fn avro_pipeline(dir: &Path, brokers: &str, topic: &str, schema: &str, registry: &str) -> PathBuf {
+    let file = dir.join("avro.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: avro-{topic}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [{topic}]\n    batch:\n      max_rows: 500\n      max_wait: 100ms\ndecode:\n  format: avro\n  schema: {HERE}/{schema}\n  schema_registry:\n    url: {registry}\n    timeout: 2s\nsinks:\n  - parquet:\n      path: {out}/rows\n      roll:\n        max_age: 1s\ndead_letter:\n  parquet:\n    path: {out}/dead\n    roll:\n      max_age: 1s\n",
+            out = dir.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn start(dir: &Path, brokers: &str, topic: &str, schema: &str, registry: &str) -> Running {
+    let file = avro_pipeline(dir, brokers, topic, schema, registry);
+    spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_avro_type_from_the_confluent_serializer_arrives_with_its_value() {
+    let registry = Registry::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("orders", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = start(out.path(), &brokers, "orders", "order.avsc", &registry.url);
+    let mut producer = AvroProducer::start(&brokers, "orders", &registry.url);
+    producer.run("produce", "order.avsc", "order", 0, 120);
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().parquet_rows
+            == 120)
+        .await
+    );
+    shutdown.cancel();
+    let summary = handle.await.unwrap().unwrap();
+    assert_eq!(summary.dead_letters, 0);
+
+    let batches = read_dataset(&out.path().join("rows"));
+    assert_eq!(rows(&batches), 120);
+    let mut seen = 0;
+    for batch in &batches {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let ids = column("id");
+        let ids = ids.as_string::<i32>();
+        let amount = column("amount");
+        let DataType::Decimal128(10, 2) = amount.data_type() else {
+            panic!("decimal(10, 2) expected, found {}", amount.data_type());
+        };
+        let amount = amount.as_primitive::<arrow::datatypes::Decimal128Type>();
+        let placed = column("placed_at");
+        assert!(
+            matches!(placed.data_type(), DataType::Timestamp(_, Some(_))),
+            "{}",
+            placed.data_type()
+        );
+        let placed = arrow::compute::cast(
+            &placed,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+        )
+        .unwrap();
+        let placed = placed.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let status = arrow::compute::cast(&column("status"), &DataType::Utf8).unwrap();
+        let status = status.as_string::<i32>();
+        let tags = column("tags");
+        let tags = tags.as_list::<i32>();
+        let attributes = column("attributes");
+        let attributes = attributes.as_map();
+        let customer = column("customer");
+        let customer = customer.as_struct();
+        let names = customer
+            .column_by_name("name")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let vip = customer.column_by_name("vip").unwrap().as_boolean().clone();
+        let coupon = column("coupon");
+        let coupon = coupon.as_string::<i32>();
+        let weight = column("weight");
+        let weight = weight.as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            let i: i64 = ids.value(row)[1..].parse().unwrap();
+            assert_eq!(amount.value(row), i128::from(i * 101), "amount of o{i}");
+            assert_eq!(placed.value(row), 1_700_000_000_000 + i * 1000);
+            assert_eq!(
+                status.value(row),
+                ["NEW", "PAID", "SHIPPED"][(i % 3) as usize]
+            );
+            let row_tags = tags.value(row);
+            let row_tags: Vec<&str> = row_tags.as_string::<i32>().iter().flatten().collect();
+            let expected: Vec<String> = (0..i % 3).map(|j| format!("t{j}")).collect();
+            assert_eq!(row_tags, expected);
+            let entries = attributes.value(row);
+            let keys = entries.column(0).as_string::<i32>();
+            let values = entries.column(1).as_primitive::<Int64Type>();
+            let mut pairs: Vec<(&str, i64)> = (0..entries.len())
+                .map(|j| (keys.value(j), values.value(j)))
+                .collect();
+            pairs.sort();
+            assert_eq!(pairs, [("double", 2 * i), ("qty", i)]);
+            assert_eq!(names.value(row), format!("c{}", i % 5));
+            assert_eq!(vip.value(row), i % 2 == 0);
+            if i % 4 == 0 {
+                assert_eq!(coupon.value(row), format!("C{i}"));
+            } else {
+                assert!(coupon.is_null(row));
+            }
+            assert_eq!(weight.value(row), i as f64 * 0.5);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 120);
+
+    // The schema the serializer registered, pulled back as a `decode.schema` file.
+    let pulled = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "schema",
+            "pull",
+            "orders-value",
+            "--registry",
+            &registry.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let pulled: serde_json::Value = serde_json::from_slice(&pulled.stdout).unwrap();
+    let declared: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{HERE}/order.avsc")).unwrap())
+            .unwrap();
+    assert_eq!(pulled["name"], declared["name"]);
+    assert_eq!(pulled["fields"].as_array().unwrap().len(), 9);
+    let missing = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["schema", "pull", "nope-value", "--registry", &registry.url])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("subject `nope-value` version latest is not in the schema registry"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_moving_between_versions_decode_and_an_incompatible_one_is_dead_lettered() {
+    let registry = Registry::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = start(
+        out.path(),
+        &brokers,
+        "feedback",
+        "feedback-reader.avsc",
+        &registry.url,
+    );
+    let mut producer = AvroProducer::start(&brokers, "feedback", &registry.url);
+    producer.run("produce", "feedback-v1.avsc", "v1", 0, 40);
+    producer.run("produce", "feedback-v2.avsc", "v2", 40, 40);
+    producer.run(
+        "produce",
+        "feedback-incompatible.avsc",
+        "incompatible",
+        80,
+        5,
+    );
+    producer.run("produce", "feedback-v1.avsc", "v1", 85, 15);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let s = stats.snapshot();
+            s.parquet_rows == 100 && s.dead_letters == 5
+        })
+        .await,
+        "{:?}",
+        stats.snapshot()
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    assert_eq!(registry.len(), 3);
+
+    let batches = read_dataset(&out.path().join("rows"));
+    assert_eq!(rows(&batches), 95);
+    for batch in &batches {
+        assert_eq!(
+            batch.num_columns(),
+            3 + 4,
+            "the declared columns and provenance"
+        );
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let ratings = batch
+            .column_by_name("rating")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
+        let notes = batch
+            .column_by_name("note")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        for row in 0..batch.num_rows() {
+            let i: i64 = ids.value(row)[1..].parse().unwrap();
+            assert_eq!(ratings.value(row), i % 5 + 1, "promoted int -> long");
+            if (40..80).contains(&i) {
+                assert_eq!(notes.value(row), format!("n{i}"));
+            } else {
+                assert!(notes.is_null(row), "v1 rows take the default");
+            }
+        }
+    }
+    let dead = read_dataset(&out.path().join("dead"));
+    assert_eq!(rows(&dead), 5);
+    for batch in &dead {
+        let stages = batch
+            .column_by_name("stage")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let reasons = batch
+            .column_by_name("reason")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        for row in 0..batch.num_rows() {
+            assert_eq!(stages.value(row), "decode");
+            assert!(
+                reasons
+                    .value(row)
+                    .contains("writer schema id 3 cannot be read"),
+                "{}",
+                reasons.value(row)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_goes_away_pauses_the_stream_and_it_resumes_without_dead_letters() {
+    let registry = Registry::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = start(
+        out.path(),
+        &brokers,
+        "feedback",
+        "feedback-reader.avsc",
+        &registry.url,
+    );
+    let mut producer = AvroProducer::start(&brokers, "feedback", &registry.url);
+    producer.run("produce", "feedback-v1.avsc", "v1", 0, 50);
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().parquet_rows
+            == 50)
+        .await
+    );
+
+    // The producer learns v2's id; then the registry goes away, and v2 records arrive.
+    producer.run("register", "feedback-v2.avsc", "v2", 50, 1);
+    registry.set_available(false);
+    producer.run("produce", "feedback-v2.avsc", "v2", 50, 50);
+    assert!(
+        eventually(Duration::from_secs(30), || stats.snapshot().records_in
+            == 100)
+        .await,
+        "the source consumed the v2 records"
+    );
+    let paused = stats.snapshot();
+    assert_eq!(
+        (paused.rows_decoded, paused.dead_letters),
+        (50, 0),
+        "waiting for the registry: nothing decoded, nothing dead-lettered"
+    );
+
+    registry.set_available(true);
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().parquet_rows
+            == 100)
+        .await,
+        "{:?}",
+        stats.snapshot()
+    );
+    shutdown.cancel();
+    let summary = handle.await.unwrap().unwrap();
+    assert_eq!(summary.dead_letters, 0);
+    assert_eq!(rows(&read_dataset(&out.path().join("rows"))), 100);
+}
+
+/// The lines of a pipeline file that are not its header comment, name, group or
+/// `decode` section.
+fn shared_lines(text: &str) -> Vec<&str> {
+    let mut in_decode = false;
+    text.lines()
+        .skip_while(|l| l.starts_with('#'))
+        .filter(|l| {
+            if !l.starts_with(' ') {
+                in_decode = l.starts_with("decode:");
+            }
+            !in_decode && !l.starts_with("name:") && !l.trim_start().starts_with("group_id:")
+        })
+        .collect()
+}
+
+#[test]
+fn the_avro_sentiment_pipeline_is_the_sentiment_pipeline_but_for_its_decode_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let json = std::fs::read_to_string(root.join("sentiment.yaml")).unwrap();
+    let avro = std::fs::read_to_string(root.join("sentiment-avro.yaml")).unwrap();
+    assert_eq!(shared_lines(&avro), shared_lines(&json));
+    let pipeline = sluice::pipeline::load(&root.join("sentiment-avro.yaml")).unwrap();
+    assert_eq!(
+        pipeline.config.decode.format,
+        sluice::config::RecordFormat::Avro
+    );
+    // The Avro schema declares the JSON schema's fields, in order.
+    let names = |schema: &arrow::datatypes::Schema| -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    let json_pipeline = sluice::pipeline::load(&root.join("sentiment.yaml")).unwrap();
+    assert_eq!(
+        names(&pipeline.record_schema),
+        names(&json_pipeline.record_schema)
+    );
+}
+
+#[test]
+fn avro_settings_mistakes_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = avro_pipeline(
+        dir.path(),
+        "localhost:9",
+        "t",
+        "order.avsc",
+        "http://127.0.0.1:1",
+    );
+    let good = std::fs::read_to_string(&file).unwrap();
+    let json_schema = format!(
+        "{}/schemas/customer_feedback.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for (from, to, expected) in [
+        (
+            format!("schema: {HERE}/order.avsc"),
+            format!("schema: {json_schema}"),
+            "decode.schema: format: avro reads records into an Avro schema: expected a .avsc file",
+        ),
+        (
+            "  schema_registry:\n    url: http://127.0.0.1:1\n    timeout: 2s\n".to_owned(),
+            String::new(),
+            "decode.schema_registry: format: avro needs the registry",
+        ),
+        (
+            "url: http://127.0.0.1:1".to_owned(),
+            "url: registry:8081".to_owned(),
+            "decode.schema_registry.url: expected an http:// or https:// URL",
+        ),
+        (
+            "    timeout: 2s\n".to_owned(),
+            "    timeout: 2s\n    token: x\n".to_owned(),
+            "decode.schema_registry",
+        ),
+    ] {
+        std::fs::write(&file, good.replace(&from, &to)).unwrap();
+        let error = sluice::pipeline::load(&file)
+            .map(|_| ())
+            .expect_err(expected)
+            .to_string();
+        assert!(error.contains(expected), "{expected}\n{error}");
+    }
+    // A bad reader schema is reported with its file.
+    let bad = dir.path().join("bad.avsc");
+    std::fs::write(
+        &bad,
+        r#"{"type": "record", "name": "X", "fields": [{"name": "a", "type": "nope"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &file,
+        good.replace(&format!("{HERE}/order.avsc"), &bad.display().to_string()),
+    )
+    .unwrap();
+    let error = sluice::pipeline::load(&file)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("decode.schema") && error.contains("bad.avsc"),
+        "{error}"
+    );
+}
