@@ -35,9 +35,61 @@ impl RegistryError {
     }
 }
 
+/// Waits between attempts while the registry cannot be reached, growing to the last.
+const BACKOFF: [Duration; 5] = [
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+/// Why [`patiently`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum Gave {
+    #[error(transparent)]
+    Up(RegistryError),
+    #[error("stopped while waiting for the schema registry")]
+    Cancelled,
+}
+
+/// Runs `call` until it succeeds or fails for good, waiting with backoff while the
+/// registry is unavailable (logged once, as `what`) or until `shutdown`.
+pub async fn patiently<T, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut call: F,
+) -> Result<T, Gave>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() => {
+                if attempt == 0 {
+                    tracing::warn!(error = %e, "waiting for the schema registry ({what}); the stream pauses here");
+                }
+                let wait = BACKOFF[attempt.min(BACKOFF.len() - 1)];
+                attempt += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return Err(Gave::Cancelled),
+                }
+            }
+            Err(e) => return Err(Gave::Up(e)),
+        }
+    }
+}
+
 /// A schema as the registry returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RegisteredSchema {
+    /// Its global id (answers by subject and version carry it).
+    #[serde(default)]
+    pub id: Option<u32>,
     pub schema: String,
     /// `AVRO` (the default when absent), `PROTOBUF` or `JSON`.
     #[serde(default = "avro", rename = "schemaType")]
@@ -119,16 +171,44 @@ impl SchemaRegistry {
         .await
     }
 
+    /// Registers the Avro `schema` under `subject` (or finds it there); its id.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        #[derive(Deserialize)]
+        struct Registered {
+            id: u32,
+        }
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let request = self
+            .client
+            .post(format!("{}/subjects/{subject}/versions", self.url))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .body(body);
+        let registered: Registered = self
+            .send(request, || RegistryError::NotFound {
+                url: self.url.clone(),
+                what: format!("subject `{subject}`"),
+            })
+            .await?;
+        Ok(registered.id)
+    }
+
     /// `GET path`, its JSON body parsed; `not_found` for a 404.
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         not_found: impl FnOnce() -> RegistryError,
     ) -> Result<T, RegistryError> {
-        let request = self
-            .client
-            .get(format!("{}/{path}", self.url))
-            .header("Accept", "application/vnd.schemaregistry.v1+json");
+        let request = self.client.get(format!("{}/{path}", self.url));
+        self.send(request, not_found).await
+    }
+
+    /// Sends `request` (with the credentials); its JSON answer parsed.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        not_found: impl FnOnce() -> RegistryError,
+    ) -> Result<T, RegistryError> {
+        let request = request.header("Accept", "application/vnd.schemaregistry.v1+json");
         let request = match &self.auth {
             Auth::None => request,
             Auth::Basic(user, password) => request.basic_auth(user, password.as_ref()),
@@ -164,6 +244,6 @@ impl SchemaRegistry {
         if !status.is_success() {
             return Err(refused(String::from_utf8_lossy(&body).into_owned()));
         }
-        serde_json::from_slice(&body).map_err(|e| refused(format!("not a schema: {e}")))
+        serde_json::from_slice(&body).map_err(|e| refused(format!("unexpected answer: {e}")))
     }
 }

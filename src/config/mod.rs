@@ -42,7 +42,7 @@ pub use parse::{parse_sections, PIPELINE_KEYS};
 pub use redact::Redactions;
 pub use sinks::{
     AlertConfig, Compression, DeadLetterConfig, DeadLetterKafkaConfig, DeltaSinkConfig,
-    KafkaSinkConfig, ParquetSinkConfig, RollConfig, SinkConfig,
+    KafkaSinkConfig, OutputFormat, ParquetSinkConfig, RollConfig, SinkConfig, SubjectStrategy,
 };
 pub use stages::{
     BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,
@@ -311,6 +311,29 @@ pub struct SchemaRegistryConfig {
     pub timeout: Duration,
 }
 
+impl SchemaRegistryConfig {
+    /// What is wrong with the settings, as (key under the block, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let scheme_ok = url::Url::parse(&self.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !scheme_ok {
+            problems.push((
+                "url",
+                format!("expected an http:// or https:// URL, found `{}`", self.url),
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(600) {
+            problems.push(("timeout", "expected between 100ms and 10m".to_owned()));
+        }
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        if given(&self.password) && !given(&self.username) {
+            problems.push(("password", "set `username` with it".to_owned()));
+        }
+        problems
+    }
+}
+
 fn default_registry_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -335,6 +358,29 @@ impl PipelineConfig {
 
     /// Puts the shared `kafka.properties` into every client's own `properties` (which
     /// win), so each client's map is complete.
+    /// Every schema registry the pipeline talks to.
+    fn registries(&self) -> impl Iterator<Item = &SchemaRegistryConfig> {
+        let sinks = self.sinks.iter().filter_map(|sink| match sink {
+            SinkConfig::Kafka(out) => out.schema_registry.as_ref(),
+            _ => None,
+        });
+        self.decode.schema_registry.iter().chain(sinks)
+    }
+
+    /// Kafka sinks writing Avro without their own `schema_registry` use the decoder's.
+    pub fn share_schema_registry(&mut self) {
+        let Some(shared) = self.decode.schema_registry.clone() else {
+            return;
+        };
+        for sink in &mut self.sinks {
+            if let SinkConfig::Kafka(out) = sink {
+                if out.format == OutputFormat::Avro && out.schema_registry.is_none() {
+                    out.schema_registry = Some(shared.clone());
+                }
+            }
+        }
+    }
+
     pub fn share_kafka_properties(&mut self) {
         let Some(shared) = self.kafka.as_ref().map(|k| k.properties.clone()) else {
             return;
@@ -380,7 +426,7 @@ impl PipelineConfig {
                 _ => None,
             })
             .chain(storage)
-            .chain(self.decode.schema_registry.iter().flat_map(|r| {
+            .chain(self.registries().flat_map(|r| {
                 [
                     ("schema_registry.password", r.password.as_deref()),
                     ("schema_registry.bearer_token", r.bearer_token.as_deref()),

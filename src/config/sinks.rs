@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use super::PropertyValue;
+use super::{PropertyValue, SchemaRegistryConfig};
 
 /// One entry of `sinks`.
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +174,74 @@ pub struct KafkaSinkConfig {
     /// Send only rows that raise an alert (with hysteresis per key). Default: every row.
     #[serde(default)]
     pub alert: Option<AlertConfig>,
+    /// Message format: `json` (default, one object per row) or `avro` (the Confluent wire
+    /// format, the schema registered in the schema registry).
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// For `format: avro`. Default: `decode.schema_registry`.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
+    /// The subject the schema is registered under: `topic` (`TOPIC-value`, the default),
+    /// `record` (the record's full name) or `topic_record` (`TOPIC-RECORD`).
+    #[serde(default)]
+    pub subject_strategy: SubjectStrategy,
+    /// The Avro record's full name. Default: `sluice.<topic, with `_` for other characters>`.
+    #[serde(default)]
+    pub record_name: Option<String>,
+    /// Register the schema derived from the output columns (default), or, when `false`,
+    /// use the subject's `schema_version` as it is (a registry that refuses writes).
+    #[serde(default = "yes")]
+    pub auto_register: bool,
+    /// With `auto_register: false`: the version to write with, a number or `latest`
+    /// (default).
+    #[serde(default)]
+    pub schema_version: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How a Kafka sink encodes rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    #[default]
+    Json,
+    Avro,
+}
+
+/// Confluent's subject name strategies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    #[default]
+    Topic,
+    Record,
+    TopicRecord,
+}
+
+impl KafkaSinkConfig {
+    /// The Avro record's full name.
+    pub fn record_full_name(&self) -> String {
+        self.record_name.clone().unwrap_or_else(|| {
+            let name: String = self
+                .topic
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            format!("sluice.{name}")
+        })
+    }
+
+    /// The registry subject the value schema goes under.
+    pub fn subject(&self) -> String {
+        match self.subject_strategy {
+            SubjectStrategy::Topic => format!("{}-value", self.topic),
+            SubjectStrategy::Record => self.record_full_name(),
+            SubjectStrategy::TopicRecord => format!("{}-{}", self.topic, self.record_full_name()),
+        }
+    }
 }
 
 /// `alert` of a `kafka` sink: a row is sent when its `score` rises above `raise_above`

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -31,19 +30,10 @@ use tokio_util::sync::CancellationToken;
 use super::{finish, Decoded, Rejected};
 use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
 use crate::schema::with_provenance;
-use crate::schema_registry::{RegistryError, SchemaRegistry};
+use crate::schema_registry::{patiently, Gave, RegistryError, SchemaRegistry};
 
 /// The Confluent wire format's header: magic byte and schema id.
 const HEADER: usize = 5;
-
-/// Waits between registry attempts while it cannot be reached, growing to the last.
-const BACKOFF: [Duration; 5] = [
-    Duration::from_millis(200),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
 
 /// Why preparing a batch failed (the run stops; nothing of the batch is committed).
 #[derive(Debug, thiserror::Error)]
@@ -146,32 +136,18 @@ impl AvroDecoder {
     }
 
     async fn fetch(&self, id: u32, shutdown: &CancellationToken) -> Result<Writer, PrepareError> {
-        let mut attempt = 0;
-        loop {
-            match self.registry.schema_by_id(id).await {
-                Ok(registered) if registered.schema_type != "AVRO" => {
-                    return Ok(Writer::Unusable(format!(
-                        "schema id {id} is a {} schema, not Avro",
-                        registered.schema_type
-                    )))
-                }
-                Ok(registered) => return Ok(self.resolve(id, registered.schema)),
-                Err(e @ RegistryError::NotFound { .. }) => {
-                    return Ok(Writer::Unusable(e.to_string()))
-                }
-                Err(e) if e.is_transient() => {
-                    let wait = BACKOFF[attempt.min(BACKOFF.len() - 1)];
-                    if attempt == 0 {
-                        tracing::warn!(schema_id = id, error = %e, "waiting for the schema registry; the stream pauses here");
-                    }
-                    attempt += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => return Err(PrepareError::Cancelled),
-                    }
-                }
-                Err(e) => return Err(PrepareError::Registry(e)),
+        let what = format!("writer schema id {id}");
+        match patiently(&what, shutdown, || self.registry.schema_by_id(id)).await {
+            Ok(registered) if registered.schema_type != "AVRO" => Ok(Writer::Unusable(format!(
+                "schema id {id} is a {} schema, not Avro",
+                registered.schema_type
+            ))),
+            Ok(registered) => Ok(self.resolve(id, registered.schema)),
+            Err(Gave::Up(e @ RegistryError::NotFound { .. })) => {
+                Ok(Writer::Unusable(e.to_string()))
             }
+            Err(Gave::Up(e)) => Err(PrepareError::Registry(e)),
+            Err(Gave::Cancelled) => Err(PrepareError::Cancelled),
         }
     }
 

@@ -93,6 +93,7 @@ pub fn load_with_vars(
     let yaml = YamlFile::read(file, "pipeline", PIPELINE_KEYS, lookup)?;
     let mut config = parse_sections(&yaml.root).map_err(|issues| yaml.error(issues))?;
     config.share_kafka_properties();
+    config.share_schema_registry();
     let mut redactions = yaml.redactions.clone();
     for (property, value) in config.credentials() {
         redactions.add_secret(value, format!("[{property}]"));

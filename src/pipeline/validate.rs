@@ -30,7 +30,7 @@ pub(super) fn validate(
     let schema_path = base_dir.join(&config.decode.schema);
     let (record_schema, avro_schema) = match schema::load(&schema_path) {
         Ok(record) => {
-            check_format(&config.decode, record.avro.is_some(), &mut issues);
+            check_format(&config, record.avro.is_some(), &mut issues);
             (Some(record.fields), record.avro)
         }
         Err(e) => {
@@ -108,8 +108,13 @@ pub(super) fn validate(
 }
 
 /// `decode.format` against the schema file's kind and the registry settings.
-fn check_format(decode: &crate::config::DecodeConfig, avro_file: bool, issues: &mut Issues) {
-    use crate::config::RecordFormat;
+fn check_format(config: &crate::config::PipelineConfig, avro_file: bool, issues: &mut Issues) {
+    use crate::config::{OutputFormat, RecordFormat, SinkConfig};
+    let decode = &config.decode;
+    let avro_out = config
+        .sinks
+        .iter()
+        .any(|sink| matches!(sink, SinkConfig::Kafka(out) if out.format == OutputFormat::Avro));
     match (decode.format, avro_file) {
         (RecordFormat::Avro, false) => issues.add(
             "decode.schema",
@@ -126,26 +131,13 @@ fn check_format(decode: &crate::config::DecodeConfig, avro_file: bool, issues: &
             "decode.schema_registry",
             "format: avro needs the registry writer schemas come from: expected {url: http://HOST:PORT}",
         ),
-        (RecordFormat::Json, Some(_)) => issues.add(
+        (RecordFormat::Json, Some(_)) if !avro_out => issues.add(
             "decode.schema_registry",
-            "only used with format: avro",
+            "only used with format: avro (here, or on a kafka sink)",
         ),
         (_, Some(registry)) => {
-            let scheme_ok = url::Url::parse(&registry.url)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !scheme_ok {
-                issues.add(
-                    "decode.schema_registry.url",
-                    format!("expected an http:// or https:// URL, found `{}`", registry.url),
-                );
-            }
-            issues.check(
-                "decode.schema_registry.timeout",
-                limits::duration(registry.timeout, limits::SECOND / 10, 10 * limits::MINUTE),
-            );
-            let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-            if given(&registry.password) && !given(&registry.username) {
-                issues.add("decode.schema_registry.password", "set `username` with it");
+            for (key, message) in registry.problems() {
+                issues.add(&format!("decode.schema_registry.{key}"), message);
             }
         }
         _ => {}

@@ -1,4 +1,4 @@
-//! The `kafka` sink (rows as JSON messages) and the Kafka dead-letter sink.
+//! The `kafka` sink (rows as JSON or Avro messages) and the Kafka dead-letter sink.
 //!
 //! Both hand messages to an idempotent `acks=all` producer and acknowledge a batch only
 //! when every one of its messages has a successful delivery report. Reports are awaited
@@ -59,12 +59,13 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// What the sink sends for a batch.
 #[derive(Debug, Clone)]
 pub enum Encoding {
-    /// One JSON object per row with `columns` (all when None), keyed by `key`'s value;
-    /// with `alert`, only the rows that raise an alert.
+    /// One message per row with `columns` (all when None), keyed by `key`'s value: a
+    /// JSON object, or Avro when `avro`; with `alert`, only the rows that raise an alert.
     Rows {
         columns: Option<Vec<usize>>,
         key: Option<usize>,
         alert: Option<AlertConfig>,
+        avro: Option<super::avro::AvroOutput>,
     },
     /// One message per dead letter: original key and bytes (the payload cut to
     /// `max_payload_bytes`), context in headers.
@@ -155,6 +156,12 @@ impl KafkaSink {
         mut input: mpsc::Receiver<SinkMessage>,
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
+        if let Encoding::Rows {
+            avro: Some(avro), ..
+        } = &mut self.encoding
+        {
+            avro.prepare(&shutdown).await?;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -216,13 +223,15 @@ impl KafkaSink {
             }
         }
         let messages = match &self.encoding {
-            Encoding::Rows { columns, key, .. } => match &mut self.alerts {
+            Encoding::Rows {
+                columns, key, avro, ..
+            } => match &mut self.alerts {
                 Some(alerts) => {
                     let raised = alerts.raises(&batch.rows)?;
                     let rows = arrow::compute::filter_record_batch(&batch.rows, &raised)?;
-                    encode_rows(&rows, columns.as_deref(), *key)?
+                    encode_rows(&rows, columns.as_deref(), *key, avro.as_ref())?
                 }
-                None => encode_rows(&batch.rows, columns.as_deref(), *key)?,
+                None => encode_rows(&batch.rows, columns.as_deref(), *key, avro.as_ref())?,
             },
             Encoding::DeadLetters { max_payload_bytes } => {
                 let (messages, truncated) = encode_dead_letters(batch, *max_payload_bytes);
@@ -408,6 +417,7 @@ fn encode_rows(
     rows: &RecordBatch,
     columns: Option<&[usize]>,
     key: Option<usize>,
+    avro: Option<&super::avro::AvroOutput>,
 ) -> Result<Vec<Outgoing>, SinkError> {
     if rows.num_rows() == 0 {
         return Ok(Vec::new());
@@ -416,12 +426,10 @@ fn encode_rows(
         Some(columns) => rows.project(columns)?,
         None => rows.clone(),
     };
-    let mut buffer = Vec::with_capacity(projected.get_array_memory_size());
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
-        writer.write(&projected)?;
-        writer.finish()?;
-    }
+    let payloads = match avro {
+        Some(avro) => avro.encode(&projected)?,
+        None => json_lines(&projected)?,
+    };
     let keys = match key {
         Some(index) => Some(cast(rows.column(index), &DataType::Utf8)?),
         None => None,
@@ -429,19 +437,34 @@ fn encode_rows(
     let keys = keys
         .as_ref()
         .and_then(|k| k.as_any().downcast_ref::<StringArray>());
-    let messages = buffer
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
+    let messages = payloads
+        .into_iter()
         .enumerate()
-        .map(|(row, line)| Outgoing {
+        .map(|(row, payload)| Outgoing {
             key: keys
                 .filter(|k| k.is_valid(row))
                 .map(|k| k.value(row).as_bytes().to_vec()),
-            payload: line.to_vec(),
+            payload,
             headers: None,
         })
         .collect();
     Ok(messages)
+}
+
+/// One JSON object per row: arrow-json's line-delimited writer in one pass, split at
+/// newlines (JSON escapes newlines inside strings).
+fn json_lines(rows: &RecordBatch) -> Result<Vec<Vec<u8>>, SinkError> {
+    let mut buffer = Vec::with_capacity(rows.get_array_memory_size());
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
+        writer.write(rows)?;
+        writer.finish()?;
+    }
+    Ok(buffer
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 /// One message per dead letter, and how many payloads were cut to `max_payload_bytes`.
@@ -521,7 +544,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let messages = encode_rows(&rows, Some(&[1]), Some(0)).unwrap();
+        let messages = encode_rows(&rows, Some(&[1]), Some(0), None).unwrap();
         assert_eq!(messages.len(), 2);
         assert_eq!(messages[0].payload, br#"{"text":"line\nbreak"}"#);
         assert_eq!(messages[0].key.as_deref(), Some(&b"7"[..]));

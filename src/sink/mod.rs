@@ -8,6 +8,7 @@
 //! shutdown). Sinks are a closed set, so they are plain types, not trait objects.
 
 pub mod alert;
+pub mod avro;
 pub mod delta;
 pub mod kafka;
 pub mod parquet;
@@ -85,6 +86,14 @@ pub enum SinkError {
         topic: String,
         source: rdkafka::error::KafkaError,
     },
+    #[error("{sink}: schema registry")]
+    Registry {
+        sink: String,
+        #[source]
+        source: crate::schema_registry::RegistryError,
+    },
+    #[error("{sink}: Avro: {message}")]
+    Avro { sink: String, message: String },
     #[error("{sink}: a delivery task ended abnormally: {message}")]
     Task { sink: String, message: String },
     #[error(
@@ -165,11 +174,21 @@ pub fn build(
             )?)),
             SinkConfig::Kafka(out) => {
                 let index = |name: &str| rows.index_of(name).map_err(SinkError::from);
-                let columns = match &out.columns {
+                let columns: Option<Vec<usize>> = match &out.columns {
                     Some(names) => Some(names.iter().map(|n| index(n)).collect::<Result<_, _>>()?),
                     None => None,
                 };
                 let key = out.key.as_deref().map(index).transpose()?;
+                let avro = match out.format {
+                    crate::config::OutputFormat::Json => None,
+                    crate::config::OutputFormat::Avro => {
+                        let projected = match &columns {
+                            Some(columns) => rows.project(columns)?,
+                            None => rows.as_ref().clone(),
+                        };
+                        Some(avro::AvroOutput::new(name, out, &projected)?)
+                    }
+                };
                 Sink::Kafka(Box::new(KafkaSink::new(
                     name.clone(),
                     out.topic.clone(),
@@ -178,6 +197,7 @@ pub fn build(
                         columns,
                         key,
                         alert: out.alert.clone(),
+                        avro,
                     },
                     tracker.clone(),
                     stats.clone(),

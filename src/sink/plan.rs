@@ -339,7 +339,53 @@ fn check_dataset(
     );
 }
 
+/// `format` and the Avro settings that go with it.
+fn check_kafka_format(sink: &KafkaSinkConfig, path: &str, issues: &mut Issues) {
+    use crate::config::OutputFormat;
+    let avro_only = sink.schema_registry.is_some()
+        || sink.record_name.is_some()
+        || sink.schema_version.is_some()
+        || !sink.auto_register;
+    match (sink.format, &sink.schema_registry) {
+        (OutputFormat::Json, _) if avro_only => issues.add(
+            format!("{path}.format"),
+            "schema_registry, record_name, auto_register and schema_version are for format: avro",
+        ),
+        (OutputFormat::Avro, None) => issues.add(
+            format!("{path}.schema_registry"),
+            "format: avro needs a schema registry: set it here or in decode.schema_registry",
+        ),
+        (OutputFormat::Avro, Some(registry)) => {
+            for (key, message) in registry.problems() {
+                issues.add(format!("{path}.schema_registry.{key}"), message);
+            }
+        }
+        _ => {}
+    }
+    let name = sink.record_full_name();
+    let valid = name.split('.').all(|part| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    if !valid {
+        issues.add(
+            format!("{path}.record_name"),
+            format!("`{name}` is not an Avro full name (NAMESPACE.NAME, letters, digits, `_`)"),
+        );
+    }
+    if sink.auto_register && sink.schema_version.is_some() {
+        issues.add(
+            format!("{path}.schema_version"),
+            "only with auto_register: false (registering writes the derived schema)",
+        );
+    }
+}
+
 fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
+    check_kafka_format(sink, path, issues);
     if sink.topic.is_empty() {
         issues.add(format!("{path}.topic"), "expected a topic name");
     }

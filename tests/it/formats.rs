@@ -384,6 +384,173 @@ async fn a_registry_that_goes_away_pauses_the_stream_and_it_resumes_without_dead
     assert_eq!(rows(&read_dataset(&out.path().join("rows"))), 100);
 }
 
+/// A pipeline reading JSON feedback from `feedback` into a `feedback-avro` topic as Avro
+/// (`sink` is the rest of the kafka sink block, indented six spaces).
+fn json_to_avro_pipeline(dir: &Path, brokers: &str, registry: &str, sink: &str) -> PathBuf {
+    let file = dir.join("to-avro.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: to-avro\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [feedback]\n    batch:\n      max_rows: 200\n      max_wait: 100ms\ndecode:\n  schema: {root}/schemas/customer_feedback.json\nsinks:\n  - kafka:\n      topic: feedback-avro\n      format: avro\n      key: customer_id\n      columns: [id, customer_id, rating, text, _timestamp]\n      schema_registry:\n        url: {registry}\n{sink}dead_letter:\n  parquet:\n    path: {out}/dead\n",
+            root = env!("CARGO_MANIFEST_DIR"),
+            out = dir.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn read_avro(brokers: &str, topic: &str, registry: &str, count: usize) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg(format!("{HERE}/consume.py"))
+        .args([brokers, topic, registry, &count.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_as_avro_are_read_back_by_the_confluent_deserializer() {
+    use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
+    let registry = Registry::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 2, 1).unwrap();
+    cluster.create_topic("feedback-avro", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let file = json_to_avro_pipeline(
+        out.path(),
+        &brokers,
+        &registry.url,
+        "      record_name: com.example.FeedbackOut\n",
+    );
+    let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = spawn_pipeline(pipeline);
+    let sent: Vec<_> = FeedbackGenerator::new(5, 0.0, 1_795_305_600_000, 1_000)
+        .take(300)
+        .collect();
+    produce(&brokers, "feedback", sent.clone()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().kafka_messages
+            == 300)
+        .await
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+
+    let read = read_avro(&brokers, "feedback-avro", &registry.url, 300);
+    assert_eq!(read.len(), 300);
+    assert_eq!(registry.len(), 1, "one schema, registered once");
+    let by_id: std::collections::HashMap<String, &serde_json::Value> = read
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r))
+        .collect();
+    for record in &sent {
+        let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        let got = by_id[json["id"].as_str().unwrap()];
+        assert_eq!(got["text"], json["text"]);
+        assert_eq!(got["rating"], json["rating"]);
+        assert_eq!(got["customer_id"], json["customer_id"]);
+        assert_eq!(got["_key"], json["customer_id"]);
+        assert_eq!(got["_timestamp"].as_i64(), Some(record.timestamp_ms));
+        assert_eq!(got["_schema_id"], 1);
+    }
+    // What was registered: the columns under the configured record name.
+    let subject = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "schema",
+            "pull",
+            "feedback-avro-value",
+            "--registry",
+            &registry.url,
+        ])
+        .output()
+        .unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&subject.stdout).unwrap();
+    assert_eq!(
+        (schema["name"].as_str(), schema["namespace"].as_str()),
+        (Some("FeedbackOut"), Some("com.example"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_schema_version_is_used_as_it_is_and_one_that_does_not_fit_stops_the_start() {
+    let registry = Registry::start();
+    let pinned = r#"{"type": "record", "name": "Pinned", "fields": [
+        {"name": "id", "type": "string"}, {"name": "customer_id", "type": ["null", "string"]},
+        {"name": "rating", "type": ["null", "int"]}, {"name": "text", "type": "string"},
+        {"name": "_timestamp", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}]}]}"#;
+    registry.register(
+        "Other",
+        r#"{"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]}"#,
+    );
+    let id = registry.register("feedback-avro-value", pinned);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 1, 1).unwrap();
+    cluster.create_topic("feedback-avro", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let file = json_to_avro_pipeline(
+        out.path(),
+        &brokers,
+        &registry.url,
+        "      auto_register: false\n",
+    );
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
+    let sent: Vec<_> =
+        sluice::demo::feeds::feedback::FeedbackGenerator::new(6, 0.0, 1_795_305_600_000, 1_000)
+            .take(50)
+            .collect();
+    sluice::demo::feeds::feedback::produce(&brokers, "feedback", sent)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().kafka_messages
+            == 50)
+        .await
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    let read = read_avro(&brokers, "feedback-avro", &registry.url, 50);
+    assert!(
+        read.iter().all(|r| r["_schema_id"] == id),
+        "written with the pinned id {id}"
+    );
+    assert_eq!(registry.len(), 2, "nothing registered");
+
+    // A version whose fields the columns cannot fill: the start fails, naming the sink.
+    let file = json_to_avro_pipeline(
+        out.path(),
+        &brokers,
+        &registry.url,
+        "      auto_register: false\n      subject_strategy: record\n      record_name: Other\n",
+    );
+    let running = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
+    let error = tokio::time::timeout(Duration::from_secs(60), running.handle)
+        .await
+        .expect("the start fails promptly")
+        .unwrap()
+        .expect_err("the columns do not fit");
+    let text = crate::common::error_chain(&error);
+    assert!(
+        text.contains("sinks[0].kafka") && text.contains("do not fit"),
+        "{text}"
+    );
+}
+
 /// The lines of a pipeline file that are not its header comment, name, group or
 /// `decode` section.
 fn shared_lines(text: &str) -> Vec<&str> {
@@ -485,4 +652,40 @@ fn avro_settings_mistakes_name_their_key() {
         error.contains("decode.schema") && error.contains("bad.avsc"),
         "{error}"
     );
+}
+
+#[test]
+fn avro_sink_settings_mistakes_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = json_to_avro_pipeline(dir.path(), "localhost:9", "http://127.0.0.1:1", "");
+    let good = std::fs::read_to_string(&file).unwrap();
+    for (from, to, expected) in [
+        (
+            "      schema_registry:\n        url: http://127.0.0.1:1\n",
+            "",
+            "sinks[0].kafka.schema_registry: format: avro needs a schema registry",
+        ),
+        (
+            "      format: avro\n",
+            "",
+            "sinks[0].kafka.format: schema_registry, record_name, auto_register and schema_version are for format: avro",
+        ),
+        (
+            "      format: avro\n",
+            "      format: avro\n      record_name: 9lives\n",
+            "sinks[0].kafka.record_name: `9lives` is not an Avro full name",
+        ),
+        (
+            "      format: avro\n",
+            "      format: avro\n      schema_version: \"3\"\n",
+            "sinks[0].kafka.schema_version: only with auto_register: false",
+        ),
+    ] {
+        std::fs::write(&file, good.replace(from, to)).unwrap();
+        let error = sluice::pipeline::load(&file)
+            .map(|_| ())
+            .expect_err(expected)
+            .to_string();
+        assert!(error.contains(expected), "{expected}\n{error}");
+    }
 }

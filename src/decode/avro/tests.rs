@@ -2,6 +2,7 @@ use super::*;
 use crate::batch::{BatchId, TopicPartition};
 use arrow::array::{AsArray, Int64Array};
 use arrow::datatypes::Int64Type;
+use std::time::Duration;
 
 const READER: &str = r#"{"type": "record", "name": "Feedback", "fields": [
     {"name": "id", "type": "string"},
