@@ -137,7 +137,7 @@ fn check_format(config: &crate::config::PipelineConfig, avro_file: bool, issues:
         ),
         (_, Some(registry)) => {
             for (key, message) in registry.problems() {
-                issues.add(&format!("decode.schema_registry.{key}"), message);
+                issues.add(format!("decode.schema_registry.{key}"), message);
             }
         }
         _ => {}

@@ -65,7 +65,7 @@ pub enum Encoding {
         columns: Option<Vec<usize>>,
         key: Option<usize>,
         alert: Option<AlertConfig>,
-        avro: Option<super::avro::AvroOutput>,
+        avro: Option<Box<super::avro::AvroOutput>>,
     },
     /// One message per dead letter: original key and bytes (the payload cut to
     /// `max_payload_bytes`), context in headers.
@@ -229,9 +229,9 @@ impl KafkaSink {
                 Some(alerts) => {
                     let raised = alerts.raises(&batch.rows)?;
                     let rows = arrow::compute::filter_record_batch(&batch.rows, &raised)?;
-                    encode_rows(&rows, columns.as_deref(), *key, avro.as_ref())?
+                    encode_rows(&rows, columns.as_deref(), *key, avro.as_deref())?
                 }
-                None => encode_rows(&batch.rows, columns.as_deref(), *key, avro.as_ref())?,
+                None => encode_rows(&batch.rows, columns.as_deref(), *key, avro.as_deref())?,
             },
             Encoding::DeadLetters { max_payload_bytes } => {
                 let (messages, truncated) = encode_dead_letters(batch, *max_payload_bytes);

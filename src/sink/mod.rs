@@ -186,7 +186,7 @@ pub fn build(
                             Some(columns) => rows.project(columns)?,
                             None => rows.as_ref().clone(),
                         };
-                        Some(avro::AvroOutput::new(name, out, &projected)?)
+                        Some(Box::new(avro::AvroOutput::new(name, out, &projected)?))
                     }
                 };
                 Sink::Kafka(Box::new(KafkaSink::new(
