@@ -50,6 +50,8 @@ pub struct Provenance {
 /// One record as read from Kafka, borrowed from its [`RawBatch`].
 #[derive(Debug, Clone, Copy)]
 pub struct RawRecord<'a> {
+    /// Its position in the batch.
+    pub index: usize,
     pub offset: i64,
     /// Kafka timestamp, milliseconds since the epoch (UTC).
     pub timestamp: Option<i64>,
@@ -72,6 +74,9 @@ pub struct RawBatch {
     pub provenance: Provenance,
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    /// The kept headers' values, `headers` per record in order (see [`Self::header`]).
+    header_values: Vec<Option<Range<usize>>>,
+    headers: usize,
 }
 
 impl RawBatch {
@@ -85,7 +90,42 @@ impl RawBatch {
             },
             buf: Vec::new(),
             entries: Vec::with_capacity(capacity),
+            header_values: Vec::new(),
+            headers: 0,
         }
+    }
+
+    /// Appends a record with the values of the kept headers (the same number for every
+    /// record of the batch; `None`: the record has no such header).
+    pub fn push_with_headers(
+        &mut self,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[Option<&[u8]>],
+    ) {
+        self.push(offset, timestamp, key, payload);
+        self.headers = headers.len();
+        for value in headers {
+            let range = value.map(|bytes| {
+                let start = self.buf.len();
+                self.buf.extend_from_slice(bytes);
+                start..self.buf.len()
+            });
+            self.header_values.push(range);
+        }
+    }
+
+    /// Kept header `header` of record `index`.
+    pub fn header(&self, index: usize, header: usize) -> Option<&[u8]> {
+        if header >= self.headers {
+            return None;
+        }
+        self.header_values
+            .get(index * self.headers + header)?
+            .clone()
+            .map(|r| &self.buf[r])
     }
 
     /// Appends a record; offsets must increase.
@@ -129,7 +169,8 @@ impl RawBatch {
     }
 
     pub fn records(&self) -> impl ExactSizeIterator<Item = RawRecord<'_>> + '_ {
-        self.entries.iter().map(|e| RawRecord {
+        self.entries.iter().enumerate().map(|(index, e)| RawRecord {
+            index,
             offset: e.offset,
             timestamp: e.timestamp,
             key: e.key.clone().map(|r| &self.buf[r]),

@@ -76,6 +76,7 @@ mod tests {
     #[test]
     fn dead_letters_become_rows_with_reason_provenance_and_raw_bytes() {
         let record = RawRecord {
+            index: 0,
             offset: 42,
             timestamp: Some(1_000),
             key: None,

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
+use crate::config::{HeaderColumn, HeaderType};
+
 pub(crate) const TOPIC_COLUMN: &str = "_topic";
 pub(crate) const PARTITION_COLUMN: &str = "_partition";
 pub(crate) const OFFSET_COLUMN: &str = "_offset";
@@ -272,7 +274,28 @@ pub(crate) fn provenance_fields() -> [Field; 4] {
 
 /// Record fields followed by the provenance columns: the schema of decoded batches.
 pub fn with_provenance(record: &Schema) -> SchemaRef {
+    row_schema(record, &[])
+}
+
+/// The columns `headers` add (nullable: a record may not carry the header).
+pub fn header_fields(headers: &[HeaderColumn]) -> Vec<Field> {
+    headers
+        .iter()
+        .map(|h| {
+            let data_type = match h.kind() {
+                HeaderType::Utf8 => DataType::Utf8,
+                HeaderType::Binary => DataType::Binary,
+            };
+            Field::new(h.column(), data_type, true)
+        })
+        .collect()
+}
+
+/// Record fields, the header columns, then the provenance columns: the schema of decoded
+/// batches.
+pub fn row_schema(record: &Schema, headers: &[HeaderColumn]) -> SchemaRef {
     let mut fields: Vec<Field> = record.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(header_fields(headers));
     fields.extend(provenance_fields());
     Arc::new(Schema::new(fields))
 }

@@ -158,6 +158,58 @@ pub struct KafkaSourceConfig {
     /// except `enable.auto.offset.store`, which must stay `false`).
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Record headers kept as columns (after the record's fields): a name (a `utf8`
+    /// column of that name), or `{name, column, type: utf8 | binary}`.
+    #[serde(default)]
+    pub headers: Vec<HeaderColumn>,
+}
+
+/// One record header read into a column.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderColumn {
+    Name(String),
+    Spec {
+        name: String,
+        #[serde(default)]
+        column: Option<String>,
+        #[serde(default, rename = "type")]
+        kind: HeaderType,
+    },
+}
+
+/// How a header's bytes become a column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderType {
+    /// Text (bytes that are not UTF-8 are replaced with U+FFFD).
+    #[default]
+    Utf8,
+    Binary,
+}
+
+impl HeaderColumn {
+    /// The header's name on the record.
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderColumn::Name(name) | HeaderColumn::Spec { name, .. } => name,
+        }
+    }
+
+    /// The column it becomes.
+    pub fn column(&self) -> &str {
+        match self {
+            HeaderColumn::Name(name) => name,
+            HeaderColumn::Spec { name, column, .. } => column.as_deref().unwrap_or(name),
+        }
+    }
+
+    pub fn kind(&self) -> HeaderType {
+        match self {
+            HeaderColumn::Name(_) => HeaderType::Utf8,
+            HeaderColumn::Spec { kind, .. } => *kind,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -11,6 +11,8 @@ use serde::Deserialize;
 use super::{PropertyValue, SchemaRegistryConfig};
 
 /// One entry of `sinks`.
+// Parsed once per pipeline file: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum SinkConfig {
@@ -167,6 +169,10 @@ pub struct KafkaSinkConfig {
     /// Column whose value (as text) is the message key. Default: no key.
     #[serde(default)]
     pub key: Option<String>,
+    /// Message headers from columns: header name -> column (binary columns as their
+    /// bytes, others as text; a null value sends no header).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     /// librdkafka producer properties. sluice sets `acks=all` and
     /// `enable.idempotence=true` unless overridden here.
     #[serde(default)]

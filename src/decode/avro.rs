@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{finish, Decoded, Rejected};
 use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
+use crate::config::{HeaderColumn, HeaderType};
 use crate::schema::with_provenance;
 use crate::schema_registry::{patiently, Gave, RegistryError, SchemaRegistry};
 
@@ -58,6 +59,7 @@ pub struct AvroDecoder {
     reader: AvroSchema,
     record_schema: SchemaRef,
     output_schema: SchemaRef,
+    headers: Vec<HeaderType>,
     max_record_bytes: usize,
     holds_dates: bool,
     registry: SchemaRegistry,
@@ -75,6 +77,7 @@ impl AvroDecoder {
         AvroDecoder {
             reader: AvroSchema::new(reader.to_owned()),
             output_schema: with_provenance(&record_schema),
+            headers: Vec::new(),
             holds_dates: super::holds_dates(&record_schema),
             record_schema,
             max_record_bytes,
@@ -85,6 +88,13 @@ impl AvroDecoder {
 
     pub fn output_schema(&self) -> &SchemaRef {
         &self.output_schema
+    }
+
+    /// Rows also carry these record headers as columns, after the record's fields.
+    pub fn with_headers(mut self, headers: &[HeaderColumn]) -> Self {
+        self.output_schema = crate::schema::row_schema(&self.record_schema, headers);
+        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+        self
     }
 
     /// Makes writer schema `id` known without asking the registry (benches, tests, a
@@ -232,6 +242,7 @@ impl AvroDecoder {
             raw,
             &self.record_schema,
             &self.output_schema,
+            &self.headers,
             self.holds_dates,
         )
     }

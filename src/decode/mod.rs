@@ -27,8 +27,8 @@ use arrow::json::reader::Decoder;
 use arrow::json::ReaderBuilder;
 
 use crate::batch::{Batch, DeadLetter, DeadLetterKind, RawBatch, RawRecord, TopicPartition};
-use crate::config::UnknownFields;
-use crate::schema::with_provenance;
+use crate::config::{HeaderColumn, HeaderType, UnknownFields};
+use crate::schema::{row_schema, with_provenance};
 
 const STAGE: &str = "decode";
 
@@ -88,19 +88,27 @@ impl RecordDecoder {
         pipeline: &crate::pipeline::Pipeline,
     ) -> Result<Self, crate::schema_registry::RegistryError> {
         let decode = &pipeline.config.decode;
+        let crate::config::SourceConfig::Kafka(source) = &pipeline.config.source;
+        let headers = &source.headers;
         let max_record_bytes = decode.max_record_bytes.as_u64() as usize;
         match (&pipeline.avro_schema, &decode.schema_registry) {
-            (Some(reader), Some(registry)) => Ok(RecordDecoder::Avro(avro::AvroDecoder::new(
-                reader,
-                pipeline.record_schema.clone(),
-                max_record_bytes,
-                crate::schema_registry::SchemaRegistry::new(registry)?,
-            ))),
-            _ => Ok(RecordDecoder::Json(JsonDecoder::new(
-                pipeline.record_schema.clone(),
-                max_record_bytes,
-                decode.unknown_fields,
-            ))),
+            (Some(reader), Some(registry)) => Ok(RecordDecoder::Avro(
+                avro::AvroDecoder::new(
+                    reader,
+                    pipeline.record_schema.clone(),
+                    max_record_bytes,
+                    crate::schema_registry::SchemaRegistry::new(registry)?,
+                )
+                .with_headers(headers),
+            )),
+            _ => Ok(RecordDecoder::Json(
+                JsonDecoder::new(
+                    pipeline.record_schema.clone(),
+                    max_record_bytes,
+                    decode.unknown_fields,
+                )
+                .with_headers(headers),
+            )),
         }
     }
 
@@ -137,6 +145,8 @@ impl RecordDecoder {
 pub struct JsonDecoder {
     record_schema: SchemaRef,
     output_schema: SchemaRef,
+    /// The kept record headers' column types, in column order.
+    headers: Vec<HeaderType>,
     max_record_bytes: usize,
     strict: bool,
     /// Some record field is a timestamp or date (rows are range-checked).
@@ -151,6 +161,7 @@ impl JsonDecoder {
     ) -> Self {
         JsonDecoder {
             output_schema: with_provenance(&record_schema),
+            headers: Vec::new(),
             holds_dates: holds_dates(&record_schema),
             record_schema,
             max_record_bytes,
@@ -161,6 +172,13 @@ impl JsonDecoder {
     /// Schema of decoded rows: record fields plus provenance columns.
     pub fn output_schema(&self) -> &SchemaRef {
         &self.output_schema
+    }
+
+    /// Rows also carry these record headers as columns, after the record's fields.
+    pub fn with_headers(mut self, headers: &[HeaderColumn]) -> Self {
+        self.output_schema = row_schema(&self.record_schema, headers);
+        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+        self
     }
 
     fn new_decoder(&self, rows: usize) -> Result<Decoder, ArrowError> {
@@ -187,6 +205,7 @@ impl JsonDecoder {
             raw,
             &self.record_schema,
             &self.output_schema,
+            &self.headers,
             self.holds_dates,
         )
     }
@@ -365,6 +384,7 @@ pub(crate) fn finish(
     raw: &RawBatch,
     record_schema: &SchemaRef,
     output_schema: &SchemaRef,
+    headers: &[HeaderType],
     holds_dates: bool,
 ) -> Result<Batch, ArrowError> {
     let mut fields = match decoded.parts.len() {
@@ -376,7 +396,7 @@ pub(crate) fn finish(
     if holds_dates {
         fields = take_out_of_range(fields, &mut decoded)?;
     }
-    let rows = with_provenance_columns(output_schema, fields, raw, &decoded.good)?;
+    let rows = with_provenance_columns(output_schema, fields, raw, &decoded.good, headers)?;
     let mut dead_letters = decoded.dead_letters;
     dead_letters.sort_by_key(|d| d.offset);
     Ok(Batch {
@@ -387,16 +407,29 @@ pub(crate) fn finish(
     })
 }
 
-/// `fields` (one row per good record) with the provenance columns appended.
+/// `fields` (one row per good record) with the kept headers' and the provenance columns
+/// appended.
 fn with_provenance_columns(
     output_schema: &SchemaRef,
     fields: RecordBatch,
     raw: &RawBatch,
     good: &[RawRecord<'_>],
+    headers: &[HeaderType],
 ) -> Result<RecordBatch, ArrowError> {
     let n = good.len();
     let tp = &raw.provenance.tp;
     let mut columns: Vec<ArrayRef> = fields.columns().to_vec();
+    for (h, kind) in headers.iter().enumerate() {
+        let values = good.iter().map(|r| raw.header(r.index, h));
+        columns.push(match kind {
+            HeaderType::Utf8 => Arc::new(
+                values
+                    .map(|v| v.map(String::from_utf8_lossy))
+                    .collect::<StringArray>(),
+            ),
+            HeaderType::Binary => Arc::new(values.collect::<arrow::array::BinaryArray>()),
+        });
+    }
     columns.push(Arc::new(StringArray::from_iter_values(
         std::iter::repeat_n(&*tp.topic, n),
     )));

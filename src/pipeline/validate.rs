@@ -38,7 +38,13 @@ pub(super) fn validate(
             (None, None)
         }
     };
-    let row_schema = record_schema.as_deref().map(schema::with_provenance);
+    let crate::config::SourceConfig::Kafka(source) = &config.source;
+    if let Some(record) = &record_schema {
+        check_headers(&source.headers, record, &mut issues);
+    }
+    let row_schema = record_schema
+        .as_deref()
+        .map(|record| schema::row_schema(record, &source.headers));
     let models = if crate::storage::is_url(&config.models.to_string_lossy()) {
         config.models.clone()
     } else {
@@ -104,6 +110,29 @@ pub(super) fn validate(
             storage_retry: std::time::Duration::from_secs(300),
         }),
         _ => Err(issues.0),
+    }
+}
+
+/// Header columns must be named, and name no other column.
+fn check_headers(
+    headers: &[crate::config::HeaderColumn],
+    record: &arrow::datatypes::Schema,
+    issues: &mut Issues,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, header) in headers.iter().enumerate() {
+        let column = header.column();
+        let key = format!("source.kafka.headers[{i}]");
+        if header.name().is_empty() || column.is_empty() {
+            issues.add(key, "expected a header name");
+        } else if record.field_with_name(column).is_ok() || schema::is_provenance(column) {
+            issues.add(
+                key,
+                format!("column `{column}` exists already; give the header another `column`"),
+            );
+        } else if !seen.insert(column) {
+            issues.add(key, format!("column `{column}` is named twice"));
+        }
     }
 }
 

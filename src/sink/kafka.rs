@@ -64,6 +64,8 @@ pub enum Encoding {
     Rows {
         columns: Option<Vec<usize>>,
         key: Option<usize>,
+        /// Message headers from columns: (header name, column index).
+        headers: Vec<(String, usize)>,
         alert: Option<AlertConfig>,
         avro: Option<Box<super::avro::AvroOutput>>,
     },
@@ -224,15 +226,23 @@ impl KafkaSink {
         }
         let messages = match &self.encoding {
             Encoding::Rows {
-                columns, key, avro, ..
-            } => match &mut self.alerts {
-                Some(alerts) => {
-                    let raised = alerts.raises(&batch.rows)?;
-                    let rows = arrow::compute::filter_record_batch(&batch.rows, &raised)?;
-                    encode_rows(&rows, columns.as_deref(), *key, avro.as_deref())?
-                }
-                None => encode_rows(&batch.rows, columns.as_deref(), *key, avro.as_deref())?,
-            },
+                columns,
+                key,
+                headers,
+                avro,
+                ..
+            } => {
+                let raised;
+                let rows = match &mut self.alerts {
+                    Some(alerts) => {
+                        let raising = alerts.raises(&batch.rows)?;
+                        raised = arrow::compute::filter_record_batch(&batch.rows, &raising)?;
+                        &raised
+                    }
+                    None => &batch.rows,
+                };
+                encode_rows(rows, columns.as_deref(), *key, headers, avro.as_deref())?
+            }
             Encoding::DeadLetters { max_payload_bytes } => {
                 let (messages, truncated) = encode_dead_letters(batch, *max_payload_bytes);
                 if truncated > 0 {
@@ -417,6 +427,7 @@ fn encode_rows(
     rows: &RecordBatch,
     columns: Option<&[usize]>,
     key: Option<usize>,
+    headers: &[(String, usize)],
     avro: Option<&super::avro::AvroOutput>,
 ) -> Result<Vec<Outgoing>, SinkError> {
     if rows.num_rows() == 0 {
@@ -437,6 +448,7 @@ fn encode_rows(
     let keys = keys
         .as_ref()
         .and_then(|k| k.as_any().downcast_ref::<StringArray>());
+    let header_values = header_columns(rows, headers)?;
     let messages = payloads
         .into_iter()
         .enumerate()
@@ -445,10 +457,45 @@ fn encode_rows(
                 .filter(|k| k.is_valid(row))
                 .map(|k| k.value(row).as_bytes().to_vec()),
             payload,
-            headers: None,
+            headers: message_headers(&header_values, row),
         })
         .collect();
     Ok(messages)
+}
+
+/// The columns headers come from, as bytes: binary columns as they are, others as text.
+fn header_columns<'a>(
+    rows: &RecordBatch,
+    headers: &'a [(String, usize)],
+) -> Result<Vec<(&'a str, arrow::array::ArrayRef)>, SinkError> {
+    headers
+        .iter()
+        .map(|(name, index)| {
+            let column = rows.column(*index);
+            let bytes = match column.data_type() {
+                DataType::Binary => column.clone(),
+                _ => cast(&cast(column, &DataType::Utf8)?, &DataType::Binary)?,
+            };
+            Ok((name.as_str(), bytes))
+        })
+        .collect()
+}
+
+/// Row `row`'s headers (a null value sends none); `None` when there are none.
+fn message_headers(columns: &[(&str, arrow::array::ArrayRef)], row: usize) -> Option<OwnedHeaders> {
+    let mut headers = None::<OwnedHeaders>;
+    for (name, column) in columns {
+        let Some(values) = column.as_any().downcast_ref::<arrow::array::BinaryArray>() else {
+            continue;
+        };
+        if values.is_valid(row) {
+            headers = Some(headers.unwrap_or_default().insert(Header {
+                key: name,
+                value: Some(values.value(row)),
+            }));
+        }
+    }
+    headers
 }
 
 /// One JSON object per row: arrow-json's line-delimited writer in one pass, split at
@@ -544,7 +591,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let messages = encode_rows(&rows, Some(&[1]), Some(0), None).unwrap();
+        let messages = encode_rows(&rows, Some(&[1]), Some(0), &[], None).unwrap();
         assert_eq!(messages.len(), 2);
         assert_eq!(messages[0].payload, br#"{"text":"line\nbreak"}"#);
         assert_eq!(messages[0].key.as_deref(), Some(&b"7"[..]));

@@ -179,6 +179,11 @@ pub fn build(
                     None => None,
                 };
                 let key = out.key.as_deref().map(index).transpose()?;
+                let headers = out
+                    .headers
+                    .iter()
+                    .map(|(name, column)| Ok((name.clone(), index(column)?)))
+                    .collect::<Result<Vec<_>, SinkError>>()?;
                 let avro = match out.format {
                     crate::config::OutputFormat::Json => None,
                     crate::config::OutputFormat::Avro => {
@@ -196,6 +201,7 @@ pub fn build(
                     Encoding::Rows {
                         columns,
                         key,
+                        headers,
                         alert: out.alert.clone(),
                         avro,
                     },

@@ -396,6 +396,14 @@ fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues
             issues.add(format!("{path}.columns[{j}]"), unknown_column(column, rows));
         }
     }
+    for (header, column) in &sink.headers {
+        if !known(column) {
+            issues.add(
+                format!("{path}.headers.{header}"),
+                unknown_column(column, rows),
+            );
+        }
+    }
     if let Some(key) = &sink.key {
         if !known(key) {
             issues.add(format!("{path}.key"), unknown_column(key, rows));

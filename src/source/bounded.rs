@@ -311,7 +311,7 @@ impl BoundedSource {
         stats.readiness.set_assigned();
         Ok(BoundedSource {
             consumer,
-            batcher: Batcher::new(config.batch.clone()),
+            batcher: Batcher::new(config.batch.clone(), super::kafka::header_names(config)),
             output: BoundedOutput {
                 out,
                 tracker,

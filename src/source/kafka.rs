@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -310,18 +310,26 @@ struct Pending {
 }
 
 /// Per-partition buffers of records not yet sent, cut by `max_rows` and `max_wait`.
+/// The names of the headers `config` keeps.
+pub(super) fn header_names(config: &crate::config::KafkaSourceConfig) -> Vec<String> {
+    config.headers.iter().map(|h| h.name().to_owned()).collect()
+}
+
 pub(super) struct Batcher {
     config: BatchConfig,
+    headers: Vec<String>,
     pending: HashMap<TopicPartition, Pending>,
     next_id: u64,
 }
 
 impl Batcher {
-    pub(super) fn new(config: BatchConfig) -> Self {
+    /// `headers`: the names of the record headers kept (in column order).
+    pub(super) fn new(config: BatchConfig, headers: Vec<String>) -> Self {
         Batcher {
             config,
             pending: HashMap::new(),
             next_id: 0,
+            headers,
         }
     }
 
@@ -351,12 +359,31 @@ impl Batcher {
                 started: Instant::now(),
             }
         });
-        pending.batch.push(
-            message.offset(),
-            message.timestamp().to_millis(),
-            message.key(),
-            message.payload(),
-        );
+        if self.headers.is_empty() {
+            pending.batch.push(
+                message.offset(),
+                message.timestamp().to_millis(),
+                message.key(),
+                message.payload(),
+            );
+        } else {
+            // The last value of a header that is repeated, as Kafka clients' lastHeader().
+            let mut values: Vec<Option<&[u8]>> = vec![None; self.headers.len()];
+            if let Some(headers) = message.headers() {
+                for header in headers.iter() {
+                    if let Some(at) = self.headers.iter().position(|h| h == header.key) {
+                        values[at] = header.value;
+                    }
+                }
+            }
+            pending.batch.push_with_headers(
+                message.offset(),
+                message.timestamp().to_millis(),
+                message.key(),
+                message.payload(),
+                &values,
+            );
+        }
         if pending.batch.len() >= max_rows {
             self.pending.remove(&tp).map(|p| p.batch)
         } else {
@@ -450,7 +477,7 @@ impl KafkaSource {
             })?;
         Ok(KafkaSource {
             consumer,
-            batcher: Batcher::new(config.batch.clone()),
+            batcher: Batcher::new(config.batch.clone(), header_names(config)),
             stats,
             on_reset: config.on_offset_reset,
         })

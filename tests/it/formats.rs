@@ -680,6 +680,16 @@ fn avro_sink_settings_mistakes_name_their_key() {
             "      format: avro\n      schema_version: \"3\"\n",
             "sinks[0].kafka.schema_version: only with auto_register: false",
         ),
+        (
+            "    topics: [feedback]\n",
+            "    topics: [feedback]\n    headers: [id]\n",
+            "source.kafka.headers[0]: column `id` exists already",
+        ),
+        (
+            "      format: avro\n",
+            "      format: avro\n      headers: {h: nope}\n",
+            "sinks[0].kafka.headers.h: unknown column `nope`",
+        ),
     ] {
         std::fs::write(&file, good.replace(from, to)).unwrap();
         let error = sluice::pipeline::load(&file)
@@ -687,5 +697,130 @@ fn avro_sink_settings_mistakes_name_their_key() {
             .expect_err(expected)
             .to_string();
         assert!(error.contains(expected), "{expected}\n{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_headers_become_columns_and_columns_become_headers() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 1, 1).unwrap();
+    cluster.create_topic("traced", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("headers.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: headers\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [feedback]\n    headers:\n      - traceparent\n      - {{name: sig, column: signature, type: binary}}\n    batch:\n      max_rows: 100\n      max_wait: 100ms\ndecode:\n  schema: {root}/schemas/customer_feedback.json\nsinks:\n  - parquet:\n      path: {dir}/rows\n      roll:\n        max_age: 1s\n  - kafka:\n      topic: traced\n      columns: [id]\n      headers:\n        traceparent: traceparent\n        x-customer: customer_id\n        x-sig: signature\ndead_letter:\n  parquet:\n    path: {dir}/dead\n",
+            root = env!("CARGO_MANIFEST_DIR"),
+            dir = out.path().display()
+        ),
+    )
+    .unwrap();
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for i in 0..30 {
+        let payload = format!(r#"{{"id": "r{i}", "customer_id": "c{i}", "text": "t"}}"#);
+        let trace = format!("00-{i:032x}-01");
+        let headers = match i % 3 {
+            // Both, the trace header twice (the last one counts).
+            0 => Some(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some("stale"),
+                    })
+                    .insert(Header {
+                        key: "sig",
+                        value: Some(&[0xff_u8, 0x00, i as u8][..]),
+                    })
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some(trace.as_str()),
+                    }),
+            ),
+            1 => Some(OwnedHeaders::new().insert(Header {
+                key: "other",
+                value: Some("ignored"),
+            })),
+            _ => None,
+        };
+        let mut record = FutureRecord::<(), _>::to("feedback").payload(&payload);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let s = stats.snapshot();
+            s.parquet_rows == 30 && s.kafka_messages == 30
+        })
+        .await
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+
+    let batches = read_dataset(&out.path().join("rows"));
+    assert_eq!(rows(&batches), 30);
+    for batch in &batches {
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names[6..8], ["traceparent", "signature"], "{names:?}");
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let traces = batch
+            .column_by_name("traceparent")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let sigs = batch
+            .column_by_name("signature")
+            .unwrap()
+            .as_binary::<i32>()
+            .clone();
+        for row in 0..batch.num_rows() {
+            let i: usize = ids.value(row)[1..].parse().unwrap();
+            if i.is_multiple_of(3) {
+                assert_eq!(traces.value(row), format!("00-{i:032x}-01"));
+                assert_eq!(sigs.value(row), [0xff, 0x00, i as u8]);
+            } else {
+                assert!(traces.is_null(row) && sigs.is_null(row));
+            }
+        }
+    }
+    let messages = crate::common::read_topic(&brokers, "traced", 30, Duration::from_secs(10));
+    assert_eq!(messages.len(), 30);
+    for message in &messages {
+        let value: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let i: usize = value["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(
+            message.headers.get("x-customer").map(String::as_str),
+            Some(format!("c{i}").as_str())
+        );
+        if i.is_multiple_of(3) {
+            assert_eq!(message.headers["traceparent"], format!("00-{i:032x}-01"));
+            assert!(message.headers.contains_key("x-sig"));
+        } else {
+            assert!(
+                !message.headers.contains_key("traceparent"),
+                "a null sends no header"
+            );
+        }
     }
 }
