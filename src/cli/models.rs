@@ -1,12 +1,14 @@
-//! `sluice models`: what a model registry holds, and copying one between a local
-//! directory and an object store (`s3://`, `gs://`, `az://`). Object stores are reached
-//! with their standard environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...).
+//! `sluice models`: what a model registry holds (`list`, `show`, `diff`), moving its
+//! `current` pointer (`promote`, `rollback`: the same pointer change running pipelines
+//! watch, so they swap the version in without a restart), and copying a registry between
+//! a local directory and an object store (`copy`). Object stores are reached with their
+//! standard environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sluice::model::Registry;
+use sluice::model::{Manifest, Registry};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +23,28 @@ enum Command {
         /// A registry directory or URL (e.g. `models`, `s3://bucket/models`).
         registry: PathBuf,
     },
+    /// Show a version's manifest: inputs, outputs, labels, metrics (default: the current).
+    Show {
+        registry: PathBuf,
+        model: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Two versions side by side: metrics, labels, inputs and outputs.
+    Diff {
+        registry: PathBuf,
+        model: String,
+        a: String,
+        b: String,
+    },
+    /// Make a published version the serving one (running pipelines swap it in).
+    Promote {
+        registry: PathBuf,
+        model: String,
+        version: String,
+    },
+    /// Serve the published version before the current one again.
+    Rollback { registry: PathBuf, model: String },
     /// Copy the published versions the target lacks, under the same numbers, and set the
     /// target's `current` pointers where it has none. Running it again copies only what
     /// is new.
@@ -55,6 +79,47 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Command::Show {
+                registry,
+                model,
+                version,
+            } => {
+                let registry = Registry::open(&registry, &storage)?;
+                let version = match version {
+                    Some(v) => registry.version(&model, &v),
+                    None => registry.current(&model)?,
+                };
+                let manifest = registry.manifest(&version)?;
+                print!("{}", show(&manifest));
+            }
+            Command::Diff {
+                registry,
+                model,
+                a,
+                b,
+            } => {
+                let registry = Registry::open(&registry, &storage)?;
+                let a = registry.manifest(&registry.version(&model, &a))?;
+                let b = registry.manifest(&registry.version(&model, &b))?;
+                print!("{}", diff(&a, &b));
+            }
+            Command::Promote {
+                registry,
+                model,
+                version,
+            } => {
+                let registry = Registry::open(&registry, &storage)?;
+                let before = registry.promote(&model, &version)?;
+                println!(
+                    "{model}: current {} -> {version}",
+                    before.as_deref().unwrap_or("-")
+                );
+            }
+            Command::Rollback { registry, model } => {
+                let registry = Registry::open(&registry, &storage)?;
+                let (from, to) = registry.rollback(&model)?;
+                println!("{model}: current {from} -> {to}");
+            }
             Command::Copy { from, to, models } => {
                 let source = Registry::open(&from, &storage)?;
                 let target = Registry::open(&to, &storage)?;
@@ -80,4 +145,76 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
     .await?
+}
+
+/// A manifest as lines: identity, then tensors, labels and metrics.
+fn show(manifest: &Manifest) -> String {
+    let tensors = |specs: &[sluice::model::TensorSpec]| -> String {
+        specs
+            .iter()
+            .map(|t| {
+                let dims: Vec<String> = t
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        sluice::model::Dim::Fixed(n) => n.to_string(),
+                        sluice::model::Dim::Named(name) => name.clone(),
+                    })
+                    .collect();
+                format!("{} {}[{}]", t.name, t.dtype, dims.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut out = format!(
+        "{}/{}  created {}\n",
+        manifest.name, manifest.version, manifest.created_at
+    );
+    if !manifest.description.is_empty() {
+        out += &format!("  {}\n", manifest.description);
+    }
+    out += &format!("  inputs   {}\n", tensors(&manifest.inputs));
+    out += &format!("  outputs  {}\n", tensors(&manifest.outputs));
+    if let Some(labels) = &manifest.labels {
+        out += &format!("  labels   {}\n", labels.join(", "));
+    }
+    for (key, value) in &manifest.metrics {
+        out += &format!("  {key:<24} {}\n", scalar(value));
+    }
+    out
+}
+
+/// Metrics (and what else differs) of two versions in columns.
+fn diff(a: &Manifest, b: &Manifest) -> String {
+    let mut out = format!(
+        "{:<26} {:>14} {:>14}\n",
+        a.name,
+        format!("v{}", a.version),
+        format!("v{}", b.version)
+    );
+    let keys: std::collections::BTreeSet<&String> =
+        a.metrics.keys().chain(b.metrics.keys()).collect();
+    for key in keys {
+        let cell = |m: &Manifest| m.metrics.get(key).map(scalar).unwrap_or_else(|| "-".into());
+        out += &format!("{key:<26} {:>14} {:>14}\n", cell(a), cell(b));
+    }
+    if a.labels != b.labels {
+        out += &format!("labels differ: {:?} vs {:?}\n", a.labels, b.labels);
+    }
+    if a.inputs != b.inputs || a.outputs != b.outputs {
+        out += "inputs or outputs differ (see `sluice models show`)\n";
+    }
+    out
+}
+
+/// A metric value as a short string (numbers to 4 decimals; objects as JSON).
+fn scalar(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.4}"),
+            _ => n.to_string(),
+        },
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }

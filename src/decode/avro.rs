@@ -194,7 +194,7 @@ impl AvroDecoder {
     /// never caused by bad input.
     pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
         let mut decoded = Decoded::new(&raw.provenance.tp, raw.len());
-        let writers = self.writers().clone();
+        let writers = self.writers();
         let mut candidates: Vec<(RawRecord<'_>, &[u8], u32)> = Vec::with_capacity(raw.len());
         for record in raw.records() {
             match self.screen(&record, &writers) {

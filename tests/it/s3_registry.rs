@@ -192,6 +192,29 @@ async fn registry_under_a_running_stream(kind: Kind) {
     produced += produce(&brokers, "sensor-readings", third).await.unwrap();
     assert!(eventually(Duration::from_secs(60), consumed(produced)).await);
     assert_eq!(stats.serving_version(infer), Some(expected.clone()));
+
+    // Operators move the pointer: a rollback leaves the corrupt version, then the shipped
+    // version is promoted again; the stream follows without a restart.
+    let (from, to) = tokio::task::spawn_blocking({
+        let registry = registry.clone();
+        move || registry.rollback("process-failure").unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!((from, to.as_str()), (v3.version.clone(), expected.as_str()));
+    tokio::task::spawn_blocking({
+        let (registry, shipped) = (registry.clone(), shipped.clone());
+        move || registry.promote("process-failure", &shipped).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            stats.serving_version(infer).as_deref() == Some(shipped.as_str())
+        })
+        .await,
+        "the promoted version is served again"
+    );
     shutdown.cancel();
     let summary = running.await.unwrap().unwrap();
     assert_eq!(summary.dead_letters, 0);
@@ -266,6 +289,53 @@ fn sluice_models_copies_a_local_registry_to_a_bucket_once() {
         .collect();
     assert_eq!(listed.lines().collect::<Vec<_>>(), local);
     assert!(listed.starts_with("bearing-health: current "), "{listed}");
+
+    // A second version with other metrics, published straight into the bucket; then the
+    // pointer moved by promote and rollback, and the two versions compared.
+    let (first, second) = {
+        let registry = Registry::open(Path::new(&to), &s3.storage()).unwrap();
+        let current = registry.current("bearing-health").unwrap();
+        let mut manifest = registry.manifest(&current).unwrap();
+        manifest
+            .metrics
+            .insert("holdout_accuracy".into(), serde_json::json!(0.5));
+        let next = registry
+            .publish(&current.model_path(), manifest, &[], true)
+            .unwrap();
+        (current.version, next.version)
+    };
+    let shown = models_cli(&s3, &["show", &to, "bearing-health"]);
+    assert!(
+        shown.starts_with(&format!("bearing-health/{second} ")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("holdout_accuracy") && shown.contains("0.5000"),
+        "{shown}"
+    );
+    let diff = models_cli(&s3, &["diff", &to, "bearing-health", &first, &second]);
+    let accuracy = diff
+        .lines()
+        .find(|l| l.starts_with("holdout_accuracy"))
+        .unwrap();
+    assert!(accuracy.trim_end().ends_with("0.5000"), "{diff}");
+    let back = models_cli(&s3, &["rollback", &to, "bearing-health"]);
+    assert_eq!(
+        back.trim(),
+        format!("bearing-health: current {second} -> {first}")
+    );
+    let promoted = models_cli(&s3, &["promote", &to, "bearing-health", &second]);
+    assert_eq!(
+        promoted.trim(),
+        format!("bearing-health: current {first} -> {second}")
+    );
+    let listed = models_cli(&s3, &["list", &to]);
+    assert!(
+        listed.contains(&format!(
+            "bearing-health: current {second}, versions {first}, {second}"
+        )),
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,8 @@ pub enum RegistryError {
         version: String,
         url: String,
     },
+    #[error("model `{name}`: no published version before {version} to roll back to")]
+    NoEarlier { name: String, version: String },
     #[error("model `{name}`: {tries} publishers took version numbers at the same time; giving up")]
     Contended { name: String, tries: usize },
     #[error("model `{name}`: {path} is not a valid manifest: {source}")]
@@ -385,7 +387,7 @@ impl Registry {
     /// The text of `NAME/current`, `None` when there is none.
     fn pointer(&self, name: &str) -> Result<Option<String>, RegistryError> {
         if let Some(remote) = &self.remote {
-            return remote.current(name);
+            return Ok(remote.current(name)?.map(|text| text.trim().to_owned()));
         }
         let pointer = self.root.join(name).join("current");
         match std::fs::read_to_string(&pointer) {
@@ -393,6 +395,42 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Self::io(name, &pointer, e)),
         }
+    }
+
+    /// Points `NAME/current` at published version `version` (checked first); returns the
+    /// version it pointed at before. Running pipelines swap it in as for a new version.
+    pub fn promote(&self, name: &str, version: &str) -> Result<Option<String>, RegistryError> {
+        let target = self.version(name, version);
+        // The manifest must be there (fetched, for a bucket): a version that counts.
+        self.manifest(&target)?;
+        let before = self.pointer(name)?;
+        self.set_current(name, version)?;
+        Ok(before)
+    }
+
+    /// Points `NAME/current` at the published version before the current one; returns
+    /// (from, to).
+    pub fn rollback(&self, name: &str) -> Result<(String, String), RegistryError> {
+        let current = self
+            .pointer(name)?
+            .ok_or_else(|| RegistryError::NoCurrent {
+                name: name.into(),
+                path: PathBuf::from(self.describe()).join(name).join("current"),
+            })?;
+        let current_number: u64 = current.parse().unwrap_or(0);
+        let previous = self
+            .versions(name)?
+            .into_iter()
+            .filter_map(|v| v.version.parse::<u64>().ok())
+            .filter(|n| *n < current_number)
+            .max()
+            .ok_or_else(|| RegistryError::NoEarlier {
+                name: name.into(),
+                version: current.clone(),
+            })?;
+        let previous = previous.to_string();
+        self.promote(name, &previous)?;
+        Ok((current, previous))
     }
 
     /// Copies every published version of the models `names` (all when empty) that `to`
@@ -670,6 +708,25 @@ mod tests {
         bucket.copy_to(&back, &[]).unwrap();
         assert_eq!(back.current("m").unwrap().version, "1");
         assert_eq!(back.versions("n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn promote_and_rollback_move_the_pointer_between_published_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, b"model").unwrap();
+        for registry in [Registry::new(dir.path().join("local")), in_memory()] {
+            for _ in 0..3 {
+                registry.publish(&model, manifest("m"), &[], true).unwrap();
+            }
+            assert_eq!(registry.current("m").unwrap().version, "3");
+            assert_eq!(registry.rollback("m").unwrap(), ("3".into(), "2".into()));
+            assert_eq!(registry.promote("m", "1").unwrap().as_deref(), Some("2"));
+            let err = registry.rollback("m").unwrap_err().to_string();
+            assert!(err.contains("no published version before 1"), "{err}");
+            assert!(registry.promote("m", "9").is_err(), "not published");
+            assert_eq!(registry.current("m").unwrap().version, "1");
+        }
     }
 
     #[test]
