@@ -181,7 +181,47 @@ fn show(manifest: &Manifest) -> String {
     for (key, value) in &manifest.metrics {
         out += &format!("  {key:<24} {}\n", scalar(value));
     }
+    if let Some(profile) = &manifest.profile {
+        out += &format!(
+            "  profile ({} holdout rows): predicted {}\n",
+            profile.rows,
+            shares(manifest, &profile.predicted)
+        );
+        for feature in &profile.features {
+            let edges: Vec<String> = feature.deciles.iter().map(|d| format!("{d:.3}")).collect();
+            out += &format!("    {} deciles {}\n", feature.name, edges.join(" "));
+        }
+        if let Some(embedding) = &profile.embedding {
+            let edges: Vec<String> = embedding
+                .cosine_deciles
+                .iter()
+                .map(|d| format!("{d:.3}"))
+                .collect();
+            out += &format!(
+                "    cosine to the {}-d training centroid, deciles {}\n",
+                embedding.centroid.len(),
+                edges.join(" ")
+            );
+        }
+    }
     out
+}
+
+/// `label 48.2%, ...` for class shares.
+fn shares(manifest: &Manifest, shares: &[f64]) -> String {
+    shares
+        .iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let label = manifest
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(i).cloned())
+                .unwrap_or_else(|| i.to_string());
+            format!("{label} {:.1}%", share * 100.0)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Metrics (and what else differs) of two versions in columns.
@@ -197,6 +237,14 @@ fn diff(a: &Manifest, b: &Manifest) -> String {
     for key in keys {
         let cell = |m: &Manifest| m.metrics.get(key).map(scalar).unwrap_or_else(|| "-".into());
         out += &format!("{key:<26} {:>14} {:>14}\n", cell(a), cell(b));
+    }
+    if let (Some(pa), Some(pb)) = (&a.profile, &b.profile) {
+        out += &format!(
+            "{:<26} {} | {}\n",
+            "predicted on holdout",
+            shares(a, &pa.predicted),
+            shares(b, &pb.predicted)
+        );
     }
     if a.labels != b.labels {
         out += &format!("labels differ: {:?} vs {:?}\n", a.labels, b.labels);

@@ -9,7 +9,10 @@ pub mod onnxruntime;
 pub mod registry;
 pub mod session;
 
-pub use registry::{Dim, Manifest, ModelVersion, Registry, RegistryError, TensorSpec};
+pub use registry::{
+    Dim, EmbeddingProfile, FeatureProfile, Manifest, ModelVersion, Profile, Registry,
+    RegistryError, TensorSpec,
+};
 pub use session::{DevicePlan, ModelError, Placement};
 
 /// Index of the largest value (the first of equal ones).

@@ -15,6 +15,7 @@ pub mod dataset;
 pub mod metrics;
 pub mod onnx_export;
 pub mod onnx_proto;
+pub mod profile;
 pub mod report;
 pub mod trainer;
 
@@ -385,11 +386,18 @@ pub fn run(
         metrics.insert("holdout_log_loss".into(), candidate_metrics.log_loss.into());
         metrics.insert("train_rows".into(), split.train.rows().into());
         metrics.insert("holdout_rows".into(), holdout.rows().into());
-        let manifest = candidate.manifest(
+        let mut manifest = candidate.manifest(
             &job.model.name,
             metrics,
             &format!("trained by `sluice retrain` ({})", job.name),
         );
+        manifest.profile = Some(profile::compute(
+            &job.dataset.features,
+            &split.train,
+            holdout,
+            &onnx_probs,
+            labels.len(),
+        ));
         let report_path = work.path().join("report.json");
         report.published = Some(format!(
             "{}/{}",

@@ -155,6 +155,7 @@ impl Classifier {
             ],
             labels: Some(self.labels.clone()),
             metrics,
+            profile: None,
         }
     }
 }

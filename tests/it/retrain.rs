@@ -221,6 +221,13 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
     assert!(report.candidate.macro_f1 > current_metrics.macro_f1 + 0.005);
     let published = registry.version("sentiment-head", "2").dir;
     assert!(published.join("report.json").is_file());
+    let manifest = registry
+        .manifest(&registry.version("sentiment-head", "2"))
+        .unwrap();
+    let embedding = manifest.profile.as_ref().and_then(|p| p.embedding.clone());
+    let embedding = embedding.expect("an embedding profile");
+    assert_eq!(embedding.centroid.len(), 384);
+    assert_eq!(embedding.cosine_deciles.len(), 9);
     let picture = std::fs::read(published.join("report.png")).unwrap();
     assert_eq!(&picture[1..4], b"PNG");
     assert!(report.roc_auc.unwrap() > 0.75, "{report}");

@@ -107,6 +107,40 @@ pub struct Manifest {
     pub labels: Option<Vec<String>>,
     #[serde(default)]
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// What the model saw and said at training time, the reference for drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// A version's reference profile, computed on its holdout rows by `sluice retrain`:
+/// what serving-time statistics are compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Rows it was computed on.
+    pub rows: usize,
+    /// Share of the predictions per class (argmax), in label order.
+    pub predicted: Vec<f64>,
+    /// Share of the rows whose top probability falls in each tenth of [0, 1].
+    pub top_score: Vec<f64>,
+    /// Per numeric input feature: its deciles (nine cut points: ten equal-mass bins).
+    #[serde(default)]
+    pub features: Vec<FeatureProfile>,
+    /// For a vector input (an embedding): the training centroid and the deciles of the
+    /// rows' cosine similarity to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureProfile {
+    pub name: String,
+    pub deciles: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingProfile {
+    pub centroid: Vec<f32>,
+    pub cosine_deciles: Vec<f64>,
 }
 
 impl Manifest {
@@ -524,6 +558,7 @@ mod tests {
             outputs: vec![],
             labels: Some(vec!["a".into(), "b".into()]),
             metrics: Default::default(),
+            profile: None,
         }
     }
 
