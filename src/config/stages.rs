@@ -210,6 +210,14 @@ pub struct InferConfig {
     /// How often the registry's `current` pointer is checked. Default: `2s`.
     #[serde(default = "default_watch_interval", with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// Drift of the serving version against its reference profile (when its manifest has
+    /// one): measured over windows of this many rows. `0` turns it off. Default: `1000`.
+    #[serde(default = "default_drift_window")]
+    pub drift_window: usize,
+}
+
+fn default_drift_window() -> usize {
+    1000
 }
 
 /// One model input's columns: one column, or several stacked into `[batch, n]`.

@@ -10,7 +10,7 @@
 //!   of the holdout rows' cosine similarity to it.
 
 use crate::config::job::FeatureColumns;
-use crate::model::{EmbeddingProfile, FeatureProfile, Profile};
+use crate::model::{cosine, EmbeddingProfile, FeatureProfile, Profile};
 
 use super::trainer::Examples;
 
@@ -96,22 +96,6 @@ fn centroid(examples: &Examples) -> Vec<f32> {
     }
     let n = examples.rows().max(1) as f64;
     sum.into_iter().map(|s| (s / n) as f32).collect()
-}
-
-/// Cosine similarity (0 when either vector is zero).
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut aa, mut bb) = (0.0_f64, 0.0_f64, 0.0_f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(*x), f64::from(*y));
-        dot += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        dot / (aa.sqrt() * bb.sqrt())
-    }
 }
 
 #[cfg(test)]

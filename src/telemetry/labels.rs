@@ -22,6 +22,15 @@ pub(crate) struct ModelLabels {
     pub version: String,
 }
 
+/// One drift signal of one model version at one stage.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DriftLabels {
+    pub stage: String,
+    pub model: String,
+    pub version: String,
+    pub signal: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PartitionLabels {
     pub topic: String,

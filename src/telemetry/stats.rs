@@ -48,6 +48,8 @@ pub struct Stats {
     inference_seconds: HistogramFamily<StageLabels>,
     model_info: Family<ModelLabels, Gauge>,
     model_rejected: Family<ModelLabels, Counter>,
+    drift: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drift_rows: Family<ModelLabels, Gauge>,
     consumer_lag: Family<PartitionLabels, Gauge>,
     commits: Family<CommitLabels, Counter>,
     commit_seconds: HistogramFamily<ModeLabels>,
@@ -86,6 +88,8 @@ impl Default for Stats {
             inference_batch_rows: Family::new_with_constructor(rows_histogram),
             inference_seconds: Family::new_with_constructor(latency_histogram),
             model_info: Family::default(),
+            drift: Family::default(),
+            drift_rows: Family::default(),
             model_rejected: Family::default(),
             consumer_lag: Family::default(),
             commits: Family::default(),
@@ -215,6 +219,49 @@ impl Stats {
                 version: version.to_owned(),
             })
             .inc();
+    }
+
+    /// The drift of `version`'s last window of `rows` rows against its reference profile:
+    /// PSI per signal.
+    pub fn record_drift(
+        &self,
+        stage: &str,
+        model: &str,
+        version: &str,
+        rows: u64,
+        signals: &[(String, f64)],
+    ) {
+        for (signal, psi) in signals {
+            self.drift
+                .get_or_create(&DriftLabels {
+                    stage: stage.to_owned(),
+                    model: model.to_owned(),
+                    version: version.to_owned(),
+                    signal: signal.clone(),
+                })
+                .set(*psi);
+        }
+        self.drift_rows
+            .get_or_create(&ModelLabels {
+                stage: stage.to_owned(),
+                model: model.to_owned(),
+                version: version.to_owned(),
+            })
+            .set(rows as i64);
+    }
+
+    /// The last drift of `signal` at `stage` (any version), if measured.
+    pub fn drift(&self, stage: &str, signal: &str) -> Option<f64> {
+        let serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        let labels = serving.get(stage)?;
+        let key = DriftLabels {
+            stage: stage.to_owned(),
+            model: labels.model.clone(),
+            version: labels.version.clone(),
+            signal: signal.to_owned(),
+        };
+        drop(serving);
+        self.drift.get(&key).map(|g| g.get())
     }
 
     /// The version `stage` serves now.
@@ -436,6 +483,16 @@ impl Stats {
             "model_info",
             "The model version each infer stage serves (value 1)",
             self.model_info.clone(),
+        );
+        r.register(
+            "drift",
+            "Population stability index of a model version's last window against its reference profile, per signal (predicted, top_score, feature:NAME, embedding_cosine); above 0.25 is a large shift",
+            self.drift.clone(),
+        );
+        r.register(
+            "drift_window_rows",
+            "Rows in the window the drift gauges were computed on",
+            self.drift_rows.clone(),
         );
         r.register(
             "model_versions_rejected",

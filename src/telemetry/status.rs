@@ -187,13 +187,31 @@ pub fn render(now: &Scrape, before: Option<&Scrape>) -> String {
         );
     }
     for sample in now.matching("sluice_model_info", &[]) {
-        let _ = writeln!(
-            out,
-            "  model {} serves {} version {}",
+        let (stage, version) = (
             sample.labels.get("stage").unwrap_or("?"),
-            sample.labels.get("model").unwrap_or("?"),
             sample.labels.get("version").unwrap_or("?"),
         );
+        let _ = writeln!(
+            out,
+            "  model {stage} serves {} version {version}",
+            sample.labels.get("model").unwrap_or("?"),
+        );
+        // Its drift, largest signal first (PSI; over 0.25 is a large shift).
+        let of_version = [("stage", stage), ("version", version)];
+        let mut drift: Vec<(f64, &str)> = now
+            .matching("sluice_drift", &of_version)
+            .filter_map(|s| Some((scalar(s)?, s.labels.get("signal")?)))
+            .collect();
+        drift.sort_by(|a, b| b.0.total_cmp(&a.0));
+        if !drift.is_empty() {
+            let shown: Vec<String> = drift
+                .iter()
+                .take(3)
+                .map(|(psi, signal)| format!("{signal} {psi:.2}"))
+                .collect();
+            let flag = if drift[0].0 > 0.25 { "  DRIFT" } else { "" };
+            let _ = writeln!(out, "    drift (PSI) {}{flag}", shown.join(", "));
+        }
     }
     let rows_in = now.by("sluice_stage_rows_in", &["stage"]);
     if !rows_in.is_empty() {
@@ -279,6 +297,16 @@ mod tests {
         let stats = Arc::new(Stats::default());
         stats.record_files(2, 900, 4096);
         stats.record_model_serving("stages[1].infer", "sentiment-head", "3");
+        stats.record_drift(
+            "stages[1].infer",
+            "sentiment-head",
+            "3",
+            1000,
+            &[
+                ("predicted".into(), 0.02),
+                ("embedding_cosine".into(), 0.41),
+            ],
+        );
         let registry = stats.registry("sentiment");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -295,5 +323,9 @@ mod tests {
             "{screen}"
         );
         assert!(screen.contains("parquet 2 files, 900 rows"), "{screen}");
+        assert!(
+            screen.contains("drift (PSI) embedding_cosine 0.41, predicted 0.02  DRIFT"),
+            "{screen}"
+        );
     }
 }

@@ -14,6 +14,7 @@ mod crash_noida;
 mod delta;
 mod demo_readers;
 mod deploy_files;
+mod drift;
 mod formats;
 mod hostile;
 mod inference;

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -582,55 +581,6 @@ async fn wrong_credentials_fail_start_naming_the_sink_without_the_secret() {
         s3.keys(BUCKET, "denied").await.is_empty(),
         "nothing was written"
     );
-}
-
-/// A labelled tabular dataset as Parquet bytes: two features whose means depend on the
-/// class (`a`, `b`, `c`), one row per id.
-fn tabular_parquet(ids: std::ops::Range<usize>) -> Vec<u8> {
-    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    let classes = ["a", "b", "c"];
-    let now = chrono::Utc::now().timestamp_millis();
-    let ids: Vec<usize> = ids.collect();
-    let noise = |i: usize| ((i * 7919) % 100) as f64 / 100.0;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new(
-            "_timestamp",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("f1", DataType::Float64, false),
-        Field::new("f2", DataType::Float64, false),
-        Field::new("label", DataType::Utf8, false),
-    ]));
-    let batch = arrow::array::RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                ids.iter().map(|i| format!("r{i}")),
-            )),
-            Arc::new(
-                TimestampMillisecondArray::from_iter_values(ids.iter().map(|_| now))
-                    .with_timezone("UTC"),
-            ),
-            Arc::new(Float64Array::from_iter_values(
-                ids.iter().map(|&i| (i % 3) as f64 * 4.0 + noise(i)),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                ids.iter().map(|&i| -((i % 3) as f64) * 2.0 + noise(i + 1)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                ids.iter().map(|&i| classes[i % 3]),
-            )),
-        ],
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 //! async runtime's threads, so Kafka polling and the sinks keep going during inference.
 //! The serving version is hot-swapped when the registry's pointer moves ([`serving`]).
 
+pub mod drift;
 pub mod serving;
 pub mod tensors;
 pub mod worker;
@@ -36,6 +37,9 @@ pub struct InferStage {
     drop: Vec<usize>,
     output_schema: SchemaRef,
     placement: Placement,
+    drift: drift::DriftMonitor,
+    /// Which output is `probabilities` (what drift reads), if any.
+    probabilities: Option<usize>,
     _stop_watcher: mpsc::Sender<()>,
 }
 
@@ -381,6 +385,15 @@ impl InferStage {
                 .spawn(move || worker::run(index, batching, serving, queue))
                 .map_err(|e| setup(format!("cannot start a worker thread: {e}")))?;
         }
+        let drift = drift::DriftMonitor::new(
+            name.clone(),
+            config.model.clone(),
+            config.drift_window,
+            registry.clone(),
+            stats.clone(),
+            input_columns.first().cloned().unwrap_or_default(),
+        );
+        let probabilities = outputs.iter().position(|o| o.output == "probabilities");
         let (stop, stopped) = mpsc::channel();
         let watcher = Watcher {
             stage: name.clone(),
@@ -407,6 +420,8 @@ impl InferStage {
             drop,
             output_schema,
             placement,
+            drift,
+            probabilities,
             _stop_watcher: stop,
         })
     }
@@ -460,9 +475,15 @@ impl InferStage {
             .filter(|(i, _)| !self.drop.contains(i))
             .map(|(_, c)| c.clone())
             .collect();
+        let first_output = columns.len();
         for (spec, buffer) in self.outputs.iter().zip(reply.outputs) {
             columns.push(spec.array(buffer)?);
         }
+        self.drift.observe(
+            &reply.version,
+            rows.columns(),
+            self.probabilities.map(|i| &columns[first_output + i]),
+        );
         columns.push(Arc::new(StringArray::from_iter_values(
             std::iter::repeat_n(&*reply.version, rows.num_rows()),
         )));

@@ -1,0 +1,238 @@
+//! Drift of the serving model version against the reference profile in its manifest
+//! (written by `sluice retrain`, see [`crate::model::Profile`]).
+//!
+//! Over tumbling windows of `window` rows per version, the stage counts the same
+//! statistics the profile holds, and when a window is full it publishes the population
+//! stability index (PSI) of each signal as `sluice_drift{stage,model,version,signal}`:
+//!
+//! - `predicted`: the predicted-class mix against the holdout's;
+//! - `top_score`: the top probability's histogram in tenths against the holdout's;
+//! - `feature:NAME`: a numeric input's values in the profile's decile bins (each held
+//!   10% of the holdout);
+//! - `embedding_cosine`: a vector input's cosine similarity to the training centroid, in
+//!   the profile's decile bins.
+//!
+//! PSI = sum over bins of (live - reference) * ln(live / reference), shares smoothed by
+//! 1e-4; under 0.1 is usually read as no shift, over 0.25 as a large one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray};
+use arrow::datatypes::{DataType, Float32Type};
+
+use crate::model::{Profile, Registry};
+use crate::telemetry::Stats;
+
+/// Shares below this are taken as this (PSI's logarithm needs no zero).
+const SMOOTHING: f64 = 1e-4;
+
+/// PSI of `live` counts against `reference` shares.
+pub fn psi(live: &[u64], reference: &[f64]) -> f64 {
+    let total = live.iter().sum::<u64>().max(1) as f64;
+    live.iter()
+        .zip(reference)
+        .map(|(&count, &expected)| {
+            let actual = (count as f64 / total).max(SMOOTHING);
+            let expected = expected.max(SMOOTHING);
+            (actual - expected) * (actual / expected).ln()
+        })
+        .sum()
+}
+
+/// The bin of `value` among ten cut by `deciles` (nine ascending edges).
+fn bin(value: f64, deciles: &[f64]) -> usize {
+    deciles.partition_point(|edge| *edge <= value)
+}
+
+/// Counts of one version's current window.
+#[derive(Debug, Default)]
+struct Window {
+    rows: u64,
+    predicted: Vec<u64>,
+    top_score: Vec<u64>,
+    features: Vec<Vec<u64>>,
+    cosine: Vec<u64>,
+}
+
+/// What the stage knows to measure drift with.
+pub struct DriftMonitor {
+    stage: String,
+    model: String,
+    window: usize,
+    registry: Registry,
+    stats: Arc<Stats>,
+    /// The column feeding the profiled input (a vector column, or the stacked numeric
+    /// columns in the profile's feature order), by index into the stage's input rows.
+    inputs: Vec<usize>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Profiles by version label (`None`: the version has none).
+    profiles: HashMap<String, Option<Arc<Profile>>>,
+    windows: HashMap<String, Window>,
+}
+
+impl DriftMonitor {
+    pub fn new(
+        stage: String,
+        model: String,
+        window: usize,
+        registry: Registry,
+        stats: Arc<Stats>,
+        inputs: Vec<usize>,
+    ) -> Self {
+        DriftMonitor {
+            stage,
+            model,
+            window,
+            registry,
+            stats,
+            inputs,
+            state: Mutex::default(),
+        }
+    }
+
+    fn profile(&self, state: &mut State, label: &str) -> Option<Arc<Profile>> {
+        state
+            .profiles
+            .entry(label.to_owned())
+            .or_insert_with(|| {
+                let (name, version) = label.rsplit_once('/')?;
+                let manifest = self
+                    .registry
+                    .manifest(&self.registry.version(name, version));
+                manifest.ok()?.profile.map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// Counts a batch the version `label` inferred: `input_rows` are the stage's input
+    /// rows, `probabilities` the model's probabilities column (a fixed-size list).
+    pub fn observe(&self, label: &str, input_rows: &[ArrayRef], probabilities: Option<&ArrayRef>) {
+        if self.window == 0 {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(profile) = self.profile(&mut state, label) else {
+            return;
+        };
+        let window = state.windows.entry(label.to_owned()).or_default();
+        if window.predicted.is_empty() {
+            window.predicted = vec![0; profile.predicted.len()];
+            window.top_score = vec![0; 10];
+            window.features = vec![vec![0; 10]; profile.features.len()];
+            window.cosine = vec![0; 10];
+        }
+        let rows = input_rows.first().map_or(0, |c| c.len());
+        if let Some(list) = probabilities.and_then(|p| p.as_fixed_size_list_opt()) {
+            count_predictions(window, list);
+        }
+        let columns: Vec<&ArrayRef> = self
+            .inputs
+            .iter()
+            .filter_map(|&i| input_rows.get(i))
+            .collect();
+        if let Some(embedding) = &profile.embedding {
+            if let Some(list) = columns.first().and_then(|c| c.as_fixed_size_list_opt()) {
+                count_cosine(window, list, &embedding.centroid, &embedding.cosine_deciles);
+            }
+        } else {
+            for (j, feature) in profile.features.iter().enumerate() {
+                let Some(column) = columns.get(j) else { break };
+                let Ok(values) = arrow::compute::cast(column, &DataType::Float64) else {
+                    continue;
+                };
+                for value in values
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .iter()
+                    .flatten()
+                {
+                    window.features[j][bin(value, &feature.deciles)] += 1;
+                }
+            }
+        }
+        window.rows += rows as u64;
+        if window.rows < self.window as u64 {
+            return;
+        }
+        let full = std::mem::take(window);
+        drop(state);
+        let mut signals = vec![
+            (
+                "predicted".to_owned(),
+                psi(&full.predicted, &profile.predicted),
+            ),
+            (
+                "top_score".to_owned(),
+                psi(&full.top_score, &profile.top_score),
+            ),
+        ];
+        let uniform = [0.1; 10];
+        for (feature, counts) in profile.features.iter().zip(&full.features) {
+            signals.push((format!("feature:{}", feature.name), psi(counts, &uniform)));
+        }
+        if profile.embedding.is_some() {
+            signals.push(("embedding_cosine".to_owned(), psi(&full.cosine, &uniform)));
+        }
+        let version = label.rsplit_once('/').map_or(label, |(_, v)| v);
+        tracing::debug!(stage = %self.stage, version, rows = full.rows, ?signals, "drift window");
+        self.stats
+            .record_drift(&self.stage, &self.model, version, full.rows, &signals);
+    }
+}
+
+fn count_predictions(window: &mut Window, list: &FixedSizeListArray) {
+    let classes = list.value_length() as usize;
+    let values = list.values().as_primitive_opt::<Float32Type>();
+    let Some(values) = values else { return };
+    for row in 0..list.len() {
+        if list.is_null(row) {
+            continue;
+        }
+        let start = row * classes;
+        let probabilities = &values.values()[start..start + classes];
+        let best = crate::model::argmax(probabilities);
+        if let Some(count) = window.predicted.get_mut(best) {
+            *count += 1;
+        }
+        let top = f64::from(probabilities[best]).clamp(0.0, 1.0);
+        window.top_score[((top * 10.0) as usize).min(9)] += 1;
+    }
+}
+
+fn count_cosine(window: &mut Window, list: &FixedSizeListArray, centroid: &[f32], deciles: &[f64]) {
+    let width = list.value_length() as usize;
+    let Some(values) = list.values().as_primitive_opt::<Float32Type>() else {
+        return;
+    };
+    if width != centroid.len() {
+        return;
+    }
+    for row in 0..list.len() {
+        if list.is_null(row) {
+            continue;
+        }
+        let vector = &values.values()[row * width..(row + 1) * width];
+        let similarity = crate::model::cosine(vector, centroid);
+        window.cosine[bin(similarity, deciles)] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psi_is_zero_for_the_reference_and_large_for_a_shift() {
+        let reference = [0.1; 10];
+        assert!(psi(&[100; 10], &reference).abs() < 1e-12);
+        let shifted = [0, 0, 0, 0, 0, 0, 0, 0, 500, 500];
+        assert!(psi(&shifted, &reference) > 1.0);
+        assert_eq!(bin(-5.0, &[0.0, 1.0]), 0);
+        assert_eq!(bin(0.0, &[0.0, 1.0]), 1);
+        assert_eq!(bin(7.0, &[0.0, 1.0]), 2);
+    }
+}

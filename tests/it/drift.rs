@@ -1,0 +1,124 @@
+//! Drift at serving time: a model trained by `sluice retrain` carries a reference profile;
+//! the pipeline serving it measures each window of rows against it. A stream like the
+//! training data keeps the drift gauges low; a stream whose feature has moved raises the
+//! gauge of that feature.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+
+use crate::common::{eventually, spawn_pipeline, tabular_parquet, Running};
+use sluice::demo::feeds::feedback::{produce, SampleRecord};
+
+const STAGE: &str = "stages[0].infer";
+
+/// `count` records like the training rows (ids from `start`), `f1` moved by `shift`.
+fn points(start: usize, count: usize, shift: f64) -> Vec<SampleRecord> {
+    let noise = |i: usize| ((i * 7919) % 100) as f64 / 100.0;
+    (start..start + count)
+        .map(|i| {
+            let f1 = (i % 3) as f64 * 4.0 + noise(i) + shift;
+            let f2 = -((i % 3) as f64) * 2.0 + noise(i + 1);
+            SampleRecord {
+                key: format!("p{i}"),
+                payload: serde_json::json!({"id": format!("p{i}"), "f1": f1, "f2": f2})
+                    .to_string()
+                    .into_bytes(),
+                timestamp_ms: 1_795_305_600_000 + i as i64,
+                well_formed: true,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    // A model of three classes from two features, trained and published by retrain.
+    let data = root.join("train/date=2026-11-01");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("part.parquet"), tabular_parquet(0..900)).unwrap();
+    let job = root.join("retrain.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "name: drift-job\ndataset:\n  path: {d}/train\n  features: [f1, f2]\n  label:\n    column: label\n  holdout: 0.3\nmodels: {d}/models\nmodel:\n  name: tabular\n  input: features\n  labels: [a, b, c]\ntrainer:\n  epochs: 40\n",
+            d = root.display()
+        ),
+    )
+    .unwrap();
+    let loaded = sluice::pipeline::job::load(&job, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let report = tokio::task::spawn_blocking(move || {
+        sluice::retrain::run(&loaded, &Default::default(), |_, _, _| {})
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.published.as_deref(), Some("tabular/1"), "{report}");
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("points", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let schema = root.join("points.json");
+    std::fs::write(
+        &schema,
+        r#"{"name": "points", "fields": [{"name": "id", "type": "utf8"}, {"name": "f1", "type": "float64"}, {"name": "f2", "type": "float64"}]}"#,
+    )
+    .unwrap();
+    let file = root.join("points.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: points\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [points]\n    batch:\n      max_rows: 100\n      max_wait: 100ms\ndecode:\n  schema: {schema}\nmodels: {d}/models\nstages:\n  - infer:\n      model: tabular\n      inputs:\n        features: [f1, f2]\n      outputs:\n        probabilities: probabilities\n      device: cpu\n      drift_window: 300\nsinks:\n  - parquet:\n      path: {d}/out/rows\ndead_letter:\n  parquet:\n    path: {d}/out/dead\n",
+            schema = schema.display(),
+            d = root.display()
+        ),
+    )
+    .unwrap();
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
+
+    // Like the training data: every signal stays low.
+    produce(&brokers, "points", points(10_000, 300, 0.0))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats
+            .drift(STAGE, "feature:f1")
+            .is_some())
+        .await,
+        "a window was measured"
+    );
+    for signal in ["feature:f1", "feature:f2", "predicted", "top_score"] {
+        let psi = stats.drift(STAGE, signal).unwrap();
+        assert!(
+            psi < 0.1,
+            "{signal}: PSI {psi} on a stream like the training data"
+        );
+    }
+
+    // f1 moves by 6 (more than the classes' spread): its gauge rises past 0.25.
+    produce(&brokers, "points", points(20_000, 300, 6.0))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            stats
+                .drift(STAGE, "feature:f1")
+                .is_some_and(|psi| psi > 0.25)
+        })
+        .await,
+        "feature:f1 at {:?}",
+        stats.drift(STAGE, "feature:f1")
+    );
+    let f2 = stats.drift(STAGE, "feature:f2").unwrap();
+    assert!(f2 < 0.1, "the unmoved feature stays low: {f2}");
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    assert!(Path::new(&root.join("out/rows")).is_dir());
+}
