@@ -45,9 +45,9 @@ pub use sinks::{
     KafkaSinkConfig, OutputFormat, ParquetSinkConfig, RollConfig, SinkConfig, SubjectStrategy,
 };
 pub use stages::{
-    BandConfig, DeriveConfig, Device, EnrichConfig, InferConfig, InputColumns, LabelSource,
-    LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig, WindowConfig,
-    WindowFeature, WindowField,
+    BandConfig, DeriveConfig, Device, DriftConfig, EnrichConfig, InferConfig, InputColumns,
+    LabelSource, LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig,
+    WindowConfig, WindowFeature, WindowField,
 };
 pub use storage::StorageConfig;
 /// A whole pipeline file.
@@ -120,6 +120,16 @@ pub struct PipelineRetrainConfig {
     /// Run at the times of a cron expression (UTC, e.g. `0 3 * * *`).
     #[serde(default)]
     pub cron: Option<String>,
+    /// Also run when an infer stage raises a drift event. Default: false.
+    #[serde(default)]
+    pub on_drift: bool,
+    /// At least this long between two runs started by drift. Default: `1h`.
+    #[serde(default = "default_drift_interval", with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+fn default_drift_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Where records come from.

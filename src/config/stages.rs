@@ -211,13 +211,50 @@ pub struct InferConfig {
     #[serde(default = "default_watch_interval", with = "humantime_serde")]
     pub watch_interval: Duration,
     /// Drift of the serving version against its reference profile (when its manifest has
-    /// one): measured over windows of this many rows. `0` turns it off. Default: `1000`.
+    /// one).
+    #[serde(default)]
+    pub drift: DriftConfig,
+}
+
+/// `infer.drift`: how the serving version's drift is measured and reported.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Rows per window. `0` turns drift off. Default: `1000`.
     #[serde(default = "default_drift_window")]
-    pub drift_window: usize,
+    pub window: usize,
+    /// A signal whose PSI rises above this raises a drift event. Default: `0.25`.
+    #[serde(default = "default_raise_above")]
+    pub raise_above: f64,
+    /// ... and a raised signal clears below this. Default: `0.1`.
+    #[serde(default = "default_clear_below")]
+    pub clear_below: f64,
+    /// A topic that receives each event as a JSON row. Default: none (logs and metrics).
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            window: default_drift_window(),
+            raise_above: default_raise_above(),
+            clear_below: default_clear_below(),
+            topic: None,
+        }
+    }
 }
 
 fn default_drift_window() -> usize {
     1000
+}
+
+fn default_raise_above() -> f64 {
+    0.25
+}
+
+fn default_clear_below() -> f64 {
+    0.1
 }
 
 /// One model input's columns: one column, or several stacked into `[batch, n]`.

@@ -141,7 +141,11 @@ fn scheduled_retrain(
     };
     let job_file = pipeline.stages.context.base_dir.join(&retrain.job);
     let job = job::load(&job_file, lookup).map_err(|e| issue("retrain.job", e.to_string()))?;
-    Ok(Some(ScheduledRetrain { job, schedule }))
+    Ok(Some(ScheduledRetrain {
+        job,
+        schedule,
+        on_drift: retrain.on_drift.then_some(retrain.min_interval),
+    }))
 }
 
 /// A retrain job that `sluice run` executes on its schedule.
@@ -149,4 +153,6 @@ fn scheduled_retrain(
 pub struct ScheduledRetrain {
     pub job: job::LoadedJob,
     pub schedule: schedule::Schedule,
+    /// Also run when drift is raised, at most once per this interval.
+    pub on_drift: Option<std::time::Duration>,
 }

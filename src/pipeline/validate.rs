@@ -68,6 +68,15 @@ pub(super) fn validate(
                 base_dir: base_dir.to_owned(),
                 registry,
                 storage: config.storage.clone(),
+                producer: sink::plan::producer_config(
+                    &source_brokers(&config),
+                    &None,
+                    &config
+                        .kafka
+                        .as_ref()
+                        .map(|k| k.properties.clone())
+                        .unwrap_or_default(),
+                ),
             };
             let record_columns = record.fields().iter().map(|f| f.name().clone()).collect();
             match stage::Plan::new(&config.stages, rows, context, record_columns, library) {

@@ -75,7 +75,7 @@ pub(super) async fn run(
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     if let (Some(retrain), SourceMode::Group) = (pipeline.retrain.clone(), &mode) {
-        tasks.spawn(retrain_task(retrain, shutdown.clone()));
+        tasks.spawn(retrain_task(retrain, shutdown.clone(), stats.clone()));
     }
     let mut sink_inputs = Vec::with_capacity(sinks.len());
     for sink in sinks {

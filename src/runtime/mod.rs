@@ -252,28 +252,80 @@ fn storage_fault(error: &RunError) -> Option<&'static str> {
 }
 
 /// Runs the pipeline's `retrain` job on its schedule until shutdown, on a blocking thread
-/// so the stream never waits for it. A failed run is logged; the next one still happens.
-/// A version it publishes reaches this pipeline's infer stages through the registry
-/// watcher, like one published by a separate `sluice retrain`.
+/// so the stream never waits for it; with `on_drift`, also when an infer stage raises
+/// drift (at most once per its interval). One run at a time. A failed run is logged; the
+/// next one still happens. A version it publishes reaches this pipeline's infer stages
+/// through the registry watcher, like one published by a separate `sluice retrain`.
 async fn retrain_task(
     retrain: ScheduledRetrain,
     shutdown: CancellationToken,
+    stats: Arc<Stats>,
 ) -> Result<(), RunError> {
-    let run = || async {
-        let job = retrain.job.clone();
-        let options = crate::retrain::RetrainOptions::default();
-        let run =
-            tokio::task::spawn_blocking(move || crate::retrain::run(&job, &options, |_, _, _| {}));
-        match run.await {
-            Ok(Ok(report)) => tracing::info!(report = %report, "scheduled retrain finished"),
-            Ok(Err(e)) => {
-                tracing::error!(error = %crate::telemetry::chain(&e), "scheduled retrain failed; the serving model stays")
-            }
-            Err(e) => tracing::error!(error = %e, "scheduled retrain task failed"),
+    let one_at_a_time = tokio::sync::Mutex::new(());
+    let run = |trigger: &'static str| {
+        let (job, stats, lock) = (retrain.job.clone(), stats.clone(), &one_at_a_time);
+        async move {
+            let _running = lock.lock().await;
+            let options = crate::retrain::RetrainOptions::default();
+            let run = tokio::task::spawn_blocking(move || {
+                crate::retrain::run(&job, &options, |_, _, _| {})
+            });
+            let outcome = match run.await {
+                Ok(Ok(report)) => {
+                    tracing::info!(trigger, report = %report, "scheduled retrain finished");
+                    if report.published.is_some() {
+                        "published"
+                    } else {
+                        "kept"
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(trigger, error = %crate::telemetry::chain(&e), "scheduled retrain failed; the serving model stays");
+                    "failed"
+                }
+                Err(e) => {
+                    tracing::error!(trigger, error = %e, "scheduled retrain task failed");
+                    "failed"
+                }
+            };
+            stats.record_retrain(trigger, outcome);
         }
     };
-    if let Err(e) = repeat(Some(&retrain.schedule), false, &shutdown, run).await {
-        tracing::error!(error = %crate::telemetry::chain(&e), "retrain schedule has no next run; scheduled retraining stops");
+    let on_drift = async {
+        let Some(min_interval) = retrain.on_drift else {
+            return std::future::pending().await;
+        };
+        let mut last: Option<std::time::Instant> = None;
+        loop {
+            stats.drift_raised.notified().await;
+            match last {
+                Some(at) if at.elapsed() < min_interval => {
+                    tracing::info!(since = ?at.elapsed(), ?min_interval, "drift raised again; the last drift retrain is too recent");
+                }
+                _ => {
+                    last = Some(std::time::Instant::now());
+                    run("drift").await;
+                }
+            }
+        }
+    };
+    tokio::pin!(on_drift);
+    let scheduled = repeat(Some(&retrain.schedule), false, &shutdown, || {
+        run("schedule")
+    });
+    tokio::select! {
+        result = scheduled => {
+            if let Err(e) = result {
+                tracing::error!(error = %crate::telemetry::chain(&e), "retrain schedule has no next run; scheduled retraining stops");
+            }
+        }
+        () = &mut on_drift => {}
+        () = shutdown.cancelled() => {}
+    }
+    // Drift may still start runs after the schedule ended.
+    tokio::select! {
+        () = &mut on_drift => {}
+        () = shutdown.cancelled() => {}
     }
     Ok(())
 }

@@ -110,7 +110,7 @@ pub struct StageOutput {
 pub enum Stage {
     Window(window::WindowStage),
     Tokenize(tokenize::TokenizeStage),
-    Infer(infer::InferStage),
+    Infer(Box<infer::InferStage>),
     Enrich(enrich::EnrichStage),
     Sql(sql::SqlStage),
 }
@@ -185,18 +185,18 @@ impl Chain {
                         output.clone(),
                     )?)
                 }
-                StageConfig::Infer(config) => Stage::Infer(
+                StageConfig::Infer(config) => Stage::Infer(Box::new(
                     infer::InferStage::start(
                         name,
                         config,
-                        &ctx.registry,
+                        ctx,
                         library.as_deref(),
                         &input,
                         output.clone(),
                         &stats,
                     )
                     .await?,
-                ),
+                )),
                 StageConfig::Sql(config) => {
                     Stage::Sql(sql::SqlStage::new(name, config, output.clone()))
                 }

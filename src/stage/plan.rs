@@ -61,6 +61,9 @@ pub struct PlanContext {
     pub registry: Registry,
     /// The pipeline's `storage:` blocks, for files named by URL (lookup tables).
     pub storage: std::collections::BTreeMap<String, crate::config::StorageConfig>,
+    /// A producer's configuration for a stage's own events (`infer.drift.topic`): the
+    /// source's brokers and the shared `kafka.properties`.
+    pub producer: rdkafka::ClientConfig,
 }
 
 /// Problems found while planning one stage, with key paths relative to the stage.

@@ -32,6 +32,19 @@ pub(crate) struct DriftLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DriftEventLabels {
+    pub stage: String,
+    pub signal: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RetrainLabels {
+    pub trigger: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PartitionLabels {
     pub topic: String,
     pub partition: String,

@@ -50,6 +50,10 @@ pub struct Stats {
     model_rejected: Family<ModelLabels, Counter>,
     drift: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     drift_rows: Family<ModelLabels, Gauge>,
+    drift_events: Family<DriftEventLabels, Counter>,
+    retrain_runs: Family<RetrainLabels, Counter>,
+    /// Woken when an infer stage raises drift (a `retrain: {on_drift: true}` job waits).
+    pub drift_raised: tokio::sync::Notify,
     consumer_lag: Family<PartitionLabels, Gauge>,
     commits: Family<CommitLabels, Counter>,
     commit_seconds: HistogramFamily<ModeLabels>,
@@ -90,6 +94,9 @@ impl Default for Stats {
             model_info: Family::default(),
             drift: Family::default(),
             drift_rows: Family::default(),
+            drift_events: Family::default(),
+            retrain_runs: Family::default(),
+            drift_raised: tokio::sync::Notify::new(),
             model_rejected: Family::default(),
             consumer_lag: Family::default(),
             commits: Family::default(),
@@ -248,6 +255,59 @@ impl Stats {
                 version: version.to_owned(),
             })
             .set(rows as i64);
+    }
+
+    /// A drift event (`raised` or `cleared`) of `signal` at `stage`.
+    pub fn record_drift_event(&self, stage: &str, signal: &str, state: &str) {
+        self.drift_events
+            .get_or_create(&DriftEventLabels {
+                stage: stage.to_owned(),
+                signal: signal.to_owned(),
+                state: state.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Drift was raised: wakes a retrain job waiting for it.
+    pub fn record_drift_raised(&self) {
+        self.drift_raised.notify_one();
+    }
+
+    /// A run of the pipeline's retrain job, started by `trigger` (`schedule`, `drift`),
+    /// ended with `outcome` (`published`, `kept`, `failed`).
+    pub fn record_retrain(&self, trigger: &str, outcome: &str) {
+        self.retrain_runs
+            .get_or_create(&RetrainLabels {
+                trigger: trigger.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Retrain runs started by `trigger`, whatever their outcome.
+    pub fn retrain_runs(&self, trigger: &str) -> u64 {
+        ["published", "kept", "failed"]
+            .iter()
+            .filter_map(|outcome| {
+                self.retrain_runs
+                    .get(&RetrainLabels {
+                        trigger: trigger.to_owned(),
+                        outcome: (*outcome).to_owned(),
+                    })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// Drift events of `signal` at `stage` in `state`.
+    pub fn drift_events(&self, stage: &str, signal: &str, state: &str) -> u64 {
+        self.drift_events
+            .get(&DriftEventLabels {
+                stage: stage.to_owned(),
+                signal: signal.to_owned(),
+                state: state.to_owned(),
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// The last drift of `signal` at `stage` (any version), if measured.
@@ -488,6 +548,16 @@ impl Stats {
             "drift",
             "Population stability index of a model version's last window against its reference profile, per signal (predicted, top_score, feature:NAME, embedding_cosine); above 0.25 is a large shift",
             self.drift.clone(),
+        );
+        r.register(
+            "drift_events",
+            "Drift raised or cleared (hysteresis between infer.drift.raise_above and clear_below)",
+            self.drift_events.clone(),
+        );
+        r.register(
+            "retrain_runs",
+            "Runs of the pipeline's retrain job, by trigger (schedule, drift) and outcome (published, kept, failed)",
+            self.retrain_runs.clone(),
         );
         r.register(
             "drift_window_rows",

@@ -60,6 +60,7 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
 
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("points", 1, 1).unwrap();
+    cluster.create_topic("model-drift", 1, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let schema = root.join("points.json");
     std::fs::write(
@@ -71,8 +72,9 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
     std::fs::write(
         &file,
         format!(
-            "name: points\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [points]\n    batch:\n      max_rows: 100\n      max_wait: 100ms\ndecode:\n  schema: {schema}\nmodels: {d}/models\nstages:\n  - infer:\n      model: tabular\n      inputs:\n        features: [f1, f2]\n      outputs:\n        probabilities: probabilities\n      device: cpu\n      drift_window: 300\nsinks:\n  - parquet:\n      path: {d}/out/rows\ndead_letter:\n  parquet:\n    path: {d}/out/dead\n",
+            "name: points\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [points]\n    batch:\n      max_rows: 100\n      max_wait: 100ms\ndecode:\n  schema: {schema}\nmodels: {d}/models\nstages:\n  - infer:\n      model: tabular\n      inputs:\n        features: [f1, f2]\n      outputs:\n        probabilities: probabilities\n      device: cpu\n      drift:\n        window: 300\n        topic: model-drift\nretrain:\n  job: {job}\n  every: 24h\n  on_drift: true\n  min_interval: 1s\nsinks:\n  - parquet:\n      path: {d}/out/rows\ndead_letter:\n  parquet:\n    path: {d}/out/dead\n",
             schema = schema.display(),
+            job = job.display(),
             d = root.display()
         ),
     )
@@ -118,7 +120,58 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
     );
     let f2 = stats.drift(STAGE, "feature:f2").unwrap();
     assert!(f2 < 0.1, "the unmoved feature stays low: {f2}");
+    assert_eq!(stats.drift_events(STAGE, "feature:f1", "raised"), 1);
+    assert_eq!(stats.drift_events(STAGE, "feature:f2", "raised"), 0);
+    // The raise started the pipeline's retrain job (`on_drift`).
+    assert!(
+        eventually(Duration::from_secs(60), || stats.retrain_runs("drift") == 1).await,
+        "a drift retrain ran"
+    );
+
+    // Back to the training distribution: the raised signal clears (and no second run).
+    produce(&brokers, "points", points(30_000, 300, 0.0))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            stats.drift_events(STAGE, "feature:f1", "cleared") == 1
+        })
+        .await,
+        "feature:f1 cleared at {:?}",
+        stats.drift(STAGE, "feature:f1")
+    );
+    assert_eq!(stats.retrain_runs("drift"), 1);
     shutdown.cancel();
     handle.await.unwrap().unwrap();
     assert!(Path::new(&root.join("out/rows")).is_dir());
+
+    // The drift topic holds the events as rows: each raised signal raised once after the
+    // shift, then cleared (the moved feature drags the predictions along; f2 never moved).
+    let raised: u64 = ["feature:f1", "predicted", "top_score"]
+        .iter()
+        .map(|s| stats.drift_events(STAGE, s, "raised"))
+        .sum();
+    let events = crate::common::read_topic(
+        &brokers,
+        "model-drift",
+        2 * raised as usize,
+        Duration::from_secs(10),
+    );
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert_eq!(rows.len() as u64, 2 * raised, "{rows:?}");
+    let of = |signal: &str| -> Vec<&str> {
+        rows.iter()
+            .filter(|r| r["signal"] == signal)
+            .map(|r| r["state"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(of("feature:f1"), ["raised", "cleared"]);
+    assert!(of("feature:f2").is_empty());
+    let first = rows.iter().find(|r| r["signal"] == "feature:f1").unwrap();
+    assert!(first["psi"].as_f64().unwrap() > 0.25);
+    assert_eq!(first["version"], "1");
+    assert_eq!(first["window_rows"], 300);
 }

@@ -602,7 +602,7 @@ async fn a_row_the_model_fails_on_is_rejected_and_the_others_still_get_results()
     let infer = InferStage::start(
         "stages[1].infer".into(),
         infer_config,
-        &pipeline.stages.context.registry,
+        &pipeline.stages.context,
         None,
         &pipeline.stages.outputs[0],
         pipeline.stages.outputs[1].clone(),

@@ -14,6 +14,11 @@
 //!
 //! PSI = sum over bins of (live - reference) * ln(live / reference), shares smoothed by
 //! 1e-4; under 0.1 is usually read as no shift, over 0.25 as a large one.
+//!
+//! Events, with hysteresis per version and signal like the alert sink: a signal rising
+//! above `raise_above` *raises* drift (logged at WARN, counted, sent as a JSON row to
+//! `drift.topic` when set, and waking a `retrain: {on_drift: true}` job); it *clears* once
+//! a window falls below `clear_below`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray};
 use arrow::datatypes::{DataType, Float32Type};
 
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::config::DriftConfig;
 use crate::model::{Profile, Registry};
 use crate::telemetry::Stats;
 
@@ -59,7 +67,8 @@ struct Window {
 pub struct DriftMonitor {
     stage: String,
     model: String,
-    window: usize,
+    config: DriftConfig,
+    events: Option<ThreadedProducer<DefaultProducerContext>>,
     registry: Registry,
     stats: Arc<Stats>,
     /// The column feeding the profiled input (a vector column, or the stacked numeric
@@ -73,26 +82,35 @@ struct State {
     /// Profiles by version label (`None`: the version has none).
     profiles: HashMap<String, Option<Arc<Profile>>>,
     windows: HashMap<String, Window>,
+    /// (version label, signal) pairs whose drift is raised.
+    raised: std::collections::HashSet<(String, String)>,
 }
 
 impl DriftMonitor {
+    /// `producer`: the configuration events go out with when `config.topic` is set.
     pub fn new(
         stage: String,
         model: String,
-        window: usize,
+        config: DriftConfig,
+        producer: &rdkafka::ClientConfig,
         registry: Registry,
         stats: Arc<Stats>,
         inputs: Vec<usize>,
-    ) -> Self {
-        DriftMonitor {
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let events = match &config.topic {
+            Some(_) => Some(producer.create()?),
+            None => None,
+        };
+        Ok(DriftMonitor {
             stage,
             model,
-            window,
+            config,
+            events,
             registry,
             stats,
             inputs,
             state: Mutex::default(),
-        }
+        })
     }
 
     fn profile(&self, state: &mut State, label: &str) -> Option<Arc<Profile>> {
@@ -112,7 +130,7 @@ impl DriftMonitor {
     /// Counts a batch the version `label` inferred: `input_rows` are the stage's input
     /// rows, `probabilities` the model's probabilities column (a fixed-size list).
     pub fn observe(&self, label: &str, input_rows: &[ArrayRef], probabilities: Option<&ArrayRef>) {
-        if self.window == 0 {
+        if self.config.window == 0 {
             return;
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,11 +173,10 @@ impl DriftMonitor {
             }
         }
         window.rows += rows as u64;
-        if window.rows < self.window as u64 {
+        if window.rows < self.config.window as u64 {
             return;
         }
         let full = std::mem::take(window);
-        drop(state);
         let mut signals = vec![
             (
                 "predicted".to_owned(),
@@ -181,6 +198,62 @@ impl DriftMonitor {
         tracing::debug!(stage = %self.stage, version, rows = full.rows, ?signals, "drift window");
         self.stats
             .record_drift(&self.stage, &self.model, version, full.rows, &signals);
+        let mut raised_any = false;
+        for (signal, psi) in &signals {
+            let key = (label.to_owned(), signal.clone());
+            let state_now = if *psi > self.config.raise_above && !state.raised.contains(&key) {
+                state.raised.insert(key);
+                "raised"
+            } else if *psi < self.config.clear_below && state.raised.remove(&key) {
+                "cleared"
+            } else {
+                continue;
+            };
+            raised_any |= state_now == "raised";
+            self.event(version, signal, *psi, full.rows, state_now);
+        }
+        if raised_any {
+            // One wake-up per window, however many signals rose in it.
+            self.stats.record_drift_raised();
+        }
+    }
+
+    /// Reports a drift event: log, metric, topic row, and a wake-up for retraining.
+    fn event(&self, version: &str, signal: &str, psi: f64, rows: u64, state: &str) {
+        if state == "raised" {
+            tracing::warn!(stage = %self.stage, model = %self.model, version, signal, psi, rows, "drift raised: the stream no longer looks like this version's training data");
+        } else {
+            tracing::info!(stage = %self.stage, model = %self.model, version, signal, psi, rows, "drift cleared");
+        }
+        self.stats.record_drift_event(&self.stage, signal, state);
+        let (Some(producer), Some(topic)) = (&self.events, &self.config.topic) else {
+            return;
+        };
+        let row = serde_json::json!({
+            "stage": self.stage,
+            "model": self.model,
+            "version": version,
+            "signal": signal,
+            "psi": psi,
+            "window_rows": rows,
+            "state": state,
+            "raise_above": self.config.raise_above,
+            "clear_below": self.config.clear_below,
+            "at": chrono::Utc::now().to_rfc3339(),
+        })
+        .to_string();
+        let key = format!("{}/{version}", self.model);
+        if let Err((e, _)) = producer.send(BaseRecord::to(topic).key(&key).payload(&row)) {
+            tracing::warn!(stage = %self.stage, topic, error = %e, "could not send a drift event");
+        }
+    }
+}
+
+impl Drop for DriftMonitor {
+    fn drop(&mut self) {
+        if let Some(producer) = &self.events {
+            let _ = producer.flush(std::time::Duration::from_secs(5));
+        }
     }
 }
 

@@ -237,6 +237,20 @@ pub fn output_schema(
             "expected at least one model output mapped to a column",
         );
     }
+    let drift = &config.drift;
+    issues.count("drift.window", drift.window, 0, 10_000_000);
+    if !(drift.clear_below >= 0.0 && drift.raise_above > drift.clear_below) {
+        issues.add(
+            "drift",
+            format!(
+                "expected 0 <= clear_below < raise_above, found clear_below {} and raise_above {}",
+                drift.clear_below, drift.raise_above
+            ),
+        );
+    }
+    if drift.topic.as_deref() == Some("") {
+        issues.add("drift.topic", "expected a topic name");
+    }
     let manifest = match current_manifest(config, &ctx.registry) {
         Ok(m) => m,
         Err(e) => {
@@ -290,15 +304,17 @@ impl InferStage {
     ///
     /// Long on purpose: checks the serving contract, starts the workers and the registry
     /// watcher; each part needs the previous one.
+    /// `ctx`: the registry models come from, and the producer settings for drift events.
     pub async fn start(
         name: String,
         config: &InferConfig,
-        registry: &Registry,
+        ctx: &PlanContext,
         library: Option<&Path>,
         input: &Schema,
         output_schema: SchemaRef,
         stats: &Arc<Stats>,
     ) -> Result<InferStage, StageError> {
+        let (registry, producer) = (&ctx.registry, &ctx.producer);
         let setup = |message: String| StageError::Setup {
             stage: name.clone(),
             message,
@@ -388,11 +404,13 @@ impl InferStage {
         let drift = drift::DriftMonitor::new(
             name.clone(),
             config.model.clone(),
-            config.drift_window,
+            config.drift.clone(),
+            producer,
             registry.clone(),
             stats.clone(),
             input_columns.first().cloned().unwrap_or_default(),
-        );
+        )
+        .map_err(|e| setup(format!("drift.topic: cannot create the producer: {e}")))?;
         let probabilities = outputs.iter().position(|o| o.output == "probabilities");
         let (stop, stopped) = mpsc::channel();
         let watcher = Watcher {
