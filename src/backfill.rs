@@ -318,10 +318,7 @@ async fn execute(
 
 /// `backfill-` and a stable hash of what identifies the run.
 fn run_id(identity: &str) -> String {
-    format!(
-        "backfill-{:016x}",
-        crate::retrain::dataset::stable_hash(identity)
-    )
+    format!("backfill-{:016x}", crate::batch::stable_hash(identity))
 }
 
 async fn draw_progress(progress: Arc<BackfillProgress>, done: CancellationToken) {

@@ -310,3 +310,11 @@ impl Flush {
         }
     }
 }
+
+/// FNV-1a: a stable hash (std's is not guaranteed stable across releases), for splits
+/// and shares that must come out the same on every run and every machine.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -45,9 +45,9 @@ pub use sinks::{
     KafkaSinkConfig, OutputFormat, ParquetSinkConfig, RollConfig, SinkConfig, SubjectStrategy,
 };
 pub use stages::{
-    BandConfig, DeriveConfig, Device, DriftConfig, EnrichConfig, InferConfig, InputColumns,
-    LabelSource, LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig, TokenizeConfig,
-    WindowConfig, WindowFeature, WindowField,
+    BandConfig, CanaryConfig, DeriveConfig, Device, DriftConfig, EnrichConfig, InferConfig,
+    InputColumns, LabelSource, LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig,
+    TokenizeConfig, WindowConfig, WindowFeature, WindowField,
 };
 pub use storage::StorageConfig;
 /// A whole pipeline file.

@@ -214,6 +214,22 @@ pub struct InferConfig {
     /// one).
     #[serde(default)]
     pub drift: DriftConfig,
+    /// Serve a share of the rows with another published version.
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// `infer.canary`: rows whose `key` hashes into `share` go to `version`, the rest to the
+/// serving version. The same key always takes the same lane.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// A published version of the stage's model.
+    pub version: String,
+    /// Between 0 and 1.
+    pub share: f64,
+    /// The column whose value (as text) decides a row's lane.
+    pub key: String,
 }
 
 /// `infer.drift`: how the serving version's drift is measured and reported.

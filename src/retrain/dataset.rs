@@ -36,12 +36,7 @@ pub struct Split {
     pub class_counts: Vec<usize>,
 }
 
-/// FNV-1a: a stable hash (std's is not guaranteed stable across releases).
-pub fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use crate::batch::stable_hash;
 
 fn scan(path: &Path) -> PolarsResult<LazyFrame> {
     let args = ScanArgsParquet {

@@ -1,7 +1,8 @@
-//! Drift at serving time: a model trained by `sluice retrain` carries a reference profile;
-//! the pipeline serving it measures each window of rows against it. A stream like the
-//! training data keeps the drift gauges low; a stream whose feature has moved raises the
-//! gauge of that feature.
+//! Models in production. Drift at serving time: a model trained by `sluice retrain`
+//! carries a reference profile; the pipeline serving it measures each window of rows
+//! against it. A stream like the training data keeps the drift gauges low; a stream whose
+//! feature has moved raises the gauge of that feature, sends drift events and starts the
+//! retrain job. Canary: a share of the rows, by key, is served by another version.
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,11 +33,9 @@ fn points(start: usize, count: usize, shift: f64) -> Vec<SampleRecord> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path();
-    // A model of three classes from two features, trained and published by retrain.
+/// Trains the tabular model into `root/models` with `sluice retrain` (version 1); returns
+/// the job file.
+async fn train(root: &Path) -> std::path::PathBuf {
     let data = root.join("train/date=2026-11-01");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("part.parquet"), tabular_parquet(0..900)).unwrap();
@@ -57,11 +56,17 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
     .unwrap()
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.published.as_deref(), Some("tabular/1"), "{report}");
+    job
+}
 
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("points", 1, 1).unwrap();
-    cluster.create_topic("model-drift", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+/// A pipeline of `points` JSON -> infer (with `infer_extra`, indented six spaces) ->
+/// Parquet under `root/out/rows`, plus `extra` top-level YAML.
+fn points_pipeline(
+    root: &Path,
+    brokers: &str,
+    infer_extra: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let schema = root.join("points.json");
     std::fs::write(
         &schema,
@@ -72,13 +77,116 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
     std::fs::write(
         &file,
         format!(
-            "name: points\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [points]\n    batch:\n      max_rows: 100\n      max_wait: 100ms\ndecode:\n  schema: {schema}\nmodels: {d}/models\nstages:\n  - infer:\n      model: tabular\n      inputs:\n        features: [f1, f2]\n      outputs:\n        probabilities: probabilities\n      device: cpu\n      drift:\n        window: 300\n        topic: model-drift\nretrain:\n  job: {job}\n  every: 24h\n  on_drift: true\n  min_interval: 1s\nsinks:\n  - parquet:\n      path: {d}/out/rows\ndead_letter:\n  parquet:\n    path: {d}/out/dead\n",
+            "name: points\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [points]\n    batch:\n      max_rows: 100\n      max_wait: 100ms\ndecode:\n  schema: {schema}\nmodels: {d}/models\nstages:\n  - infer:\n      model: tabular\n      inputs:\n        features: [f1, f2]\n      outputs:\n        probabilities: probabilities\n      device: cpu\n{infer_extra}{extra}sinks:\n  - parquet:\n      path: {d}/out/rows\n      roll:\n        max_age: 1s\ndead_letter:\n  parquet:\n    path: {d}/out/dead\n",
             schema = schema.display(),
-            job = job.display(),
             d = root.display()
         ),
     )
     .unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_version_serves_its_share_of_keys_and_each_row_names_its_version() {
+    use arrow::array::{Array, AsArray};
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    train(root).await;
+    // Version 2: the same model, published beside it; version 1 stays the serving one.
+    tokio::task::spawn_blocking({
+        let models = root.join("models");
+        move || {
+            let registry = sluice::model::Registry::new(models);
+            let v1 = registry.current("tabular").unwrap();
+            let manifest = registry.manifest(&v1).unwrap();
+            registry
+                .publish(&v1.model_path(), manifest, &[], false)
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("points", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let file = points_pipeline(
+        root,
+        &brokers,
+        "      canary: {version: \"2\", share: 0.3, key: id}\n",
+        "",
+    );
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
+    produce(&brokers, "points", points(40_000, 1_000, 0.0))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().parquet_rows
+            == 1_000)
+        .await
+    );
+    shutdown.cancel();
+    let summary = handle.await.unwrap().unwrap();
+    assert_eq!(summary.dead_letters, 0);
+
+    let fnv = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let mut canary = 0;
+    for batch in crate::common::read_dataset(&root.join("out/rows")) {
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let versions = batch
+            .column_by_name("model_version")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let probabilities = batch
+            .column_by_name("probabilities")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
+        for row in 0..batch.num_rows() {
+            let takes = fnv(ids.value(row)) % 10_000 < 3_000;
+            let expected = if takes { "tabular/2" } else { "tabular/1" };
+            assert_eq!(versions.value(row), expected, "row {}", ids.value(row));
+            assert!(!probabilities.is_null(row));
+            canary += usize::from(takes);
+        }
+    }
+    assert!(
+        (200..=400).contains(&canary),
+        "{canary} of 1,000 rows on the canary (share 0.3)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    // A model of three classes from two features, trained and published by retrain.
+    let job = train(root).await;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("points", 1, 1).unwrap();
+    cluster.create_topic("model-drift", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let file = points_pipeline(
+        root,
+        &brokers,
+        "      drift:\n        window: 300\n        topic: model-drift\n",
+        &format!(
+            "retrain:\n  job: {}\n  every: 24h\n  on_drift: true\n  min_interval: 1s\n",
+            job.display()
+        ),
+    );
     let Running {
         stats,
         shutdown,

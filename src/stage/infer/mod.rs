@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokio::sync::oneshot;
 
@@ -40,7 +40,23 @@ pub struct InferStage {
     drift: drift::DriftMonitor,
     /// Which output is `probabilities` (what drift reads), if any.
     probabilities: Option<usize>,
+    /// A share of the rows served by another version, on its own workers.
+    canary: Option<Canary>,
     _stop_watcher: mpsc::Sender<()>,
+}
+
+/// The canary lane: its settings, the key column's index and its workers' queue.
+struct Canary {
+    config: crate::config::CanaryConfig,
+    key: usize,
+    requests: mpsc::Sender<Request>,
+}
+
+/// What one lane's workers returned for its rows.
+struct LaneReply {
+    outputs: Vec<ArrayRef>,
+    version: Arc<str>,
+    rejected: Vec<super::Rejection>,
 }
 
 /// How a model input is fed, decided from the manifest.
@@ -215,6 +231,29 @@ fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifes
 
 /// Output schema: the input (minus the inputs with `drop_inputs`), the mapped outputs and
 /// the version column. Shapes come from the current version's manifest.
+/// The rows of each lane (serving, canary) and, per row, its (lane, position in lane).
+type Lanes = (Vec<u32>, Vec<u32>, Vec<(usize, usize)>);
+
+fn lanes(canary: &Canary, rows: &RecordBatch) -> Result<Lanes, StageError> {
+    let keys = arrow::compute::cast(rows.column(canary.key), &DataType::Utf8)?;
+    let keys = keys.as_string::<i32>();
+    let (mut main, mut side) = (Vec::new(), Vec::new());
+    let mut lane_of = Vec::with_capacity(rows.num_rows());
+    for row in 0..rows.num_rows() {
+        let takes = keys.is_valid(row) && takes(&canary.config, keys.value(row));
+        let lane = if takes { &mut side } else { &mut main };
+        lane_of.push((usize::from(takes), lane.len()));
+        lane.push(row as u32);
+    }
+    Ok((main, side, lane_of))
+}
+
+/// Whether a row whose key is `key` takes the canary lane: FNV-1a of the key in
+/// ten-thousandths, below the share.
+fn takes(canary: &crate::config::CanaryConfig, key: &str) -> bool {
+    (crate::batch::stable_hash(key) % 10_000) < (canary.share * 10_000.0).round() as u64
+}
+
 pub fn output_schema(
     config: &InferConfig,
     input: &Schema,
@@ -250,6 +289,27 @@ pub fn output_schema(
     }
     if drift.topic.as_deref() == Some("") {
         issues.add("drift.topic", "expected a topic name");
+    }
+    if let Some(canary) = &config.canary {
+        if !(canary.share > 0.0 && canary.share < 1.0) {
+            issues.add(
+                "canary.share",
+                format!(
+                    "expected between 0 and 1 (exclusive), found {}",
+                    canary.share
+                ),
+            );
+        }
+        if input.field_with_name(&canary.key).is_err() {
+            issues.unknown_column("canary.key", &canary.key, input);
+        }
+        let version = ctx.registry.version(&config.model, &canary.version);
+        if let Err(e) = ctx.registry.manifest(&version) {
+            issues.add(
+                "canary.version",
+                format!("not a published version: {}", crate::telemetry::chain(&e)),
+            );
+        }
     }
     let manifest = match current_manifest(config, &ctx.registry) {
         Ok(m) => m,
@@ -412,6 +472,36 @@ impl InferStage {
         )
         .map_err(|e| setup(format!("drift.topic: cannot create the producer: {e}")))?;
         let probabilities = outputs.iter().position(|o| o.output == "probabilities");
+        let canary = match &config.canary {
+            Some(canary) => {
+                let version = registry.version(&config.model, &canary.version);
+                registry.manifest(&version)?;
+                let (plan, contract, workers) = (plan.clone(), contract.clone(), config.workers);
+                let model = tokio::task::spawn_blocking(move || {
+                    serving::load(&plan, &version, workers, &contract)
+                })
+                .await
+                .map_err(StageError::Task)??;
+                tracing::info!(stage = %name, model = %model.label, share = canary.share, key = %canary.key, "canary version loaded");
+                let serving = Arc::new(Serving::new(model));
+                let (requests, queue) = mpsc::channel();
+                let queue = Arc::new(Mutex::new(queue));
+                for index in 0..config.workers {
+                    let (batching, serving, queue) =
+                        (batching.clone(), serving.clone(), queue.clone());
+                    std::thread::Builder::new()
+                        .name(format!("sluice-canary-{index}"))
+                        .spawn(move || worker::run(index, batching, serving, queue))
+                        .map_err(|e| setup(format!("cannot start a worker thread: {e}")))?;
+                }
+                Some(Canary {
+                    config: canary.clone(),
+                    key: input.index_of(&canary.key)?,
+                    requests,
+                })
+            }
+            None => None,
+        };
         let (stop, stopped) = mpsc::channel();
         let watcher = Watcher {
             stage: name.clone(),
@@ -440,6 +530,7 @@ impl InferStage {
             placement,
             drift,
             probabilities,
+            canary,
             _stop_watcher: stop,
         })
     }
@@ -453,6 +544,88 @@ impl InferStage {
     }
 
     pub async fn process(&self, rows: RecordBatch) -> Result<StageOutput, StageError> {
+        let mut columns: Vec<ArrayRef> = rows
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.drop.contains(i))
+            .map(|(_, c)| c.clone())
+            .collect();
+        // One lane when there is no canary, or when every row takes the same one.
+        let Some(canary) = &self.canary else {
+            return self.one_lane(rows, columns, &self.requests).await;
+        };
+        let (main, side, lane_of) = lanes(canary, &rows)?;
+        if main.is_empty() {
+            return self.one_lane(rows, columns, &canary.requests).await;
+        }
+        if side.is_empty() {
+            return self.one_lane(rows, columns, &self.requests).await;
+        }
+        // Two lanes, each row by its key's hash; results merged back in row order.
+        let pick = |indices: &[u32]| {
+            arrow::compute::take_record_batch(
+                &rows,
+                &arrow::array::UInt32Array::from(indices.to_vec()),
+            )
+        };
+        let (main_rows, side_rows) = (pick(&main)?, pick(&side)?);
+        let (main_reply, side_reply) = tokio::try_join!(
+            self.infer(&main_rows, &self.requests),
+            self.infer(&side_rows, &canary.requests)
+        )?;
+        for output in 0..self.outputs.len() {
+            let parts: [&dyn Array; 2] = [
+                main_reply.outputs[output].as_ref(),
+                side_reply.outputs[output].as_ref(),
+            ];
+            columns.push(arrow::compute::interleave(&parts, &lane_of)?);
+        }
+        let versions = [&main_reply.version, &side_reply.version];
+        columns.push(Arc::new(StringArray::from_iter_values(
+            lane_of.iter().map(|(lane, _)| &**versions[*lane]),
+        )));
+        let mut rejected: Vec<super::Rejection> = Vec::new();
+        for (reply, indices) in [(main_reply, &main), (side_reply, &side)] {
+            rejected.extend(reply.rejected.into_iter().map(|mut r| {
+                r.row = indices[r.row] as usize;
+                r
+            }));
+        }
+        rejected.sort_by_key(|r| r.row);
+        Ok(StageOutput {
+            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
+            rejected,
+            aggregated: false,
+        })
+    }
+
+    /// Every row through one lane's workers.
+    async fn one_lane(
+        &self,
+        rows: RecordBatch,
+        mut columns: Vec<ArrayRef>,
+        requests: &mpsc::Sender<Request>,
+    ) -> Result<StageOutput, StageError> {
+        let reply = self.infer(&rows, requests).await?;
+        columns.extend(reply.outputs);
+        columns.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(&*reply.version, rows.num_rows()),
+        )));
+        Ok(StageOutput {
+            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
+            rejected: reply.rejected,
+            aggregated: false,
+        })
+    }
+
+    /// Runs `rows` through the workers behind `requests`: the output columns, the version
+    /// that made them, the rows it rejected; drift is counted for that version.
+    async fn infer(
+        &self,
+        rows: &RecordBatch,
+        requests: &mpsc::Sender<Request>,
+    ) -> Result<LaneReply, StageError> {
         let mut invalid = Vec::new();
         let mut inputs = Vec::with_capacity(self.input_columns.len());
         for (columns, elem) in self.input_columns.iter().zip(&self.input_elems) {
@@ -483,32 +656,23 @@ impl InferStage {
             stage: self.name.clone(),
             message: "the inference workers stopped".into(),
         };
-        self.requests.send(request).map_err(|_| closed())?;
+        requests.send(request).map_err(|_| closed())?;
         let reply = response.await.map_err(|_| closed())?;
-
-        let mut columns: Vec<ArrayRef> = rows
-            .columns()
+        let outputs = self
+            .outputs
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.drop.contains(i))
-            .map(|(_, c)| c.clone())
-            .collect();
-        let first_output = columns.len();
-        for (spec, buffer) in self.outputs.iter().zip(reply.outputs) {
-            columns.push(spec.array(buffer)?);
-        }
+            .zip(reply.outputs)
+            .map(|(spec, buffer)| spec.array(buffer))
+            .collect::<Result<Vec<_>, _>>()?;
         self.drift.observe(
             &reply.version,
             rows.columns(),
-            self.probabilities.map(|i| &columns[first_output + i]),
+            self.probabilities.map(|i| &outputs[i]),
         );
-        columns.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(&*reply.version, rows.num_rows()),
-        )));
-        Ok(StageOutput {
-            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
+        Ok(LaneReply {
+            outputs,
+            version: reply.version,
             rejected: reply.rejected,
-            aggregated: false,
         })
     }
 }
