@@ -46,8 +46,8 @@ pub use sinks::{
 };
 pub use stages::{
     BandConfig, CanaryConfig, DeriveConfig, Device, DriftConfig, EnrichConfig, InferConfig,
-    InputColumns, LabelSource, LookupConfig, OnnxRuntimeConfig, SqlConfig, StageConfig,
-    TokenizeConfig, WindowConfig, WindowFeature, WindowField,
+    InputColumns, LabelSource, LookupConfig, OnnxRuntimeConfig, ShadowConfig, SqlConfig,
+    StageConfig, TokenizeConfig, WindowConfig, WindowFeature, WindowField,
 };
 pub use storage::StorageConfig;
 /// A whole pipeline file.

@@ -217,6 +217,22 @@ pub struct InferConfig {
     /// Serve a share of the rows with another published version.
     #[serde(default)]
     pub canary: Option<CanaryConfig>,
+    /// Also run a sample of the rows through another published version, into `shadow_*`
+    /// columns, without changing the served ones.
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `infer.shadow`: rows whose `key` hashes into `sample` also go through `version`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// A published version of the stage's model.
+    pub version: String,
+    /// Share of the keys, above 0 and at most 1.
+    pub sample: f64,
+    /// The column whose value (as text) decides whether a row is in the sample.
+    pub key: String,
 }
 
 /// `infer.canary`: rows whose `key` hashes into `share` go to `version`, the rest to the

@@ -51,6 +51,8 @@ pub struct Stats {
     drift: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     drift_rows: Family<ModelLabels, Gauge>,
     drift_events: Family<DriftEventLabels, Counter>,
+    shadow_rows: Family<ModelLabels, Counter>,
+    shadow_agreed: Family<ModelLabels, Counter>,
     retrain_runs: Family<RetrainLabels, Counter>,
     /// Woken when an infer stage raises drift (a `retrain: {on_drift: true}` job waits).
     pub drift_raised: tokio::sync::Notify,
@@ -95,6 +97,8 @@ impl Default for Stats {
             drift: Family::default(),
             drift_rows: Family::default(),
             drift_events: Family::default(),
+            shadow_rows: Family::default(),
+            shadow_agreed: Family::default(),
             retrain_runs: Family::default(),
             drift_raised: tokio::sync::Notify::new(),
             model_rejected: Family::default(),
@@ -266,6 +270,30 @@ impl Stats {
                 state: state.to_owned(),
             })
             .inc();
+    }
+
+    /// A shadow version (`label`, `NAME/VERSION`) was compared with the served one on
+    /// `compared` rows, `agreed` of them with the same top class.
+    pub fn record_shadow(&self, stage: &str, model: &str, label: &str, compared: u64, agreed: u64) {
+        let labels = ModelLabels {
+            stage: stage.to_owned(),
+            model: model.to_owned(),
+            version: label.rsplit_once('/').map_or(label, |(_, v)| v).to_owned(),
+        };
+        self.shadow_rows.get_or_create(&labels).inc_by(compared);
+        self.shadow_agreed.get_or_create(&labels).inc_by(agreed);
+    }
+
+    /// (agreed, compared) for shadow `version` at `stage`.
+    pub fn shadow_agreement(&self, stage: &str, model: &str, version: &str) -> (u64, u64) {
+        let labels = ModelLabels {
+            stage: stage.to_owned(),
+            model: model.to_owned(),
+            version: version.to_owned(),
+        };
+        let get =
+            |family: &Family<ModelLabels, Counter>| family.get(&labels).map_or(0, |c| c.get());
+        (get(&self.shadow_agreed), get(&self.shadow_rows))
     }
 
     /// Drift was raised: wakes a retrain job waiting for it.
@@ -558,6 +586,16 @@ impl Stats {
             "retrain_runs",
             "Runs of the pipeline's retrain job, by trigger (schedule, drift) and outcome (published, kept, failed)",
             self.retrain_runs.clone(),
+        );
+        r.register(
+            "shadow_rows",
+            "Rows a shadow model version ran on beside the served one",
+            self.shadow_rows.clone(),
+        );
+        r.register(
+            "shadow_agreed",
+            "Of those, rows where the shadow's top class equals the served one (agreement = agreed / rows)",
+            self.shadow_agreed.clone(),
         );
         r.register(
             "drift_window_rows",

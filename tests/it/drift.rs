@@ -169,6 +169,89 @@ async fn a_canary_version_serves_its_share_of_keys_and_each_row_names_its_versio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_version_runs_beside_the_served_one_without_changing_it() {
+    use arrow::array::{Array, AsArray};
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    train(root).await;
+    tokio::task::spawn_blocking({
+        let models = root.join("models");
+        move || {
+            let registry = sluice::model::Registry::new(models);
+            let v1 = registry.current("tabular").unwrap();
+            let manifest = registry.manifest(&v1).unwrap();
+            registry
+                .publish(&v1.model_path(), manifest, &[], false)
+                .unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("points", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let file = points_pipeline(
+        root,
+        &brokers,
+        "      shadow: {version: \"2\", sample: 0.5, key: id}\n",
+        "",
+    );
+    let Running {
+        stats,
+        shutdown,
+        handle,
+    } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
+    produce(&brokers, "points", points(50_000, 400, 0.0))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().parquet_rows
+            == 400)
+        .await
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+
+    let mut sampled = 0;
+    for batch in crate::common::read_dataset(&root.join("out/rows")) {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let served = column("model_version");
+        let shadow = column("shadow_model_version");
+        let (served, shadow) = (served.as_string::<i32>(), shadow.as_string::<i32>());
+        let probabilities = column("probabilities");
+        let shadow_probabilities = column("shadow_probabilities");
+        let (p, sp) = (
+            probabilities.as_fixed_size_list(),
+            shadow_probabilities.as_fixed_size_list(),
+        );
+        for row in 0..batch.num_rows() {
+            assert_eq!(served.value(row), "tabular/1", "the shadow serves nothing");
+            if shadow.is_null(row) {
+                assert!(sp.is_null(row));
+                continue;
+            }
+            sampled += 1;
+            assert_eq!(shadow.value(row), "tabular/2");
+            // The same model: the same probabilities.
+            assert_eq!(
+                p.value(row)
+                    .as_primitive::<arrow::datatypes::Float32Type>()
+                    .values(),
+                sp.value(row)
+                    .as_primitive::<arrow::datatypes::Float32Type>()
+                    .values()
+            );
+        }
+    }
+    assert!(
+        (120..=280).contains(&sampled),
+        "{sampled} of 400 rows in a 0.5 sample"
+    );
+    let (agreed, compared) = stats.shadow_agreement(STAGE, "tabular", "2");
+    assert_eq!((agreed, compared), (sampled as u64, sampled as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path();

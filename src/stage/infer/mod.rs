@@ -42,6 +42,10 @@ pub struct InferStage {
     probabilities: Option<usize>,
     /// A share of the rows served by another version, on its own workers.
     canary: Option<Canary>,
+    /// A sample of the rows also run through another version, beside the served columns.
+    shadow: Option<Shadow>,
+    model: String,
+    stats: Arc<Stats>,
     _stop_watcher: mpsc::Sender<()>,
 }
 
@@ -50,6 +54,20 @@ struct Canary {
     config: crate::config::CanaryConfig,
     key: usize,
     requests: mpsc::Sender<Request>,
+}
+
+/// A shadow lane: its settings, the key column's index and its workers' queue.
+struct Shadow {
+    config: crate::config::ShadowConfig,
+    key: usize,
+    requests: mpsc::Sender<Request>,
+}
+
+/// The served columns of a batch: the outputs, each row's version, the rejected rows.
+struct Served {
+    outputs: Vec<ArrayRef>,
+    versions: ArrayRef,
+    rejected: Vec<super::Rejection>,
 }
 
 /// What one lane's workers returned for its rows.
@@ -234,13 +252,14 @@ fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifes
 /// The rows of each lane (serving, canary) and, per row, its (lane, position in lane).
 type Lanes = (Vec<u32>, Vec<u32>, Vec<(usize, usize)>);
 
-fn lanes(canary: &Canary, rows: &RecordBatch) -> Result<Lanes, StageError> {
-    let keys = arrow::compute::cast(rows.column(canary.key), &DataType::Utf8)?;
+/// Splits rows by whether their `key` column's value hashes into `share`.
+fn lanes(key: usize, share: f64, rows: &RecordBatch) -> Result<Lanes, StageError> {
+    let keys = arrow::compute::cast(rows.column(key), &DataType::Utf8)?;
     let keys = keys.as_string::<i32>();
     let (mut main, mut side) = (Vec::new(), Vec::new());
     let mut lane_of = Vec::with_capacity(rows.num_rows());
     for row in 0..rows.num_rows() {
-        let takes = keys.is_valid(row) && takes(&canary.config, keys.value(row));
+        let takes = keys.is_valid(row) && takes(share, keys.value(row));
         let lane = if takes { &mut side } else { &mut main };
         lane_of.push((usize::from(takes), lane.len()));
         lane.push(row as u32);
@@ -248,10 +267,45 @@ fn lanes(canary: &Canary, rows: &RecordBatch) -> Result<Lanes, StageError> {
     Ok((main, side, lane_of))
 }
 
-/// Whether a row whose key is `key` takes the canary lane: FNV-1a of the key in
-/// ten-thousandths, below the share.
-fn takes(canary: &crate::config::CanaryConfig, key: &str) -> bool {
-    (crate::batch::stable_hash(key) % 10_000) < (canary.share * 10_000.0).round() as u64
+/// Whether a row whose key is `key` falls in `share`: FNV-1a of the key in
+/// ten-thousandths, below the share (the same key always does or does not).
+fn takes(share: f64, key: &str) -> bool {
+    (crate::batch::stable_hash(key) % 10_000) < (share * 10_000.0).round() as u64
+}
+
+/// The rows at `indices`.
+fn pick(rows: &RecordBatch, indices: &[u32]) -> Result<RecordBatch, StageError> {
+    Ok(arrow::compute::take_record_batch(
+        rows,
+        &arrow::array::UInt32Array::from(indices.to_vec()),
+    )?)
+}
+
+/// Of the `sampled` rows, how many the two probability columns give the same top class,
+/// and how many were compared (rows null in either are not).
+fn agreement(served: &ArrayRef, shadow: &ArrayRef, sampled: &[u32]) -> (u64, u64) {
+    let (Some(served), Some(shadow)) = (
+        served.as_fixed_size_list_opt(),
+        shadow.as_fixed_size_list_opt(),
+    ) else {
+        return (0, 0);
+    };
+    let top = |list: &arrow::array::FixedSizeListArray, row: usize| -> Option<usize> {
+        if list.is_null(row) {
+            return None;
+        }
+        let values = list.value(row);
+        let values = values.as_primitive_opt::<arrow::datatypes::Float32Type>()?;
+        Some(crate::model::argmax(values.values()))
+    };
+    let (mut agreed, mut compared) = (0, 0);
+    for (at, &row) in sampled.iter().enumerate() {
+        if let (Some(a), Some(b)) = (top(served, row as usize), top(shadow, at)) {
+            compared += 1;
+            agreed += u64::from(a == b);
+        }
+    }
+    (agreed, compared)
 }
 
 pub fn output_schema(
@@ -355,6 +409,30 @@ pub fn output_schema(
         DataType::Utf8,
         false,
     )));
+    if config.shadow.is_some() {
+        // The shadow's outputs and version, null where a row is not in its sample.
+        let shadow_fields = specs
+            .iter()
+            .map(|spec| {
+                spec.field()
+                    .with_name(format!("shadow_{}", spec.column))
+                    .with_nullable(true)
+            })
+            .chain([Field::new(
+                format!("shadow_{}", config.version_column),
+                DataType::Utf8,
+                true,
+            )]);
+        for field in shadow_fields {
+            if fields.iter().any(|f| f.name() == field.name()) {
+                issues.add(
+                    "shadow",
+                    format!("column `{}` already exists", field.name()),
+                );
+            }
+            fields.push(Arc::new(field));
+        }
+    }
     Schema::new(fields)
 }
 
@@ -472,34 +550,50 @@ impl InferStage {
         )
         .map_err(|e| setup(format!("drift.topic: cannot create the producer: {e}")))?;
         let probabilities = outputs.iter().position(|o| o.output == "probabilities");
-        let canary = match &config.canary {
-            Some(canary) => {
-                let version = registry.version(&config.model, &canary.version);
+        // Another published version on its own workers (canary, shadow).
+        let lane = |kind: &'static str, version: &str| {
+            let version = registry.version(&config.model, version);
+            let (plan, contract, workers) = (plan.clone(), contract.clone(), config.workers);
+            let (batching, name) = (batching.clone(), name.clone());
+            async move {
                 registry.manifest(&version)?;
-                let (plan, contract, workers) = (plan.clone(), contract.clone(), config.workers);
                 let model = tokio::task::spawn_blocking(move || {
                     serving::load(&plan, &version, workers, &contract)
                 })
                 .await
                 .map_err(StageError::Task)??;
-                tracing::info!(stage = %name, model = %model.label, share = canary.share, key = %canary.key, "canary version loaded");
+                tracing::info!(stage = %name, model = %model.label, lane = kind, "model version loaded");
                 let serving = Arc::new(Serving::new(model));
                 let (requests, queue) = mpsc::channel();
                 let queue = Arc::new(Mutex::new(queue));
-                for index in 0..config.workers {
+                for index in 0..workers {
                     let (batching, serving, queue) =
                         (batching.clone(), serving.clone(), queue.clone());
                     std::thread::Builder::new()
-                        .name(format!("sluice-canary-{index}"))
+                        .name(format!("sluice-{kind}-{index}"))
                         .spawn(move || worker::run(index, batching, serving, queue))
-                        .map_err(|e| setup(format!("cannot start a worker thread: {e}")))?;
+                        .map_err(|e| StageError::Setup {
+                            stage: name.clone(),
+                            message: format!("cannot start a worker thread: {e}"),
+                        })?;
                 }
-                Some(Canary {
-                    config: canary.clone(),
-                    key: input.index_of(&canary.key)?,
-                    requests,
-                })
+                Ok::<_, StageError>(requests)
             }
+        };
+        let canary = match &config.canary {
+            Some(canary) => Some(Canary {
+                config: canary.clone(),
+                key: input.index_of(&canary.key)?,
+                requests: lane("canary", &canary.version).await?,
+            }),
+            None => None,
+        };
+        let shadow = match &config.shadow {
+            Some(shadow) => Some(Shadow {
+                config: shadow.clone(),
+                key: input.index_of(&shadow.key)?,
+                requests: lane("shadow", &shadow.version).await?,
+            }),
             None => None,
         };
         let (stop, stopped) = mpsc::channel();
@@ -531,6 +625,9 @@ impl InferStage {
             drift,
             probabilities,
             canary,
+            shadow,
+            model: config.model.clone(),
+            stats: stats.clone(),
             _stop_watcher: stop,
         })
     }
@@ -551,40 +648,60 @@ impl InferStage {
             .filter(|(i, _)| !self.drop.contains(i))
             .map(|(_, c)| c.clone())
             .collect();
+        let served = self.serve(&rows).await?;
+        let shadowed = match &self.shadow {
+            Some(shadow) => self.shadow(shadow, &rows, &served).await?,
+            None => Vec::new(),
+        };
+        columns.extend(served.outputs);
+        columns.push(served.versions);
+        columns.extend(shadowed);
+        Ok(StageOutput {
+            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
+            rejected: served.rejected,
+            aggregated: false,
+        })
+    }
+
+    /// The served outputs of every row: from the serving version, or for the canary's
+    /// share of the keys from the canary version, merged back in row order.
+    async fn serve(&self, rows: &RecordBatch) -> Result<Served, StageError> {
+        let one_lane = |reply: LaneReply| Served {
+            versions: Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                &*reply.version,
+                rows.num_rows(),
+            ))),
+            outputs: reply.outputs,
+            rejected: reply.rejected,
+        };
         // One lane when there is no canary, or when every row takes the same one.
         let Some(canary) = &self.canary else {
-            return self.one_lane(rows, columns, &self.requests).await;
+            return Ok(one_lane(self.infer(rows, &self.requests).await?));
         };
-        let (main, side, lane_of) = lanes(canary, &rows)?;
+        let (main, side, lane_of) = lanes(canary.key, canary.config.share, rows)?;
         if main.is_empty() {
-            return self.one_lane(rows, columns, &canary.requests).await;
+            return Ok(one_lane(self.infer(rows, &canary.requests).await?));
         }
         if side.is_empty() {
-            return self.one_lane(rows, columns, &self.requests).await;
+            return Ok(one_lane(self.infer(rows, &self.requests).await?));
         }
-        // Two lanes, each row by its key's hash; results merged back in row order.
-        let pick = |indices: &[u32]| {
-            arrow::compute::take_record_batch(
-                &rows,
-                &arrow::array::UInt32Array::from(indices.to_vec()),
-            )
-        };
-        let (main_rows, side_rows) = (pick(&main)?, pick(&side)?);
+        let (main_rows, side_rows) = (pick(rows, &main)?, pick(rows, &side)?);
         let (main_reply, side_reply) = tokio::try_join!(
             self.infer(&main_rows, &self.requests),
             self.infer(&side_rows, &canary.requests)
         )?;
+        let mut outputs = Vec::with_capacity(self.outputs.len());
         for output in 0..self.outputs.len() {
             let parts: [&dyn Array; 2] = [
                 main_reply.outputs[output].as_ref(),
                 side_reply.outputs[output].as_ref(),
             ];
-            columns.push(arrow::compute::interleave(&parts, &lane_of)?);
+            outputs.push(arrow::compute::interleave(&parts, &lane_of)?);
         }
-        let versions = [&main_reply.version, &side_reply.version];
-        columns.push(Arc::new(StringArray::from_iter_values(
-            lane_of.iter().map(|(lane, _)| &**versions[*lane]),
-        )));
+        let names = [&main_reply.version, &side_reply.version];
+        let versions: ArrayRef = Arc::new(StringArray::from_iter_values(
+            lane_of.iter().map(|(lane, _)| &**names[*lane]),
+        ));
         let mut rejected: Vec<super::Rejection> = Vec::new();
         for (reply, indices) in [(main_reply, &main), (side_reply, &side)] {
             rejected.extend(reply.rejected.into_iter().map(|mut r| {
@@ -593,30 +710,58 @@ impl InferStage {
             }));
         }
         rejected.sort_by_key(|r| r.row);
-        Ok(StageOutput {
-            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
+        Ok(Served {
+            outputs,
+            versions,
             rejected,
-            aggregated: false,
         })
     }
 
-    /// Every row through one lane's workers.
-    async fn one_lane(
+    /// The shadow version's outputs for its sample of the keys (null elsewhere), its
+    /// version (null elsewhere); counts how often its top class agreed with the served one.
+    async fn shadow(
         &self,
-        rows: RecordBatch,
-        mut columns: Vec<ArrayRef>,
-        requests: &mpsc::Sender<Request>,
-    ) -> Result<StageOutput, StageError> {
-        let reply = self.infer(&rows, requests).await?;
-        columns.extend(reply.outputs);
-        columns.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(&*reply.version, rows.num_rows()),
-        )));
-        Ok(StageOutput {
-            rows: RecordBatch::try_new(self.output_schema.clone(), columns)?,
-            rejected: reply.rejected,
-            aggregated: false,
-        })
+        shadow: &Shadow,
+        rows: &RecordBatch,
+        served: &Served,
+    ) -> Result<Vec<ArrayRef>, StageError> {
+        let (_, sampled, lane_of) = lanes(shadow.key, shadow.config.sample, rows)?;
+        let reply = if sampled.is_empty() {
+            None
+        } else {
+            Some(self.infer(&pick(rows, &sampled)?, &shadow.requests).await?)
+        };
+        // Unsampled rows point at a one-row null array.
+        let indices: Vec<(usize, usize)> = lane_of
+            .iter()
+            .map(|&(lane, at)| if lane == 1 { (0, at) } else { (1, 0) })
+            .collect();
+        let mut columns = Vec::with_capacity(self.outputs.len() + 1);
+        for (output, spec) in self.outputs.iter().enumerate() {
+            let data_type = spec.field().data_type().clone();
+            let column = match &reply {
+                Some(reply) => {
+                    let null = arrow::array::new_null_array(&data_type, 1);
+                    let parts: [&dyn Array; 2] = [reply.outputs[output].as_ref(), null.as_ref()];
+                    arrow::compute::interleave(&parts, &indices)?
+                }
+                None => arrow::array::new_null_array(&data_type, rows.num_rows()),
+            };
+            columns.push(column);
+        }
+        let version = reply.as_ref().map(|r| r.version.clone());
+        columns.push(Arc::new(
+            lane_of
+                .iter()
+                .map(|&(lane, _)| version.as_deref().filter(|_| lane == 1))
+                .collect::<StringArray>(),
+        ));
+        if let (Some(reply), Some(p)) = (&reply, self.probabilities) {
+            let (agreed, compared) = agreement(&served.outputs[p], &reply.outputs[p], &sampled);
+            self.stats
+                .record_shadow(&self.name, &self.model, &reply.version, compared, agreed);
+        }
+        Ok(columns)
     }
 
     /// Runs `rows` through the workers behind `requests`: the output columns, the version
