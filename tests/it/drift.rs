@@ -119,6 +119,7 @@ async fn a_canary_version_serves_its_share_of_keys_and_each_row_names_its_versio
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
     produce(&brokers, "points", points(40_000, 1_000, 0.0))
         .await
@@ -200,6 +201,7 @@ async fn a_shadow_version_runs_beside_the_served_one_without_changing_it() {
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
     produce(&brokers, "points", points(50_000, 400, 0.0))
         .await
@@ -274,6 +276,7 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
 
     // Like the training data: every signal stays low.

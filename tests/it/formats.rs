@@ -104,6 +104,7 @@ async fn every_avro_type_from_the_confluent_serializer_arrives_with_its_value() 
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = start(out.path(), &brokers, "orders", "order.avsc", &registry.url);
     let mut producer = AvroProducer::start(&brokers, "orders", &registry.url);
     producer.run("produce", "order.avsc", "order", 0, 120);
@@ -237,6 +238,7 @@ async fn writers_moving_between_versions_decode_and_an_incompatible_one_is_dead_
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = start(
         out.path(),
         &brokers,
@@ -338,6 +340,7 @@ async fn a_registry_that_goes_away_pauses_the_stream_and_it_resumes_without_dead
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = start(
         out.path(),
         &brokers,
@@ -434,6 +437,7 @@ async fn rows_written_as_avro_are_read_back_by_the_confluent_deserializer() {
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(pipeline);
     let sent: Vec<_> = FeedbackGenerator::new(5, 0.0, 1_795_305_600_000, 1_000)
         .take(300)
@@ -509,6 +513,7 @@ async fn a_pinned_schema_version_is_used_as_it_is_and_one_that_does_not_fit_stop
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
     let sent: Vec<_> =
         sluice::demo::feeds::feedback::FeedbackGenerator::new(6, 0.0, 1_795_305_600_000, 1_000)
@@ -723,6 +728,7 @@ async fn record_headers_become_columns_and_columns_become_headers() {
         stats,
         shutdown,
         handle,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}")));
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)

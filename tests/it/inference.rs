@@ -306,6 +306,7 @@ async fn golden_sentences_get_their_labels_through_the_whole_sentiment_pipeline(
         stats,
         shutdown,
         handle: running,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(pipeline);
     assert!(
         eventually(Duration::from_secs(90), || stats.snapshot().records_in
@@ -422,6 +423,7 @@ async fn a_new_version_is_swapped_in_under_a_running_stream_and_a_corrupt_one_is
         stats,
         shutdown,
         handle: running,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(pipeline);
     let wave = |name: &str, n: usize| -> Vec<SampleRecord> {
         (0..n)

@@ -55,6 +55,7 @@ async fn every_record_lands_once_with_its_values_and_bad_records_land_in_dead_le
         stats,
         shutdown,
         handle: running,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(pipeline);
     assert!(
         eventually(Duration::from_secs(60), || stats.snapshot().records_in
@@ -181,6 +182,7 @@ async fn a_restarted_pipeline_resumes_from_its_commits_without_duplicates() {
             stats,
             shutdown,
             handle: running,
+            stop_on_panic: _stop_on_panic,
         } = spawn_pipeline(pipeline);
         assert!(
             eventually(Duration::from_secs(60), || stats.snapshot().records_in

@@ -170,6 +170,7 @@ async fn the_loop_closes_stream_accumulate_retrain_publish_only_if_better_and_sw
         stats,
         shutdown,
         handle: running,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(pipeline);
 
     // Wave A: labelled reviews (ratings 1-2 or 4-5) accumulate in Parquet.
@@ -332,6 +333,7 @@ async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipel
         stats,
         shutdown,
         handle: running,
+        stop_on_panic: _stop_on_panic,
     } = spawn_pipeline(pipeline);
 
     let all = reviews::load(&Path::new(ROOT).join("data/reviews.jsonl"), "holdout").unwrap();

@@ -374,6 +374,9 @@ pub fn int_column(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
 pub struct Running {
     pub stats: std::sync::Arc<sluice::telemetry::Stats>,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Cancels the run when dropped: a test that fails an assertion still stops its
+    /// pipeline (whose source thread would otherwise keep the runtime from shutting down).
+    pub stop_on_panic: tokio_util::sync::DropGuard,
     pub handle: tokio::task::JoinHandle<
         Result<sluice::telemetry::StatsSnapshot, sluice::runtime::RunError>,
     >,
@@ -389,6 +392,7 @@ pub fn spawn_pipeline(pipeline: Pipeline) -> Running {
     });
     Running {
         stats,
+        stop_on_panic: shutdown.clone().drop_guard(),
         shutdown,
         handle,
     }
