@@ -428,10 +428,18 @@ impl Dataset {
         self.store.sync(&touched)
     }
 
+    /// Deletes the manifests before `seq`, and the temps of manifest creates that a
+    /// killed writer left in the directory (a create writes a hidden temp, links it to the
+    /// manifest's name and removes it; a kill in between leaves the temp).
     fn remove_manifests_before(&self, tp: &TopicPartition, seq: u64) -> io::Result<()> {
         let dir = self.manifest_dir(tp);
         for (older, name) in self.manifests(tp)? {
             if older < seq {
+                self.store.delete(&join(&dir, &name))?;
+            }
+        }
+        for name in self.store.names(&dir)? {
+            if name.starts_with('.') && name.ends_with(".tmp") {
                 self.store.delete(&join(&dir, &name))?;
             }
         }

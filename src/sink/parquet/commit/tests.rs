@@ -245,3 +245,26 @@ fn manifests_written_before_sequences_still_recover() {
     assert_eq!(manifest_seq(".00000000000000000007.json.12.tmp"), None);
     assert_eq!(manifest_seq("notes.json"), None);
 }
+
+#[test]
+fn recovery_removes_the_temp_of_a_manifest_create_killed_before_its_cleanup() {
+    let root = tempfile::tempdir().unwrap();
+    let dataset = Dataset::local(root.path(), None);
+    let tp = TopicPartition::new("t", 0);
+    dataset.recover(&tp).unwrap();
+    dataset
+        .commit(&tp, 0, 9, &[stage(&dataset, "d=1", &tp, 0, 9)], &[])
+        .unwrap();
+    // What a kill between the temp's write and its removal leaves.
+    let manifests = root.path().join("_sluice/manifests/t-0");
+    let stray = manifests.join(".00000000000000000009.json.4242.tmp");
+    std::fs::write(&stray, b"{}").unwrap();
+    let again = Dataset::local(root.path(), None);
+    assert_eq!(again.recover(&tp).unwrap().durable_through, Some(9));
+    assert!(!stray.exists(), "the stray temp is removed");
+    let left: Vec<String> = std::fs::read_dir(&manifests)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "only the new claim: {left:?}");
+}
