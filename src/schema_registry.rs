@@ -54,10 +54,12 @@ pub enum Gave {
 }
 
 /// Runs `call` until it succeeds or fails for good, waiting with backoff while the
-/// registry is unavailable (logged once, as `what`) or until `shutdown`.
+/// registry is unavailable (logged once, as `what`) or until `shutdown`. While it waits,
+/// `/health` says so (the problem `schema_registry` of `stats`, cleared when it answers).
 pub async fn patiently<T, F, Fut>(
     what: &str,
     shutdown: &tokio_util::sync::CancellationToken,
+    stats: &crate::telemetry::Stats,
     mut call: F,
 ) -> Result<T, Gave>
 where
@@ -66,12 +68,20 @@ where
 {
     let mut attempt = 0;
     loop {
-        match call().await {
+        let outcome = call().await;
+        if attempt > 0 && !matches!(&outcome, Err(e) if e.is_transient()) {
+            stats.readiness.set_problem("schema_registry", None);
+        }
+        match outcome {
             Ok(value) => return Ok(value),
             Err(e) if e.is_transient() => {
                 if attempt == 0 {
                     tracing::warn!(error = %e, "waiting for the schema registry ({what}); the stream pauses here");
                 }
+                stats.readiness.set_problem(
+                    "schema_registry",
+                    Some(format!("waiting for the schema registry ({what}): {e}")),
+                );
                 let wait = BACKOFF[attempt.min(BACKOFF.len() - 1)];
                 attempt += 1;
                 tokio::select! {

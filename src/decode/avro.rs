@@ -64,6 +64,8 @@ pub struct AvroDecoder {
     holds_dates: bool,
     registry: SchemaRegistry,
     writers: RwLock<HashMap<u32, Writer>>,
+    /// Where `/health` learns that the decoder waits for the registry.
+    stats: std::sync::Arc<crate::telemetry::Stats>,
 }
 
 impl AvroDecoder {
@@ -83,7 +85,14 @@ impl AvroDecoder {
             max_record_bytes,
             registry,
             writers: RwLock::new(HashMap::new()),
+            stats: Default::default(),
         }
+    }
+
+    /// Reports waiting for the registry to `stats` (its `/health`).
+    pub fn with_stats(mut self, stats: std::sync::Arc<crate::telemetry::Stats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     pub fn output_schema(&self) -> &SchemaRef {
@@ -147,7 +156,11 @@ impl AvroDecoder {
 
     async fn fetch(&self, id: u32, shutdown: &CancellationToken) -> Result<Writer, PrepareError> {
         let what = format!("writer schema id {id}");
-        match patiently(&what, shutdown, || self.registry.schema_by_id(id)).await {
+        match patiently(&what, shutdown, &self.stats, || {
+            self.registry.schema_by_id(id)
+        })
+        .await
+        {
             Ok(registered) if registered.schema_type != "AVRO" => Ok(Writer::Unusable(format!(
                 "schema id {id} is a {} schema, not Avro",
                 registered.schema_type

@@ -86,6 +86,7 @@ impl RecordDecoder {
     /// The decoder for `pipeline`'s `decode` section.
     pub fn for_pipeline(
         pipeline: &crate::pipeline::Pipeline,
+        stats: std::sync::Arc<crate::telemetry::Stats>,
     ) -> Result<Self, crate::schema_registry::RegistryError> {
         let decode = &pipeline.config.decode;
         let crate::config::SourceConfig::Kafka(source) = &pipeline.config.source;
@@ -99,7 +100,8 @@ impl RecordDecoder {
                     max_record_bytes,
                     crate::schema_registry::SchemaRegistry::new(registry)?,
                 )
-                .with_headers(headers),
+                .with_headers(headers)
+                .with_stats(stats),
             )),
             _ => Ok(RecordDecoder::Json(
                 JsonDecoder::new(

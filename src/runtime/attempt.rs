@@ -87,7 +87,7 @@ pub(super) async fn run(
 
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
     let source = build_source(pipeline, mode, source_tx, &tracker, &stats)?;
-    let decoder = RecordDecoder::for_pipeline(pipeline)?;
+    let decoder = RecordDecoder::for_pipeline(pipeline, stats.clone())?;
     tasks.spawn(process_task(
         decoder,
         shutdown.clone(),

@@ -102,15 +102,19 @@ impl AvroOutput {
     }
 
     /// Registers the schema (or fetches the pinned version) and checks the columns fit it.
-    pub async fn prepare(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
+    pub async fn prepare(
+        &mut self,
+        shutdown: &CancellationToken,
+        stats: &crate::telemetry::Stats,
+    ) -> Result<(), SinkError> {
         let what = format!("subject `{}`", self.subject);
         let found = match &self.source {
-            Source::Register { schema } => patiently(&what, shutdown, || {
+            Source::Register { schema } => patiently(&what, shutdown, stats, || {
                 self.registry.register(&self.subject, schema)
             })
             .await
             .map(|id| (id, schema.clone())),
-            Source::Pinned { version } => patiently(&what, shutdown, || {
+            Source::Pinned { version } => patiently(&what, shutdown, stats, || {
                 self.registry.subject_version(&self.subject, version)
             })
             .await

@@ -162,7 +162,7 @@ impl KafkaSink {
             avro: Some(avro), ..
         } = &mut self.encoding
         {
-            avro.prepare(&shutdown).await?;
+            avro.prepare(&shutdown, &self.out.stats).await?;
         }
         loop {
             tokio::select! {

@@ -372,6 +372,17 @@ async fn a_registry_that_goes_away_pauses_the_stream_and_it_resumes_without_dead
         (50, 0),
         "waiting for the registry: nothing decoded, nothing dead-lettered"
     );
+    assert!(
+        eventually(Duration::from_secs(10), || stats
+            .readiness
+            .not_ready()
+            .is_some_and(|why| why.contains(
+                "waiting for the schema registry (writer schema id 2)"
+            )))
+        .await,
+        "/health says why: {:?}",
+        stats.readiness.not_ready()
+    );
 
     registry.set_available(true);
     assert!(
@@ -381,6 +392,7 @@ async fn a_registry_that_goes_away_pauses_the_stream_and_it_resumes_without_dead
         "{:?}",
         stats.snapshot()
     );
+    assert_eq!(stats.readiness.not_ready(), None, "ready again");
     shutdown.cancel();
     let summary = handle.await.unwrap().unwrap();
     assert_eq!(summary.dead_letters, 0);
