@@ -251,6 +251,29 @@ async fn a_shadow_version_runs_beside_the_served_one_without_changing_it() {
     );
     let (agreed, compared) = stats.shadow_agreement(STAGE, "tabular", "2");
     assert_eq!((agreed, compared), (sampled as u64, sampled as u64));
+
+    // Mistakes in the lane settings are named at their keys.
+    let file = points_pipeline(
+        root,
+        &brokers,
+        "      shadow: {version: \"9\", sample: 0, key: nope}\n      canary: {version: \"2\", share: 1, key: id}\n",
+        "",
+    );
+    let error = sluice::pipeline::load(&file)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "shadow.sample",
+        "shadow.key",
+        "shadow.version",
+        "canary.share",
+    ] {
+        assert!(
+            error.contains(&format!("stages[0].infer.{key}")),
+            "{key}: {error}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

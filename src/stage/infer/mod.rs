@@ -7,6 +7,7 @@
 //! The serving version is hot-swapped when the registry's pointer moves ([`serving`]).
 
 pub mod drift;
+mod lanes;
 pub mod serving;
 pub mod tensors;
 pub mod worker;
@@ -16,10 +17,11 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokio::sync::oneshot;
 
+use self::lanes::{Canary, LaneReply, Shadow};
 use self::serving::{Contract, Serving, Watcher};
 use self::tensors::{input_matrix, Elem, OutputSpec};
 use self::worker::{Batching, Request};
@@ -47,34 +49,6 @@ pub struct InferStage {
     model: String,
     stats: Arc<Stats>,
     _stop_watcher: mpsc::Sender<()>,
-}
-
-/// The canary lane: its settings, the key column's index and its workers' queue.
-struct Canary {
-    config: crate::config::CanaryConfig,
-    key: usize,
-    requests: mpsc::Sender<Request>,
-}
-
-/// A shadow lane: its settings, the key column's index and its workers' queue.
-struct Shadow {
-    config: crate::config::ShadowConfig,
-    key: usize,
-    requests: mpsc::Sender<Request>,
-}
-
-/// The served columns of a batch: the outputs, each row's version, the rejected rows.
-struct Served {
-    outputs: Vec<ArrayRef>,
-    versions: ArrayRef,
-    rejected: Vec<super::Rejection>,
-}
-
-/// What one lane's workers returned for its rows.
-struct LaneReply {
-    outputs: Vec<ArrayRef>,
-    version: Arc<str>,
-    rejected: Vec<super::Rejection>,
 }
 
 /// How a model input is fed, decided from the manifest.
@@ -249,65 +223,6 @@ fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifes
 
 /// Output schema: the input (minus the inputs with `drop_inputs`), the mapped outputs and
 /// the version column. Shapes come from the current version's manifest.
-/// The rows of each lane (serving, canary) and, per row, its (lane, position in lane).
-type Lanes = (Vec<u32>, Vec<u32>, Vec<(usize, usize)>);
-
-/// Splits rows by whether their `key` column's value hashes into `share`.
-fn lanes(key: usize, share: f64, rows: &RecordBatch) -> Result<Lanes, StageError> {
-    let keys = arrow::compute::cast(rows.column(key), &DataType::Utf8)?;
-    let keys = keys.as_string::<i32>();
-    let (mut main, mut side) = (Vec::new(), Vec::new());
-    let mut lane_of = Vec::with_capacity(rows.num_rows());
-    for row in 0..rows.num_rows() {
-        let takes = keys.is_valid(row) && takes(share, keys.value(row));
-        let lane = if takes { &mut side } else { &mut main };
-        lane_of.push((usize::from(takes), lane.len()));
-        lane.push(row as u32);
-    }
-    Ok((main, side, lane_of))
-}
-
-/// Whether a row whose key is `key` falls in `share`: FNV-1a of the key in
-/// ten-thousandths, below the share (the same key always does or does not).
-fn takes(share: f64, key: &str) -> bool {
-    (crate::batch::stable_hash(key) % 10_000) < (share * 10_000.0).round() as u64
-}
-
-/// The rows at `indices`.
-fn pick(rows: &RecordBatch, indices: &[u32]) -> Result<RecordBatch, StageError> {
-    Ok(arrow::compute::take_record_batch(
-        rows,
-        &arrow::array::UInt32Array::from(indices.to_vec()),
-    )?)
-}
-
-/// Of the `sampled` rows, how many the two probability columns give the same top class,
-/// and how many were compared (rows null in either are not).
-fn agreement(served: &ArrayRef, shadow: &ArrayRef, sampled: &[u32]) -> (u64, u64) {
-    let (Some(served), Some(shadow)) = (
-        served.as_fixed_size_list_opt(),
-        shadow.as_fixed_size_list_opt(),
-    ) else {
-        return (0, 0);
-    };
-    let top = |list: &arrow::array::FixedSizeListArray, row: usize| -> Option<usize> {
-        if list.is_null(row) {
-            return None;
-        }
-        let values = list.value(row);
-        let values = values.as_primitive_opt::<arrow::datatypes::Float32Type>()?;
-        Some(crate::model::argmax(values.values()))
-    };
-    let (mut agreed, mut compared) = (0, 0);
-    for (at, &row) in sampled.iter().enumerate() {
-        if let (Some(a), Some(b)) = (top(served, row as usize), top(shadow, at)) {
-            compared += 1;
-            agreed += u64::from(a == b);
-        }
-    }
-    (agreed, compared)
-}
-
 pub fn output_schema(
     config: &InferConfig,
     input: &Schema,
@@ -344,27 +259,7 @@ pub fn output_schema(
     if drift.topic.as_deref() == Some("") {
         issues.add("drift.topic", "expected a topic name");
     }
-    if let Some(canary) = &config.canary {
-        if !(canary.share > 0.0 && canary.share < 1.0) {
-            issues.add(
-                "canary.share",
-                format!(
-                    "expected between 0 and 1 (exclusive), found {}",
-                    canary.share
-                ),
-            );
-        }
-        if input.field_with_name(&canary.key).is_err() {
-            issues.unknown_column("canary.key", &canary.key, input);
-        }
-        let version = ctx.registry.version(&config.model, &canary.version);
-        if let Err(e) = ctx.registry.manifest(&version) {
-            issues.add(
-                "canary.version",
-                format!("not a published version: {}", crate::telemetry::chain(&e)),
-            );
-        }
-    }
+    lanes::check(config, input, ctx, issues);
     let manifest = match current_manifest(config, &ctx.registry) {
         Ok(m) => m,
         Err(e) => {
@@ -410,28 +305,7 @@ pub fn output_schema(
         false,
     )));
     if config.shadow.is_some() {
-        // The shadow's outputs and version, null where a row is not in its sample.
-        let shadow_fields = specs
-            .iter()
-            .map(|spec| {
-                spec.field()
-                    .with_name(format!("shadow_{}", spec.column))
-                    .with_nullable(true)
-            })
-            .chain([Field::new(
-                format!("shadow_{}", config.version_column),
-                DataType::Utf8,
-                true,
-            )]);
-        for field in shadow_fields {
-            if fields.iter().any(|f| f.name() == field.name()) {
-                issues.add(
-                    "shadow",
-                    format!("column `{}` already exists", field.name()),
-                );
-            }
-            fields.push(Arc::new(field));
-        }
+        lanes::add_shadow_fields(config, &specs, &mut fields, issues);
     }
     Schema::new(fields)
 }
@@ -661,107 +535,6 @@ impl InferStage {
             rejected: served.rejected,
             aggregated: false,
         })
-    }
-
-    /// The served outputs of every row: from the serving version, or for the canary's
-    /// share of the keys from the canary version, merged back in row order.
-    async fn serve(&self, rows: &RecordBatch) -> Result<Served, StageError> {
-        let one_lane = |reply: LaneReply| Served {
-            versions: Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                &*reply.version,
-                rows.num_rows(),
-            ))),
-            outputs: reply.outputs,
-            rejected: reply.rejected,
-        };
-        // One lane when there is no canary, or when every row takes the same one.
-        let Some(canary) = &self.canary else {
-            return Ok(one_lane(self.infer(rows, &self.requests).await?));
-        };
-        let (main, side, lane_of) = lanes(canary.key, canary.config.share, rows)?;
-        if main.is_empty() {
-            return Ok(one_lane(self.infer(rows, &canary.requests).await?));
-        }
-        if side.is_empty() {
-            return Ok(one_lane(self.infer(rows, &self.requests).await?));
-        }
-        let (main_rows, side_rows) = (pick(rows, &main)?, pick(rows, &side)?);
-        let (main_reply, side_reply) = tokio::try_join!(
-            self.infer(&main_rows, &self.requests),
-            self.infer(&side_rows, &canary.requests)
-        )?;
-        let mut outputs = Vec::with_capacity(self.outputs.len());
-        for output in 0..self.outputs.len() {
-            let parts: [&dyn Array; 2] = [
-                main_reply.outputs[output].as_ref(),
-                side_reply.outputs[output].as_ref(),
-            ];
-            outputs.push(arrow::compute::interleave(&parts, &lane_of)?);
-        }
-        let names = [&main_reply.version, &side_reply.version];
-        let versions: ArrayRef = Arc::new(StringArray::from_iter_values(
-            lane_of.iter().map(|(lane, _)| &**names[*lane]),
-        ));
-        let mut rejected: Vec<super::Rejection> = Vec::new();
-        for (reply, indices) in [(main_reply, &main), (side_reply, &side)] {
-            rejected.extend(reply.rejected.into_iter().map(|mut r| {
-                r.row = indices[r.row] as usize;
-                r
-            }));
-        }
-        rejected.sort_by_key(|r| r.row);
-        Ok(Served {
-            outputs,
-            versions,
-            rejected,
-        })
-    }
-
-    /// The shadow version's outputs for its sample of the keys (null elsewhere), its
-    /// version (null elsewhere); counts how often its top class agreed with the served one.
-    async fn shadow(
-        &self,
-        shadow: &Shadow,
-        rows: &RecordBatch,
-        served: &Served,
-    ) -> Result<Vec<ArrayRef>, StageError> {
-        let (_, sampled, lane_of) = lanes(shadow.key, shadow.config.sample, rows)?;
-        let reply = if sampled.is_empty() {
-            None
-        } else {
-            Some(self.infer(&pick(rows, &sampled)?, &shadow.requests).await?)
-        };
-        // Unsampled rows point at a one-row null array.
-        let indices: Vec<(usize, usize)> = lane_of
-            .iter()
-            .map(|&(lane, at)| if lane == 1 { (0, at) } else { (1, 0) })
-            .collect();
-        let mut columns = Vec::with_capacity(self.outputs.len() + 1);
-        for (output, spec) in self.outputs.iter().enumerate() {
-            let data_type = spec.field().data_type().clone();
-            let column = match &reply {
-                Some(reply) => {
-                    let null = arrow::array::new_null_array(&data_type, 1);
-                    let parts: [&dyn Array; 2] = [reply.outputs[output].as_ref(), null.as_ref()];
-                    arrow::compute::interleave(&parts, &indices)?
-                }
-                None => arrow::array::new_null_array(&data_type, rows.num_rows()),
-            };
-            columns.push(column);
-        }
-        let version = reply.as_ref().map(|r| r.version.clone());
-        columns.push(Arc::new(
-            lane_of
-                .iter()
-                .map(|&(lane, _)| version.as_deref().filter(|_| lane == 1))
-                .collect::<StringArray>(),
-        ));
-        if let (Some(reply), Some(p)) = (&reply, self.probabilities) {
-            let (agreed, compared) = agreement(&served.outputs[p], &reply.outputs[p], &sampled);
-            self.stats
-                .record_shadow(&self.name, &self.model, &reply.version, compared, agreed);
-        }
-        Ok(columns)
     }
 
     /// Runs `rows` through the workers behind `requests`: the output columns, the version
