@@ -27,7 +27,7 @@ use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use tokio_util::sync::CancellationToken;
 
-use super::{finish, Decoded, Rejected};
+use super::{finish, payload_within, Decoded, Rejected};
 use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
 use crate::config::{HeaderColumn, HeaderType};
 use crate::schema::with_provenance;
@@ -266,22 +266,7 @@ impl AvroDecoder {
         record: &RawRecord<'a>,
         writers: &HashMap<u32, Writer>,
     ) -> Result<(&'a [u8], u32), Rejected> {
-        let payload = record.payload.ok_or_else(|| {
-            (
-                DeadLetterKind::Tombstone,
-                "record has no value (tombstone)".to_owned(),
-            )
-        })?;
-        if payload.len() > self.max_record_bytes {
-            return Err((
-                DeadLetterKind::Oversized,
-                format!(
-                    "record is {} bytes, over decode.max_record_bytes ({} bytes)",
-                    payload.len(),
-                    self.max_record_bytes
-                ),
-            ));
-        }
+        let payload = payload_within(record, self.max_record_bytes)?;
         let id = schema_id(payload).ok_or_else(|| {
             (
                 DeadLetterKind::NotFramed,

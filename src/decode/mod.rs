@@ -67,6 +67,27 @@ impl<'a> Decoded<'a> {
 /// Why one record was rejected.
 type Rejected = (DeadLetterKind, String);
 
+/// A record's payload, unless it has none (a tombstone) or it is over `max_bytes`: the
+/// first checks of every format.
+fn payload_within<'a>(record: &RawRecord<'a>, max_bytes: usize) -> Result<&'a [u8], Rejected> {
+    let payload = record.payload.ok_or_else(|| {
+        (
+            DeadLetterKind::Tombstone,
+            "record has no value (tombstone)".to_owned(),
+        )
+    })?;
+    if payload.len() > max_bytes {
+        return Err((
+            DeadLetterKind::Oversized,
+            format!(
+                "record is {} bytes, over decode.max_record_bytes ({max_bytes} bytes)",
+                payload.len(),
+            ),
+        ));
+    }
+    Ok(payload)
+}
+
 /// Whether some field is a timestamp or date (decoded rows are range-checked).
 fn holds_dates(record_schema: &SchemaRef) -> bool {
     record_schema
@@ -214,22 +235,7 @@ impl JsonDecoder {
 
     /// Per-record checks that need no JSON parsing.
     fn screen<'a>(&self, record: &RawRecord<'a>) -> Result<&'a [u8], Rejected> {
-        let payload = record.payload.ok_or_else(|| {
-            (
-                DeadLetterKind::Tombstone,
-                "record has no value (tombstone)".to_owned(),
-            )
-        })?;
-        if payload.len() > self.max_record_bytes {
-            return Err((
-                DeadLetterKind::Oversized,
-                format!(
-                    "record is {} bytes, over decode.max_record_bytes ({} bytes)",
-                    payload.len(),
-                    self.max_record_bytes
-                ),
-            ));
-        }
+        let payload = payload_within(record, self.max_record_bytes)?;
         if let Err(e) = std::str::from_utf8(payload) {
             return Err((
                 DeadLetterKind::InvalidUtf8,
