@@ -59,6 +59,21 @@ async fn train(root: &Path) -> std::path::PathBuf {
     job
 }
 
+/// Version 2: the same model published beside version 1, which stays the serving one.
+async fn publish_second_version(root: &Path) {
+    let models = root.join("models");
+    tokio::task::spawn_blocking(move || {
+        let registry = sluice::model::Registry::new(models);
+        let v1 = registry.current("tabular").unwrap();
+        let manifest = registry.manifest(&v1).unwrap();
+        registry
+            .publish(&v1.model_path(), manifest, &[], false)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+}
+
 /// A pipeline of `points` JSON -> infer (with `infer_extra`, indented six spaces) ->
 /// Parquet under `root/out/rows`, plus `extra` top-level YAML.
 fn points_pipeline(
@@ -92,20 +107,7 @@ async fn a_canary_version_serves_its_share_of_keys_and_each_row_names_its_versio
     let work = tempfile::tempdir().unwrap();
     let root = work.path();
     train(root).await;
-    // Version 2: the same model, published beside it; version 1 stays the serving one.
-    tokio::task::spawn_blocking({
-        let models = root.join("models");
-        move || {
-            let registry = sluice::model::Registry::new(models);
-            let v1 = registry.current("tabular").unwrap();
-            let manifest = registry.manifest(&v1).unwrap();
-            registry
-                .publish(&v1.model_path(), manifest, &[], false)
-                .unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    publish_second_version(root).await;
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("points", 2, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
@@ -175,19 +177,7 @@ async fn a_shadow_version_runs_beside_the_served_one_without_changing_it() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path();
     train(root).await;
-    tokio::task::spawn_blocking({
-        let models = root.join("models");
-        move || {
-            let registry = sluice::model::Registry::new(models);
-            let v1 = registry.current("tabular").unwrap();
-            let manifest = registry.manifest(&v1).unwrap();
-            registry
-                .publish(&v1.model_path(), manifest, &[], false)
-                .unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    publish_second_version(root).await;
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("points", 1, 1).unwrap();
     let brokers = cluster.bootstrap_servers();

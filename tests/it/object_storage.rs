@@ -41,13 +41,8 @@ fn s3_pipeline(spec: TestPipeline<'_>, prefix: &str, s3: &S3Server, endpoint: &s
 }
 
 fn load(file: &Path, s3: &S3Server) -> sluice::pipeline::Pipeline {
-    let env = s3.env();
-    sluice::pipeline::load_with_vars(file, &|name| {
-        env.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
+    sluice::pipeline::load_with_vars(file, &|name| s3.lookup(name))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Keys of the bucket under `prefix` that are not committed data or manifests.
@@ -487,12 +482,7 @@ async fn storage_mistakes_name_their_key_and_hide_the_credentials() {
         properties: &[],
     };
     let file = s3_pipeline(spec("bad"), "x", &s3, &s3.endpoint);
-    let env = s3.env();
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    };
+    let lookup = |name: &str| s3.lookup(name);
     // Known before any request: the scheme, the bucket, option names.
     for (from, to, expected) in [
         ("path: s3://lake/x/feedback", "path: ftp://lake/x/feedback", "sinks[0].parquet.path"),
@@ -627,12 +617,7 @@ async fn a_retrain_job_reads_its_dataset_from_s3() {
         ),
     )
     .unwrap();
-    let env = s3.env();
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    };
+    let lookup = |name: &str| s3.lookup(name);
     let loaded = sluice::pipeline::job::load(&job_file, &lookup).unwrap_or_else(|e| panic!("{e}"));
     let report = tokio::task::spawn_blocking(move || {
         sluice::retrain::run(&loaded, &Default::default(), |_, _, _| {})

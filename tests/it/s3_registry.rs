@@ -383,12 +383,7 @@ os._exit(0)
         ),
     )
     .unwrap();
-    let env = s3.env();
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    };
+    let lookup = |name: &str| s3.lookup(name);
     let loaded = sluice::pipeline::job::load(&job_file, &lookup).unwrap_or_else(|e| panic!("{e}"));
     let report = tokio::task::spawn_blocking(move || {
         sluice::retrain::run(&loaded, &Default::default(), |_, _, _| {})

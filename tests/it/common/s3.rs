@@ -142,6 +142,14 @@ impl S3Server {
         ]
     }
 
+    /// Looks `name` up among [`Self::env`], as `${VAR}` interpolation does.
+    pub fn lookup(&self, name: &str) -> Option<String> {
+        self.env()
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+
     /// A client for `bucket`.
     pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
         Arc::new(
