@@ -8,6 +8,12 @@
 //! batch's `retain_from` when a stateful stage still needs earlier records. The source
 //! thread takes the advanced offsets to store them with librdkafka, and waits on the
 //! tracker (a condvar) to drain a partition before committing on revoke and shutdown.
+//!
+//! A flush is tracked too: a sink may still commit on a flush after every batch was
+//! acknowledged (the Parquet sink merges a segment's files), and that commit must happen
+//! before a revoked partition's next owner claims it. The source numbers each flush
+//! ([`AckTracker::begin_flush`]), every sink reports when it has handled it, and a drain
+//! waits for both.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -36,6 +42,9 @@ struct PartitionAcks {
 #[derive(Debug, Default)]
 struct State {
     partitions: HashMap<TopicPartition, PartitionAcks>,
+    /// Flushes sent and how many sinks have not handled each yet.
+    flushes: HashMap<u64, usize>,
+    last_flush: u64,
     failed: bool,
 }
 
@@ -45,6 +54,8 @@ pub struct AckTracker {
     sinks: usize,
     state: Mutex<State>,
     changed: Condvar,
+    /// The same wake-up as `changed`, for async waiters (a transactional sink).
+    acked: tokio::sync::Notify,
 }
 
 impl AckTracker {
@@ -54,6 +65,7 @@ impl AckTracker {
             sinks,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            acked: tokio::sync::Notify::new(),
         }
     }
 
@@ -116,6 +128,62 @@ impl AckTracker {
         }
         drop(state);
         self.changed.notify_all();
+        self.acked.notify_waiters();
+    }
+
+    /// Whether every sink but one has acknowledged each of `batches` (a batch of a
+    /// partition that is no longer tracked counts as settled); `None` once the pipeline
+    /// failed.
+    fn settled_but_one(&self, batches: &[(TopicPartition, BatchId)]) -> Option<bool> {
+        let state = self.lock();
+        if state.failed {
+            return None;
+        }
+        Some(batches.iter().all(|(tp, id)| {
+            state
+                .partitions
+                .get(tp)
+                .and_then(|p| p.pending.iter().find(|b| b.id == *id))
+                .is_none_or(|b| b.remaining <= 1)
+        }))
+    }
+
+    /// Waits until every sink but the caller has acknowledged each of `batches`. Returns
+    /// false when the pipeline failed (the other sinks will not acknowledge any more).
+    pub async fn others_acked(&self, batches: &[(TopicPartition, BatchId)]) -> bool {
+        loop {
+            let acked = self.acked.notified();
+            tokio::pin!(acked);
+            // Registered before the check, so an ack in between still wakes us.
+            acked.as_mut().enable();
+            match self.settled_but_one(batches) {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => acked.await,
+            }
+        }
+    }
+
+    /// Numbers a flush the source is about to send; every sink must report it handled.
+    pub fn begin_flush(&self) -> u64 {
+        let mut state = self.lock();
+        state.last_flush += 1;
+        let seq = state.last_flush;
+        state.flushes.insert(seq, self.sinks);
+        seq
+    }
+
+    /// One sink has handled flush `seq` (everything it held for the flush is durable).
+    pub fn flushed(&self, seq: u64) {
+        let mut state = self.lock();
+        if let Some(remaining) = state.flushes.get_mut(&seq) {
+            *remaining = remaining.saturating_sub(1);
+            if *remaining == 0 {
+                state.flushes.remove(&seq);
+            }
+        }
+        drop(state);
+        self.changed.notify_all();
     }
 
     /// Offsets that advanced since the last call, as `(partition, next offset)`.
@@ -154,8 +222,9 @@ impl AckTracker {
             .sum()
     }
 
-    /// Waits until no batch of `tps` (all if None) is in flight. Returns false on timeout
-    /// or when the pipeline failed (its sinks will not acknowledge any more).
+    /// Waits until no batch of `tps` (all if None) is in flight and every sink has handled
+    /// every flush sent. Returns false on timeout or when the pipeline failed (its sinks
+    /// will not acknowledge any more).
     pub fn wait_drained(&self, tps: Option<&[TopicPartition]>, timeout: Duration) -> bool {
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now);
@@ -167,7 +236,7 @@ impl AckTracker {
                 .filter(|(tp, _)| tps.is_none_or(|tps| tps.contains(tp)))
                 .map(|(_, p)| p.pending.len())
                 .sum();
-            if in_flight == 0 {
+            if in_flight == 0 && state.flushes.is_empty() {
                 return true;
             }
             let now = Instant::now();
@@ -193,6 +262,7 @@ impl AckTracker {
     pub fn fail(&self) {
         self.lock().failed = true;
         self.changed.notify_all();
+        self.acked.notify_waiters();
     }
 }
 
@@ -267,5 +337,60 @@ mod tests {
         tracker.forget(std::slice::from_ref(&a.tp));
         tracker.ack(&a.tp, a.id);
         assert!(tracker.take_committable().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_transactional_sink_waits_until_every_other_sink_acknowledged() {
+        let tracker = std::sync::Arc::new(AckTracker::new(3));
+        let (a, b) = (batch(1, 0, 9), batch(2, 10, 19));
+        tracker.register(&a);
+        tracker.register(&b);
+        let ids = vec![(a.tp.clone(), a.id), (b.tp.clone(), b.id)];
+        let waiter = {
+            let (tracker, ids) = (tracker.clone(), ids.clone());
+            tokio::spawn(async move { tracker.others_acked(&ids).await })
+        };
+        for (tp, id) in [(&a.tp, a.id), (&b.tp, b.id), (&a.tp, a.id)] {
+            tracker.ack(tp, id);
+            tokio::task::yield_now().await;
+            assert!(
+                !waiter.is_finished(),
+                "one other sink has not acknowledged yet"
+            );
+        }
+        tracker.ack(&b.tp, b.id);
+        assert!(
+            waiter.await.unwrap(),
+            "both batches wait only on the caller now"
+        );
+        assert!(
+            tracker.take_committable().is_empty(),
+            "nothing committable before it acks"
+        );
+
+        let failed = {
+            let tracker = tracker.clone();
+            tracker.register(&batch(3, 20, 29));
+            tokio::spawn(async move {
+                let ids = [(TopicPartition::new("t", 0), BatchId(3))];
+                tracker.others_acked(&ids).await
+            })
+        };
+        tracker.fail();
+        assert!(!failed.await.unwrap(), "a failed pipeline ends the wait");
+    }
+
+    #[test]
+    fn a_drain_waits_until_every_sink_handled_every_flush() {
+        let tracker = AckTracker::new(2);
+        let seq = tracker.begin_flush();
+        assert!(
+            !tracker.wait_drained(None, Duration::from_millis(10)),
+            "no batch in flight, but the flush is not handled yet"
+        );
+        tracker.flushed(seq);
+        assert!(!tracker.wait_drained(None, Duration::from_millis(10)));
+        tracker.flushed(seq);
+        assert!(tracker.wait_drained(None, Duration::from_millis(10)));
     }
 }

@@ -298,16 +298,64 @@ impl DeadLetterKind {
 #[derive(Debug, Clone)]
 pub struct Flush {
     pub partitions: Option<Vec<TopicPartition>>,
+    pub kind: FlushKind,
+    /// The number the tracker gave it ([`crate::ack::AckTracker::begin_flush`]): each sink
+    /// reports it handled. `None`: nobody waits for it.
+    pub seq: Option<u64>,
+}
+
+/// Why a flush is sent, which says what happens to the state kept for its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushKind {
+    /// The run is ending (shutdown, or the end of a bounded input).
+    Stop,
     /// The partitions are leaving this consumer: forget their state afterwards.
-    pub revoke: bool,
+    Revoke,
+    /// A barrier of an exactly-once output topic: everything before it becomes durable
+    /// so one transaction can commit its output and offsets. The run goes on: stages keep
+    /// their state and a sink's open segment stays open (no merge).
+    Checkpoint,
 }
 
 impl Flush {
+    /// Every partition, at the end of a run.
     pub fn all() -> Self {
         Flush {
             partitions: None,
-            revoke: false,
+            kind: FlushKind::Stop,
+            seq: None,
         }
+    }
+
+    /// Every partition, mid-run.
+    pub fn checkpoint() -> Self {
+        Flush {
+            partitions: None,
+            kind: FlushKind::Checkpoint,
+            seq: None,
+        }
+    }
+
+    /// `partitions` are revoked.
+    pub fn revoke(partitions: Vec<TopicPartition>) -> Self {
+        Flush {
+            partitions: Some(partitions),
+            kind: FlushKind::Revoke,
+            seq: None,
+        }
+    }
+
+    /// The same flush, numbered `seq` for the sinks to report.
+    pub fn numbered(self, seq: u64) -> Self {
+        Flush {
+            seq: Some(seq),
+            ..self
+        }
+    }
+
+    /// Whether stateful stages drop what they hold for the flushed partitions.
+    pub fn ends_state(&self) -> bool {
+        self.kind != FlushKind::Checkpoint
     }
 }
 

@@ -44,6 +44,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod demo;
+pub mod exactly_once;
 pub mod kafka_client;
 pub mod model;
 pub mod pipeline;

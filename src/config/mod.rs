@@ -43,6 +43,7 @@ pub use redact::Redactions;
 pub use sinks::{
     AlertConfig, Compression, DeadLetterConfig, DeadLetterKafkaConfig, DeltaSinkConfig,
     KafkaSinkConfig, OutputFormat, ParquetSinkConfig, RollConfig, SinkConfig, SubjectStrategy,
+    DEFAULT_COMMIT_INTERVAL,
 };
 pub use stages::{
     BandConfig, CanaryConfig, DeriveConfig, Device, DriftConfig, EnrichConfig, InferConfig,

@@ -202,7 +202,21 @@ pub struct KafkaSinkConfig {
     /// (default).
     #[serde(default)]
     pub schema_version: Option<String>,
+    /// Write the topic in Kafka transactions that also commit the consumer's offsets, so a
+    /// `read_committed` consumer sees each output message once, even across `kill -9`
+    /// (needs a broker with transactions; one such sink per pipeline; `sluice run` only,
+    /// a backfill writes at-least-once). Default: false.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// With `exactly_once`: how often a transaction commits, which is how late a
+    /// `read_committed` consumer sees the output; each commit also makes every other
+    /// sink's open files durable. Default: `1s`.
+    #[serde(default, with = "humantime_serde")]
+    pub commit_interval: Option<Duration>,
 }
+
+/// Transactions commit this often unless `commit_interval` says otherwise.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 fn yes() -> bool {
     true

@@ -28,6 +28,7 @@ use super::{check_brokers, retrain_task, RunError, SourceMode};
 use crate::ack::AckTracker;
 use crate::config::SourceConfig;
 use crate::decode::RecordDecoder;
+use crate::exactly_once::Link;
 use crate::pipeline::Pipeline;
 use crate::sink::{self, SinkMessage};
 use crate::source::bounded::BoundedSource;
@@ -60,7 +61,19 @@ pub(super) async fn run(
 ) -> Result<StatsSnapshot, RunError> {
     let sink_count = pipeline.sinks.count();
     let tracker = Arc::new(AckTracker::new(sink_count));
-    let sinks = sink::build(&pipeline.sinks, mode.parquet_writer(), &tracker, &stats)?;
+    let link = match (&mode, pipeline.sinks.commit_interval()) {
+        (SourceMode::Group, Some(interval)) => {
+            Some(Arc::new(Link::new(transactional_id(pipeline), interval)))
+        }
+        _ => None,
+    };
+    let sinks = sink::build(
+        &pipeline.sinks,
+        mode.parquet_writer(),
+        link.as_ref(),
+        &tracker,
+        &stats,
+    )?;
 
     // Fail fast, before loading models, when no broker answers.
     tokio::select! {
@@ -86,7 +99,7 @@ pub(super) async fn run(
     }
 
     let (source_tx, source_rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let source = build_source(pipeline, mode, source_tx, &tracker, &stats)?;
+    let source = build_source(pipeline, mode, source_tx, &tracker, link, &stats)?;
     let decoder = RecordDecoder::for_pipeline(pipeline, stats.clone())?;
     tasks.spawn(process_task(
         decoder,
@@ -118,6 +131,7 @@ fn build_source(
     mode: SourceMode,
     out: mpsc::Sender<SourceMessage>,
     tracker: &Arc<AckTracker>,
+    link: Option<Arc<Link>>,
     stats: &Arc<Stats>,
 ) -> Result<Source, RunError> {
     let SourceConfig::Kafka(kafka) = &pipeline.config.source;
@@ -127,6 +141,7 @@ fn build_source(
             &pipeline.group_id(),
             out,
             tracker.clone(),
+            link,
             stats.clone(),
         )?),
         SourceMode::Bounded(progress) => Source::Bounded(BoundedSource::new(
@@ -145,6 +160,24 @@ fn build_source(
             stats.clone(),
         )),
     })
+}
+
+/// The exactly-once sink's `transactional.id`: the group and the member's
+/// `group.instance.id`, stable across restarts, so a restarted member fences the producer
+/// it replaces and aborts that one's open transaction at once. Without static membership
+/// the id is unique per process, and a killed process's open transaction holds
+/// `read_committed` readers back until `transaction.timeout.ms`.
+fn transactional_id(pipeline: &Pipeline) -> String {
+    let SourceConfig::Kafka(kafka) = &pipeline.config.source;
+    let group = pipeline.group_id();
+    let consumer = crate::source::kafka::consumer_config(kafka, &group);
+    match consumer.get("group.instance.id") {
+        Some(member) => format!("sluice.{group}.{member}"),
+        None => {
+            tracing::warn!("exactly_once without source.kafka.properties.group.instance.id: a crashed process's open transaction delays read_committed readers until it times out; set a stable group.instance.id per member");
+            format!("sluice.{group}.{:016x}", rand::random::<u64>())
+        }
+    }
 }
 
 /// Waits for every task; on the first failure marks the tracker failed and cancels the
@@ -217,7 +250,7 @@ async fn process_task(
                         Ordered::Batch(batch)
                     }
                     SourceMessage::Flush(flush) => {
-                        if flush.revoke || flush.partitions.is_none() {
+                        if flush.ends_state() {
                             chain.revoke(flush.partitions.as_deref());
                         }
                         Ordered::Flush(flush)

@@ -94,6 +94,13 @@ pub enum SinkError {
     },
     #[error("{sink}: Avro: {message}")]
     Avro { sink: String, message: String },
+    #[error("{sink}: transaction on topic `{topic}`")]
+    Transaction {
+        sink: String,
+        topic: String,
+        #[source]
+        source: kafka::transaction::TransactionError,
+    },
     #[error("{sink}: a delivery task ended abnormally: {message}")]
     Task { sink: String, message: String },
     #[error(
@@ -132,10 +139,12 @@ impl Sink {
 
 /// Builds every sink of `plan`, in acknowledgement order: the outputs, then the
 /// Parquet and Kafka dead letters. `writer`: who writes the Parquet files (`None`: the
-/// live pipeline; a backfill's run id).
+/// live pipeline; a backfill's run id). `link`: the group consumer's side of an
+/// exactly-once sink (`None` outside a group run: such a sink then writes at-least-once).
 pub fn build(
     plan: &Plan,
     writer: Option<String>,
+    link: Option<&Arc<crate::exactly_once::Link>>,
     tracker: &Arc<AckTracker>,
     stats: &Arc<Stats>,
 ) -> Result<Vec<Sink>, SinkError> {
@@ -194,10 +203,25 @@ pub fn build(
                         Some(Box::new(avro::AvroOutput::new(name, out, &projected)?))
                     }
                 };
+                let mut config = producer(&out.brokers, &out.properties);
+                let link = match (out.exactly_once, link) {
+                    (true, Some(link)) => {
+                        if config.get("transactional.id").is_none() {
+                            config.set("transactional.id", &link.transactional_id);
+                        }
+                        Some(link.clone())
+                    }
+                    (true, None) => {
+                        tracing::info!(sink = %name, "exactly_once applies to `sluice run`: this run writes the topic at-least-once");
+                        None
+                    }
+                    (false, _) => None,
+                };
                 Sink::Kafka(Box::new(KafkaSink::new(
                     name.clone(),
                     out.topic.clone(),
-                    producer(&out.brokers, &out.properties),
+                    config,
+                    link,
                     Encoding::Rows {
                         columns,
                         key,
@@ -237,6 +261,7 @@ pub fn build(
             "dead_letter.kafka".into(),
             out.topic.clone(),
             producer(&out.brokers, &out.properties),
+            None,
             Encoding::DeadLetters {
                 max_payload_bytes: usize::try_from(out.max_payload_bytes.as_u64())
                     .unwrap_or(usize::MAX),

@@ -77,6 +77,7 @@ impl Plan {
             }
             outputs.push((name, sink.clone()));
         }
+        check_one_transaction(&outputs, &mut issues);
         if dead_letter.parquet.is_none()
             && dead_letter.delta.is_none()
             && dead_letter.kafka.is_none()
@@ -128,6 +129,17 @@ impl Plan {
             }),
             _ => Err(issues.0),
         }
+    }
+
+    /// How often the exactly-once Kafka sink commits its transaction, if there is one.
+    pub fn commit_interval(&self) -> Option<std::time::Duration> {
+        self.outputs.iter().find_map(|(_, sink)| match sink {
+            SinkConfig::Kafka(out) if out.exactly_once => Some(
+                out.commit_interval
+                    .unwrap_or(crate::config::DEFAULT_COMMIT_INTERVAL),
+            ),
+            _ => None,
+        })
     }
 
     /// How many sinks acknowledge each batch: the outputs and dead-letter targets.
@@ -384,8 +396,60 @@ fn check_kafka_format(sink: &KafkaSinkConfig, path: &str, issues: &mut Issues) {
     }
 }
 
+/// The consumer's offsets can commit in one transaction only.
+fn check_one_transaction(outputs: &[(String, SinkConfig)], issues: &mut Issues) {
+    let transactional: Vec<&str> = outputs
+        .iter()
+        .filter(|(_, sink)| matches!(sink, SinkConfig::Kafka(out) if out.exactly_once))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if let [first, rest @ ..] = transactional.as_slice() {
+        for name in rest {
+            issues.add(
+                format!("{name}.exactly_once"),
+                format!(
+                    "only one kafka sink can be exactly-once (the consumer's offsets commit in \
+                     its transaction), and {first} already is"
+                ),
+            );
+        }
+    }
+}
+
+/// `exactly_once` and what goes with it.
+fn check_transactions(sink: &KafkaSinkConfig, path: &str, issues: &mut Issues) {
+    if !sink.exactly_once {
+        if sink.commit_interval.is_some() {
+            issues.add(
+                format!("{path}.commit_interval"),
+                "only with exactly_once: true (transactions commit at that interval)",
+            );
+        }
+        return;
+    }
+    if let Some(interval) = sink.commit_interval {
+        issues.check(
+            format!("{path}.commit_interval"),
+            limits::duration(interval, 10 * limits::MILLISECOND, limits::MINUTE),
+        );
+    }
+    let off = |key: &str| {
+        sink.properties.get(key).is_some_and(|v| {
+            matches!(v, PropertyValue::Bool(false))
+                || matches!(v, PropertyValue::Text(t) if t == "false")
+        })
+    };
+    if off("enable.idempotence") {
+        issues.add(
+            format!("{path}.properties.enable.idempotence"),
+            "exactly_once needs the idempotent producer: remove this setting",
+        );
+    }
+}
+
 fn check_kafka(sink: &KafkaSinkConfig, rows: Option<&Schema>, path: &str, issues: &mut Issues) {
     check_kafka_format(sink, path, issues);
+    check_transactions(sink, path, issues);
     if sink.topic.is_empty() {
         issues.add(format!("{path}.topic"), "expected a topic name");
     }

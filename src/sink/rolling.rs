@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{SinkError, SinkMessage};
-use crate::batch::{Batch, Flush, TopicPartition};
+use crate::ack::AckTracker;
+use crate::batch::{Batch, Flush, FlushKind, TopicPartition};
 use crate::config::RollConfig;
 
 /// A sink that keeps an open group of rows per source partition and commits it when a
@@ -23,13 +24,16 @@ pub(crate) trait Rolling {
     /// Commits the partition's open group: `early` when a limit cut it (more of its
     /// segment follows), not on a flush.
     fn roll_group(&mut self, tp: &TopicPartition, early: bool) -> Result<(), SinkError>;
+    /// Where flushes are reported handled.
+    fn acks(&self) -> &AckTracker;
 
     /// Commits the groups of the partitions `flush` names (all by default), and forgets
-    /// them when they are revoked.
+    /// them when they are revoked. A checkpoint commits like a size limit does (the
+    /// segment stays open); the others end the segment's merge.
     fn flush(&mut self, flush: &Flush) -> Result<(), SinkError> {
         for tp in targets(flush, self.partitions()) {
-            self.roll_group(&tp, false)?;
-            if flush.revoke {
+            self.roll_group(&tp, flush.kind == FlushKind::Checkpoint)?;
+            if flush.kind == FlushKind::Revoke {
                 self.partitions().remove(&tp);
             }
         }
@@ -59,7 +63,12 @@ pub(crate) async fn run<S: Rolling>(
         tokio::select! {
             message = input.recv() => match message {
                 Some(SinkMessage::Batch(batch)) => sink.write(&batch)?,
-                Some(SinkMessage::Flush(flush)) => sink.flush(&flush)?,
+                Some(SinkMessage::Flush(flush)) => {
+                    sink.flush(&flush)?;
+                    if let Some(seq) = flush.seq {
+                        sink.acks().flushed(seq);
+                    }
+                }
                 None => break,
             },
             _ = tick.tick() => sink.roll_aged()?,

@@ -22,7 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::kafka::Batcher;
+use super::batcher::Batcher;
 use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::Flush;
@@ -257,11 +257,12 @@ impl BoundedOutput {
     /// Flushes the sinks, waits until every batch is durable and sets
     /// [`BackfillProgress::complete`]; returns whether every range reached its end.
     pub fn finish(&self) -> bool {
-        let flush = Flush {
-            partitions: None,
-            revoke: false,
-        };
-        let drained = self.out.blocking_send(SourceMessage::Flush(flush)).is_ok()
+        let drained = self
+            .out
+            .blocking_send(SourceMessage::Flush(
+                Flush::all().numbered(self.tracker.begin_flush()),
+            ))
+            .is_ok()
             && self.tracker.wait_drained(None, DRAIN_TIMEOUT);
         let reached = self.progress.ranges.iter().all(PartitionRange::done);
         self.progress
@@ -311,7 +312,7 @@ impl BoundedSource {
         stats.readiness.set_assigned();
         Ok(BoundedSource {
             consumer,
-            batcher: Batcher::new(config.batch.clone(), super::kafka::header_names(config)),
+            batcher: Batcher::new(config.batch.clone(), super::batcher::header_names(config)),
             output: BoundedOutput {
                 out,
                 tracker,

@@ -14,11 +14,16 @@
 //! Records buffered for a revoked partition but not yet sent are dropped: they were never
 //! committed, so the partition's new owner reads them.
 //!
+//! With an exactly-once output topic ([`crate::exactly_once`]) the consumer commits
+//! nothing itself: every `commit_interval` it sends a checkpoint flush, the Kafka sink's
+//! transaction commits the offsets, and a revoke sends a checkpoint before the revoke so
+//! that transaction commits before the partitions leave. The source shares its group
+//! metadata with that sink and reads each assigned partition's committed output mark.
+//!
 //! For `/metrics` the source reports consumer lag per assigned partition from librdkafka's
 //! statistics (`statistics.interval.ms`, 5 s by default), commit outcomes and latency, and
 //! its first assignment (readiness).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,24 +31,25 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::batcher::Batcher;
 use super::gaps::{Gap, Gaps};
 use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::Flush;
-use crate::batch::{BatchId, RawBatch, TopicPartition};
-use crate::config::{BatchConfig, KafkaSourceConfig, OnOffsetReset, StartFrom};
+use crate::batch::{RawBatch, TopicPartition};
+use crate::config::{KafkaSourceConfig, OnOffsetReset, StartFrom};
+use crate::exactly_once::{parse_metadata, Link};
 use crate::kafka_client::{client_config, ClientEvents};
 use crate::telemetry::Stats;
 
 /// How long a revoke or shutdown waits for sinks to make in-flight batches durable.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long reading committed offsets or watermarks may take.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,7 +87,13 @@ struct SourceContext {
     events: ClientEvents,
     /// Next expected offset per assigned partition (records lost to retention).
     gaps: Mutex<Gaps>,
+    /// With an exactly-once output topic: what its sink needs from this consumer, and
+    /// when the last checkpoint went out and whether batches were sent since.
+    exactly_once: Option<(Arc<Link>, Mutex<Checkpoints>)>,
 }
+
+/// When the last checkpoint went out, and whether batches were sent since.
+type Checkpoints = (Instant, bool);
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -131,11 +143,17 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                if let Some((link, _)) = &self.exactly_once {
+                    link.set_group(consumer.group_metadata());
+                }
                 self.expect_committed(consumer, list);
                 self.stats.readiness.set_assigned();
             }
             Rebalance::Revoke(list) => {
                 let tps = partitions_of(list);
+                if let Some((link, _)) = &self.exactly_once {
+                    link.forget(&tps);
+                }
                 self.lock_gaps().forget(&tps);
                 for tp in tps {
                     self.stats.forget_partition(&tp.topic, tp.partition);
@@ -171,14 +189,21 @@ impl SourceContext {
     }
 
     /// Newly assigned partitions resume at their committed offsets: what the first
-    /// record read is checked against.
+    /// record read is checked against (and, for an exactly-once output, how far its
+    /// committed output went).
     fn expect_committed(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
         match consumer.committed_offsets(list.clone(), COMMITTED_TIMEOUT) {
             Ok(committed) => {
                 let mut gaps = self.lock_gaps();
                 for e in committed.elements() {
+                    let tp = TopicPartition::new(e.topic(), e.partition());
+                    if let (Some((link, _)), Some(through)) =
+                        (&self.exactly_once, parse_metadata(e.metadata()))
+                    {
+                        link.resume(tp.clone(), through);
+                    }
                     if let Offset::Offset(next) = e.offset() {
-                        gaps.resume_at(TopicPartition::new(e.topic(), e.partition()), next);
+                        gaps.resume_at(tp, next);
                     }
                 }
             }
@@ -224,17 +249,34 @@ impl SourceContext {
     /// pipeline is full: that is the backpressure).
     fn send(&self, batch: RawBatch, stats: &Stats) -> Result<(), SourceError> {
         self.tracker.register(&batch.provenance);
+        if let Some((_, checkpoint)) = &self.exactly_once {
+            checkpoint.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        }
         stats.record_batch_in(batch.len() as u64, batch.byte_size() as u64);
         self.out
             .blocking_send(SourceMessage::Batch(batch))
             .map_err(|_| SourceError::PipelineClosed)
     }
 
-    /// Stores offsets that advanced; librdkafka's auto-commit sends them.
-    fn store_offsets(&self, consumer: &BaseConsumer<Self>) {
+    /// Stores offsets that advanced; librdkafka's auto-commit sends them. With an
+    /// exactly-once output, sends a checkpoint instead when one is due.
+    fn store_offsets(&self, consumer: &BaseConsumer<Self>) -> Result<(), SourceError> {
         let offsets = self.tracker.take_committable();
+        if let Some((link, checkpoint)) = &self.exactly_once {
+            let mut checkpoint = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, sent) = &mut *checkpoint;
+            if *sent && last.elapsed() >= link.interval {
+                (*last, *sent) = (Instant::now(), false);
+                drop(checkpoint);
+                let flush = Flush::checkpoint().numbered(self.tracker.begin_flush());
+                self.out
+                    .blocking_send(SourceMessage::Flush(flush))
+                    .map_err(|_| SourceError::PipelineClosed)?;
+            }
+            return Ok(());
+        }
         if offsets.is_empty() {
-            return;
+            return Ok(());
         }
         match consumer.store_offsets(&offset_list(&offsets)) {
             Ok(()) => {
@@ -247,6 +289,7 @@ impl SourceContext {
                 tracing::debug!(error = %e, "storing offsets (a partition may have been revoked)")
             }
         }
+        Ok(())
     }
 
     /// Flushes the sinks for `tps` (all when None), waits until every batch sent for them
@@ -257,11 +300,23 @@ impl SourceContext {
         tps: Option<&[TopicPartition]>,
         revoke: bool,
     ) {
-        let flush = Flush {
-            partitions: tps.map(<[TopicPartition]>::to_vec),
-            revoke,
+        let flush = match tps {
+            Some(tps) if revoke => Flush::revoke(tps.to_vec()),
+            Some(tps) => Flush {
+                partitions: Some(tps.to_vec()),
+                ..Flush::all()
+            },
+            None => Flush::all(),
         };
-        if self.out.blocking_send(SourceMessage::Flush(flush)).is_err() {
+        // The transaction holds every partition's output: all of it commits before the
+        // revoked partitions leave.
+        let checkpoint_first = revoke && self.exactly_once.is_some();
+        let send = |flush: Flush| {
+            let flush = flush.numbered(self.tracker.begin_flush());
+            self.out.blocking_send(SourceMessage::Flush(flush)).is_ok()
+        };
+        let sent = (!checkpoint_first || send(Flush::checkpoint())) && send(flush);
+        if !sent {
             tracing::warn!("pipeline already stopped: committing only what is durable");
         } else if !self.tracker.wait_drained(tps, DRAIN_TIMEOUT) {
             tracing::warn!("not every in-flight batch became durable: committing only what is");
@@ -274,6 +329,13 @@ impl SourceContext {
                 .unwrap_or_default(),
         };
         let offsets = self.tracker.committable(&assigned);
+        if self.exactly_once.is_some() {
+            // The sink's transaction committed these offsets with its output.
+            if revoke {
+                self.tracker.forget(&assigned);
+            }
+            return;
+        }
         if revoke {
             // librdkafka commits the stored offsets of revoked partitions itself as it
             // unassigns them (enable.auto.commit), and holds the rejoin until that commit
@@ -299,122 +361,6 @@ impl SourceContext {
                 Err(e) => {
                     tracing::warn!(error = %e, "synchronous offset commit failed; these records will be read again")
                 }
-            }
-        }
-    }
-}
-
-struct Pending {
-    batch: RawBatch,
-    started: Instant,
-}
-
-/// Per-partition buffers of records not yet sent, cut by `max_rows` and `max_wait`.
-/// The names of the headers `config` keeps.
-pub(super) fn header_names(config: &crate::config::KafkaSourceConfig) -> Vec<String> {
-    config.headers.iter().map(|h| h.name().to_owned()).collect()
-}
-
-pub(super) struct Batcher {
-    config: BatchConfig,
-    headers: Vec<String>,
-    pending: HashMap<TopicPartition, Pending>,
-    next_id: u64,
-}
-
-impl Batcher {
-    /// `headers`: the names of the record headers kept (in column order).
-    pub(super) fn new(config: BatchConfig, headers: Vec<String>) -> Self {
-        Batcher {
-            config,
-            pending: HashMap::new(),
-            next_id: 0,
-            headers,
-        }
-    }
-
-    /// How long `poll` may block before a buffer is due.
-    pub(super) fn poll_timeout(&self) -> Duration {
-        let now = Instant::now();
-        self.pending
-            .values()
-            .map(|p| {
-                p.started
-                    .checked_add(self.config.max_wait)
-                    .map_or(POLL_INTERVAL, |due| due.saturating_duration_since(now))
-            })
-            .min()
-            .map_or(POLL_INTERVAL, |due| due.min(POLL_INTERVAL))
-    }
-
-    /// Adds a record; returns the partition's batch when it is full.
-    pub(super) fn push(&mut self, message: &BorrowedMessage<'_>) -> Option<RawBatch> {
-        let tp = TopicPartition::new(message.topic(), message.partition());
-        let max_rows = self.config.max_rows;
-        let next_id = &mut self.next_id;
-        let pending = self.pending.entry(tp.clone()).or_insert_with(|| {
-            *next_id += 1;
-            Pending {
-                batch: RawBatch::new(BatchId(*next_id), tp.clone(), max_rows.min(65_536)),
-                started: Instant::now(),
-            }
-        });
-        if self.headers.is_empty() {
-            pending.batch.push(
-                message.offset(),
-                message.timestamp().to_millis(),
-                message.key(),
-                message.payload(),
-            );
-        } else {
-            // The last value of a header that is repeated, as Kafka clients' lastHeader().
-            let mut values: Vec<Option<&[u8]>> = vec![None; self.headers.len()];
-            if let Some(headers) = message.headers() {
-                for header in headers.iter() {
-                    if let Some(at) = self.headers.iter().position(|h| h == header.key) {
-                        values[at] = header.value;
-                    }
-                }
-            }
-            pending.batch.push_with_headers(
-                message.offset(),
-                message.timestamp().to_millis(),
-                message.key(),
-                message.payload(),
-                &values,
-            );
-        }
-        if pending.batch.len() >= max_rows {
-            self.pending.remove(&tp).map(|p| p.batch)
-        } else {
-            None
-        }
-    }
-
-    /// Batches whose first record waited `max_wait`.
-    pub(super) fn take_expired(&mut self) -> Vec<RawBatch> {
-        let max_wait = self.config.max_wait;
-        let expired: Vec<TopicPartition> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.started.elapsed() >= max_wait)
-            .map(|(tp, _)| tp.clone())
-            .collect();
-        expired
-            .iter()
-            .filter_map(|tp| self.pending.remove(tp))
-            .map(|p| p.batch)
-            .collect()
-    }
-
-    pub(super) fn take_all(&mut self) -> Vec<RawBatch> {
-        self.pending.drain().map(|(_, p)| p.batch).collect()
-    }
-
-    fn drop_partitions(&mut self, revoked: Vec<TopicPartition>) {
-        for tp in revoked {
-            if let Some(dropped) = self.pending.remove(&tp) {
-                tracing::debug!(partition = %tp, records = dropped.batch.len(), "dropped unsent records of a revoked partition");
             }
         }
     }
@@ -453,8 +399,14 @@ impl KafkaSource {
         group_id: &str,
         out: mpsc::Sender<SourceMessage>,
         tracker: Arc<AckTracker>,
+        link: Option<Arc<Link>>,
         stats: Arc<Stats>,
     ) -> Result<Self, SourceError> {
+        let mut client = consumer_config(config, group_id);
+        if link.is_some() {
+            // Offsets commit in the output topic's transactions, never by themselves.
+            client.set("enable.auto.commit", "false");
+        }
         let context = SourceContext {
             out,
             tracker,
@@ -464,8 +416,9 @@ impl KafkaSource {
             committing_sync: AtomicBool::new(false),
             events: ClientEvents::new("source", stats.clone()),
             gaps: Mutex::new(Gaps::default()),
+            exactly_once: link.map(|link| (link, Mutex::new((Instant::now(), false)))),
         };
-        let consumer: BaseConsumer<SourceContext> = consumer_config(config, group_id)
+        let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
             .map_err(SourceError::Create)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -477,7 +430,7 @@ impl KafkaSource {
             })?;
         Ok(KafkaSource {
             consumer,
-            batcher: Batcher::new(config.batch.clone(), header_names(config)),
+            batcher: Batcher::new(config.batch.clone(), super::batcher::header_names(config)),
             stats,
             on_reset: config.on_offset_reset,
         })
@@ -505,7 +458,7 @@ impl KafkaSource {
             for batch in self.batcher.take_expired() {
                 context.send(batch, &self.stats)?;
             }
-            context.store_offsets(&self.consumer);
+            context.store_offsets(&self.consumer)?;
         }
         tracing::info!("shutting down: flushing buffered records and committing offsets");
         for batch in self.batcher.take_all() {

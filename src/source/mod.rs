@@ -3,6 +3,7 @@
 //! A source owns its poll loop and is the only component that watches the shutdown
 //! token; everything downstream ends when the source's channel closes (DESIGN.md).
 
+mod batcher;
 pub mod bounded;
 pub mod files;
 pub mod gaps;

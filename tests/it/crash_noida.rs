@@ -154,3 +154,239 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         temp_files(out.path())
     );
 }
+
+/// The output topic in transactions (`exactly_once: true`): after kill -9 at random
+/// moments and a final clean run, a `read_committed` reader sees every good record's
+/// output exactly once, while the Parquet dataset beside it still holds each record once.
+/// A `read_uncommitted` reader also sees what the killed runs' open transactions held
+/// (aborted when the restarted member fenced them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_an_exactly_once_output_topic_shows_each_output_once() {
+    const RECORDS: usize = 40_000;
+    const MORE: usize = 30_000;
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    broker.create_topic("clean", PARTITIONS).await;
+    let sent: Vec<_> = FeedbackGenerator::new(11, 0.01, recent_ms() - 200_000_000, 2_000)
+        .take(RECORDS + MORE)
+        .collect();
+    produce(&broker.address, TOPIC, sent[..RECORDS].to_vec())
+        .await
+        .unwrap();
+    let good = sent.iter().filter(|r| r.well_formed).count();
+
+    let out = tempfile::tempdir().unwrap();
+    let pipeline = TestPipeline {
+        brokers: &broker.address,
+        topic: TOPIC,
+        group: "eos",
+        out: out.path(),
+        output_topic: Some("clean"),
+        dead_letter_topic: None,
+        max_rows: 500,
+        roll_age: "300ms",
+        // Static membership: also the stable part of the transactional.id, so a restarted
+        // member fences its killed predecessor and aborts its open transaction.
+        properties: &[("group.instance.id", "sluice-eos-0")],
+    }
+    .write();
+    patch(
+        &pipeline,
+        "      key: id\n",
+        "      key: id\n      exactly_once: true\n      commit_interval: 200ms\n",
+    );
+    let log = out.path().join("sluice.log");
+
+    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..4 {
+        let mut child = spawn_sluice(&pipeline, &log);
+        let wait = Duration::from_millis(rng.random_range(500..1_500));
+        tokio::time::sleep(wait).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let done = committed(&broker.address, "eos", TOPIC, PARTITIONS);
+        eprintln!("round {round} (seed {seed}): killed after {wait:?}; committed {done:?}");
+    }
+    // Then a second member joins mid-stream: the revoke commits the first one's
+    // transaction before its partitions move.
+    let mut first = spawn_sluice(&pipeline, &log);
+    produce(&broker.address, TOPIC, sent[RECORDS..].to_vec())
+        .await
+        .unwrap();
+    let hw = high_watermarks(&broker.address, TOPIC, PARTITIONS);
+    let second_file = out.path().join("eos-1.yaml");
+    std::fs::copy(&pipeline, &second_file).unwrap();
+    patch(&second_file, "sluice-eos-0", "sluice-eos-1");
+    let second_log = out.path().join("second.log");
+    let mut second = spawn_sluice(&second_file, &second_log);
+    let caught_up = common::eventually(Duration::from_secs(180), || {
+        committed(&broker.address, "eos", TOPIC, PARTITIONS) == hw
+    })
+    .await;
+    let status = terminate(&mut first, Duration::from_secs(60));
+    let second_status = terminate(&mut second, Duration::from_secs(60));
+    let marks = committed_marks(&broker.address, "eos", TOPIC, PARTITIONS);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default()
+        + "--- second member ---\n"
+        + &std::fs::read_to_string(&second_log).unwrap_or_default();
+    let tail: String = log_text
+        .lines()
+        .filter(|l| {
+            [
+                "ERROR",
+                "WARN",
+                "transaction",
+                "revoked",
+                "assigned",
+                "second member",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        })
+        .rev()
+        .take(60)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        caught_up,
+        "the transactions commit every offset; log tail (newest first):\n{tail}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()) && second_status.is_some_and(|s| s.success()),
+        "SIGTERM exits 0: {status:?} {second_status:?}\n{tail}"
+    );
+    let expected: Vec<String> = hw
+        .iter()
+        .map(|o| format!("sluice.through={}", o - 1))
+        .collect();
+    assert_eq!(
+        marks, expected,
+        "each offset carries the last source offset whose output is committed"
+    );
+
+    let ids = |messages: &[common::ReadMessage]| {
+        let mut ids: std::collections::HashMap<String, usize> = Default::default();
+        for m in messages {
+            let row: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            *ids.entry(row["id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        ids
+    };
+    let committed_view = read_topic_to_end(
+        &broker.address,
+        &[("isolation.level", "read_committed")],
+        "clean",
+        Duration::from_secs(60),
+    );
+    let everything = read_topic_to_end(
+        &broker.address,
+        &[("isolation.level", "read_uncommitted")],
+        "clean",
+        Duration::from_secs(60),
+    );
+    eprintln!(
+        "output topic: {} messages committed, {} written in all (aborted transactions included)",
+        committed_view.len(),
+        everything.len()
+    );
+    let seen = ids(&committed_view);
+    assert_eq!(
+        seen.len(),
+        good,
+        "every good record's output is committed (seed {seed})"
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "no output is committed twice (seed {seed}): {twice:?}"
+    );
+    assert_eq!(committed_view.len(), good);
+
+    let rows = read_dataset(&out.path().join("feedback"));
+    let in_parquet = count_strings(&rows, "id");
+    assert_eq!(
+        in_parquet.len(),
+        good,
+        "the Parquet sink beside it has every record"
+    );
+    assert!(in_parquet.values().all(|&n| n == 1), "and each once");
+}
+
+/// The metadata of the group's committed offsets, per partition.
+fn committed_marks(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = client_with(brokers, &[])
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| e.metadata().to_owned())
+        .collect()
+}
+
+#[test]
+fn exactly_once_mistakes_name_their_key() {
+    let out = tempfile::tempdir().unwrap();
+    let file = TestPipeline {
+        brokers: "localhost:9",
+        topic: TOPIC,
+        group: "eos-config",
+        out: out.path(),
+        output_topic: Some("clean"),
+        dead_letter_topic: None,
+        max_rows: 500,
+        roll_age: "300ms",
+        properties: &[],
+    }
+    .write();
+    let good = std::fs::read_to_string(&file).unwrap();
+    let sink = "  - kafka:\n      topic: clean\n";
+    for (to, expected) in [
+        (
+            "  - kafka:\n      topic: clean\n      commit_interval: 1s\n",
+            "sinks[1].kafka.commit_interval: only with exactly_once: true",
+        ),
+        (
+            "  - kafka:\n      topic: clean\n      exactly_once: true\n      commit_interval: 2h\n",
+            "sinks[1].kafka.commit_interval: expected a duration from 10ms to 1m",
+        ),
+        (
+            "  - kafka:\n      topic: clean\n      exactly_once: true\n      properties:\n        enable.idempotence: false\n",
+            "sinks[1].kafka.properties.enable.idempotence: exactly_once needs the idempotent producer",
+        ),
+        (
+            "  - kafka:\n      topic: clean\n      exactly_once: true\n  - kafka:\n      topic: other\n      exactly_once: true\n",
+            "sinks[2].kafka.exactly_once: only one kafka sink can be exactly-once",
+        ),
+    ] {
+        std::fs::write(&file, good.replace(sink, to)).unwrap();
+        let error = sluice::pipeline::load(&file)
+            .map(|_| ())
+            .expect_err(expected)
+            .to_string();
+        assert!(error.contains(expected), "{expected}\n{error}");
+    }
+    std::fs::write(
+        &file,
+        good.replace(
+            sink,
+            "  - kafka:\n      topic: clean\n      exactly_once: true\n",
+        ),
+    )
+    .unwrap();
+    sluice::pipeline::load(&file).expect("one exactly-once sink loads");
+}

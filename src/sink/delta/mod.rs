@@ -626,6 +626,10 @@ impl Rolling for DeltaSink {
         self.write_batch(batch)
     }
 
+    fn acks(&self) -> &AckTracker {
+        &self.acks
+    }
+
     fn roll_group(&mut self, tp: &TopicPartition, _early: bool) -> Result<(), SinkError> {
         self.roll(tp)
     }

@@ -421,6 +421,10 @@ impl Rolling for ParquetSink {
         self.write_batch(batch)
     }
 
+    fn acks(&self) -> &AckTracker {
+        &self.acks
+    }
+
     /// An early roll leaves the segment open; a flush merges its files so far.
     fn roll_group(&mut self, tp: &TopicPartition, early: bool) -> Result<(), SinkError> {
         self.roll(tp, if early { Roll::Early } else { Roll::Flush })

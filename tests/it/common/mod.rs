@@ -303,9 +303,45 @@ pub fn read_topic_with(
     expected: usize,
     timeout: Duration,
 ) -> Vec<ReadMessage> {
+    read_messages(brokers, properties, topic, timeout, |read, _| {
+        read >= expected
+    })
+}
+
+/// Every message of `topic` a client with `properties` sees (e.g. `isolation.level`),
+/// up to the end of each partition (for `read_committed`, its last stable offset).
+/// Panics when the end is not reached within `timeout`.
+pub fn read_topic_to_end(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    topic: &str,
+    timeout: Duration,
+) -> Vec<ReadMessage> {
+    let mut reached = false;
+    let messages = read_messages(brokers, properties, topic, timeout, |_, at_end| {
+        reached = at_end;
+        at_end
+    });
+    assert!(
+        reached,
+        "the end of `{topic}` was not reached in {timeout:?}"
+    );
+    messages
+}
+
+/// Reads `topic` from the beginning of every partition until `done(messages read, every
+/// partition at its end)` or `timeout`.
+fn read_messages(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(usize, bool) -> bool,
+) -> Vec<ReadMessage> {
     let consumer: BaseConsumer = client_with(brokers, properties)
         .set("group.id", "test-reader")
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .create()
         .unwrap();
     let metadata = consumer
@@ -320,26 +356,35 @@ pub fn read_topic_with(
     consumer.assign(&list).unwrap();
     let deadline = Instant::now() + timeout;
     let mut messages = Vec::new();
-    while messages.len() < expected && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            messages.push(ReadMessage {
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
+    let mut at_end = std::collections::HashSet::new();
+    while !done(messages.len(), at_end.len() == partitions as usize) && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                messages.push(ReadMessage {
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            _ => {}
         }
     }
     messages

@@ -28,24 +28,28 @@
 //! purges librdkafka's queues and returns [`SinkError::Interrupted`]: those batches are not
 //! acknowledged, so their offsets are not committed and a restart sends them again.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod encode;
+pub mod transaction;
 
-use arrow::array::{Array, RecordBatch, StringArray};
-use arrow::compute::kernels::cast::cast;
-use arrow::datatypes::DataType;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::compute::kernels::boolean::and;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::encode::{encode_dead_letters, encode_rows, headers_only, Outgoing};
+use self::transaction::{Transaction, TransactionError};
 use super::alert::Hysteresis;
 use super::{SinkError, SinkMessage};
 use crate::ack::AckTracker;
 use crate::batch::{Batch, BatchId, TopicPartition};
 use crate::config::AlertConfig;
+use crate::exactly_once::Link;
 use crate::kafka_client::ClientEvents;
 use crate::telemetry::throttle::Throttle;
 use crate::telemetry::Stats;
@@ -79,6 +83,8 @@ pub struct KafkaSink {
     alerts: Option<Hysteresis>,
     in_flight: JoinSet<Result<u64, SinkError>>,
     out: Arc<Output>,
+    /// With `exactly_once` in a group run: the open transaction.
+    transaction: Option<Transaction>,
 }
 
 /// The producer and what a delivery task needs to finish a batch.
@@ -87,16 +93,11 @@ struct Output {
     topic: String,
     producer: FutureProducer<ClientEvents>,
     dead_letters: bool,
+    /// Acknowledge a batch once delivered; false when a transaction's commit does it.
+    ack_on_delivery: bool,
     acks: Arc<AckTracker>,
     stats: Arc<Stats>,
     throttle: Throttle,
-}
-
-/// One encoded message, borrowing nothing so it can outlive the batch's Arrow data.
-struct Outgoing {
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Option<OwnedHeaders>,
 }
 
 /// Whether a failed message was refused by the topic for what it is (size, format), so
@@ -118,6 +119,7 @@ impl KafkaSink {
         name: String,
         topic: String,
         config: rdkafka::ClientConfig,
+        link: Option<Arc<Link>>,
         encoding: Encoding,
         acks: Arc<AckTracker>,
         stats: Arc<Stats>,
@@ -139,11 +141,13 @@ impl KafkaSink {
             encoding,
             alerts,
             in_flight: JoinSet::new(),
+            transaction: link.clone().map(Transaction::new),
             out: Arc::new(Output {
                 name,
                 topic,
                 producer,
                 dead_letters,
+                ack_on_delivery: link.is_none(),
                 acks,
                 stats,
                 throttle: Throttle::default(),
@@ -164,6 +168,11 @@ impl KafkaSink {
         {
             avro.prepare(&shutdown, &self.out.stats).await?;
         }
+        if self.transaction.is_some() {
+            Transaction::init(&self.out.producer)
+                .await
+                .map_err(|e| self.out.transaction_error(e))?;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -172,12 +181,19 @@ impl KafkaSink {
                 }
                 message = input.recv() => match message {
                     Some(SinkMessage::Batch(batch)) => self.send(&batch).await?,
-                    Some(SinkMessage::Flush(_)) => self.wait_all(&shutdown).await?,
+                    Some(SinkMessage::Flush(flush)) => {
+                        self.wait_all(&shutdown).await?;
+                        self.commit(&shutdown).await?;
+                        if let Some(seq) = flush.seq {
+                            self.out.acks.flushed(seq);
+                        }
+                    }
                     None => break,
                 },
             }
         }
         self.wait_all(&shutdown).await?;
+        self.commit(&shutdown).await?;
         let producer = self.out.producer.clone();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(SHUTDOWN_GRACE));
         flushed
@@ -193,6 +209,39 @@ impl KafkaSink {
         let delivered = done.map_err(|e| self.out.task_error(e.to_string()))??;
         self.out.stats.record_messages(delivered);
         Ok(())
+    }
+
+    /// Commits the open transaction, if any (every delivery is in). After `shutdown`,
+    /// gives up when the other sinks make no progress for [`SHUTDOWN_GRACE`].
+    async fn commit(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
+        let Some(transaction) = &mut self.transaction else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let stalled = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let out = &self.out;
+        let committed = tokio::select! {
+            committed = transaction.commit(&out.producer, &out.acks) => committed,
+            _ = stalled => Err(TransactionError::Abandoned),
+        };
+        match committed {
+            Ok(0) => Ok(()),
+            Ok(batches) => {
+                out.stats
+                    .record_commit("transaction", true, started.elapsed());
+                tracing::debug!(sink = %out.name, batches, took = ?started.elapsed(), "transaction committed");
+                Ok(())
+            }
+            Err(error) => {
+                out.stats
+                    .record_commit("transaction", false, started.elapsed());
+                transaction.abort(&out.producer).await;
+                Err(out.transaction_error(error))
+            }
+        }
     }
 
     /// Waits for every outstanding batch; after `shutdown`, only while they keep
@@ -232,12 +281,22 @@ impl KafkaSink {
                 avro,
                 ..
             } => {
-                let raised;
-                let rows = match &mut self.alerts {
-                    Some(alerts) => {
-                        let raising = alerts.raises(&batch.rows)?;
-                        raised = arrow::compute::filter_record_batch(&batch.rows, &raising)?;
-                        &raised
+                // Alert state follows every row, replayed or not; rows whose output an
+                // earlier transaction committed are not sent again.
+                let raising = match &mut self.alerts {
+                    Some(alerts) => Some(alerts.raises(&batch.rows)?),
+                    None => None,
+                };
+                let fresh = self.transaction.as_ref().and_then(|t| t.fresh_rows(batch));
+                let keep = match (raising, fresh) {
+                    (Some(a), Some(b)) => Some(and(&a, &b)?),
+                    (a, b) => a.or(b),
+                };
+                let kept;
+                let rows = match keep {
+                    Some(keep) => {
+                        kept = arrow::compute::filter_record_batch(&batch.rows, &keep)?;
+                        &kept
                     }
                     None => &batch.rows,
                 };
@@ -251,6 +310,11 @@ impl KafkaSink {
                 messages
             }
         };
+        if let Some(transaction) = &mut self.transaction {
+            transaction
+                .add(&self.out.producer, batch)
+                .map_err(|e| self.out.transaction_error(e.into()))?;
+        }
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             if let Some(delivery) = self.out.enqueue(&message, &batch.provenance.tp).await? {
@@ -268,6 +332,14 @@ impl KafkaSink {
 impl Output {
     fn delivery_error(&self, source: KafkaError) -> SinkError {
         SinkError::Delivery {
+            sink: self.name.clone(),
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+
+    fn transaction_error(&self, source: TransactionError) -> SinkError {
+        SinkError::Transaction {
             sink: self.name.clone(),
             topic: self.topic.clone(),
             source,
@@ -347,7 +419,9 @@ impl Output {
                 }
             }
         }
-        self.acks.ack(&tp, id);
+        if self.ack_on_delivery {
+            self.acks.ack(&tp, id);
+        }
         Ok(delivered)
     }
 
@@ -392,210 +466,5 @@ impl Output {
     }
 }
 
-/// The dead letter as headers only, flagged as truncated (what any topic can take).
-/// `payload_bytes`: the payload's size, unless the headers already give the original's.
-fn headers_only(headers: Option<&OwnedHeaders>, payload_bytes: usize) -> Outgoing {
-    let headers = headers.cloned().unwrap_or_default();
-    let flagged = headers
-        .iter()
-        .any(|h| h.key == "sluice.payload.original.bytes");
-    Outgoing {
-        key: None,
-        payload: Vec::new(),
-        headers: Some(if flagged {
-            headers
-        } else {
-            with_truncation(headers, payload_bytes)
-        }),
-    }
-}
-
-fn with_truncation(headers: OwnedHeaders, original_bytes: usize) -> OwnedHeaders {
-    let original = original_bytes.to_string();
-    headers
-        .insert(Header {
-            key: "sluice.payload.truncated",
-            value: Some("true"),
-        })
-        .insert(Header {
-            key: "sluice.payload.original.bytes",
-            value: Some(original.as_str()),
-        })
-}
-
-fn encode_rows(
-    rows: &RecordBatch,
-    columns: Option<&[usize]>,
-    key: Option<usize>,
-    headers: &[(String, usize)],
-    avro: Option<&super::avro::AvroOutput>,
-) -> Result<Vec<Outgoing>, SinkError> {
-    if rows.num_rows() == 0 {
-        return Ok(Vec::new());
-    }
-    let projected = match columns {
-        Some(columns) => rows.project(columns)?,
-        None => rows.clone(),
-    };
-    let payloads = match avro {
-        Some(avro) => avro.encode(&projected)?,
-        None => json_lines(&projected)?,
-    };
-    let keys = match key {
-        Some(index) => Some(cast(rows.column(index), &DataType::Utf8)?),
-        None => None,
-    };
-    let keys = keys
-        .as_ref()
-        .and_then(|k| k.as_any().downcast_ref::<StringArray>());
-    let header_values = header_columns(rows, headers)?;
-    let messages = payloads
-        .into_iter()
-        .enumerate()
-        .map(|(row, payload)| Outgoing {
-            key: keys
-                .filter(|k| k.is_valid(row))
-                .map(|k| k.value(row).as_bytes().to_vec()),
-            payload,
-            headers: message_headers(&header_values, row),
-        })
-        .collect();
-    Ok(messages)
-}
-
-/// The columns headers come from, as bytes: binary columns as they are, others as text.
-fn header_columns<'a>(
-    rows: &RecordBatch,
-    headers: &'a [(String, usize)],
-) -> Result<Vec<(&'a str, arrow::array::ArrayRef)>, SinkError> {
-    headers
-        .iter()
-        .map(|(name, index)| {
-            let column = rows.column(*index);
-            let bytes = match column.data_type() {
-                DataType::Binary => column.clone(),
-                _ => cast(&cast(column, &DataType::Utf8)?, &DataType::Binary)?,
-            };
-            Ok((name.as_str(), bytes))
-        })
-        .collect()
-}
-
-/// Row `row`'s headers (a null value sends none); `None` when there are none.
-fn message_headers(columns: &[(&str, arrow::array::ArrayRef)], row: usize) -> Option<OwnedHeaders> {
-    let mut headers = None::<OwnedHeaders>;
-    for (name, column) in columns {
-        let Some(values) = column.as_any().downcast_ref::<arrow::array::BinaryArray>() else {
-            continue;
-        };
-        if values.is_valid(row) {
-            headers = Some(headers.unwrap_or_default().insert(Header {
-                key: name,
-                value: Some(values.value(row)),
-            }));
-        }
-    }
-    headers
-}
-
-/// One JSON object per row: arrow-json's line-delimited writer in one pass, split at
-/// newlines (JSON escapes newlines inside strings).
-fn json_lines(rows: &RecordBatch) -> Result<Vec<Vec<u8>>, SinkError> {
-    let mut buffer = Vec::with_capacity(rows.get_array_memory_size());
-    {
-        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
-        writer.write(rows)?;
-        writer.finish()?;
-    }
-    Ok(buffer
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
-}
-
-/// One message per dead letter, and how many payloads were cut to `max_payload_bytes`.
-fn encode_dead_letters(batch: &Batch, max_payload_bytes: usize) -> (Vec<Outgoing>, u64) {
-    let mut truncated = 0;
-    let messages = batch
-        .dead_letters
-        .iter()
-        .map(|letter| {
-            let partition = letter.tp.partition.to_string();
-            let offset = letter.offset.to_string();
-            let timestamp = letter.timestamp.map(|t| t.to_string()).unwrap_or_default();
-            let mut headers = OwnedHeaders::new_with_capacity(9)
-                .insert(Header {
-                    key: "sluice.error.reason",
-                    value: Some(letter.reason.as_str()),
-                })
-                .insert(Header {
-                    key: "sluice.error.kind",
-                    value: Some(letter.kind.as_str()),
-                })
-                .insert(Header {
-                    key: "sluice.error.stage",
-                    value: Some(letter.stage.as_str()),
-                })
-                .insert(Header {
-                    key: "sluice.source.topic",
-                    value: Some(&*letter.tp.topic),
-                })
-                .insert(Header {
-                    key: "sluice.source.partition",
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: "sluice.source.offset",
-                    value: Some(offset.as_str()),
-                })
-                .insert(Header {
-                    key: "sluice.source.timestamp",
-                    value: Some(timestamp.as_str()),
-                });
-            let payload = letter.payload.as_deref().unwrap_or_default();
-            let payload = if payload.len() > max_payload_bytes {
-                truncated += 1;
-                headers = with_truncation(headers, payload.len());
-                &payload[..max_payload_bytes]
-            } else {
-                payload
-            };
-            Outgoing {
-                key: letter.key.clone(),
-                payload: payload.to_vec(),
-                headers: Some(headers),
-            }
-        })
-        .collect();
-    (messages, truncated)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{Field, Schema};
-
-    #[test]
-    fn rows_become_one_json_message_each_with_projected_columns_and_key() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("text", DataType::Utf8, true),
-        ]));
-        let rows = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from(vec![7, 8])),
-                Arc::new(StringArray::from(vec![Some("line\nbreak"), None])),
-            ],
-        )
-        .unwrap();
-        let messages = encode_rows(&rows, Some(&[1]), Some(0), &[], None).unwrap();
-        assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0].payload, br#"{"text":"line\nbreak"}"#);
-        assert_eq!(messages[0].key.as_deref(), Some(&b"7"[..]));
-        assert_eq!(messages[1].payload, b"{}");
-        assert_eq!(messages[1].key.as_deref(), Some(&b"8"[..]));
-    }
-}
+mod tests;
