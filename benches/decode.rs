@@ -5,7 +5,9 @@
 //! hands them over. `clean` has no bad record (the fast path); `one_percent_bad` has 1%
 //! malformed records, which sends the batch down the per-record path. `decode_avro/clean`
 //! is the clean batch's rows encoded by arrow-avro's Confluent-framed encoder with
-//! `schemas/customer_feedback.avsc` (schema id 1), decoded against the same schema.
+//! `schemas/customer_feedback.avsc` (schema id 1), decoded against the same schema;
+//! `decode_protobuf/clean` is the same rows as `schemas/customer_feedback.proto` messages
+//! (prost-reflect's encoder, Confluent framing, schema id 1).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -14,6 +16,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::batch::{BatchId, RawBatch, TopicPartition};
 use sluice::config::{SchemaRegistryConfig, UnknownFields};
 use sluice::decode::avro::AvroDecoder;
+use sluice::decode::protobuf::ProtobufDecoder;
 use sluice::decode::JsonDecoder;
 use sluice::demo::feeds::feedback::FeedbackGenerator;
 use sluice::schema_registry::SchemaRegistry;
@@ -137,5 +140,110 @@ fn bench_decode_avro(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_decode_avro);
+/// The clean batch's rows as Confluent-framed protobuf messages (writer schema id 1).
+fn protobuf_batch(json: &RawBatch, message: &prost_reflect::MessageDescriptor) -> RawBatch {
+    use arrow::array::{Array, AsArray};
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, Value};
+    let rows = decoder().decode(json).expect("decode").rows;
+    let text = |name: &str| {
+        rows.column_by_name(name)
+            .expect("column")
+            .as_string::<i32>()
+            .clone()
+    };
+    let (ids, customers, texts, channels) = (
+        text("id"),
+        text("customer_id"),
+        text("text"),
+        text("channel"),
+    );
+    let ratings = arrow::compute::cast(
+        rows.column_by_name("rating").expect("rating"),
+        &arrow::datatypes::DataType::Int32,
+    )
+    .expect("cast");
+    let ratings = ratings.as_primitive::<arrow::datatypes::Int32Type>();
+    let ts = rows
+        .column_by_name("ts")
+        .expect("ts")
+        .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+        .clone();
+    let stamp = message.get_field_by_name("ts").expect("ts").kind();
+    let stamp = stamp.as_message().expect("a message").clone();
+    let mut raw = RawBatch::new(
+        BatchId(1),
+        TopicPartition::new("customer-feedback", 0),
+        ROWS,
+    );
+    for (row, record) in json.records().enumerate() {
+        let mut m = DynamicMessage::new(message.clone());
+        m.set_field_by_name("id", Value::String(ids.value(row).to_owned()));
+        m.set_field_by_name("text", Value::String(texts.value(row).to_owned()));
+        if customers.is_valid(row) {
+            m.set_field_by_name(
+                "customer_id",
+                Value::String(customers.value(row).to_owned()),
+            );
+        }
+        if channels.is_valid(row) {
+            m.set_field_by_name("channel", Value::String(channels.value(row).to_owned()));
+        }
+        if ratings.is_valid(row) {
+            m.set_field_by_name("rating", Value::I32(ratings.value(row)));
+        }
+        if ts.is_valid(row) {
+            let mut t = DynamicMessage::new(stamp.clone());
+            t.set_field_by_name("seconds", Value::I64(ts.value(row).div_euclid(1000)));
+            t.set_field_by_name(
+                "nanos",
+                Value::I32((ts.value(row).rem_euclid(1000) * 1_000_000) as i32),
+            );
+            m.set_field_by_name("ts", Value::Message(t));
+        }
+        let mut payload = vec![0, 0, 0, 0, 1, 0];
+        payload.extend(m.encode_to_vec());
+        raw.push(row as i64, record.timestamp, record.key, Some(&payload));
+    }
+    raw
+}
+
+fn bench_decode_protobuf(c: &mut Criterion) {
+    let proto_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/customer_feedback.proto");
+    let (fields, message) = sluice::proto::load(&proto_file, None).expect("schema");
+    let registry = SchemaRegistry::new(&SchemaRegistryConfig {
+        url: "http://127.0.0.1:9".into(),
+        username: None,
+        password: None,
+        bearer_token: None,
+        timeout: std::time::Duration::from_secs(1),
+    })
+    .expect("client");
+    let text = std::fs::read_to_string(&proto_file).expect("read");
+    let decoder = ProtobufDecoder::new(message.clone(), fields, 16 * 1024, registry);
+    assert_eq!(decoder.add_writer(1, &text), None);
+    let raw = protobuf_batch(&raw_batch(0.0), &message);
+    let decoded = decoder.decode(&raw).expect("decode");
+    assert_eq!(
+        (decoded.rows.num_rows(), decoded.dead_letters.len()),
+        (ROWS, 0)
+    );
+    let mut group = c.benchmark_group("decode_protobuf/clean");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("rows", |b| {
+        b.iter(|| decoder.decode(black_box(&raw)).expect("decode"))
+    });
+    group.throughput(Throughput::Bytes(raw.byte_size() as u64));
+    group.bench_function("bytes", |b| {
+        b.iter(|| decoder.decode(black_box(&raw)).expect("decode"))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_decode_avro,
+    bench_decode_protobuf
+);
 criterion_main!(benches);

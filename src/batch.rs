@@ -269,6 +269,8 @@ pub enum DeadLetterKind {
     UnknownSchema,
     /// A body that its writer schema does not describe.
     MalformedAvro,
+    /// Bytes that are not a protobuf message of the declared type.
+    MalformedProtobuf,
 }
 
 impl DeadLetterKind {
@@ -290,6 +292,7 @@ impl DeadLetterKind {
             DeadLetterKind::NotFramed => "not_framed",
             DeadLetterKind::UnknownSchema => "unknown_schema",
             DeadLetterKind::MalformedAvro => "malformed_avro",
+            DeadLetterKind::MalformedProtobuf => "malformed_protobuf",
         }
     }
 }

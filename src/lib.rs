@@ -48,6 +48,7 @@ pub mod exactly_once;
 pub mod kafka_client;
 pub mod model;
 pub mod pipeline;
+pub mod proto;
 pub mod retrain;
 pub mod runtime;
 pub mod schema;

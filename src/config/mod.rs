@@ -336,9 +336,14 @@ pub struct DecodeConfig {
     /// `schemas/README.md`), or for `format: avro` an Avro schema (`.avsc`), the reader
     /// schema writers' schemas are resolved to.
     pub schema: PathBuf,
-    /// The schema registry writer schemas are fetched from by id (`format: avro`).
+    /// The schema registry writer schemas are fetched from by id (`format: avro` or
+    /// `protobuf`).
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryConfig>,
+    /// For `format: protobuf`: the message of the `.proto` file records are read as (its
+    /// full name, e.g. `sluice.CustomerFeedback`). Default: the file's first message.
+    #[serde(default)]
+    pub message: Option<String>,
     /// Larger records go to the dead letters. Default: `1 MiB`.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: ByteSize,
@@ -353,6 +358,7 @@ pub enum RecordFormat {
     #[default]
     Json,
     Avro,
+    Protobuf,
 }
 
 /// `decode.schema_registry`: a Confluent-compatible schema registry.

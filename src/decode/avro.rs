@@ -7,18 +7,14 @@
 //! it holds.
 //!
 //! Writer schemas are fetched from the registry by id, once each, in [`AvroDecoder::prepare`]
-//! (async, before the batch is decoded): while the registry cannot be reached it waits and
-//! asks again with backoff, so the stream pauses there (nothing past the batch is
-//! decoded or committed) instead of sending records to the dead letters. An id the
-//! registry does not have, or a writer schema that cannot be read into the reader schema,
-//! is final: its records go to the dead letters with the id and the reason.
+//! (see [`super::writers`]: the stream pauses while the registry is away; an unusable
+//! writer schema sends its records to the dead letters with the id and the reason).
 //!
 //! [`AvroDecoder::decode`] feeds the whole batch to one decoder (the fast path). If any
 //! record fails there, each record is decoded on its own so that only the bad ones become
 //! dead letters.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -27,31 +23,13 @@ use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use tokio_util::sync::CancellationToken;
 
+pub use super::writers::PrepareError;
+use super::writers::{schema_id, Writer, WriterSchemas};
 use super::{finish, payload_within, Decoded, Rejected};
 use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
 use crate::config::{HeaderColumn, HeaderType};
 use crate::schema::with_provenance;
-use crate::schema_registry::{patiently, Gave, RegistryError, SchemaRegistry};
-
-/// The Confluent wire format's header: magic byte and schema id.
-const HEADER: usize = 5;
-
-/// Why preparing a batch failed (the run stops; nothing of the batch is committed).
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    #[error("decode.schema_registry: {0}")]
-    Registry(#[source] RegistryError),
-    #[error("stopped while waiting for the schema registry")]
-    Cancelled,
-}
-
-/// A writer schema as far as this decoder is concerned.
-#[derive(Debug, Clone)]
-enum Writer {
-    Usable(AvroSchema),
-    /// Records with this id are dead letters, for this reason.
-    Unusable(String),
-}
+use crate::schema_registry::SchemaRegistry;
 
 /// Decodes Confluent-framed Avro records against one reader schema.
 #[derive(Debug)]
@@ -62,10 +40,7 @@ pub struct AvroDecoder {
     headers: Vec<HeaderType>,
     max_record_bytes: usize,
     holds_dates: bool,
-    registry: SchemaRegistry,
-    writers: RwLock<HashMap<u32, Writer>>,
-    /// Where `/health` learns that the decoder waits for the registry.
-    stats: std::sync::Arc<crate::telemetry::Stats>,
+    writers: WriterSchemas<AvroSchema>,
 }
 
 impl AvroDecoder {
@@ -83,15 +58,13 @@ impl AvroDecoder {
             holds_dates: super::holds_dates(&record_schema),
             record_schema,
             max_record_bytes,
-            registry,
-            writers: RwLock::new(HashMap::new()),
-            stats: Default::default(),
+            writers: WriterSchemas::new("AVRO", registry),
         }
     }
 
     /// Reports waiting for the registry to `stats` (its `/health`).
     pub fn with_stats(mut self, stats: std::sync::Arc<crate::telemetry::Stats>) -> Self {
-        self.stats = stats;
+        self.writers.set_stats(stats);
         self
     }
 
@@ -110,19 +83,9 @@ impl AvroDecoder {
     /// schema shipped beside the pipeline). Returns why it cannot be used, if so.
     pub fn add_writer(&self, id: u32, schema: &str) -> Option<String> {
         let writer = self.resolve(id, schema.to_owned());
-        let unusable = match &writer {
-            Writer::Unusable(reason) => Some(reason.clone()),
-            Writer::Usable(_) => None,
-        };
-        self.writers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, writer);
+        let unusable = writer.as_ref().err().cloned();
+        self.writers.insert(id, writer);
         unusable
-    }
-
-    fn writers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u32, Writer>> {
-        self.writers.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fetches the writer schemas of `raw`'s records that are not known yet. Waits (with
@@ -132,54 +95,18 @@ impl AvroDecoder {
         raw: &RawBatch,
         shutdown: &CancellationToken,
     ) -> Result<(), PrepareError> {
-        let mut missing: Vec<u32> = {
-            let writers = self.writers();
-            raw.records()
-                .filter_map(|r| schema_id(r.payload?))
-                .filter(|id| !writers.contains_key(id))
-                .collect()
-        };
-        missing.sort_unstable();
-        missing.dedup();
-        for id in missing {
-            let writer = self.fetch(id, shutdown).await?;
-            if let Writer::Unusable(reason) = &writer {
-                tracing::warn!(schema_id = id, reason = %reason, "records with this writer schema go to the dead letters");
-            }
-            self.writers
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, writer);
-        }
-        Ok(())
-    }
-
-    async fn fetch(&self, id: u32, shutdown: &CancellationToken) -> Result<Writer, PrepareError> {
-        let what = format!("writer schema id {id}");
-        match patiently(&what, shutdown, &self.stats, || {
-            self.registry.schema_by_id(id)
-        })
-        .await
-        {
-            Ok(registered) if registered.schema_type != "AVRO" => Ok(Writer::Unusable(format!(
-                "schema id {id} is a {} schema, not Avro",
-                registered.schema_type
-            ))),
-            Ok(registered) => Ok(self.resolve(id, registered.schema)),
-            Err(Gave::Up(e @ RegistryError::NotFound { .. })) => {
-                Ok(Writer::Unusable(e.to_string()))
-            }
-            Err(Gave::Up(e)) => Err(PrepareError::Registry(e)),
-            Err(Gave::Cancelled) => Err(PrepareError::Cancelled),
-        }
+        let ids = raw.records().filter_map(|r| schema_id(r.payload?));
+        self.writers
+            .prepare(ids, shutdown, |id, schema| self.resolve(id, schema))
+            .await
     }
 
     /// Whether the writer schema can be read into the reader schema.
-    fn resolve(&self, id: u32, schema: String) -> Writer {
+    fn resolve(&self, id: u32, schema: String) -> Writer<AvroSchema> {
         let writer = AvroSchema::new(schema);
         match self.new_decoder(&[(id, &writer)], 1) {
-            Ok(_) => Writer::Usable(writer),
-            Err(e) => Writer::Unusable(format!(
+            Ok(_) => Ok(writer),
+            Err(e) => Err(format!(
                 "writer schema id {id} cannot be read as the declared schema: {e}"
             )),
         }
@@ -207,7 +134,7 @@ impl AvroDecoder {
     /// never caused by bad input.
     pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
         let mut decoded = Decoded::new(&raw.provenance.tp, raw.len());
-        let writers = self.writers();
+        let writers = self.writers.read();
         let mut candidates: Vec<(RawRecord<'_>, &[u8], u32)> = Vec::with_capacity(raw.len());
         for record in raw.records() {
             match self.screen(&record, &writers) {
@@ -221,7 +148,7 @@ impl AvroDecoder {
         let usable: Vec<(u32, &AvroSchema)> = ids
             .iter()
             .filter_map(|id| match writers.get(id) {
-                Some(Writer::Usable(schema)) => Some((*id, schema)),
+                Some(Ok(schema)) => Some((*id, schema)),
                 _ => None,
             })
             .collect();
@@ -264,7 +191,7 @@ impl AvroDecoder {
     fn screen<'a>(
         &self,
         record: &RawRecord<'a>,
-        writers: &HashMap<u32, Writer>,
+        writers: &HashMap<u32, Writer<AvroSchema>>,
     ) -> Result<(&'a [u8], u32), Rejected> {
         let payload = payload_within(record, self.max_record_bytes)?;
         let id = schema_id(payload).ok_or_else(|| {
@@ -274,8 +201,8 @@ impl AvroDecoder {
             )
         })?;
         match writers.get(&id) {
-            Some(Writer::Usable(_)) => Ok((payload, id)),
-            Some(Writer::Unusable(reason)) => Err((DeadLetterKind::UnknownSchema, reason.clone())),
+            Some(Ok(_)) => Ok((payload, id)),
+            Some(Err(reason)) => Err((DeadLetterKind::UnknownSchema, reason.clone())),
             None => Err((
                 DeadLetterKind::UnknownSchema,
                 format!("schema id {id} was not fetched"),
@@ -333,16 +260,6 @@ impl AvroDecoder {
                 .to_owned();
         }
         format!("not valid Avro for its writer schema: {error}")
-    }
-}
-
-/// The schema id of a Confluent-framed record.
-fn schema_id(payload: &[u8]) -> Option<u32> {
-    match payload {
-        [0, a, b, c, d, ..] if payload.len() >= HEADER => {
-            Some(u32::from_be_bytes([*a, *b, *c, *d]))
-        }
-        _ => None,
     }
 }
 

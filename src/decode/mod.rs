@@ -14,6 +14,8 @@
 
 pub mod avro;
 mod checks;
+pub mod protobuf;
+pub mod writers;
 
 use std::sync::Arc;
 
@@ -101,6 +103,7 @@ fn holds_dates(record_schema: &SchemaRef) -> bool {
 pub enum RecordDecoder {
     Json(JsonDecoder),
     Avro(avro::AvroDecoder),
+    Protobuf(protobuf::ProtobufDecoder),
 }
 
 impl RecordDecoder {
@@ -113,6 +116,18 @@ impl RecordDecoder {
         let crate::config::SourceConfig::Kafka(source) = &pipeline.config.source;
         let headers = &source.headers;
         let max_record_bytes = decode.max_record_bytes.as_u64() as usize;
+        if let (Some(reader), Some(registry)) = (&pipeline.proto_message, &decode.schema_registry) {
+            return Ok(RecordDecoder::Protobuf(
+                protobuf::ProtobufDecoder::new(
+                    reader.clone(),
+                    pipeline.record_schema.clone(),
+                    max_record_bytes,
+                    crate::schema_registry::SchemaRegistry::new(registry)?,
+                )
+                .with_headers(headers)
+                .with_stats(stats),
+            ));
+        }
         match (&pipeline.avro_schema, &decode.schema_registry) {
             (Some(reader), Some(registry)) => Ok(RecordDecoder::Avro(
                 avro::AvroDecoder::new(
@@ -139,19 +154,22 @@ impl RecordDecoder {
         match self {
             RecordDecoder::Json(json) => json.output_schema(),
             RecordDecoder::Avro(avro) => avro.output_schema(),
+            RecordDecoder::Protobuf(protobuf) => protobuf.output_schema(),
         }
     }
 
-    /// What must happen before [`Self::decode`] can run without I/O: for Avro, fetching
-    /// the writer schemas the batch refers to (waiting while the registry is away).
+    /// What must happen before [`Self::decode`] can run without I/O: for Avro and
+    /// Protobuf, fetching the writer schemas the batch refers to (waiting while the
+    /// registry is away).
     pub async fn prepare(
         &self,
         raw: &RawBatch,
         shutdown: &tokio_util::sync::CancellationToken,
-    ) -> Result<(), avro::PrepareError> {
+    ) -> Result<(), writers::PrepareError> {
         match self {
             RecordDecoder::Json(_) => Ok(()),
             RecordDecoder::Avro(avro) => avro.prepare(raw, shutdown).await,
+            RecordDecoder::Protobuf(protobuf) => protobuf.prepare(raw, shutdown).await,
         }
     }
 
@@ -159,6 +177,7 @@ impl RecordDecoder {
         match self {
             RecordDecoder::Json(json) => json.decode(raw),
             RecordDecoder::Avro(avro) => avro.decode(raw),
+            RecordDecoder::Protobuf(protobuf) => protobuf.decode(raw),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub schema_path: PathBuf,
     /// For `decode.format: avro`, the schema file's Avro JSON (the reader schema).
     pub avro_schema: Option<String>,
+    /// For `decode.format: protobuf`, the `.proto` file's reader message.
+    pub proto_message: Option<prost_reflect::MessageDescriptor>,
     /// The stages, planned (`stage::Chain::build` builds them from this).
     pub stages: stage::Plan,
     /// The outputs, planned (`sink::build` builds them from this).

@@ -28,16 +28,34 @@ pub(super) fn validate(
     check_clients(&config, &mut issues);
 
     let schema_path = base_dir.join(&config.decode.schema);
-    let (record_schema, avro_schema) = match schema::load(&schema_path) {
-        Ok(record) => {
-            check_format(&config, record.avro.is_some(), &mut issues);
-            (Some(record.fields), record.avro)
+    let proto_file = schema_path.extension().is_some_and(|e| e == "proto");
+    let (record_schema, avro_schema, proto_message) = if proto_file {
+        match crate::proto::load(&schema_path, config.decode.message.as_deref()) {
+            Ok((fields, message)) => (Some(fields), None, Some(message)),
+            Err(e) => {
+                issues.add("decode.schema", e);
+                (None, None, None)
+            }
         }
-        Err(e) => {
-            issues.add("decode.schema", crate::telemetry::chain(&e));
-            (None, None)
+    } else {
+        match schema::load(&schema_path) {
+            Ok(record) => (Some(record.fields), record.avro, None),
+            Err(e) => {
+                issues.add("decode.schema", crate::telemetry::chain(&e));
+                (None, None, None)
+            }
         }
     };
+    if record_schema.is_some() {
+        let file = if proto_file {
+            SchemaFile::Proto
+        } else if avro_schema.is_some() {
+            SchemaFile::Avro
+        } else {
+            SchemaFile::Sluice
+        };
+        check_format(&config, file, &mut issues);
+    }
     let crate::config::SourceConfig::Kafka(source) = &config.source;
     if let Some(record) = &record_schema {
         check_headers(&source.headers, record, &mut issues);
@@ -112,6 +130,7 @@ pub(super) fn validate(
             record_schema,
             schema_path,
             avro_schema,
+            proto_message,
             stages,
             sinks,
             retrain: None,
@@ -145,33 +164,57 @@ fn check_headers(
     }
 }
 
+/// The kind of file `decode.schema` names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SchemaFile {
+    Sluice,
+    Avro,
+    Proto,
+}
+
 /// `decode.format` against the schema file's kind and the registry settings.
-fn check_format(config: &crate::config::PipelineConfig, avro_file: bool, issues: &mut Issues) {
+fn check_format(config: &crate::config::PipelineConfig, file: SchemaFile, issues: &mut Issues) {
     use crate::config::{OutputFormat, RecordFormat, SinkConfig};
     let decode = &config.decode;
     let avro_out = config
         .sinks
         .iter()
         .any(|sink| matches!(sink, SinkConfig::Kafka(out) if out.format == OutputFormat::Avro));
-    match (decode.format, avro_file) {
-        (RecordFormat::Avro, false) => issues.add(
+    match (decode.format, file) {
+        (RecordFormat::Avro, SchemaFile::Avro)
+        | (RecordFormat::Protobuf, SchemaFile::Proto)
+        | (RecordFormat::Json, SchemaFile::Sluice) => {}
+        (RecordFormat::Avro, _) => issues.add(
             "decode.schema",
             "format: avro reads records into an Avro schema: expected a .avsc file",
         ),
-        (RecordFormat::Json, true) => issues.add(
+        (RecordFormat::Protobuf, _) => issues.add(
+            "decode.schema",
+            "format: protobuf reads records as a message of a .proto file: expected a .proto file",
+        ),
+        (RecordFormat::Json, SchemaFile::Avro) => issues.add(
             "decode.schema",
             "a .avsc schema is for format: avro; JSON records take a sluice schema (schemas/README.md)",
         ),
-        _ => {}
+        (RecordFormat::Json, SchemaFile::Proto) => issues.add(
+            "decode.schema",
+            "a .proto schema is for format: protobuf; JSON records take a sluice schema (schemas/README.md)",
+        ),
+    }
+    if decode.message.is_some() && decode.format != RecordFormat::Protobuf {
+        issues.add("decode.message", "only used with format: protobuf");
     }
     match (decode.format, &decode.schema_registry) {
-        (RecordFormat::Avro, None) => issues.add(
+        (format @ (RecordFormat::Avro | RecordFormat::Protobuf), None) => issues.add(
             "decode.schema_registry",
-            "format: avro needs the registry writer schemas come from: expected {url: http://HOST:PORT}",
+            format!(
+                "format: {} needs the registry writer schemas come from: expected {{url: http://HOST:PORT}}",
+                if format == RecordFormat::Avro { "avro" } else { "protobuf" }
+            ),
         ),
         (RecordFormat::Json, Some(_)) if !avro_out => issues.add(
             "decode.schema_registry",
-            "only used with format: avro (here, or on a kafka sink)",
+            "only used with format: avro or protobuf (here), or avro on a kafka sink",
         ),
         (_, Some(registry)) => {
             for (key, message) in registry.problems() {

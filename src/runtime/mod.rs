@@ -43,7 +43,7 @@ pub enum RunError {
     #[error("decoding a batch failed inside Arrow (a bug, not bad input): {0}")]
     Decode(#[from] arrow::error::ArrowError),
     #[error(transparent)]
-    Prepare(#[from] crate::decode::avro::PrepareError),
+    Prepare(#[from] crate::decode::writers::PrepareError),
     #[error("decode.schema_registry: {0}")]
     Registry(#[from] crate::schema_registry::RegistryError),
     #[error(transparent)]

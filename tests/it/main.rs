@@ -23,6 +23,7 @@ mod metrics_endpoint;
 mod mock_cluster;
 mod object_storage;
 mod operator;
+mod protobuf;
 mod retrain;
 mod s3_registry;
 mod secure_kafka;

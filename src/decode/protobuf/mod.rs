@@ -1,0 +1,323 @@
+//! Protobuf records in the Confluent wire format -> Arrow rows, with `prost-reflect`.
+//!
+//! Each record is a magic byte `0`, the writer schema's 4-byte big-endian registry id, the
+//! *message indexes* (zigzag varints: how many, then the path to the message type within
+//! the schema's file; a lone `0` means the first message) and the protobuf body.
+//!
+//! The declared `.proto` file's message (`decode.message`, else its first) is the reader
+//! type: bodies are decoded as that message, which is how protobuf itself resolves
+//! versions (by field number: a field the writer added is skipped, one it removed reads
+//! as its default or null, `int32` widens to `int64`). The writer schema (fetched by id
+//! once, as for Avro: [`super::writers`]) is checked against the reader once per id and
+//! message path: a field number whose type the two declare incompatibly (say `string` in
+//! the writer, `int64` in the reader) makes that writer's records dead letters naming the
+//! id and the field, instead of decoding garbage. Registry schemas may be `.proto` text
+//! (Confluent's Java clients) or a base64 `FileDescriptorProto` (its Python client);
+//! imports of the well-known types (`google/protobuf/*.proto`) resolve without
+//! references; other references are not followed (such a schema is unusable, named).
+
+mod arrow;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use ::arrow::array::RecordBatch;
+use ::arrow::datatypes::SchemaRef;
+use ::arrow::error::ArrowError;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
+use tokio_util::sync::CancellationToken;
+
+use super::writers::{schema_id, PrepareError, WriterSchemas};
+use super::{finish, payload_within, Decoded, Rejected};
+use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
+use crate::config::{HeaderColumn, HeaderType};
+use crate::proto::writer_pool;
+use crate::schema::with_provenance;
+use crate::schema_registry::SchemaRegistry;
+
+/// Decodes Confluent-framed protobuf records as one reader message type.
+#[derive(Debug)]
+pub struct ProtobufDecoder {
+    reader: MessageDescriptor,
+    record_schema: SchemaRef,
+    output_schema: SchemaRef,
+    headers: Vec<HeaderType>,
+    max_record_bytes: usize,
+    holds_dates: bool,
+    writers: WriterSchemas<DescriptorPool>,
+    /// Whether a writer's message (by schema id and message indexes) reads as the reader
+    /// type, and if not, why.
+    fits: Mutex<HashMap<WriterMessage, Result<(), String>>>,
+}
+
+/// A writer's message: schema id and message index path.
+type WriterMessage = (u32, Vec<i32>);
+
+/// A record's framing: schema id, message indexes and where the body starts.
+struct Framing {
+    id: u32,
+    indexes: Vec<i32>,
+    body: usize,
+}
+
+impl ProtobufDecoder {
+    /// `reader`: the declared message; `record_schema`: its Arrow form.
+    pub fn new(
+        reader: MessageDescriptor,
+        record_schema: SchemaRef,
+        max_record_bytes: usize,
+        registry: SchemaRegistry,
+    ) -> Self {
+        ProtobufDecoder {
+            reader,
+            output_schema: with_provenance(&record_schema),
+            headers: Vec::new(),
+            holds_dates: super::holds_dates(&record_schema),
+            record_schema,
+            max_record_bytes,
+            writers: WriterSchemas::new("PROTOBUF", registry),
+            fits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reports waiting for the registry to `stats` (its `/health`).
+    pub fn with_stats(mut self, stats: std::sync::Arc<crate::telemetry::Stats>) -> Self {
+        self.writers.set_stats(stats);
+        self
+    }
+
+    /// Rows also carry these record headers as columns, after the record's fields.
+    pub fn with_headers(mut self, headers: &[HeaderColumn]) -> Self {
+        self.output_schema = crate::schema::row_schema(&self.record_schema, headers);
+        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+        self
+    }
+
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.output_schema
+    }
+
+    /// Makes writer schema `id` known without asking the registry (benches, tests).
+    /// Returns why it cannot be used, if so.
+    pub fn add_writer(&self, id: u32, schema: &str) -> Option<String> {
+        let writer = writer_pool(id, schema);
+        let unusable = writer.as_ref().err().cloned();
+        self.writers.insert(id, writer);
+        unusable
+    }
+
+    /// Fetches the writer schemas of `raw`'s records that are not known yet (see
+    /// [`super::writers`]).
+    pub async fn prepare(
+        &self,
+        raw: &RawBatch,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PrepareError> {
+        let ids = raw.records().filter_map(|r| schema_id(r.payload?));
+        self.writers
+            .prepare(ids, shutdown, |id, schema| writer_pool(id, &schema))
+            .await
+    }
+
+    /// Decodes a batch whose writer schemas [`Self::prepare`] fetched. Errors are internal,
+    /// never caused by bad input.
+    pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
+        let mut decoded = Decoded::new(&raw.provenance.tp, raw.len());
+        let mut messages = Vec::with_capacity(raw.len());
+        let mut good: Vec<RawRecord<'_>> = Vec::with_capacity(raw.len());
+        for record in raw.records() {
+            match self.message(&record) {
+                Ok(message) => {
+                    messages.push(message);
+                    good.push(record);
+                }
+                Err(reason) => decoded.reject(&record, reason),
+            }
+        }
+        if !messages.is_empty() {
+            let columns = arrow::columns(&self.reader, &self.record_schema, &messages)?;
+            decoded
+                .parts
+                .push(RecordBatch::try_new(self.record_schema.clone(), columns)?);
+            decoded.good = good;
+        }
+        finish(
+            decoded,
+            raw,
+            &self.record_schema,
+            &self.output_schema,
+            &self.headers,
+            self.holds_dates,
+        )
+    }
+
+    /// One record's message, or why it is a dead letter.
+    fn message(&self, record: &RawRecord<'_>) -> Result<DynamicMessage, Rejected> {
+        let payload = payload_within(record, self.max_record_bytes)?;
+        let framing = framing(payload).ok_or_else(|| {
+            (
+                DeadLetterKind::NotFramed,
+                "not in the Confluent wire format (magic byte 0, a 4-byte schema id and the \
+                 message indexes)"
+                    .to_owned(),
+            )
+        })?;
+        self.fits(&framing)
+            .map_err(|reason| (DeadLetterKind::UnknownSchema, reason))?;
+        DynamicMessage::decode(self.reader.clone(), &payload[framing.body..]).map_err(|e| {
+            (
+                DeadLetterKind::MalformedProtobuf,
+                format!(
+                    "not a valid `{}` message (schema id {}): {e}",
+                    self.reader.full_name(),
+                    framing.id
+                ),
+            )
+        })
+    }
+
+    /// Whether the writer message a record names reads as the reader type (cached).
+    fn fits(&self, framing: &Framing) -> Result<(), String> {
+        let key = (framing.id, framing.indexes.clone());
+        let mut fits = self.fits.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = fits.get(&key) {
+            return known.clone();
+        }
+        let verdict = match self.writers.read().get(&framing.id) {
+            None => return Err(format!("schema id {} was not fetched", framing.id)),
+            Some(Err(reason)) => Err(reason.clone()),
+            Some(Ok(pool)) => writer_message(pool, &framing.indexes)
+                .and_then(|writer| compatible(&writer, &self.reader, 0))
+                .map_err(|why| {
+                    format!(
+                        "writer schema id {} cannot be read as the declared schema: {why}",
+                        framing.id
+                    )
+                }),
+        };
+        fits.insert(key, verdict.clone());
+        verdict
+    }
+}
+
+/// The message a record's indexes name in its writer schema's file (the pool's last).
+fn writer_message(pool: &DescriptorPool, indexes: &[i32]) -> Result<MessageDescriptor, String> {
+    let file = pool
+        .files()
+        .last()
+        .ok_or_else(|| "the schema has no file".to_owned())?;
+    let mut candidates: Vec<MessageDescriptor> = file.messages().collect();
+    let mut found = None;
+    for &index in indexes {
+        let message = usize::try_from(index)
+            .ok()
+            .and_then(|i| candidates.get(i).cloned())
+            .ok_or_else(|| format!("message index path {indexes:?} is not in the schema"))?;
+        candidates = message.child_messages().collect();
+        found = Some(message);
+    }
+    found.ok_or_else(|| "the record names no message".to_owned())
+}
+
+/// Whether messages written as `writer` read as `reader`: every field number both declare
+/// has the same cardinality and compatible types (Confluent's rules: `int32`, `uint32`,
+/// `int64`, `uint64`, `bool` and enums interchange; `sint32`/`sint64`; `fixed32`/`sfixed32`;
+/// `fixed64`/`sfixed64`; `string`/`bytes`; messages field by field).
+fn compatible(
+    writer: &MessageDescriptor,
+    reader: &MessageDescriptor,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > 32 {
+        return Ok(());
+    }
+    for field in reader.fields() {
+        let Some(written) = writer.get_field(field.number()) else {
+            continue;
+        };
+        let shape = |f: &prost_reflect::FieldDescriptor| (f.is_list(), f.is_map());
+        let mismatch = || {
+            format!(
+                "field `{}` ({}) is {} in the writer, {} in the reader",
+                field.name(),
+                field.number(),
+                describe(&written),
+                describe(&field)
+            )
+        };
+        if shape(&written) != shape(&field) {
+            return Err(mismatch());
+        }
+        match (written.kind(), field.kind()) {
+            (Kind::Message(w), Kind::Message(r)) => compatible(&w, &r, depth + 1)
+                .map_err(|why| format!("in field `{}`: {why}", field.name()))?,
+            (w, r) if group(&w) == group(&r) => {}
+            _ => return Err(mismatch()),
+        }
+    }
+    Ok(())
+}
+
+/// Kinds that read each other's wire values.
+fn group(kind: &Kind) -> u8 {
+    match kind {
+        Kind::Int32 | Kind::Uint32 | Kind::Int64 | Kind::Uint64 | Kind::Bool | Kind::Enum(_) => 1,
+        Kind::Sint32 | Kind::Sint64 => 2,
+        Kind::Fixed32 | Kind::Sfixed32 => 3,
+        Kind::Fixed64 | Kind::Sfixed64 => 4,
+        Kind::String | Kind::Bytes => 5,
+        Kind::Float => 6,
+        Kind::Double => 7,
+        Kind::Message(_) => 8,
+    }
+}
+
+fn describe(field: &prost_reflect::FieldDescriptor) -> String {
+    let kind = match field.kind() {
+        Kind::Message(m) => m.full_name().to_owned(),
+        Kind::Enum(e) => e.full_name().to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    if field.is_list() {
+        format!("repeated {kind}")
+    } else {
+        kind
+    }
+}
+
+/// A record's framing, if it has one.
+fn framing(payload: &[u8]) -> Option<Framing> {
+    let id = schema_id(payload)?;
+    let mut at = 5;
+    let count = zigzag(payload, &mut at)?;
+    let indexes = if count == 0 {
+        vec![0]
+    } else {
+        let count = usize::try_from(count).ok().filter(|&c| c <= 64)?;
+        (0..count)
+            .map(|_| zigzag(payload, &mut at).and_then(|i| i32::try_from(i).ok()))
+            .collect::<Option<Vec<i32>>>()?
+    };
+    Some(Framing {
+        id,
+        indexes,
+        body: at,
+    })
+}
+
+/// A zigzag varint at `at`, moving past it.
+fn zigzag(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;
