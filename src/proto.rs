@@ -175,3 +175,221 @@ fn kind_type(kind: &Kind, depth: usize) -> Result<DataType, String> {
         },
     })
 }
+
+/// A `.proto` file declaring message `full_name` (`package.Name`) with one field per
+/// column of `columns`, numbered in column order: the schema a `kafka` sink with
+/// `format: protobuf` registers. Nullable scalars are `optional` (explicit presence);
+/// timestamps are `google.protobuf.Timestamp`; lists `repeated`; structs nested messages;
+/// maps `map<K, V>`.
+pub fn derive(full_name: &str, columns: &Schema) -> Result<String, String> {
+    let (package, name) = full_name.rsplit_once('.').unwrap_or(("", full_name));
+    let mut nested = Vec::new();
+    let body = message_body(columns.fields(), &mut nested, 1)?;
+    let mut text = String::from("syntax = \"proto3\";\n");
+    if !package.is_empty() {
+        text += &format!("package {package};\n");
+    }
+    let stamp = "google.protobuf.Timestamp";
+    if body.contains(stamp) || nested.iter().any(|n| n.contains(stamp)) {
+        text += "import \"google/protobuf/timestamp.proto\";\n";
+    }
+    text += &format!("\nmessage {name} {{\n");
+    for message in &nested {
+        text += message;
+    }
+    text += &body;
+    text += "}\n";
+    Ok(text)
+}
+
+/// The fields of a message (indented `depth` levels); nested messages go to `nested`.
+fn message_body(fields: &Fields, nested: &mut Vec<String>, depth: usize) -> Result<String, String> {
+    let indent = "  ".repeat(depth);
+    let mut body = String::new();
+    for (i, field) in fields.iter().enumerate() {
+        let name = field.name();
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "column `{name}` is not a protobuf field name (letters, digits, `_`)"
+            ));
+        }
+        let number = i + 1;
+        let line = match field.data_type() {
+            DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _) => {
+                let element = scalar_type(item.data_type(), name, nested, depth)?;
+                format!("repeated {element} {name} = {number};")
+            }
+            DataType::Map(entries, _) => {
+                let DataType::Struct(pair) = entries.data_type() else {
+                    return Err(format!("column `{name}`: a map without entries"));
+                };
+                let key = scalar_type(pair[0].data_type(), name, nested, depth)?;
+                let value =
+                    scalar_type(pair[1].data_type(), &format!("{name}_value"), nested, depth)?;
+                format!("map<{key}, {value}> {name} = {number};")
+            }
+            other => {
+                let kind = scalar_type(other, name, nested, depth)?;
+                let message =
+                    kind.contains('.') || kind.chars().next().is_some_and(char::is_uppercase);
+                if field.is_nullable() && !message {
+                    format!("optional {kind} {name} = {number};")
+                } else {
+                    format!("{kind} {name} = {number};")
+                }
+            }
+        };
+        body += &format!("{indent}{line}\n");
+    }
+    Ok(body)
+}
+
+/// The protobuf type of one value of `data_type` (a struct becomes a nested message named
+/// after `column`).
+fn scalar_type(
+    data_type: &DataType,
+    column: &str,
+    nested: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, String> {
+    Ok(match data_type {
+        DataType::Boolean => "bool".into(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int32".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => "uint32".into(),
+        DataType::UInt64 => "uint64".into(),
+        DataType::Float16 | DataType::Float32 => "float".into(),
+        DataType::Float64 => "double".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytes".into(),
+        DataType::Timestamp(_, _) => "google.protobuf.Timestamp".into(),
+        DataType::Struct(fields) => {
+            let name: String = column
+                .split('_')
+                .filter(|part| !part.is_empty())
+                .map(|part| {
+                    let mut chars = part.chars();
+                    chars
+                        .next()
+                        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let name = if name.is_empty() {
+                "Value".to_owned()
+            } else {
+                name
+            };
+            let mut inner = Vec::new();
+            let body = message_body(fields, &mut inner, depth + 1)?;
+            let indent = "  ".repeat(depth);
+            let mut message = format!("{indent}message {name} {{\n");
+            for m in inner {
+                message += &m;
+            }
+            message += &body;
+            message += &format!("{indent}}}\n");
+            nested.push(message);
+            name
+        }
+        other => {
+            return Err(format!(
+                "column `{column}` is {other}, which has no protobuf form here"
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_derived_proto_compiles_and_reads_back_as_the_same_columns() {
+        let point = Fields::from(vec![
+            Field::new("x", DataType::Float64, false),
+            Field::new("label", DataType::Utf8, true),
+        ]);
+        let entries = Fields::from(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Int64, true),
+        ]);
+        let columns = Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("score", DataType::Float32, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(
+                "embedding",
+                DataType::new_list(DataType::Float32, true),
+                false,
+            ),
+            Field::new("first_point", DataType::Struct(point), true),
+            Field::new(
+                "counts",
+                DataType::Map(
+                    Arc::new(Field::new("entries", DataType::Struct(entries), false)),
+                    false,
+                ),
+                false,
+            ),
+            Field::new("_offset", DataType::Int64, false),
+        ]);
+        let text = derive("acme.Out", &columns).unwrap();
+        for line in [
+            "package acme;",
+            "import \"google/protobuf/timestamp.proto\";",
+            "optional float score = 2;",
+            "google.protobuf.Timestamp at = 3;",
+            "repeated float embedding = 4;",
+            "message FirstPoint {",
+            "FirstPoint first_point = 5;",
+            "map<string, int64> counts = 6;",
+            "int64 _offset = 7;",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        let pool = writer_pool(1, &text).unwrap();
+        let message = pool.get_message_by_name("acme.Out").unwrap();
+        let back = schema(&message).unwrap();
+        let names: Vec<&str> = back.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "score",
+                "at",
+                "embedding",
+                "first_point",
+                "counts",
+                "_offset"
+            ]
+        );
+        assert!(back.field_with_name("score").unwrap().is_nullable());
+        assert!(!back.field_with_name("id").unwrap().is_nullable());
+    }
+
+    #[test]
+    fn columns_without_a_protobuf_form_are_named() {
+        let bad_name = Schema::new(vec![Field::new("sentiment.label", DataType::Utf8, true)]);
+        assert!(derive("a.B", &bad_name)
+            .unwrap_err()
+            .contains("`sentiment.label`"));
+        let nested_list = Schema::new(vec![Field::new(
+            "m",
+            DataType::new_list(DataType::new_list(DataType::Int32, true), true),
+            true,
+        )]);
+        assert!(derive("a.B", &nested_list)
+            .unwrap_err()
+            .contains("column `m`"));
+    }
+}

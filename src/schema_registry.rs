@@ -182,12 +182,23 @@ impl SchemaRegistry {
     }
 
     /// Registers the Avro `schema` under `subject` (or finds it there); its id.
-    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+    /// Registers `schema` of `schema_type` (`AVRO`, `PROTOBUF`) under `subject`; its id
+    /// (the existing one when the subject has the schema already).
+    pub async fn register(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<u32, RegistryError> {
         #[derive(Deserialize)]
         struct Registered {
             id: u32,
         }
-        let body = serde_json::json!({ "schema": schema }).to_string();
+        let mut body = serde_json::json!({ "schema": schema });
+        if schema_type != "AVRO" {
+            body["schemaType"] = serde_json::json!(schema_type);
+        }
+        let body = body.to_string();
         let request = self
             .client
             .post(format!("{}/subjects/{subject}/versions", self.url))

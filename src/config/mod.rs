@@ -443,7 +443,7 @@ impl PipelineConfig {
         };
         for sink in &mut self.sinks {
             if let SinkConfig::Kafka(out) = sink {
-                if out.format == OutputFormat::Avro && out.schema_registry.is_none() {
+                if out.format != OutputFormat::Json && out.schema_registry.is_none() {
                     out.schema_registry = Some(shared.clone());
                 }
             }

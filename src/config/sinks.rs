@@ -229,6 +229,7 @@ pub enum OutputFormat {
     #[default]
     Json,
     Avro,
+    Protobuf,
 }
 
 /// Confluent's subject name strategies.

@@ -179,7 +179,7 @@ fn check_format(config: &crate::config::PipelineConfig, file: SchemaFile, issues
     let avro_out = config
         .sinks
         .iter()
-        .any(|sink| matches!(sink, SinkConfig::Kafka(out) if out.format == OutputFormat::Avro));
+        .any(|sink| matches!(sink, SinkConfig::Kafka(out) if out.format != OutputFormat::Json));
     match (decode.format, file) {
         (RecordFormat::Avro, SchemaFile::Avro)
         | (RecordFormat::Protobuf, SchemaFile::Proto)
@@ -214,7 +214,7 @@ fn check_format(config: &crate::config::PipelineConfig, file: SchemaFile, issues
         ),
         (RecordFormat::Json, Some(_)) if !avro_out => issues.add(
             "decode.schema_registry",
-            "only used with format: avro or protobuf (here), or avro on a kafka sink",
+            "only used with format: avro or protobuf (here or on a kafka sink)",
         ),
         (_, Some(registry)) => {
             for (key, message) in registry.problems() {

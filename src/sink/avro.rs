@@ -110,7 +110,7 @@ impl AvroOutput {
         let what = format!("subject `{}`", self.subject);
         let found = match &self.source {
             Source::Register { schema } => patiently(&what, shutdown, stats, || {
-                self.registry.register(&self.subject, schema)
+                self.registry.register(&self.subject, schema, "AVRO")
             })
             .await
             .map(|id| (id, schema.clone())),

@@ -13,6 +13,7 @@ pub mod delta;
 pub mod kafka;
 pub mod parquet;
 pub mod plan;
+pub mod protobuf;
 mod rolling;
 
 pub use plan::Plan;
@@ -94,6 +95,8 @@ pub enum SinkError {
     },
     #[error("{sink}: Avro: {message}")]
     Avro { sink: String, message: String },
+    #[error("{sink}: Protobuf: {message}")]
+    Protobuf { sink: String, message: String },
     #[error("{sink}: transaction on topic `{topic}`")]
     Transaction {
         sink: String,
@@ -193,14 +196,19 @@ pub fn build(
                     .iter()
                     .map(|(name, column)| Ok((name.clone(), index(column)?)))
                     .collect::<Result<Vec<_>, SinkError>>()?;
-                let avro = match out.format {
+                let projected = match &columns {
+                    Some(columns) => rows.project(columns)?,
+                    None => rows.as_ref().clone(),
+                };
+                let registered = match out.format {
                     crate::config::OutputFormat::Json => None,
-                    crate::config::OutputFormat::Avro => {
-                        let projected = match &columns {
-                            Some(columns) => rows.project(columns)?,
-                            None => rows.as_ref().clone(),
-                        };
-                        Some(Box::new(avro::AvroOutput::new(name, out, &projected)?))
+                    crate::config::OutputFormat::Avro => Some(Box::new(kafka::Registered::Avro(
+                        avro::AvroOutput::new(name, out, &projected)?,
+                    ))),
+                    crate::config::OutputFormat::Protobuf => {
+                        Some(Box::new(kafka::Registered::Protobuf(
+                            protobuf::ProtobufOutput::new(name, out, &projected)?,
+                        )))
                     }
                 };
                 let mut config = producer(&out.brokers, &out.properties);
@@ -227,7 +235,7 @@ pub fn build(
                         key,
                         headers,
                         alert: out.alert.clone(),
-                        avro,
+                        registered,
                     },
                     tracker.clone(),
                     stats.clone(),

@@ -361,13 +361,17 @@ fn check_kafka_format(sink: &KafkaSinkConfig, path: &str, issues: &mut Issues) {
     match (sink.format, &sink.schema_registry) {
         (OutputFormat::Json, _) if avro_only => issues.add(
             format!("{path}.format"),
-            "schema_registry, record_name, auto_register and schema_version are for format: avro",
+            "schema_registry, record_name, auto_register and schema_version are for format: avro or protobuf",
         ),
         (OutputFormat::Avro, None) => issues.add(
             format!("{path}.schema_registry"),
             "format: avro needs a schema registry: set it here or in decode.schema_registry",
         ),
-        (OutputFormat::Avro, Some(registry)) => {
+        (OutputFormat::Protobuf, None) => issues.add(
+            format!("{path}.schema_registry"),
+            "format: protobuf needs a schema registry: set it here or in decode.schema_registry",
+        ),
+        (OutputFormat::Avro | OutputFormat::Protobuf, Some(registry)) => {
             for (key, message) in registry.problems() {
                 issues.add(format!("{path}.schema_registry.{key}"), message);
             }

@@ -317,3 +317,100 @@ async fn protobuf_writers_moving_between_versions_decode_and_an_incompatible_one
     }
     assert_eq!(letters, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_as_protobuf_are_read_back_by_the_confluent_deserializer() {
+    use sluice::demo::feeds::feedback::{produce, FeedbackGenerator};
+    let registry = Registry::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 2, 1).unwrap();
+    cluster.create_topic("feedback-proto", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("to-proto.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: to-proto\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [feedback]\n    batch:\n      max_rows: 200\n      max_wait: 100ms\ndecode:\n  schema: {root}/schemas/customer_feedback.json\nsinks:\n  - kafka:\n      topic: feedback-proto\n      format: protobuf\n      record_name: com.example.FeedbackOut\n      key: customer_id\n      columns: [id, customer_id, rating, text, ts, _offset, _timestamp]\n      schema_registry:\n        url: {registry}\ndead_letter:\n  parquet:\n    path: {out}/dead\n",
+            root = env!("CARGO_MANIFEST_DIR"),
+            registry = registry.url,
+            out = out.path().display()
+        ),
+    )
+    .unwrap();
+    let pipeline = sluice::pipeline::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let Running {
+        stats,
+        shutdown,
+        handle,
+        stop_on_panic: _stop_on_panic,
+    } = spawn_pipeline(pipeline);
+    let sent: Vec<_> = FeedbackGenerator::new(5, 0.0, 1_795_305_600_000, 1_000)
+        .take(300)
+        .collect();
+    produce(&brokers, "feedback", sent.clone()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || stats.snapshot().kafka_messages
+            == 300)
+        .await
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+
+    // The schema sluice registered, compiled for the reader's message class.
+    let (_, answer) = crate::common::http_get(
+        registry.url.trim_start_matches("http://"),
+        "/subjects/feedback-proto-value/versions/latest",
+    )
+    .unwrap();
+    let registered: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(registered["schemaType"], "PROTOBUF");
+    let proto = registered["schema"].as_str().unwrap();
+    assert!(
+        proto.contains("package com.example;") && proto.contains("message FeedbackOut {"),
+        "{proto}"
+    );
+    assert!(
+        proto.contains("optional int32 rating = 3;"),
+        "a nullable column is optional: {proto}"
+    );
+    std::fs::write(out.path().join("out.proto"), proto).unwrap();
+    let set = protox::compile(["out.proto"], [out.path()]).unwrap();
+    let descriptors = out.path().join("out.pb");
+    std::fs::write(&descriptors, set.encode_to_vec()).unwrap();
+    let read = Command::new("python3")
+        .arg(format!("{HERE}/consume.py"))
+        .args([&brokers, "feedback-proto"])
+        .arg(&descriptors)
+        .args(["com.example.FeedbackOut", "300"])
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let read: Vec<Value> = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(read.len(), 300);
+    let by_id: std::collections::HashMap<String, &Value> = read
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r))
+        .collect();
+    for record in &sent {
+        let json: Value = serde_json::from_slice(&record.payload).unwrap();
+        let got = by_id[json["id"].as_str().unwrap()];
+        assert_eq!(got["text"], json["text"]);
+        assert_eq!(
+            got.get("rating").unwrap_or(&Value::Null),
+            &json["rating"],
+            "unset when null"
+        );
+        assert_eq!(
+            got.get("customer_id").unwrap_or(&Value::Null),
+            &json["customer_id"]
+        );
+        assert_eq!(got["_key"], json["customer_id"]);
+        assert_eq!(got["_timestamp"].as_i64(), Some(record.timestamp_ms));
+        assert_eq!(got["_schema_id"], 1);
+    }
+}

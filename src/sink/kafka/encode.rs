@@ -52,7 +52,7 @@ pub(super) fn encode_rows(
     columns: Option<&[usize]>,
     key: Option<usize>,
     headers: &[(String, usize)],
-    avro: Option<&super::super::avro::AvroOutput>,
+    registered: Option<&super::Registered>,
 ) -> Result<Vec<Outgoing>, SinkError> {
     if rows.num_rows() == 0 {
         return Ok(Vec::new());
@@ -61,8 +61,8 @@ pub(super) fn encode_rows(
         Some(columns) => rows.project(columns)?,
         None => rows.clone(),
     };
-    let payloads = match avro {
-        Some(avro) => avro.encode(&projected)?,
+    let payloads = match registered {
+        Some(format) => format.encode(&projected)?,
         None => json_lines(&projected)?,
     };
     let keys = match key {

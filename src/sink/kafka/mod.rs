@@ -56,6 +56,38 @@ use crate::telemetry::Stats;
 
 pub const MAX_IN_FLIGHT_BATCHES: usize = 64;
 
+/// A message format whose schema lives in the schema registry.
+#[derive(Debug, Clone)]
+pub enum Registered {
+    Avro(super::avro::AvroOutput),
+    Protobuf(super::protobuf::ProtobufOutput),
+}
+
+impl Registered {
+    /// Registers the schema (or fetches the pinned version) before the first message.
+    async fn prepare(
+        &mut self,
+        shutdown: &CancellationToken,
+        stats: &Stats,
+    ) -> Result<(), SinkError> {
+        match self {
+            Registered::Avro(avro) => avro.prepare(shutdown, stats).await,
+            Registered::Protobuf(protobuf) => protobuf.prepare(shutdown, stats).await,
+        }
+    }
+
+    /// One framed message per row.
+    pub(super) fn encode(
+        &self,
+        rows: &arrow::array::RecordBatch,
+    ) -> Result<Vec<Vec<u8>>, SinkError> {
+        match self {
+            Registered::Avro(avro) => avro.encode(rows),
+            Registered::Protobuf(protobuf) => protobuf.encode(rows),
+        }
+    }
+}
+
 /// After shutdown, how long the sink waits for a delivery report before it gives up on
 /// the outstanding ones.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -64,14 +96,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 pub enum Encoding {
     /// One message per row with `columns` (all when None), keyed by `key`'s value: a
-    /// JSON object, or Avro when `avro`; with `alert`, only the rows that raise an alert.
+    /// JSON object, or Avro or Protobuf when `registered`; with `alert`, only the rows that raise an alert.
     Rows {
         columns: Option<Vec<usize>>,
         key: Option<usize>,
         /// Message headers from columns: (header name, column index).
         headers: Vec<(String, usize)>,
         alert: Option<AlertConfig>,
-        avro: Option<Box<super::avro::AvroOutput>>,
+        registered: Option<Box<Registered>>,
     },
     /// One message per dead letter: original key and bytes (the payload cut to
     /// `max_payload_bytes`), context in headers.
@@ -163,10 +195,11 @@ impl KafkaSink {
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         if let Encoding::Rows {
-            avro: Some(avro), ..
+            registered: Some(registered),
+            ..
         } = &mut self.encoding
         {
-            avro.prepare(&shutdown, &self.out.stats).await?;
+            registered.prepare(&shutdown, &self.out.stats).await?;
         }
         if self.transaction.is_some() {
             Transaction::init(&self.out.producer)
@@ -278,7 +311,7 @@ impl KafkaSink {
                 columns,
                 key,
                 headers,
-                avro,
+                registered,
                 ..
             } => {
                 // Alert state follows every row, replayed or not; rows whose output an
@@ -300,7 +333,13 @@ impl KafkaSink {
                     }
                     None => &batch.rows,
                 };
-                encode_rows(rows, columns.as_deref(), *key, headers, avro.as_deref())?
+                encode_rows(
+                    rows,
+                    columns.as_deref(),
+                    *key,
+                    headers,
+                    registered.as_deref(),
+                )?
             }
             Encoding::DeadLetters { max_payload_bytes } => {
                 let (messages, truncated) = encode_dead_letters(batch, *max_payload_bytes);
