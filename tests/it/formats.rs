@@ -584,25 +584,32 @@ fn shared_lines(text: &str) -> Vec<&str> {
 }
 
 #[test]
-fn the_avro_sentiment_pipeline_is_the_sentiment_pipeline_but_for_its_decode_section() {
+fn the_avro_and_protobuf_sentiment_pipelines_are_the_sentiment_pipeline_but_for_their_decode_section(
+) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     let json = std::fs::read_to_string(root.join("sentiment.yaml")).unwrap();
-    let avro = std::fs::read_to_string(root.join("sentiment-avro.yaml")).unwrap();
-    assert_eq!(shared_lines(&avro), shared_lines(&json));
-    let pipeline = sluice::pipeline::load(&root.join("sentiment-avro.yaml")).unwrap();
-    assert_eq!(
-        pipeline.config.decode.format,
-        sluice::config::RecordFormat::Avro
-    );
-    // The Avro schema declares the JSON schema's fields, in order.
-    let names = |schema: &arrow::datatypes::Schema| -> Vec<String> {
-        schema.fields().iter().map(|f| f.name().clone()).collect()
-    };
     let json_pipeline = sluice::pipeline::load(&root.join("sentiment.yaml")).unwrap();
-    assert_eq!(
-        names(&pipeline.record_schema),
-        names(&json_pipeline.record_schema)
-    );
+    for (file, format) in [
+        ("sentiment-avro.yaml", sluice::config::RecordFormat::Avro),
+        (
+            "sentiment-protobuf.yaml",
+            sluice::config::RecordFormat::Protobuf,
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert_eq!(shared_lines(&text), shared_lines(&json), "{file}");
+        let pipeline = sluice::pipeline::load(&root.join(file)).unwrap();
+        assert_eq!(pipeline.config.decode.format, format);
+        // The schema declares the JSON schema's fields, in order.
+        let names = |schema: &arrow::datatypes::Schema| -> Vec<String> {
+            schema.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        assert_eq!(
+            names(&pipeline.record_schema),
+            names(&json_pipeline.record_schema),
+            "{file}"
+        );
+    }
 }
 
 #[test]

@@ -17,11 +17,12 @@
 //! references; other references are not followed (such a schema is unusable, named).
 
 mod arrow;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use ::arrow::array::RecordBatch;
+use ::arrow::array::{ArrayRef, RecordBatch};
 use ::arrow::datatypes::SchemaRef;
 use ::arrow::error::ArrowError;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
@@ -45,6 +46,8 @@ pub struct ProtobufDecoder {
     max_record_bytes: usize,
     holds_dates: bool,
     writers: WriterSchemas<DescriptorPool>,
+    /// The wire reader, when the reader message is flat (the fast path).
+    flat: Option<wire::FlatReader>,
     /// Whether a writer's message (by schema id and message indexes) reads as the reader
     /// type, and if not, why.
     fits: Mutex<HashMap<WriterMessage, Result<(), String>>>,
@@ -69,6 +72,7 @@ impl ProtobufDecoder {
         registry: SchemaRegistry,
     ) -> Self {
         ProtobufDecoder {
+            flat: wire::FlatReader::new(&reader),
             reader,
             output_schema: with_provenance(&record_schema),
             headers: Vec::new(),
@@ -123,23 +127,25 @@ impl ProtobufDecoder {
     /// never caused by bad input.
     pub fn decode(&self, raw: &RawBatch) -> Result<Batch, ArrowError> {
         let mut decoded = Decoded::new(&raw.provenance.tp, raw.len());
-        let mut messages = Vec::with_capacity(raw.len());
-        let mut good: Vec<RawRecord<'_>> = Vec::with_capacity(raw.len());
+        let mut bodies: Vec<(RawRecord<'_>, &[u8], u32)> = Vec::with_capacity(raw.len());
         for record in raw.records() {
-            match self.message(&record) {
-                Ok(message) => {
-                    messages.push(message);
-                    good.push(record);
-                }
+            match self.screen(&record) {
+                Ok((body, id)) => bodies.push((record, body, id)),
                 Err(reason) => decoded.reject(&record, reason),
             }
         }
-        if !messages.is_empty() {
-            let columns = arrow::columns(&self.reader, &self.record_schema, &messages)?;
+        let flat = self
+            .flat
+            .as_ref()
+            .and_then(|flat| self.read_flat(flat, &bodies, &mut decoded));
+        let columns = match flat {
+            Some(columns) => columns,
+            None => self.read_messages(&bodies, &mut decoded)?,
+        };
+        if let Some(columns) = columns {
             decoded
                 .parts
                 .push(RecordBatch::try_new(self.record_schema.clone(), columns)?);
-            decoded.good = good;
         }
         finish(
             decoded,
@@ -151,8 +157,75 @@ impl ProtobufDecoder {
         )
     }
 
-    /// One record's message, or why it is a dead letter.
-    fn message(&self, record: &RawRecord<'_>) -> Result<DynamicMessage, Rejected> {
+    /// The fast path: `None` when a record the wire reader refuses is a valid message
+    /// after all (say, with a deprecated group), so the batch takes the general path.
+    fn read_flat<'a>(
+        &self,
+        flat: &wire::FlatReader,
+        bodies: &[(RawRecord<'a>, &[u8], u32)],
+        decoded: &mut Decoded<'a>,
+    ) -> Option<Option<Vec<ArrayRef>>> {
+        let mut builders = flat.builders(bodies.len());
+        let mut good = Vec::with_capacity(bodies.len());
+        let mut bad = Vec::new();
+        for (record, body, id) in bodies {
+            match flat.read(body, &mut builders) {
+                Ok(()) => good.push(*record),
+                Err(()) => match self.body(body, *id) {
+                    Ok(_) => return None,
+                    Err(reason) => bad.push((*record, reason)),
+                },
+            }
+        }
+        for (record, reason) in bad {
+            decoded.reject(&record, reason);
+        }
+        if good.is_empty() {
+            return Some(None);
+        }
+        decoded.good = good;
+        Some(Some(builders.finish()))
+    }
+
+    /// The general path: each body as a message, then the messages as columns.
+    fn read_messages<'a>(
+        &self,
+        bodies: &[(RawRecord<'a>, &[u8], u32)],
+        decoded: &mut Decoded<'a>,
+    ) -> Result<Option<Vec<ArrayRef>>, ArrowError> {
+        let mut messages = Vec::with_capacity(bodies.len());
+        let mut good = Vec::with_capacity(bodies.len());
+        for (record, body, id) in bodies {
+            match self.body(body, *id) {
+                Ok(message) => {
+                    messages.push(message);
+                    good.push(*record);
+                }
+                Err(reason) => decoded.reject(record, reason),
+            }
+        }
+        if messages.is_empty() {
+            return Ok(None);
+        }
+        decoded.good = good;
+        arrow::columns(&self.reader, &self.record_schema, &messages).map(Some)
+    }
+
+    /// A body as the reader message, or why it is a dead letter.
+    fn body(&self, body: &[u8], id: u32) -> Result<DynamicMessage, Rejected> {
+        DynamicMessage::decode(self.reader.clone(), body).map_err(|e| {
+            (
+                DeadLetterKind::MalformedProtobuf,
+                format!(
+                    "not a valid `{}` message (schema id {id}): {e}",
+                    self.reader.full_name(),
+                ),
+            )
+        })
+    }
+
+    /// A record's body and schema id, once its framing and writer schema check out.
+    fn screen<'a>(&self, record: &RawRecord<'a>) -> Result<(&'a [u8], u32), Rejected> {
         let payload = payload_within(record, self.max_record_bytes)?;
         let framing = framing(payload).ok_or_else(|| {
             (
@@ -164,16 +237,7 @@ impl ProtobufDecoder {
         })?;
         self.fits(&framing)
             .map_err(|reason| (DeadLetterKind::UnknownSchema, reason))?;
-        DynamicMessage::decode(self.reader.clone(), &payload[framing.body..]).map_err(|e| {
-            (
-                DeadLetterKind::MalformedProtobuf,
-                format!(
-                    "not a valid `{}` message (schema id {}): {e}",
-                    self.reader.full_name(),
-                    framing.id
-                ),
-            )
-        })
+        Ok((&payload[framing.body..], framing.id))
     }
 
     /// Whether the writer message a record names reads as the reader type (cached).
@@ -307,16 +371,8 @@ fn framing(payload: &[u8]) -> Option<Framing> {
 
 /// A zigzag varint at `at`, moving past it.
 fn zigzag(bytes: &[u8], at: &mut usize) -> Option<i64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
+    let value = wire::varint(bytes, at)?;
+    Some(((value >> 1) as i64) ^ -((value & 1) as i64))
 }
 
 #[cfg(test)]

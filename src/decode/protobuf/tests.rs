@@ -5,7 +5,7 @@ use crate::batch::{BatchId, TopicPartition};
 use crate::proto::load;
 use ::arrow::array::{AsArray, Int64Array};
 use prost::Message as _;
-use prost_reflect::Value;
+use prost_reflect::{Kind, Value};
 use std::time::Duration;
 
 const READER: &str = "syntax = \"proto3\";\npackage fb;\nmessage Outer {\n  message Feedback {\n    string id = 1;\n    int64 rating = 2;\n    optional string note = 3;\n  }\n}\nmessage Feedback {\n  string id = 1;\n  int64 rating = 2;\n  optional string note = 3;\n}\n";
@@ -189,4 +189,88 @@ fn the_declared_file_must_name_a_message_it_has() {
     )
     .unwrap();
     assert!(load(&path, None).unwrap_err().contains("recursive"));
+}
+
+const EVERY_SCALAR: &str = "syntax = \"proto3\";\npackage s;\nimport \"google/protobuf/timestamp.proto\";\nmessage All {\n  enum Color { RED = 0; GREEN = 1; }\n  int32 a = 1;\n  int64 b = 2;\n  uint32 c = 3;\n  uint64 d = 4;\n  sint32 e = 5;\n  sint64 f = 6;\n  fixed32 g = 7;\n  sfixed32 h = 8;\n  fixed64 i = 9;\n  sfixed64 j = 10;\n  float k = 11;\n  double l = 12;\n  bool m = 13;\n  string n = 14;\n  bytes o = 15;\n  Color p = 16;\n  google.protobuf.Timestamp q = 17;\n  optional string r = 18;\n  optional int64 s = 19;\n}\n";
+
+#[test]
+fn the_wire_fast_path_reads_what_the_general_path_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.proto");
+    std::fs::write(&path, EVERY_SCALAR).unwrap();
+    let (schema, reader) = load(&path, None).unwrap();
+    assert!(wire::FlatReader::new(&reader).is_some(), "a flat message");
+    let registry = SchemaRegistry::new(&crate::config::SchemaRegistryConfig {
+        url: "http://127.0.0.1:9".into(),
+        username: None,
+        password: None,
+        bearer_token: None,
+        timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let decoder = ProtobufDecoder::new(reader.clone(), schema.clone(), 1 << 16, registry);
+    assert_eq!(decoder.add_writer(1, EVERY_SCALAR), None);
+    let stamp = match reader.get_field_by_name("q").unwrap().kind() {
+        Kind::Message(m) => m,
+        _ => unreachable!(),
+    };
+    let messages: Vec<DynamicMessage> = (0..20i64)
+        .map(|i| {
+            let mut m = DynamicMessage::new(reader.clone());
+            if i % 5 == 4 {
+                return m; // every field unset
+            }
+            let set = |m: &mut DynamicMessage, name: &str, v: Value| m.set_field_by_name(name, v);
+            set(&mut m, "a", Value::I32(-(i as i32) * 1000));
+            set(&mut m, "b", Value::I64(i64::MIN + i));
+            set(&mut m, "c", Value::U32(u32::MAX - i as u32));
+            set(&mut m, "d", Value::U64(u64::MAX - i as u64));
+            set(&mut m, "e", Value::I32(-(i as i32)));
+            set(&mut m, "f", Value::I64(-i * 1_000_000_007));
+            set(&mut m, "g", Value::U32(i as u32 * 7));
+            set(&mut m, "h", Value::I32(-(i as i32) * 7));
+            set(&mut m, "i", Value::U64(i as u64 * 11));
+            set(&mut m, "j", Value::I64(-i * 11));
+            set(&mut m, "k", Value::F32(i as f32 * 0.5));
+            set(&mut m, "l", Value::F64(-(i as f64) * 0.25));
+            set(&mut m, "m", Value::Bool(i % 2 == 0));
+            set(&mut m, "n", Value::String(format!("text {i} ü")));
+            set(&mut m, "o", Value::Bytes(vec![i as u8, 0, 255].into()));
+            set(&mut m, "p", Value::EnumNumber((i % 3) as i32)); // 2 has no name
+            let mut t = DynamicMessage::new(stamp.clone());
+            t.set_field_by_name("seconds", Value::I64(1_700_000_000 + i));
+            t.set_field_by_name("nanos", Value::I32(i as i32 * 1_000));
+            set(&mut m, "q", Value::Message(t));
+            if i % 2 == 0 {
+                set(&mut m, "r", Value::String(String::new()));
+                set(&mut m, "s", Value::I64(0));
+            }
+            m
+        })
+        .collect();
+    let mut payloads: Vec<Vec<u8>> = messages.iter().map(|m| framed(1, &[0], m)).collect();
+    // A field that appears twice: the last value wins.
+    let mut twice = DynamicMessage::new(reader.clone());
+    twice.set_field_by_name("a", Value::I32(1));
+    let mut again = twice.encode_to_vec();
+    again.extend([0x08, 0x02]); // field 1 (varint) = 2
+    let mut last = vec![0, 0, 0, 0, 1, 0];
+    last.extend(again);
+    payloads.push(last);
+    let fast = decoder.decode(&raw(&payloads)).unwrap();
+    assert!(fast.dead_letters.is_empty(), "{:?}", fast.dead_letters);
+    // The general path over the same bytes.
+    let all: Vec<DynamicMessage> = payloads
+        .iter()
+        .map(|p| DynamicMessage::decode(reader.clone(), &p[6..]).unwrap())
+        .collect();
+    let general = arrow::columns(&reader, &schema, &all).unwrap();
+    for (i, column) in general.iter().enumerate() {
+        assert_eq!(
+            fast.rows.column(i).as_ref(),
+            column.as_ref(),
+            "column {}",
+            schema.field(i).name()
+        );
+    }
 }
