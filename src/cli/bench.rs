@@ -22,6 +22,14 @@ pub struct Args {
     /// Also write the generated payloads here (JSON lines) for a baseline to replay.
     #[arg(long)]
     export_input: Option<PathBuf>,
+    /// `mock`: librdkafka's in-process cluster (quick; 5 MB per partition); `noida`: a
+    /// noida-db broker process started for the run, loaded with every record first (long
+    /// runs: millions of records).
+    #[arg(long, default_value = "mock")]
+    broker: bench::BrokerKind,
+    /// Partitions of the input topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
+    partitions: i32,
 }
 
 pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
@@ -31,6 +39,8 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
         &args.out,
         args.records,
         args.export_input.as_deref(),
+        args.broker,
+        args.partitions,
     )
     .await
     .context("bench failed")?;

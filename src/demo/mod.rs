@@ -28,6 +28,7 @@ use crate::sink::parquet::read::count_rows;
 use crate::telemetry::{Stats, StatsSnapshot};
 
 pub mod bench;
+pub mod broker;
 pub mod feeds;
 mod summary;
 
@@ -38,10 +39,12 @@ pub const DEMO_PARTITIONS: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("in-process Kafka cluster: {0}")]
+    #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("broker process")]
+    Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("reading the dataset back: {0}")]

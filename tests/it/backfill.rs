@@ -247,8 +247,8 @@ async fn a_stopped_backfill_started_again_finishes_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_starts_at_the_first_record_at_or_after_the_time() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, PARTITIONS).await;
+    let broker = Broker::start().unwrap();
+    broker.create_topic(TOPIC, PARTITIONS).await.unwrap();
     let brokers = broker.address.clone();
     // A broker process applies time retention: records from an hour ago.
     let start_ms = common::recent_ms();

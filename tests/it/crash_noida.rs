@@ -49,8 +49,8 @@ fn assert_visible_files_complete(root: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, PARTITIONS).await;
+    let broker = Broker::start().unwrap();
+    broker.create_topic(TOPIC, PARTITIONS).await.unwrap();
 
     // Recent records: the broker process applies time retention to record timestamps.
     let sent: Vec<_> = FeedbackGenerator::new(9, 0.01, recent_ms() - 200_000_000, 2_000)
@@ -164,9 +164,9 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 async fn kill_9_with_an_exactly_once_output_topic_shows_each_output_once() {
     const RECORDS: usize = 40_000;
     const MORE: usize = 30_000;
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, PARTITIONS).await;
-    broker.create_topic("clean", PARTITIONS).await;
+    let broker = Broker::start().unwrap();
+    broker.create_topic(TOPIC, PARTITIONS).await.unwrap();
+    broker.create_topic("clean", PARTITIONS).await.unwrap();
     let sent: Vec<_> = FeedbackGenerator::new(11, 0.01, recent_ms() - 200_000_000, 2_000)
         .take(RECORDS + MORE)
         .collect();
@@ -389,4 +389,53 @@ fn exactly_once_mistakes_name_their_key() {
     )
     .unwrap();
     sluice::pipeline::load(&file).expect("one exactly-once sink loads");
+}
+
+/// `sluice bench --broker noida` starts its own broker process, loads every record into a
+/// topic of the partitions asked for, and reports the raw consume rate and the pipeline's
+/// rate over the same messages; the broker process is gone afterwards.
+#[test]
+fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
+    let out = tempfile::tempdir().unwrap();
+    let results = out.path().join("e2e.jsonl");
+    let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "--broker",
+            "noida",
+            "--partitions",
+            "6",
+            "--records",
+            "20000",
+            "--out",
+        ])
+        .arg(out.path().join("bench"))
+        .arg("--results")
+        .arg(&results)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let line = std::fs::read_to_string(&results).unwrap();
+    let result: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(result["broker"], "noida");
+    assert_eq!(result["partitions"], 6);
+    assert_eq!(result["records"], 20_000);
+    assert!(
+        result["raw_consume_records_per_s"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    assert!(
+        result["pipeline_over_raw"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    let rows: usize = read_dataset(&out.path().join("bench/feedback"))
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 20_000, "every record in the dataset");
 }

@@ -113,8 +113,8 @@ async fn crash_while_writing_to_s3(kind: Kind, delta: bool) {
     const PARTITIONS: i32 = 3;
     let s3 = S3Server::of(kind);
     s3.create_bucket(BUCKET);
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, PARTITIONS).await;
+    let broker = Broker::start().unwrap();
+    broker.create_topic(TOPIC, PARTITIONS).await.unwrap();
     let sent: Vec<_> = FeedbackGenerator::new(14, 0.01, recent_ms() - 200_000_000, 2_000)
         .take(30_000)
         .collect();

@@ -56,8 +56,8 @@ fn pipeline_file(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_by_retention_are_counted_and_fail_stops_without_committing() {
-    let broker = Broker::start();
-    broker.create_topic("retained", 1).await;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("retained", 1).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let skip = pipeline_file(
         &broker.address,
@@ -217,8 +217,8 @@ async fn a_secret_in_a_place_it_does_not_belong_never_reaches_any_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_is_a_few_lines_a_health_answer_and_a_prompt_resumption() {
-    let mut broker = Broker::start();
-    broker.create_topic("outage", 2).await;
+    let mut broker = Broker::start().unwrap();
+    broker.create_topic("outage", 2).await.unwrap();
     produce(&broker.address, "outage", feedback(4, 500))
         .await
         .unwrap();
@@ -247,7 +247,7 @@ async fn a_broker_outage_is_a_few_lines_a_health_answer_and_a_prompt_resumption(
     .await;
     assert!(said, "/health: {:?}", common::http_get(&addr, "/health"));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    broker.restart();
+    broker.restart().unwrap();
     let back = Instant::now();
     produce(&broker.address, "outage", feedback(5, 200))
         .await

@@ -214,9 +214,9 @@ async fn a_refused_scram_login_is_in_health_counted_and_fails_start_up_with_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_in_every_codec_are_decoded_and_the_zstd_output_is_read_back() {
-    let broker = Broker::start();
-    broker.create_topic("codecs", 1).await;
-    broker.create_topic("codecs-out", 1).await;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("codecs", 1).await.unwrap();
+    broker.create_topic("codecs-out", 1).await.unwrap();
     // The Confluent client produces 100 records with each codec.
     let script = r#"
 import sys, json, time
