@@ -2,11 +2,8 @@
 //! a `kafka` sink with `format: avro`.
 //!
 //! The schema is derived from the output columns (arrow-avro's Arrow -> Avro mapping,
-//! under the configured record name) and registered under the sink's subject when the
-//! sink starts (the registry answers with the existing id when it has the schema
-//! already). With `auto_register: false` the subject's pinned version is used as it is,
-//! and the start fails if the columns do not fit it. While the registry cannot be
-//! reached the sink waits (the stream pauses) until it answers or the run stops.
+//! under the configured record name) and registered, or a pinned version is used
+//! ([`super::subject`]); the start fails if the columns do not fit it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,26 +17,15 @@ use arrow_avro::schema::{
 use arrow_avro::writer::{format::AvroSoeFormat, WriterBuilder};
 use tokio_util::sync::CancellationToken;
 
+use super::subject::SubjectSchema;
 use super::SinkError;
 use crate::config::KafkaSinkConfig;
-use crate::schema_registry::{patiently, Gave, SchemaRegistry};
-
-/// Where the writer schema comes from.
-#[derive(Debug, Clone)]
-enum Source {
-    /// Derived from the columns and registered.
-    Register { schema: String },
-    /// A version of the subject (`latest` or a number), used as it is.
-    Pinned { version: String },
-}
 
 /// The Avro side of a `kafka` sink.
 #[derive(Debug, Clone)]
 pub struct AvroOutput {
     sink: String,
-    subject: String,
-    registry: SchemaRegistry,
-    source: Source,
+    schema: SubjectSchema,
     /// The output columns (projected).
     columns: SchemaRef,
     /// After [`Self::prepare`]: the schema id, and the columns' schema carrying the Avro
@@ -47,22 +33,17 @@ pub struct AvroOutput {
     ready: Option<(u32, SchemaRef)>,
 }
 
+fn avro_error(sink: &str, message: String) -> SinkError {
+    SinkError::Avro {
+        sink: sink.to_owned(),
+        message,
+    }
+}
+
 impl AvroOutput {
     /// `columns`: the schema of the rows the sink writes (after `columns:` projection).
     pub fn new(sink: &str, config: &KafkaSinkConfig, columns: &Schema) -> Result<Self, SinkError> {
-        let avro_error = |message: String| SinkError::Avro {
-            sink: sink.to_owned(),
-            message,
-        };
-        let registry = config
-            .schema_registry
-            .as_ref()
-            .ok_or_else(|| avro_error("no schema_registry".into()))?;
-        let registry = SchemaRegistry::new(registry).map_err(|source| SinkError::Registry {
-            sink: sink.to_owned(),
-            source,
-        })?;
-        let source = if config.auto_register {
+        let derive = || {
             let full = config.record_full_name();
             let (namespace, name) = full.rsplit_once('.').unwrap_or(("", &full));
             let mut metadata =
@@ -71,34 +52,20 @@ impl AvroOutput {
                 metadata.insert(AVRO_NAMESPACE_METADATA_KEY.to_owned(), namespace.to_owned());
             }
             let named = Schema::new(columns.fields().clone()).with_metadata(metadata);
-            let schema = AvroSchema::try_from(&named)
-                .map_err(|e| avro_error(format!("the output columns have no Avro form: {e}")))?;
-            Source::Register {
-                schema: schema.json_string,
-            }
-        } else {
-            Source::Pinned {
-                version: config
-                    .schema_version
-                    .clone()
-                    .unwrap_or_else(|| "latest".into()),
-            }
+            AvroSchema::try_from(&named)
+                .map(|schema| schema.json_string)
+                .map_err(|e| e.to_string())
         };
         Ok(AvroOutput {
             sink: sink.to_owned(),
-            subject: config.subject(),
-            registry,
-            source,
+            schema: SubjectSchema::new(sink, config, "AVRO", derive, avro_error)?,
             columns: Arc::new(Schema::new(columns.fields().clone())),
             ready: None,
         })
     }
 
     fn error(&self, message: String) -> SinkError {
-        SinkError::Avro {
-            sink: self.sink.clone(),
-            message,
-        }
+        avro_error(&self.sink, message)
     }
 
     /// Registers the schema (or fetches the pinned version) and checks the columns fit it.
@@ -107,38 +74,7 @@ impl AvroOutput {
         shutdown: &CancellationToken,
         stats: &crate::telemetry::Stats,
     ) -> Result<(), SinkError> {
-        let what = format!("subject `{}`", self.subject);
-        let found = match &self.source {
-            Source::Register { schema } => patiently(&what, shutdown, stats, || {
-                self.registry.register(&self.subject, schema, "AVRO")
-            })
-            .await
-            .map(|id| (id, schema.clone())),
-            Source::Pinned { version } => patiently(&what, shutdown, stats, || {
-                self.registry.subject_version(&self.subject, version)
-            })
-            .await
-            .and_then(|registered| match registered.id {
-                Some(id) => Ok((id, registered.schema)),
-                None => Err(Gave::Up(crate::schema_registry::RegistryError::Refused {
-                    url: self.registry.url().to_owned(),
-                    status: 200,
-                    message: "the answer has no schema id".into(),
-                })),
-            }),
-        };
-        let (id, schema) = match found {
-            Ok(found) => found,
-            Err(Gave::Up(source)) => {
-                return Err(SinkError::Registry {
-                    sink: self.sink.clone(),
-                    source,
-                })
-            }
-            Err(Gave::Cancelled) => {
-                return Err(self.error("stopped while waiting for the schema registry".into()))
-            }
-        };
+        let (id, schema) = self.schema.resolve(shutdown, stats, avro_error).await?;
         let metadata = HashMap::from([(SCHEMA_METADATA_KEY.to_owned(), schema)]);
         let with_schema = Arc::new(self.columns.as_ref().clone().with_metadata(metadata));
         // The columns must fit the schema (a pinned version may not).
@@ -151,10 +87,10 @@ impl AvroOutput {
             .map_err(|e| {
                 self.error(format!(
                     "the output columns do not fit subject `{}`'s schema id {id}: {e}",
-                    self.subject
+                    self.schema.subject
                 ))
             })?;
-        tracing::info!(sink = %self.sink, subject = %self.subject, schema_id = id, "writing Avro");
+        tracing::info!(sink = %self.sink, subject = %self.schema.subject, schema_id = id, "writing Avro");
         self.ready = Some((id, with_schema));
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod parquet;
 pub mod plan;
 pub mod protobuf;
 mod rolling;
+mod subject;
 
 pub use plan::Plan;
 

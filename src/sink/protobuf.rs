@@ -3,9 +3,9 @@
 //!
 //! The schema is a `.proto` file derived from the output columns ([`crate::proto::derive`],
 //! one message named by `record_name`), registered under the sink's subject as `PROTOBUF`
-//! when the sink starts. With `auto_register: false` the subject's pinned version is used
-//! as it is: each column is written to the field of the same name, and the start fails if
-//! one has no such field or a type that cannot hold it. Each column is cast once per batch
+//! when the sink starts, or a pinned version used as it is ([`super::subject`]). Each
+//! column is written to the field of the same name; the start fails if one has no such
+//! field or a type that cannot hold it. Each column is cast once per batch
 //! to the Arrow type of its field's kind, then each row becomes one message.
 
 use std::sync::Arc;
@@ -20,19 +20,15 @@ use prost::Message as _;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::subject::SubjectSchema;
 use super::SinkError;
 use crate::config::KafkaSinkConfig;
-use crate::schema_registry::{patiently, Gave, SchemaRegistry};
 
 /// The Protobuf side of a `kafka` sink.
 #[derive(Debug, Clone)]
 pub struct ProtobufOutput {
     sink: String,
-    subject: String,
-    registry: SchemaRegistry,
-    /// The derived `.proto` to register, or `None` for a pinned version.
-    derived: Option<String>,
-    version: String,
+    schema: SubjectSchema,
     record_name: String,
     columns: SchemaRef,
     /// After [`Self::prepare`]: the schema id, the message, and each column's field and
@@ -43,39 +39,21 @@ pub struct ProtobufOutput {
 /// A column's field, and the Arrow type the column is cast to before encoding.
 type FieldTarget = (FieldDescriptor, DataType);
 
+fn protobuf_error(sink: &str, message: String) -> SinkError {
+    SinkError::Protobuf {
+        sink: sink.to_owned(),
+        message,
+    }
+}
+
 impl ProtobufOutput {
     /// `columns`: the schema of the rows the sink writes (after `columns:` projection).
     pub fn new(sink: &str, config: &KafkaSinkConfig, columns: &Schema) -> Result<Self, SinkError> {
-        let error = |message: String| SinkError::Protobuf {
-            sink: sink.to_owned(),
-            message,
-        };
-        let registry = config
-            .schema_registry
-            .as_ref()
-            .ok_or_else(|| error("no schema_registry".into()))?;
-        let registry = SchemaRegistry::new(registry).map_err(|source| SinkError::Registry {
-            sink: sink.to_owned(),
-            source,
-        })?;
         let record_name = config.record_full_name();
-        let derived = if config.auto_register {
-            Some(
-                crate::proto::derive(&record_name, columns)
-                    .map_err(|e| error(format!("the output columns have no protobuf form: {e}")))?,
-            )
-        } else {
-            None
-        };
+        let derive = || crate::proto::derive(&record_name, columns);
         Ok(ProtobufOutput {
             sink: sink.to_owned(),
-            subject: config.subject(),
-            registry,
-            derived,
-            version: config
-                .schema_version
-                .clone()
-                .unwrap_or_else(|| "latest".into()),
+            schema: SubjectSchema::new(sink, config, "PROTOBUF", derive, protobuf_error)?,
             record_name,
             columns: Arc::new(Schema::new(columns.fields().clone())),
             ready: None,
@@ -83,10 +61,7 @@ impl ProtobufOutput {
     }
 
     fn error(&self, message: String) -> SinkError {
-        SinkError::Protobuf {
-            sink: self.sink.clone(),
-            message,
-        }
+        protobuf_error(&self.sink, message)
     }
 
     /// Registers the derived schema (or fetches the pinned version) and maps each column to
@@ -96,41 +71,7 @@ impl ProtobufOutput {
         shutdown: &CancellationToken,
         stats: &crate::telemetry::Stats,
     ) -> Result<(), SinkError> {
-        let what = format!("subject `{}`", self.subject);
-        let found = match &self.derived {
-            Some(schema) => patiently(&what, shutdown, stats, || {
-                self.registry.register(&self.subject, schema, "PROTOBUF")
-            })
-            .await
-            .map(|id| (id, schema.clone())),
-            None => patiently(&what, shutdown, stats, || {
-                self.registry.subject_version(&self.subject, &self.version)
-            })
-            .await
-            .and_then(|registered| match registered.id {
-                Some(id) if registered.schema_type == "PROTOBUF" => Ok((id, registered.schema)),
-                _ => Err(Gave::Up(crate::schema_registry::RegistryError::Refused {
-                    url: self.registry.url().to_owned(),
-                    status: 200,
-                    message: format!(
-                        "subject `{}` version {} is not a PROTOBUF schema with an id",
-                        self.subject, self.version
-                    ),
-                })),
-            }),
-        };
-        let (id, schema) = match found {
-            Ok(found) => found,
-            Err(Gave::Up(source)) => {
-                return Err(SinkError::Registry {
-                    sink: self.sink.clone(),
-                    source,
-                })
-            }
-            Err(Gave::Cancelled) => {
-                return Err(self.error("stopped while waiting for the schema registry".into()))
-            }
-        };
+        let (id, schema) = self.schema.resolve(shutdown, stats, protobuf_error).await?;
         let pool = crate::proto::writer_pool(id, &schema).map_err(|e| self.error(e))?;
         let file = pool
             .files()
@@ -170,10 +111,10 @@ impl ProtobufOutput {
             .map_err(|why| {
                 self.error(format!(
                     "the output columns do not fit subject `{}`'s schema id {id}: {why}",
-                    self.subject
+                    self.schema.subject
                 ))
             })?;
-        tracing::info!(sink = %self.sink, subject = %self.subject, schema_id = id, message = %message.full_name(), "writing Protobuf");
+        tracing::info!(sink = %self.sink, subject = %self.schema.subject, schema_id = id, message = %message.full_name(), "writing Protobuf");
         self.ready = Some((id, message, fields));
         Ok(())
     }

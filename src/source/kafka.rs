@@ -126,7 +126,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(list) => {
                 let tps = partitions_of(list);
                 tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked: draining in-flight batches and committing");
-                self.drain_and_commit(consumer, Some(&tps), true);
+                self.drain_and_commit(consumer, Some(&tps));
                 self.revoked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -292,20 +292,12 @@ impl SourceContext {
         Ok(())
     }
 
-    /// Flushes the sinks for `tps` (all when None), waits until every batch sent for them
-    /// is durable, and commits their offsets synchronously.
-    fn drain_and_commit(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        tps: Option<&[TopicPartition]>,
-        revoke: bool,
-    ) {
+    /// Flushes the sinks for revoked `tps` (all at shutdown, when None), waits until every
+    /// batch sent for them is durable, and commits their offsets.
+    fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, tps: Option<&[TopicPartition]>) {
+        let revoke = tps.is_some();
         let flush = match tps {
-            Some(tps) if revoke => Flush::revoke(tps.to_vec()),
-            Some(tps) => Flush {
-                partitions: Some(tps.to_vec()),
-                ..Flush::all()
-            },
+            Some(tps) => Flush::revoke(tps.to_vec()),
             None => Flush::all(),
         };
         // The transaction holds every partition's output: all of it commits before the
@@ -464,7 +456,7 @@ impl KafkaSource {
         for batch in self.batcher.take_all() {
             context.send(batch, &self.stats)?;
         }
-        context.drain_and_commit(&self.consumer, None, false);
+        context.drain_and_commit(&self.consumer, None);
         Ok(())
     }
 }

@@ -50,17 +50,28 @@ pub struct ProtobufDecoder {
     flat: Option<wire::FlatReader>,
     /// Whether a writer's message (by schema id and message indexes) reads as the reader
     /// type, and if not, why.
-    fits: Mutex<HashMap<WriterMessage, Result<(), String>>>,
+    fits: Mutex<HashMap<u32, Vec<PathVerdict>>>,
 }
 
-/// A writer's message: schema id and message index path.
-type WriterMessage = (u32, Vec<i32>);
+/// A message index path of a writer schema, and whether it reads as the reader type.
+type PathVerdict = (Box<[i32]>, Result<(), String>);
 
 /// A record's framing: schema id, message indexes and where the body starts.
 struct Framing {
     id: u32,
-    indexes: Vec<i32>,
+    /// The message index path, inline (no allocation per record).
+    path: [i32; MAX_PATH],
+    depth: usize,
     body: usize,
+}
+
+/// The deepest message index path read (nesting deeper than this is not framed).
+const MAX_PATH: usize = 16;
+
+impl Framing {
+    fn indexes(&self) -> &[i32] {
+        &self.path[..self.depth]
+    }
 }
 
 impl ProtobufDecoder {
@@ -242,15 +253,15 @@ impl ProtobufDecoder {
 
     /// Whether the writer message a record names reads as the reader type (cached).
     fn fits(&self, framing: &Framing) -> Result<(), String> {
-        let key = (framing.id, framing.indexes.clone());
         let mut fits = self.fits.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = fits.get(&key) {
+        let paths = fits.entry(framing.id).or_default();
+        if let Some((_, known)) = paths.iter().find(|(path, _)| **path == *framing.indexes()) {
             return known.clone();
         }
         let verdict = match self.writers.read().get(&framing.id) {
             None => return Err(format!("schema id {} was not fetched", framing.id)),
             Some(Err(reason)) => Err(reason.clone()),
-            Some(Ok(pool)) => writer_message(pool, &framing.indexes)
+            Some(Ok(pool)) => writer_message(pool, framing.indexes())
                 .and_then(|writer| compatible(&writer, &self.reader, 0))
                 .map_err(|why| {
                     format!(
@@ -259,7 +270,7 @@ impl ProtobufDecoder {
                     )
                 }),
         };
-        fits.insert(key, verdict.clone());
+        paths.push((framing.indexes().into(), verdict.clone()));
         verdict
     }
 }
@@ -354,17 +365,21 @@ fn framing(payload: &[u8]) -> Option<Framing> {
     let id = schema_id(payload)?;
     let mut at = 5;
     let count = zigzag(payload, &mut at)?;
-    let indexes = if count == 0 {
-        vec![0]
-    } else {
-        let count = usize::try_from(count).ok().filter(|&c| c <= 64)?;
-        (0..count)
-            .map(|_| zigzag(payload, &mut at).and_then(|i| i32::try_from(i).ok()))
-            .collect::<Option<Vec<i32>>>()?
-    };
+    let mut path = [0; MAX_PATH];
+    // Count 0 is the short form of the path [0].
+    let depth = usize::try_from(count)
+        .ok()
+        .filter(|&c| c <= MAX_PATH)?
+        .max(1);
+    if count > 0 {
+        for index in path.iter_mut().take(depth) {
+            *index = i32::try_from(zigzag(payload, &mut at)?).ok()?;
+        }
+    }
     Some(Framing {
         id,
-        indexes,
+        path,
+        depth,
         body: at,
     })
 }

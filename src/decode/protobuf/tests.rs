@@ -75,13 +75,13 @@ fn message_indexes_are_read_in_both_of_confluent_s_forms() {
     };
     let first = with(&[0]).unwrap();
     assert_eq!(
-        (first.id, first.indexes.clone(), first.body),
+        (first.id, first.indexes().to_vec(), first.body),
         (7, vec![0], 6)
     );
     // The explicit form: one index, 0 (zigzag 2 then 0).
-    assert_eq!(with(&[2, 0]).unwrap().indexes, vec![0]);
+    assert_eq!(with(&[2, 0]).unwrap().indexes(), [0]);
     // A nested message: path [1, 0] (zigzag 4, 2, 0).
-    assert_eq!(with(&[4, 2, 0]).unwrap().indexes, vec![1, 0]);
+    assert_eq!(with(&[4, 2, 0]).unwrap().indexes(), [1, 0]);
     assert!(framing(&[0, 0, 0, 0, 7]).is_none(), "no indexes");
     assert!(framing(&[1, 0, 0, 0, 7, 0]).is_none(), "wrong magic byte");
     assert!(
