@@ -25,21 +25,17 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::writers::PrepareError;
 use super::writers::{schema_id, Writer, WriterSchemas};
-use super::{finish, payload_within, Decoded, Rejected};
+use super::{payload_within, Decoded, Rejected, RowLayout};
 use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
-use crate::config::{HeaderColumn, HeaderType};
-use crate::schema::with_provenance;
+use crate::config::HeaderColumn;
 use crate::schema_registry::SchemaRegistry;
 
 /// Decodes Confluent-framed Avro records against one reader schema.
 #[derive(Debug)]
 pub struct AvroDecoder {
     reader: AvroSchema,
-    record_schema: SchemaRef,
-    output_schema: SchemaRef,
-    headers: Vec<HeaderType>,
+    layout: RowLayout,
     max_record_bytes: usize,
-    holds_dates: bool,
     writers: WriterSchemas<AvroSchema>,
 }
 
@@ -53,10 +49,7 @@ impl AvroDecoder {
     ) -> Self {
         AvroDecoder {
             reader: AvroSchema::new(reader.to_owned()),
-            output_schema: with_provenance(&record_schema),
-            headers: Vec::new(),
-            holds_dates: super::holds_dates(&record_schema),
-            record_schema,
+            layout: RowLayout::new(record_schema),
             max_record_bytes,
             writers: WriterSchemas::new("AVRO", registry),
         }
@@ -69,13 +62,12 @@ impl AvroDecoder {
     }
 
     pub fn output_schema(&self) -> &SchemaRef {
-        &self.output_schema
+        &self.layout.output_schema
     }
 
     /// Rows also carry these record headers as columns, after the record's fields.
     pub fn with_headers(mut self, headers: &[HeaderColumn]) -> Self {
-        self.output_schema = crate::schema::row_schema(&self.record_schema, headers);
-        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+        self.layout.set_headers(headers);
         self
     }
 
@@ -177,14 +169,7 @@ impl AvroDecoder {
                 }
             }
         }
-        finish(
-            decoded,
-            raw,
-            &self.record_schema,
-            &self.output_schema,
-            &self.headers,
-            self.holds_dates,
-        )
+        self.layout.finish(decoded, raw)
     }
 
     /// Checks that need no decoding: tombstone, size, framing, a usable writer schema.
@@ -236,7 +221,9 @@ impl AvroDecoder {
         // metadata is what the rest of the pipeline sees.
         parts
             .into_iter()
-            .map(|part| RecordBatch::try_new(self.record_schema.clone(), part.columns().to_vec()))
+            .map(|part| {
+                RecordBatch::try_new(self.layout.record_schema.clone(), part.columns().to_vec())
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }

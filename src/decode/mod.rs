@@ -185,14 +185,9 @@ impl RecordDecoder {
 /// Decodes JSON records of one schema.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
-    record_schema: SchemaRef,
-    output_schema: SchemaRef,
-    /// The kept record headers' column types, in column order.
-    headers: Vec<HeaderType>,
+    layout: RowLayout,
     max_record_bytes: usize,
     strict: bool,
-    /// Some record field is a timestamp or date (rows are range-checked).
-    holds_dates: bool,
 }
 
 impl JsonDecoder {
@@ -202,10 +197,7 @@ impl JsonDecoder {
         unknown_fields: UnknownFields,
     ) -> Self {
         JsonDecoder {
-            output_schema: with_provenance(&record_schema),
-            headers: Vec::new(),
-            holds_dates: holds_dates(&record_schema),
-            record_schema,
+            layout: RowLayout::new(record_schema),
             max_record_bytes,
             strict: unknown_fields == UnknownFields::Reject,
         }
@@ -213,18 +205,17 @@ impl JsonDecoder {
 
     /// Schema of decoded rows: record fields plus provenance columns.
     pub fn output_schema(&self) -> &SchemaRef {
-        &self.output_schema
+        &self.layout.output_schema
     }
 
     /// Rows also carry these record headers as columns, after the record's fields.
     pub fn with_headers(mut self, headers: &[HeaderColumn]) -> Self {
-        self.output_schema = row_schema(&self.record_schema, headers);
-        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+        self.layout.set_headers(headers);
         self
     }
 
     fn new_decoder(&self, rows: usize) -> Result<Decoder, ArrowError> {
-        ReaderBuilder::new(self.record_schema.clone())
+        ReaderBuilder::new(self.layout.record_schema.clone())
             .with_batch_size(rows.max(1))
             .with_strict_mode(self.strict)
             .build_decoder()
@@ -242,14 +233,7 @@ impl JsonDecoder {
             }
         }
         self.decode_isolating(&candidates, &mut decoded)?;
-        finish(
-            decoded,
-            raw,
-            &self.record_schema,
-            &self.output_schema,
-            &self.headers,
-            self.holds_dates,
-        )
+        self.layout.finish(decoded, raw)
     }
 
     /// Per-record checks that need no JSON parsing.
@@ -301,9 +285,9 @@ impl JsonDecoder {
         }
         match decoder.flush() {
             Ok(Some(batch)) if batch.num_rows() == records.len() => Ok(Some(batch)),
-            Ok(None) if records.is_empty() => {
-                Ok(Some(RecordBatch::new_empty(self.record_schema.clone())))
-            }
+            Ok(None) if records.is_empty() => Ok(Some(RecordBatch::new_empty(
+                self.layout.record_schema.clone(),
+            ))),
             _ => Ok(None),
         }
     }
@@ -403,27 +387,65 @@ impl JsonDecoder {
     }
 }
 
-/// The batch from what decoding produced: the parts in record order (one part: no copy),
-/// rows with out-of-range dates taken out when `holds_dates`, the provenance columns of
-/// the good records appended, dead letters in offset order.
-pub(crate) fn finish(
+/// What every format's decoded rows look like: the declared record fields, then the kept
+/// record headers and the provenance columns.
+#[derive(Debug, Clone)]
+pub(crate) struct RowLayout {
+    record_schema: SchemaRef,
+    /// Record fields, header columns, provenance columns.
+    output_schema: SchemaRef,
+    /// The kept record headers' column types, in column order.
+    headers: Vec<HeaderType>,
+    /// Some record field is a timestamp or date (rows are range-checked).
+    holds_dates: bool,
+}
+
+impl RowLayout {
+    pub(crate) fn new(record_schema: SchemaRef) -> Self {
+        RowLayout {
+            output_schema: with_provenance(&record_schema),
+            headers: Vec::new(),
+            holds_dates: holds_dates(&record_schema),
+            record_schema,
+        }
+    }
+
+    /// Rows also carry these record headers as columns, after the record's fields.
+    pub(crate) fn set_headers(&mut self, headers: &[HeaderColumn]) {
+        self.output_schema = row_schema(&self.record_schema, headers);
+        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+    }
+
+    /// The batch from what decoding produced: the parts in record order (one part: no
+    /// copy), rows with out-of-range dates taken out, the provenance columns of the good
+    /// records appended, dead letters in offset order.
+    pub(crate) fn finish(&self, decoded: Decoded<'_>, raw: &RawBatch) -> Result<Batch, ArrowError> {
+        finish(decoded, raw, self)
+    }
+}
+
+fn finish(
     mut decoded: Decoded<'_>,
     raw: &RawBatch,
-    record_schema: &SchemaRef,
-    output_schema: &SchemaRef,
-    headers: &[HeaderType],
-    holds_dates: bool,
+    layout: &RowLayout,
 ) -> Result<Batch, ArrowError> {
+    let record_schema = &layout.record_schema;
     let mut fields = match decoded.parts.len() {
         0 => RecordBatch::new_empty(record_schema.clone()),
         // The usual case, a clean batch: no copy.
         1 => decoded.parts.swap_remove(0),
         _ => concat_batches(record_schema, &decoded.parts)?,
     };
-    if holds_dates {
+    if layout.holds_dates {
         fields = take_out_of_range(fields, &mut decoded)?;
     }
-    let rows = with_provenance_columns(output_schema, fields, raw, &decoded.good, headers)?;
+    let rows = with_provenance_columns(
+        &layout.output_schema,
+        fields,
+        raw,
+        &decoded.good,
+        &layout.headers,
+    )?;
     let mut dead_letters = decoded.dead_letters;
     dead_letters.sort_by_key(|d| d.offset);
     Ok(Batch {

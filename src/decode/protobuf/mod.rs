@@ -29,22 +29,18 @@ use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
 use tokio_util::sync::CancellationToken;
 
 use super::writers::{schema_id, PrepareError, WriterSchemas};
-use super::{finish, payload_within, Decoded, Rejected};
+use super::{payload_within, Decoded, Rejected, RowLayout};
 use crate::batch::{Batch, DeadLetterKind, RawBatch, RawRecord};
-use crate::config::{HeaderColumn, HeaderType};
+use crate::config::HeaderColumn;
 use crate::proto::writer_pool;
-use crate::schema::with_provenance;
 use crate::schema_registry::SchemaRegistry;
 
 /// Decodes Confluent-framed protobuf records as one reader message type.
 #[derive(Debug)]
 pub struct ProtobufDecoder {
     reader: MessageDescriptor,
-    record_schema: SchemaRef,
-    output_schema: SchemaRef,
-    headers: Vec<HeaderType>,
+    layout: RowLayout,
     max_record_bytes: usize,
-    holds_dates: bool,
     writers: WriterSchemas<DescriptorPool>,
     /// The wire reader, when the reader message is flat (the fast path).
     flat: Option<wire::FlatReader>,
@@ -85,10 +81,7 @@ impl ProtobufDecoder {
         ProtobufDecoder {
             flat: wire::FlatReader::new(&reader),
             reader,
-            output_schema: with_provenance(&record_schema),
-            headers: Vec::new(),
-            holds_dates: super::holds_dates(&record_schema),
-            record_schema,
+            layout: RowLayout::new(record_schema),
             max_record_bytes,
             writers: WriterSchemas::new("PROTOBUF", registry),
             fits: Mutex::new(HashMap::new()),
@@ -103,13 +96,12 @@ impl ProtobufDecoder {
 
     /// Rows also carry these record headers as columns, after the record's fields.
     pub fn with_headers(mut self, headers: &[HeaderColumn]) -> Self {
-        self.output_schema = crate::schema::row_schema(&self.record_schema, headers);
-        self.headers = headers.iter().map(HeaderColumn::kind).collect();
+        self.layout.set_headers(headers);
         self
     }
 
     pub fn output_schema(&self) -> &SchemaRef {
-        &self.output_schema
+        &self.layout.output_schema
     }
 
     /// Makes writer schema `id` known without asking the registry (benches, tests).
@@ -154,18 +146,12 @@ impl ProtobufDecoder {
             None => self.read_messages(&bodies, &mut decoded)?,
         };
         if let Some(columns) = columns {
-            decoded
-                .parts
-                .push(RecordBatch::try_new(self.record_schema.clone(), columns)?);
+            decoded.parts.push(RecordBatch::try_new(
+                self.layout.record_schema.clone(),
+                columns,
+            )?);
         }
-        finish(
-            decoded,
-            raw,
-            &self.record_schema,
-            &self.output_schema,
-            &self.headers,
-            self.holds_dates,
-        )
+        self.layout.finish(decoded, raw)
     }
 
     /// The fast path: `None` when a record the wire reader refuses is a valid message
@@ -219,7 +205,7 @@ impl ProtobufDecoder {
             return Ok(None);
         }
         decoded.good = good;
-        arrow::columns(&self.reader, &self.record_schema, &messages).map(Some)
+        arrow::columns(&self.reader, &self.layout.record_schema, &messages).map(Some)
     }
 
     /// A body as the reader message, or why it is a dead letter.
