@@ -103,23 +103,19 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     })
     .await;
     let status = terminate(&mut child, Duration::from_secs(60));
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    let interesting = [
-        "assigned",
-        "revoked",
-        "committed",
-        "ERROR",
-        "shutting",
-        "failed",
-        "skipped",
-    ];
-    let tail: String = log_text
-        .lines()
-        .filter(|l| interesting.iter().any(|w| l.contains(w)))
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tail = log_tail(
+        &[&log],
+        &[
+            "assigned",
+            "revoked",
+            "committed",
+            "ERROR",
+            "shutting",
+            "failed",
+            "skipped",
+        ],
+        40,
+    );
     assert!(
         caught_up,
         "the last run commits everything; log tail (newest first):\n{tail}"
@@ -230,27 +226,11 @@ async fn kill_9_with_an_exactly_once_output_topic_shows_each_output_once() {
     let status = terminate(&mut first, Duration::from_secs(60));
     let second_status = terminate(&mut second, Duration::from_secs(60));
     let marks = committed_marks(&broker.address, "eos", TOPIC, PARTITIONS);
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default()
-        + "--- second member ---\n"
-        + &std::fs::read_to_string(&second_log).unwrap_or_default();
-    let tail: String = log_text
-        .lines()
-        .filter(|l| {
-            [
-                "ERROR",
-                "WARN",
-                "transaction",
-                "revoked",
-                "assigned",
-                "second member",
-            ]
-            .iter()
-            .any(|w| l.contains(w))
-        })
-        .rev()
-        .take(60)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let tail = log_tail(
+        &[&log, &second_log],
+        &["ERROR", "WARN", "transaction", "revoked", "assigned"],
+        60,
+    );
     assert!(
         caught_up,
         "the transactions commit every offset; log tail (newest first):\n{tail}"
@@ -438,4 +418,25 @@ fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
         .map(|b| b.num_rows())
         .sum();
     assert_eq!(rows, 20_000, "every record in the dataset");
+}
+
+/// The last `count` lines of the logs (each headed by its file name) that hold one of
+/// `words`, newest first: what a failure message shows of a run.
+fn log_tail(logs: &[&Path], words: &[&str], count: usize) -> String {
+    let mut lines = Vec::new();
+    for log in logs {
+        lines.push(format!("--- {} ---", log.display()));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        lines.extend(
+            text.lines()
+                .filter(|l| words.iter().any(|w| l.contains(w)))
+                .map(str::to_owned),
+        );
+    }
+    lines
+        .into_iter()
+        .rev()
+        .take(count)
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -6,9 +6,8 @@
 //! letters naming the schema id; a registry that goes away pauses the stream without dead
 //! letters, and it resumes when the registry is back.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -16,57 +15,26 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use rdkafka::mocking::MockCluster;
 
 use crate::common::registry::Registry;
+use crate::common::script::Script;
 use crate::common::{eventually, read_dataset, spawn_pipeline, Running};
 
 const HERE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/avro");
 
 /// The confluent-kafka producer process (`tests/it/avro/produce.py`), driven by commands.
-struct AvroProducer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+struct AvroProducer(Script);
 
 impl AvroProducer {
     fn start(brokers: &str, topic: &str, registry: &str) -> AvroProducer {
-        let mut child = Command::new("python3")
-            .arg(format!("{HERE}/produce.py"))
-            .args([brokers, topic, registry])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        AvroProducer {
-            child,
-            stdin,
-            stdout,
-        }
+        AvroProducer(Script::start(
+            &format!("{HERE}/produce.py"),
+            &[brokers, topic, registry],
+        ))
     }
 
     /// `produce` or `register` records `start..start + count` of `kind` with `schema`.
     fn run(&mut self, command: &str, schema: &str, kind: &str, start: usize, count: usize) {
-        writeln!(
-            self.stdin,
-            "{command} {HERE}/{schema} {kind} {start} {count}"
-        )
-        .unwrap();
-        self.stdin.flush().unwrap();
-        let mut answer = String::new();
-        self.stdout.read_line(&mut answer).unwrap();
-        assert_eq!(
-            answer.trim(),
-            "ok",
-            "produce.py failed (its stderr is above)"
-        );
-    }
-}
-
-impl Drop for AvroProducer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0
+            .run(&format!("{command} {HERE}/{schema} {kind} {start} {count}"));
     }
 }
 

@@ -6,9 +6,8 @@
 //! between versions decode as the declared message; an incompatible writer's records
 //! become dead letters naming the schema id and the field.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -17,33 +16,21 @@ use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};
 
 use crate::common::registry::Registry;
+use crate::common::script::Script;
 use crate::common::{eventually, read_dataset, spawn_pipeline, Running};
 
 const HERE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/proto");
 
 /// The confluent-kafka producer process (`tests/it/proto/produce.py`).
 struct ProtobufProducer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    script: Script,
     dir: PathBuf,
 }
 
 impl ProtobufProducer {
     fn start(brokers: &str, topic: &str, registry: &str, dir: &Path) -> ProtobufProducer {
-        let mut child = Command::new("python3")
-            .arg(format!("{HERE}/produce.py"))
-            .args([brokers, topic, registry])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
         ProtobufProducer {
-            child,
-            stdin,
-            stdout,
+            script: Script::start(&format!("{HERE}/produce.py"), &[brokers, topic, registry]),
             dir: dir.to_owned(),
         }
     }
@@ -53,27 +40,10 @@ impl ProtobufProducer {
         let descriptors = self.dir.join(format!("{proto}.pb"));
         let set = protox::compile([proto], [HERE]).unwrap();
         std::fs::write(&descriptors, set.encode_to_vec()).unwrap();
-        writeln!(
-            self.stdin,
+        self.script.run(&format!(
             "produce {} {message} {kind} {start} {count}",
             descriptors.display()
-        )
-        .unwrap();
-        self.stdin.flush().unwrap();
-        let mut answer = String::new();
-        self.stdout.read_line(&mut answer).unwrap();
-        assert_eq!(
-            answer.trim(),
-            "ok",
-            "produce.py failed (its stderr is above)"
-        );
-    }
-}
-
-impl Drop for ProtobufProducer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        ));
     }
 }
 

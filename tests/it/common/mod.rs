@@ -5,6 +5,7 @@
 pub mod noida;
 pub mod registry;
 pub mod s3;
+pub mod script;
 pub mod tansu;
 
 use std::collections::HashMap;
