@@ -27,7 +27,8 @@
 //! - models over time: [`retrain`] (dataset, trainer, ONNX export, gate, report);
 //! - what an operator sees: [`telemetry`] (logs, `/metrics`, `/health`, `sluice status`,
 //!   secrets kept out of all of them);
-//! - trying it: [`demo`] (in-process cluster, bench, feeds).
+//! - trying it: [`demo`] (in-process cluster, bench, feeds); [`chart`] draws its PNGs and
+//!   the retrain report's.
 //!
 //! Lower layers never import higher ones (`scripts/check_cycles.py`): `config` imports
 //! nothing from the crate; components build from their own plans ([`stage::Plan`],
@@ -40,6 +41,7 @@
 pub mod ack;
 pub mod backfill;
 pub mod batch;
+pub mod chart;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

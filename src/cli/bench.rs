@@ -1,11 +1,12 @@
 //! `sluice bench`: a pipeline's end-to-end throughput against the raw consume rate of the
-//! same messages, appended to a results file.
+//! same messages or, with `--rate`, its latency and memory at a fixed offered rate;
+//! appended to a results file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sluice::demo::{self, bench};
+use sluice::demo::{self, bench, latency};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,9 +17,10 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, default_value_t = 200_000)]
     records: u64,
-    /// JSON-lines file the result is appended to.
-    #[arg(long, default_value = "benches/results/e2e.jsonl")]
-    results: PathBuf,
+    /// JSON-lines file the result is appended to. Default:
+    /// `benches/results/e2e.jsonl`, with `--rate` `benches/results/latency.jsonl`.
+    #[arg(long)]
+    results: Option<PathBuf>,
     /// Also write the generated payloads here (JSON lines) for a baseline to replay.
     #[arg(long)]
     export_input: Option<PathBuf>,
@@ -30,10 +32,55 @@ pub struct Args {
     /// Partitions of the input topic.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
     partitions: i32,
+    /// Latency mode: offer this many records per second (e.g. half the throughput `sluice
+    /// bench` measured) and report end-to-end latency and memory instead of throughput.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Latency mode: how long to offer records.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Latency mode: the first part left out of the figures.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    warmup: std::time::Duration,
+    /// Latency mode: where the latency and memory PNGs go.
+    #[arg(long, default_value = "benches")]
+    plots: PathBuf,
 }
 
 pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     let pipeline = demo::pipeline_path(&args.pipeline);
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0,
+            "--rate: expected records per second above 0 and at most 10000000, found {rate}"
+        );
+        anyhow::ensure!(
+            args.warmup < args.duration,
+            "--warmup must be shorter than --duration"
+        );
+        let options = latency::LatencyOptions {
+            pipeline_file: pipeline,
+            out: args.out,
+            rate,
+            duration: args.duration,
+            warmup: args.warmup,
+            broker: args.broker,
+            partitions: args.partitions,
+            plots: args.plots,
+        };
+        let result = latency::run(&options).await.context("bench failed")?;
+        println!("{result}");
+        let results = args
+            .results
+            .unwrap_or_else(|| PathBuf::from("benches/results/latency.jsonl"));
+        bench::append_result(&results, &result)
+            .with_context(|| format!("appending to {}", results.display()))?;
+        println!("appended to {}", results.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let results = args
+        .results
+        .unwrap_or_else(|| PathBuf::from("benches/results/e2e.jsonl"));
     let result = bench::run(
         &pipeline,
         &args.out,
@@ -45,8 +92,8 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
     .await
     .context("bench failed")?;
     println!("{result}");
-    bench::append_result(&args.results, &result)
-        .with_context(|| format!("appending to {}", args.results.display()))?;
-    println!("appended to {}", args.results.display());
+    bench::append_result(&results, &result)
+        .with_context(|| format!("appending to {}", results.display()))?;
+    println!("appended to {}", results.display());
     Ok(ExitCode::SUCCESS)
 }

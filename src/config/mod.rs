@@ -46,9 +46,9 @@ pub use sinks::{
     DEFAULT_COMMIT_INTERVAL,
 };
 pub use stages::{
-    BandConfig, CanaryConfig, DeriveConfig, Device, DriftConfig, EnrichConfig, InferConfig,
-    InputColumns, LabelSource, LookupConfig, OnnxRuntimeConfig, ShadowConfig, SqlConfig,
-    StageConfig, TokenizeConfig, WindowConfig, WindowFeature, WindowField,
+    AccuracyConfig, BandConfig, CanaryConfig, DeriveConfig, Device, DriftConfig, EnrichConfig,
+    InferConfig, InputColumns, LabelSource, LabelsTopicConfig, LookupConfig, OnnxRuntimeConfig,
+    ShadowConfig, SqlConfig, StageConfig, TokenizeConfig, WindowConfig, WindowFeature, WindowField,
 };
 pub use storage::StorageConfig;
 /// A whole pipeline file.

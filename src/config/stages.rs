@@ -180,6 +180,10 @@ pub struct InferConfig {
     /// Default: `model_version`.
     #[serde(default = "default_version_column")]
     pub version_column: String,
+    /// A variant of `model` with the same inputs and outputs (e.g. its int8 quantization)
+    /// served instead when the stage runs on the CPU. Default: none.
+    #[serde(default)]
+    pub cpu_model: Option<String>,
     /// `auto` (default: CUDA when the library and a GPU are there, else CPU), `cpu`, `cuda`.
     #[serde(default)]
     pub device: Device,
@@ -221,6 +225,75 @@ pub struct InferConfig {
     /// columns, without changing the served ones.
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
+    /// Live accuracy: delayed labels from a topic joined to the predictions by id.
+    #[serde(default)]
+    pub accuracy: Option<AccuracyConfig>,
+}
+
+/// `infer.accuracy`: each prediction (served, canary or shadow) waits up to `horizon` for
+/// its label on `labels.topic`; the joined pairs give accuracy, macro-F1 and calibration
+/// error per model version over tumbling windows of `window` pairs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccuracyConfig {
+    /// The column of the stage's rows whose value (as text) a label's id matches.
+    pub id: String,
+    /// Where the labels come from.
+    pub labels: LabelsTopicConfig,
+    /// How long a prediction waits for its label, and a label for its prediction.
+    /// Default: `1h`.
+    #[serde(default = "default_horizon", with = "humantime_serde")]
+    pub horizon: Duration,
+    /// Labelled predictions per window. Default: `500`.
+    #[serde(default = "default_accuracy_window")]
+    pub window: usize,
+    /// At most this many predictions (and as many labels) wait at once; beyond it the
+    /// oldest is given up (counted). Default: `1000000`.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// A topic that receives each window's scores as a JSON row. Default: none.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// `infer.accuracy.labels`: a topic of JSON objects, each naming a row and its label.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsTopicConfig {
+    /// The topic (every partition is read by every replica: a label finds the replica
+    /// that holds its prediction).
+    pub topic: String,
+    /// The field holding the row's id. Default: `id`.
+    #[serde(default = "default_id_field")]
+    pub id: String,
+    /// The field holding the label. Default: `label`.
+    #[serde(default = "default_label_field")]
+    pub label: String,
+    /// The label's value (as text: `5`, `true`, `neg`) -> one of the model's classes.
+    /// Values it does not list are skipped (counted). Default: none (the value must be a
+    /// class name).
+    #[serde(default)]
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+fn default_horizon() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_accuracy_window() -> usize {
+    500
+}
+
+fn default_max_pending() -> usize {
+    1_000_000
+}
+
+fn default_id_field() -> String {
+    "id".to_owned()
+}
+
+fn default_label_field() -> String {
+    "label".to_owned()
 }
 
 /// `infer.shadow`: rows whose `key` hashes into `sample` also go through `version`.

@@ -10,7 +10,7 @@
 //! Results are appended as one JSON line to a results file so runs can be compared.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -233,7 +233,7 @@ pub async fn run(
 const PARTITION_BUDGET: u64 = 4 << 20;
 
 /// For a noida-db broker: its fetch responses are not capped by `fetch.max.bytes`.
-const RECEIVE_MAX: (&str, &str) = ("receive.message.max.bytes", "2147483647");
+pub(crate) const RECEIVE_MAX: (&str, &str) = ("receive.message.max.bytes", "2147483647");
 
 /// Records handed to the producer at once while loading the topic.
 const PRODUCE_CHUNK: usize = 100_000;
@@ -283,7 +283,7 @@ fn raw_consume(
     Ok(first.map(|t| t.elapsed()).unwrap_or_default())
 }
 
-fn git_rev() -> Option<String> {
+pub(crate) fn git_rev() -> Option<String> {
     let output = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -295,7 +295,7 @@ fn git_rev() -> Option<String> {
 }
 
 /// Appends `result` as one JSON line to `file`.
-pub fn append_result(file: &PathBuf, result: &BenchResult) -> std::io::Result<()> {
+pub fn append_result(file: &Path, result: &impl Serialize) -> std::io::Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -30,6 +30,7 @@ use crate::telemetry::{Stats, StatsSnapshot};
 pub mod bench;
 pub mod broker;
 pub mod feeds;
+pub mod latency;
 mod summary;
 
 pub use self::summary::{DemoSummary, LabelReport};
@@ -62,6 +63,8 @@ pub enum DemoError {
     OutputInUse(PathBuf),
     #[error("`sluice bench` has no generated feed for pipeline `{0}` (bearing recordings are replayed by `sluice demo`)")]
     NoBenchFeed(String),
+    #[error("`sluice bench --rate` measures latency up to an output topic, and pipeline `{0}` writes to none (add a `kafka` sink)")]
+    NoOutputTopic(String),
     #[error("the pipeline consumed {consumed} of {expected} records within {timeout:?}")]
     Timeout {
         consumed: u64,

@@ -18,7 +18,7 @@ pub struct LabelReport {
 
 impl LabelReport {
     /// Accuracy, macro-F1 and per-class precision/recall of the written labels.
-    pub fn metrics(&self) -> crate::retrain::metrics::Metrics {
+    pub fn metrics(&self) -> crate::model::metrics::Metrics {
         let mut labels: Vec<String> = self
             .pairs
             .keys()
@@ -31,7 +31,7 @@ impl LabelReport {
         for ((truth, predicted), rows) in &self.pairs {
             confusion[index(truth)][index(predicted)] += rows;
         }
-        crate::retrain::metrics::Metrics::from_confusion(&labels, confusion, f64::NAN)
+        crate::model::metrics::Metrics::from_confusion(&labels, confusion, f64::NAN)
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! - [`registry`]: `models/NAME/VERSION/{model.onnx,manifest.json}` and the `current`
 //!   pointer that publishing switches and running pipelines watch.
+//! - [`metrics`]: classification metrics (the retrain gate's, and live accuracy's).
 //! - [`onnxruntime`]: finds and loads the shared library once per process.
 //! - [`session`]: opens sessions on the CPU or CUDA, warms them up.
 
+pub mod metrics;
 pub mod onnxruntime;
 pub mod registry;
 pub mod session;

@@ -82,18 +82,25 @@ pub(super) fn validate(
         .map(|l| base_dir.join(l));
     let stages = match (&row_schema, &record_schema, registry) {
         (Some(rows), Some(record), Some(registry)) => {
+            let shared = config
+                .kafka
+                .as_ref()
+                .map(|k| k.properties.clone())
+                .unwrap_or_default();
             let context = PlanContext {
                 base_dir: base_dir.to_owned(),
                 registry,
                 storage: config.storage.clone(),
-                producer: sink::plan::producer_config(
+                producer: sink::plan::producer_config(&source_brokers(&config), &None, &shared),
+                consumer: client_config(
                     &source_brokers(&config),
-                    &None,
-                    &config
-                        .kafka
-                        .as_ref()
-                        .map(|k| k.properties.clone())
-                        .unwrap_or_default(),
+                    &[
+                        ("group.id", &format!("sluice-{}-labels", config.name)),
+                        ("enable.auto.commit", "false"),
+                        ("enable.partition.eof", "false"),
+                    ],
+                    &shared,
+                    &[],
                 ),
             };
             let record_columns = record.fields().iter().map(|f| f.name().clone()).collect();

@@ -12,7 +12,6 @@
 //! `stage::infer::serving`); nothing here talks to them.
 
 pub mod dataset;
-pub mod metrics;
 pub mod onnx_export;
 pub mod onnx_proto;
 pub mod profile;
@@ -25,9 +24,9 @@ use ort::value::TensorRef;
 
 use serde::Serialize;
 
-use self::metrics::Metrics;
 use crate::config::job::LabelConfig;
 use crate::config::Device;
+use crate::model::metrics::Metrics;
 use crate::model::{DevicePlan, ModelError, ModelVersion, Registry, RegistryError};
 use crate::pipeline::job::LoadedJob;
 

@@ -2,40 +2,16 @@
 //! classes, its ROC curve with the area under it. Drawn with plotters into a PNG beside the
 //! published version (`report.png`, next to `report.json`).
 //!
-//! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core` (installed by
-//! `scripts/setup.sh`), or the file named by `SLUICE_FONT`. Without one the picture is
-//! drawn without text and a warning says so.
+//! Text needs a TrueType font ([`crate::chart::font_ready`]); without one the picture is
+//! drawn without text.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::metrics::Metrics;
-
-const FONT_PATHS: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
-/// Registers a system font for plotters once; false when none was found.
-fn font_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
-        let candidates = std::env::var("SLUICE_FONT").ok().into_iter().chain(FONT_PATHS.iter().map(|p| (*p).to_owned()));
-        for path in candidates {
-            if let Ok(bytes) = std::fs::read(&path) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
-            }
-        }
-        tracing::warn!("no TrueType font found (install fonts-dejavu-core or set SLUICE_FONT); the report picture has no text");
-        false
-    })
-}
+use crate::chart::font_ready;
+use crate::model::metrics::Metrics;
 
 /// ROC points (false positive rate, true positive rate) of `scores` for the positive class,
 /// and the area under the curve.

@@ -10,6 +10,7 @@
 pub mod alert;
 pub mod avro;
 pub mod delta;
+pub mod dictionary;
 pub mod kafka;
 pub mod parquet;
 pub mod plan;

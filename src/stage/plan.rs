@@ -64,6 +64,9 @@ pub struct PlanContext {
     /// A producer's configuration for a stage's own events (`infer.drift.topic`): the
     /// source's brokers and the shared `kafka.properties`.
     pub producer: rdkafka::ClientConfig,
+    /// A consumer's configuration for a stage's own reads (`infer.accuracy.labels`): the
+    /// source's brokers and the shared `kafka.properties`, no group commits.
+    pub consumer: rdkafka::ClientConfig,
 }
 
 /// Problems found while planning one stage, with key paths relative to the stage.

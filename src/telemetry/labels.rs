@@ -31,6 +31,23 @@ pub(crate) struct DriftLabels {
     pub signal: String,
 }
 
+/// One live-accuracy metric (`accuracy`, `macro_f1`, `calibration_error`) of one model
+/// version at one stage.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LiveAccuracyLabels {
+    pub stage: String,
+    pub model: String,
+    pub version: String,
+    pub metric: String,
+}
+
+/// What became of predictions and labels in the live-accuracy join (a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LabelJoinLabels {
+    pub stage: String,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DriftEventLabels {
     pub stage: String,

@@ -212,6 +212,24 @@ pub fn render(now: &Scrape, before: Option<&Scrape>) -> String {
             let flag = if drift[0].0 > 0.25 { "  DRIFT" } else { "" };
             let _ = writeln!(out, "    drift (PSI) {}{flag}", shown.join(", "));
         }
+        // Its live accuracy on the last window of labelled rows.
+        let live: Vec<(f64, &str)> = now
+            .matching("sluice_live_accuracy", &of_version)
+            .filter_map(|s| Some((scalar(s)?, s.labels.get("metric")?)))
+            .collect();
+        let metric = |name: &str| live.iter().find(|(_, m)| *m == name).map(|(v, _)| *v);
+        if let (Some(accuracy), Some(f1)) = (metric("accuracy"), metric("macro_f1")) {
+            let rows = now
+                .matching("sluice_live_accuracy_window_rows", &of_version)
+                .find_map(scalar)
+                .unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "    live accuracy {accuracy:.3}, macro-F1 {f1:.3}, calibration error {:.3} ({} labelled rows)",
+                metric("calibration_error").unwrap_or(f64::NAN),
+                count(rows)
+            );
+        }
     }
     let rows_in = now.by("sluice_stage_rows_in", &["stage"]);
     if !rows_in.is_empty() {
@@ -307,6 +325,17 @@ mod tests {
                 ("embedding_cosine".into(), 0.41),
             ],
         );
+        stats.record_live_accuracy(
+            "stages[1].infer",
+            "sentiment-head",
+            "3",
+            500,
+            &[
+                ("accuracy", 0.812),
+                ("macro_f1", 0.79),
+                ("calibration_error", 0.041),
+            ],
+        );
         let registry = stats.registry("sentiment");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -325,6 +354,12 @@ mod tests {
         assert!(screen.contains("parquet 2 files, 900 rows"), "{screen}");
         assert!(
             screen.contains("drift (PSI) embedding_cosine 0.41, predicted 0.02  DRIFT"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains(
+                "live accuracy 0.812, macro-F1 0.790, calibration error 0.041 (500 labelled rows)"
+            ),
             "{screen}"
         );
     }

@@ -12,10 +12,10 @@ use rdkafka::mocking::MockCluster;
 use crate::common::{eventually, spawn_pipeline, tabular_parquet, Running};
 use sluice::demo::feeds::feedback::{produce, SampleRecord};
 
-const STAGE: &str = "stages[0].infer";
+pub(crate) const STAGE: &str = "stages[0].infer";
 
 /// `count` records like the training rows (ids from `start`), `f1` moved by `shift`.
-fn points(start: usize, count: usize, shift: f64) -> Vec<SampleRecord> {
+pub(crate) fn points(start: usize, count: usize, shift: f64) -> Vec<SampleRecord> {
     let noise = |i: usize| ((i * 7919) % 100) as f64 / 100.0;
     (start..start + count)
         .map(|i| {
@@ -35,7 +35,7 @@ fn points(start: usize, count: usize, shift: f64) -> Vec<SampleRecord> {
 
 /// Trains the tabular model into `root/models` with `sluice retrain` (version 1); returns
 /// the job file.
-async fn train(root: &Path) -> std::path::PathBuf {
+pub(crate) async fn train(root: &Path) -> std::path::PathBuf {
     let data = root.join("train/date=2026-11-01");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("part.parquet"), tabular_parquet(0..900)).unwrap();
@@ -76,7 +76,7 @@ async fn publish_second_version(root: &Path) {
 
 /// A pipeline of `points` JSON -> infer (with `infer_extra`, indented six spaces) ->
 /// Parquet under `root/out/rows`, plus `extra` top-level YAML.
-fn points_pipeline(
+pub(crate) fn points_pipeline(
     root: &Path,
     brokers: &str,
     infer_extra: &str,

@@ -173,6 +173,43 @@ async fn tokenizer_and_encoder_match_the_numpy_reference() {
     }
 }
 
+/// `cpu_model`: on the CPU the int8 encoder serves in place of the fp32 one, and every
+/// row says so; its embeddings stay close to the fp32 reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_cpu_the_cpu_model_serves_and_every_row_names_it() {
+    let registry = Registry::new(models());
+    let fp32 = registry.current("minilm-l6").unwrap();
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(fp32.dir.join("reference.json")).unwrap())
+            .unwrap();
+    let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let stages = "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer:\n      model: minilm-l6\n      cpu_model: minilm-l6-int8\n      device: cpu\n      inputs: {input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}\n      outputs: {sentence_embedding: embedding}\n";
+    let pipeline = pipeline_with_stages(dir.path(), stages).unwrap_or_else(|e| panic!("{e}"));
+    let chain = Chain::build(&pipeline.stages).await.unwrap();
+    let out = chain
+        .process(feedback_batch(&pipeline, &texts))
+        .await
+        .unwrap();
+    let int8 = registry.current("minilm-l6-int8").unwrap();
+    let versions = out
+        .rows
+        .column_by_name("model_version")
+        .unwrap()
+        .as_string::<i32>();
+    assert!(versions.iter().all(|v| v == Some(int8.label().as_str())));
+    for (got, want) in vectors(&out.rows, "embedding")
+        .iter()
+        .zip(&reference.sentence_embedding)
+    {
+        let dot: f32 = got.iter().zip(want).map(|(a, b)| a * b).sum();
+        assert!(
+            dot > 0.95,
+            "cosine {dot} to the fp32 embedding (both unit length)"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_mistakes_are_config_errors_with_key_paths() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,6 +225,11 @@ async fn stage_mistakes_are_config_errors_with_key_paths() {
             "  - infer: {model: sentiment-head, inputs: {embedding: text}, outputs: {probabilities: p}}\n",
             "stages[0].infer.inputs.embedding",
             "cannot feed model input `embedding`",
+        ),
+        (
+            "  - tokenize: {input: text, tokenizer: minilm-l6}\n  - infer: {model: minilm-l6, cpu_model: sentiment-head, inputs: {input_ids: input_ids, attention_mask: attention_mask, token_type_ids: token_type_ids}, outputs: {sentence_embedding: e}}\n",
+            "stages[1].infer.cpu_model",
+            "must take the same inputs and give the same outputs as `minilm-l6`",
         ),
         (
             "  - enrich: {derive: [{max: {input: rating, output: m}}]}\n",
@@ -396,10 +438,12 @@ async fn golden_sentences_get_their_labels_through_the_whole_sentiment_pipeline(
     );
 }
 
-/// A registry for one test: the encoder linked from models/, the head copied (version 1).
+/// A registry for one test: the encoders linked from models/, the head copied (version 1).
 fn private_registry(dir: &Path) -> Registry {
     let models = models();
-    std::os::unix::fs::symlink(models.join("minilm-l6"), dir.join("minilm-l6")).unwrap();
+    for encoder in ["minilm-l6", "minilm-l6-int8"] {
+        std::os::unix::fs::symlink(models.join(encoder), dir.join(encoder)).unwrap();
+    }
     let shipped = Registry::new(&models);
     let head = shipped.current("sentiment-head").unwrap();
     let registry = Registry::new(dir);

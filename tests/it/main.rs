@@ -18,6 +18,8 @@ mod drift;
 mod formats;
 mod hostile;
 mod inference;
+mod latency;
+mod live_accuracy;
 mod maintenance;
 mod metrics_endpoint;
 mod mock_cluster;

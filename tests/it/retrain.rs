@@ -127,7 +127,7 @@ fn untrained_head() -> Classifier {
     }
 }
 
-/// A private registry: the encoder linked from models/, and an untrained head as version 1.
+/// A private registry: the encoders linked from models/, and an untrained head as version 1.
 fn registry_serving_an_untrained_head() -> (tempfile::TempDir, Registry) {
     let models = Path::new(ROOT).join("models");
     assert!(
@@ -135,7 +135,9 @@ fn registry_serving_an_untrained_head() -> (tempfile::TempDir, Registry) {
         "models/ is missing: run scripts/setup.sh first"
     );
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(models.join("minilm-l6"), dir.path().join("minilm-l6")).unwrap();
+    for encoder in ["minilm-l6", "minilm-l6-int8"] {
+        std::os::unix::fs::symlink(models.join(encoder), dir.path().join(encoder)).unwrap();
+    }
     let registry = Registry::new(dir.path());
     let weak = untrained_head();
     let weak_path = dir.path().join("weak.onnx");

@@ -143,6 +143,8 @@ pub struct DeltaSink {
     kernel_file_schema: StructType,
     stats_columns: Vec<ColumnName>,
     properties: WriterProperties,
+    /// Whether `properties` were tuned to the rows yet ([`super::dictionary`]).
+    tuned: bool,
     config: DeltaSinkConfig,
     spool: tempfile::TempDir,
     partitions: HashMap<TopicPartition, PartitionState>,
@@ -240,6 +242,7 @@ impl DeltaSink {
             kernel_file_schema,
             stats_columns,
             properties,
+            tuned: false,
             config: config.clone(),
             spool,
             partitions: HashMap::new(),
@@ -322,6 +325,7 @@ impl DeltaSink {
         }
         let first = durable_through.map_or(prov.first_offset, |d| (d + 1).max(prov.first_offset));
         let parts = self.split(&rows)?;
+        super::dictionary::tune_once(&self.name, &mut self.properties, &mut self.tuned, &rows);
         let spool = self.spool.path().to_owned();
         let Some(state) = self.partitions.get_mut(tp) else {
             return Ok(());

@@ -98,6 +98,8 @@ pub struct ParquetSink {
     projection: Option<Vec<usize>>,
     partitioner: Partitioner,
     properties: WriterProperties,
+    /// Whether `properties` were tuned to the rows yet ([`super::dictionary`]).
+    tuned: bool,
     config: ParquetSinkConfig,
     /// Offsets per segment.
     segment: i64,
@@ -165,6 +167,7 @@ impl ParquetSink {
             projection,
             partitioner: keys,
             properties,
+            tuned: false,
             config: config.clone(),
             segment: i64::try_from(segment).unwrap_or(i64::MAX).max(1),
             partitions: HashMap::new(),
@@ -295,6 +298,7 @@ impl ParquetSink {
         batch: Option<BatchId>,
     ) -> Result<(), SinkError> {
         let segment_start = self.segment_start(first);
+        super::dictionary::tune_once(&self.name, &mut self.properties, &mut self.tuned, rows);
         let Some(state) = self.partitions.get_mut(tp) else {
             return Ok(());
         };

@@ -7,7 +7,9 @@
 //! The serving version is hot-swapped when the registry's pointer moves ([`serving`]).
 
 pub mod drift;
+mod join;
 mod lanes;
+mod live;
 pub mod serving;
 pub mod tensors;
 pub mod worker;
@@ -46,6 +48,8 @@ pub struct InferStage {
     canary: Option<Canary>,
     /// A sample of the rows also run through another version, beside the served columns.
     shadow: Option<Shadow>,
+    /// Predictions joined to delayed labels (`accuracy`).
+    live: Option<live::LiveAccuracy>,
     model: String,
     stats: Arc<Stats>,
     _stop_watcher: mpsc::Sender<()>,
@@ -215,6 +219,57 @@ fn check_columns(
     }
 }
 
+/// `cpu_model` must be published, take the same inputs and give the same outputs as
+/// `model` (it serves the same rows), and cannot be combined with canary or shadow
+/// versions (those are versions of `model`).
+fn check_cpu_model(
+    config: &InferConfig,
+    cpu_model: &str,
+    ctx: &PlanContext,
+    issues: &mut PlanIssues,
+) {
+    if config.canary.is_some() || config.shadow.is_some() {
+        issues.add(
+            "cpu_model",
+            "cannot be combined with `canary` or `shadow` (they name versions of `model`)",
+        );
+    }
+    let manifests = ctx
+        .registry
+        .current(cpu_model)
+        .and_then(|v| ctx.registry.manifest(&v))
+        .and_then(|cpu| Ok((cpu, current_manifest(config, &ctx.registry)?)));
+    let (cpu, main) = match manifests {
+        Ok(pair) => pair,
+        Err(e) => {
+            issues.add("cpu_model", e.to_string());
+            return;
+        }
+    };
+    let shape = |m: &Manifest| {
+        let mut specs: Vec<String> = m
+            .inputs
+            .iter()
+            .chain(&m.outputs)
+            .map(|t| format!("{} {} {:?}", t.name, t.dtype, t.shape))
+            .collect();
+        specs.sort();
+        specs
+    };
+    if shape(&cpu) != shape(&main) {
+        issues.add(
+            "cpu_model",
+            format!(
+                "`{cpu_model}` must take the same inputs and give the same outputs as `{}`: it has [{}], `{}` has [{}]",
+                config.model,
+                shape(&cpu).join(", "),
+                config.model,
+                shape(&main).join(", ")
+            ),
+        );
+    }
+}
+
 /// The manifest of the model's current version, for planning.
 fn current_manifest(config: &InferConfig, registry: &Registry) -> Result<Manifest, RegistryError> {
     let version = registry.current(&config.model)?;
@@ -260,6 +315,9 @@ pub fn output_schema(
         issues.add("drift.topic", "expected a topic name");
     }
     lanes::check(config, input, ctx, issues);
+    if let Some(cpu_model) = &config.cpu_model {
+        check_cpu_model(config, cpu_model, ctx, issues);
+    }
     let manifest = match current_manifest(config, &ctx.registry) {
         Ok(m) => m,
         Err(e) => {
@@ -269,6 +327,9 @@ pub fn output_schema(
     };
     let plans = input_plans(config, &manifest, issues);
     check_columns(config, &plans, &manifest, input, issues);
+    if let Some(accuracy) = &config.accuracy {
+        live::check(accuracy, &config.outputs, input, &manifest, issues);
+    }
     let specs = output_specs(config, &manifest, issues);
     let dropped: Vec<&str> = if config.drop_inputs {
         config.inputs.values().flat_map(|c| c.names()).collect()
@@ -362,7 +423,10 @@ impl InferStage {
             outputs: outputs.clone(),
         };
         let version = registry.current(&config.model)?;
-        let serving_version = version.version.clone();
+        let cpu_version = match &config.cpu_model {
+            Some(cpu_model) => Some(registry.current(cpu_model)?),
+            None => None,
+        };
         let (device, device_id, threads, workers) = (
             config.device,
             config.device_id,
@@ -372,24 +436,33 @@ impl InferStage {
         let library = library.map(Path::to_owned);
         let stage = name.clone();
         let startup_contract = contract.clone();
-        let (plan, model) = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
-            let plan = DevicePlan::resolve(
-                device,
-                device_id,
-                threads,
-                library.as_deref(),
-                &version.model_path(),
-                &stage,
-            )?;
-            let model = serving::load(&plan, &version, workers, &startup_contract)?;
-            Ok((plan, model))
-        })
-        .await
-        .map_err(StageError::Task)??;
+        let (plan, model, version) =
+            tokio::task::spawn_blocking(move || -> Result<_, StageError> {
+                let plan = DevicePlan::resolve(
+                    device,
+                    device_id,
+                    threads,
+                    library.as_deref(),
+                    &version.model_path(),
+                    &stage,
+                )?;
+                // On the CPU, the CPU variant (`cpu_model`) serves instead.
+                let version = match cpu_version {
+                    Some(cpu) if matches!(plan.placement, Placement::Cpu) => cpu,
+                    _ => version,
+                };
+                let model = serving::load(&plan, &version, workers, &startup_contract)?;
+                Ok((plan, model, version))
+            })
+            .await
+            .map_err(StageError::Task)??;
+        // The model served: `model`, or `cpu_model` on the CPU.
+        let model_name = version.name.clone();
+        let serving_version = version.version.clone();
         tracing::info!(stage = %name, model = %model.label, device = %plan.placement, workers, "model loaded");
         let placement = plan.placement;
         let serving = Arc::new(Serving::new(model));
-        stats.record_model_serving(&name, &config.model, &serving_version);
+        stats.record_model_serving(&name, &model_name, &serving_version);
 
         let batching = Arc::new(Batching {
             stage: name.clone(),
@@ -415,7 +488,7 @@ impl InferStage {
         }
         let drift = drift::DriftMonitor::new(
             name.clone(),
-            config.model.clone(),
+            model_name.clone(),
             config.drift.clone(),
             producer,
             registry.clone(),
@@ -424,6 +497,22 @@ impl InferStage {
         )
         .map_err(|e| setup(format!("drift.topic: cannot create the producer: {e}")))?;
         let probabilities = outputs.iter().position(|o| o.output == "probabilities");
+        let live = match &config.accuracy {
+            Some(accuracy) => Some(
+                live::LiveAccuracy::start(
+                    name.clone(),
+                    model_name.clone(),
+                    manifest.labels.clone().unwrap_or_default(),
+                    accuracy.clone(),
+                    input.index_of(&accuracy.id)?,
+                    &ctx.consumer,
+                    producer,
+                    stats.clone(),
+                )
+                .map_err(|e| setup(format!("accuracy: cannot create its Kafka clients: {e}")))?,
+            ),
+            None => None,
+        };
         // Another published version on its own workers (canary, shadow).
         let lane = |kind: &'static str, version: &str| {
             let version = registry.version(&config.model, version);
@@ -473,7 +562,7 @@ impl InferStage {
         let (stop, stopped) = mpsc::channel();
         let watcher = Watcher {
             stage: name.clone(),
-            model: config.model.clone(),
+            model: model_name.clone(),
             registry: registry.clone(),
             plan,
             workers: config.workers,
@@ -500,7 +589,8 @@ impl InferStage {
             probabilities,
             canary,
             shadow,
-            model: config.model.clone(),
+            live,
+            model: model_name,
             stats: stats.clone(),
             _stop_watcher: stop,
         })
@@ -582,11 +672,12 @@ impl InferStage {
             .zip(reply.outputs)
             .map(|(spec, buffer)| spec.array(buffer))
             .collect::<Result<Vec<_>, _>>()?;
-        self.drift.observe(
-            &reply.version,
-            rows.columns(),
-            self.probabilities.map(|i| &outputs[i]),
-        );
+        let probabilities = self.probabilities.map(|i| &outputs[i]);
+        self.drift
+            .observe(&reply.version, rows.columns(), probabilities);
+        if let (Some(live), Some(probabilities)) = (&self.live, probabilities) {
+            live.observe(&reply.version, rows.columns(), probabilities);
+        }
         Ok(LaneReply {
             outputs,
             version: reply.version,

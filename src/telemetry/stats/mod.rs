@@ -53,6 +53,9 @@ pub struct Stats {
     drift: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     drift_rows: Family<ModelLabels, Gauge>,
     drift_events: Family<DriftEventLabels, Counter>,
+    live_accuracy: Family<LiveAccuracyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    live_accuracy_rows: Family<ModelLabels, Gauge>,
+    label_join: Family<LabelJoinLabels, Counter>,
     shadow_rows: Family<ModelLabels, Counter>,
     shadow_agreed: Family<ModelLabels, Counter>,
     retrain_runs: Family<RetrainLabels, Counter>,
@@ -99,6 +102,9 @@ impl Default for Stats {
             drift: Family::default(),
             drift_rows: Family::default(),
             drift_events: Family::default(),
+            live_accuracy: Family::default(),
+            live_accuracy_rows: Family::default(),
+            label_join: Family::default(),
             shadow_rows: Family::default(),
             shadow_agreed: Family::default(),
             retrain_runs: Family::default(),
@@ -419,6 +425,21 @@ impl Stats {
             "retrain_runs",
             "Runs of the pipeline's retrain job, by trigger (schedule, drift) and outcome (published, kept, failed)",
             self.retrain_runs.clone(),
+        );
+        r.register(
+            "live_accuracy",
+            "A model version's accuracy, macro_f1 and calibration_error (expected calibration error, 10 bins) on its last window of predictions joined to delayed labels (infer.accuracy)",
+            self.live_accuracy.clone(),
+        );
+        r.register(
+            "live_accuracy_window_rows",
+            "Labelled predictions in the window the live accuracy gauges were computed on",
+            self.live_accuracy_rows.clone(),
+        );
+        r.register(
+            "label_join",
+            "Predictions and labels of the live-accuracy join by outcome: joined, prediction_expired, label_expired, label_stale, label_unknown, label_bad, dropped",
+            self.label_join.clone(),
         );
         r.register(
             "shadow_rows",

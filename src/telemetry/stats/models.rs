@@ -1,6 +1,6 @@
 //! The model side of [`Stats`]: which version each infer stage serves and which it
-//! refused, drift against the reference profile and its events, shadow agreement, and the
-//! runs of the pipeline's retrain job.
+//! refused, drift against the reference profile and its events, live accuracy from delayed
+//! labels, shadow agreement, and the runs of the pipeline's retrain job.
 
 use super::super::labels::*;
 use super::Stats;
@@ -61,6 +61,76 @@ impl Stats {
                 version: version.to_owned(),
             })
             .set(rows as i64);
+    }
+
+    /// The live accuracy of `version` on its last window of `rows` labelled predictions:
+    /// `(metric, value)` pairs.
+    pub fn record_live_accuracy(
+        &self,
+        stage: &str,
+        model: &str,
+        version: &str,
+        rows: u64,
+        metrics: &[(&str, f64)],
+    ) {
+        for (metric, value) in metrics {
+            self.live_accuracy
+                .get_or_create(&LiveAccuracyLabels {
+                    stage: stage.to_owned(),
+                    model: model.to_owned(),
+                    version: version.to_owned(),
+                    metric: (*metric).to_owned(),
+                })
+                .set(*value);
+        }
+        self.live_accuracy_rows
+            .get_or_create(&ModelLabels {
+                stage: stage.to_owned(),
+                model: model.to_owned(),
+                version: version.to_owned(),
+            })
+            .set(rows as i64);
+    }
+
+    /// `n` predictions or labels at `stage` ended as `outcome` in the live-accuracy join.
+    pub fn record_label_join(&self, stage: &str, outcome: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.label_join
+            .get_or_create(&LabelJoinLabels {
+                stage: stage.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Predictions or labels at `stage` that ended as `outcome`.
+    pub fn label_join(&self, stage: &str, outcome: &str) -> u64 {
+        self.label_join
+            .get(&LabelJoinLabels {
+                stage: stage.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// The last live `metric` of `version` at `stage` of `model`, if a window was scored.
+    pub fn live_accuracy(
+        &self,
+        stage: &str,
+        model: &str,
+        version: &str,
+        metric: &str,
+    ) -> Option<f64> {
+        self.live_accuracy
+            .get(&LiveAccuracyLabels {
+                stage: stage.to_owned(),
+                model: model.to_owned(),
+                version: version.to_owned(),
+                metric: metric.to_owned(),
+            })
+            .map(|g| g.get())
     }
 
     /// A drift event (`raised` or `cleared`) of `signal` at `stage`.
