@@ -2,18 +2,25 @@
 # The sentiment pipeline on the CPU against the same job written in Python, on the same
 # records in the same run (issue 16): held-out reviews as feedback records in a JSON-lines
 # file; sluice runs pipelines/sentiment.yaml over it as a backfill (Parquet only, model
-# loading included; on the CPU its encoder is `cpu_model`, the int8 MiniLM by default),
+# loading included; with SLUICE_CPU_ENCODER, a copy whose encoder stage serves that model
+# on the CPU via `cpu_model`),
 # then benches/python_baseline/sentiment.py does the same work three ways: the typical
 # Python job (fp32 encoder, batches of 32 in arrival order), the same with sluice's encoder,
 # and that sorted by length over the whole input (the bare ONNX Runtime limit).
 # Appends one line per side and one comparison line to benches/results/e2e.jsonl.
 #
 # Usage: scripts/bench_sentiment.sh [RECORDS]   (default 1000)
-# Environment: SLUICE_CPU_ENCODER (default minilm-l6-int8; minilm-l6 for fp32 on the CPU).
+# Environment: SLUICE_CPU_ENCODER (default minilm-l6, fp32; minilm-l6-int8 for int8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-1000}"
-encoder="${SLUICE_CPU_ENCODER:-minilm-l6-int8}"
+encoder="${SLUICE_CPU_ENCODER:-minilm-l6}"
+pipeline=pipelines/sentiment.yaml
+if [[ "$encoder" != minilm-l6 ]]; then
+  pipeline="pipelines/.bench-sentiment-$encoder.yaml"
+  sed "/^      model: minilm-l6$/a\\      cpu_model: $encoder" pipelines/sentiment.yaml >"$pipeline"
+  trap 'rm -f "$pipeline"' EXIT
+fi
 results=benches/results/e2e.jsonl
 out=out/bench-sentiment-python
 rm -rf "$out"
@@ -31,7 +38,7 @@ for i, r in enumerate(held_out):
 PY
 
 start=$(date +%s.%N)
-SLUICE_DEVICE=cpu SLUICE_CPU_ENCODER="$encoder" ./target/release/sluice backfill pipelines/sentiment.yaml \
+SLUICE_DEVICE=cpu ./target/release/sluice backfill "$pipeline" \
   --input "$out/input.jsonl" --sinks parquet --out "$out/sluice" --quiet >"$out/sluice.txt"
 sluice_seconds=$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$(date +%s.%N)")
 
