@@ -422,23 +422,54 @@ pub struct Running {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Cancels the run when dropped: a test that fails an assertion still stops its
     /// pipeline (whose source thread would otherwise keep the runtime from shutting down).
-    pub stop_on_panic: tokio_util::sync::DropGuard,
+    pub stop_on_panic: StopOnDrop,
     pub handle: tokio::task::JoinHandle<
         Result<sluice::telemetry::StatsSnapshot, sluice::runtime::RunError>,
     >,
+}
+
+/// Cancels a run when dropped; while a failed test unwinds, also waits (up to 30 s) for
+/// the run to end, so it stops while the test's broker still exists: dropped first, the
+/// broker would leave the source's final synchronous commit waiting for ever, and the
+/// test runtime's shutdown with it (a failure would hang CI instead of failing).
+pub struct StopOnDrop {
+    shutdown: tokio_util::sync::CancellationToken,
+    finished: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if !std::thread::panicking() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.finished.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Starts `pipeline` (`runtime::run`) on a task.
 pub fn spawn_pipeline(pipeline: Pipeline) -> Running {
     let stats = std::sync::Arc::new(sluice::telemetry::Stats::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handle = tokio::spawn({
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        async move { sluice::runtime::run(&pipeline, shutdown, stats).await }
+        let (stats, shutdown, finished) = (stats.clone(), shutdown.clone(), finished.clone());
+        async move {
+            let result = sluice::runtime::run(&pipeline, shutdown, stats).await;
+            finished.store(true, std::sync::atomic::Ordering::Release);
+            result
+        }
     });
     Running {
         stats,
-        stop_on_panic: shutdown.clone().drop_guard(),
+        stop_on_panic: StopOnDrop {
+            shutdown: shutdown.clone(),
+            finished,
+        },
         shutdown,
         handle,
     }
