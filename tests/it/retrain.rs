@@ -367,6 +367,16 @@ async fn a_retrain_section_runs_the_job_on_its_schedule_inside_the_running_pipel
     })
     .await;
     assert!(serving, "the watcher swapped the trained version in");
+    // Every first record decoded before counting the later ones (the head may be
+    // published while the first ones are still on their way).
+    assert!(
+        eventually(Duration::from_secs(120), || stats.snapshot().rows_decoded
+            == first.len() as u64)
+        .await,
+        "{} of {} first records decoded",
+        stats.snapshot().rows_decoded,
+        first.len()
+    );
     let before = stats.snapshot().rows_decoded;
     produce(
         &brokers,
