@@ -106,31 +106,13 @@ pub async fn run(
     broker: BrokerKind,
     partitions: i32,
 ) -> Result<BenchResult, DemoError> {
-    let (cluster, process) = match broker {
-        BrokerKind::Mock => (Some(MockCluster::new(1)?), None),
-        BrokerKind::Noida => (None, Some(Broker::start()?)),
-    };
-    let brokers = match (&cluster, &process) {
-        (Some(cluster), _) => cluster.bootstrap_servers(),
-        (_, Some(process)) => process.address.clone(),
-        _ => unreachable!("one broker is started"),
-    };
+    let kind = broker;
+    let broker = BenchBroker::start(kind)?;
+    let brokers = broker.address.clone();
     let mut pipeline = demo::load_pipeline(pipeline_file, &brokers, out)?;
-    if process.is_some() {
-        // noida-db answers a fetch with everything it has, past `fetch.max.bytes`: let the
-        // client take responses that large.
-        let crate::config::SourceConfig::Kafka(source) = &mut pipeline.config.source;
-        source.properties.insert(
-            RECEIVE_MAX.0.into(),
-            crate::config::PropertyValue::Text(RECEIVE_MAX.1.into()),
-        );
-    }
+    broker.prepare(&mut pipeline);
     let topic = demo::source_topic(&pipeline);
-    match (&cluster, &process) {
-        (Some(cluster), _) => cluster.create_topic(&topic, partitions, 1)?,
-        (_, Some(process)) => process.create_topic(&topic, partitions).await?,
-        _ => {}
-    }
+    broker.create_topic(&topic, partitions).await?;
     let now = chrono::Utc::now().timestamp_millis();
     let generated: Vec<_> = match demo::Feed::of(&pipeline) {
         demo::Feed::Feedback | demo::Feed::Reviews => FeedbackGenerator::new(7, 0.0, now, 10)
@@ -149,7 +131,7 @@ pub async fn run(
     let bench = format!("e2e/{}", pipeline.name());
     let timeout = Duration::from_secs(3600);
     let counters = std::sync::Arc::new(crate::telemetry::Stats::default());
-    let fits = process.is_some() || payload_bytes <= PARTITION_BUDGET * partitions as u64;
+    let fits = broker.is_process() || payload_bytes <= PARTITION_BUDGET * partitions as u64;
     let mut raw_runs = Vec::new();
     let (produced, raw_rate, stats, pipeline_elapsed) = if fits {
         // Everything fits in the broker's log: load the topic, read it raw, then run
@@ -177,9 +159,9 @@ pub async fn run(
             demo::run_until_consumed(pipeline, produced, timeout, counters.clone()).await?;
         // A broker process serves a second read faster (its files are in the page cache
         // then): the faster of a read before and one after the pipeline is the ceiling.
-        let after = match process {
-            Some(_) => Some(raw_rate().await?),
-            None => None,
+        let after = match broker.is_process() {
+            true => Some(raw_rate().await?),
+            false => None,
         };
         raw_runs = std::iter::once(before).chain(after).collect();
         let raw = raw_runs.iter().copied().fold(0.0, f64::max);
@@ -213,7 +195,7 @@ pub async fn run(
         } else {
             "release"
         },
-        broker,
+        broker: kind,
         partitions,
         records: produced,
         payload_bytes,
@@ -226,6 +208,58 @@ pub async fn run(
         inference: counters.inference_devices(),
         host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
+}
+
+/// The broker a bench runs against: the in-process mock cluster or a noida-db process
+/// (stopped when dropped), and its bootstrap address.
+pub(crate) struct BenchBroker {
+    cluster: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    process: Option<Broker>,
+    pub(crate) address: String,
+}
+
+impl BenchBroker {
+    pub(crate) fn start(kind: BrokerKind) -> Result<Self, DemoError> {
+        let (cluster, process) = match kind {
+            BrokerKind::Mock => (Some(MockCluster::new(1)?), None),
+            BrokerKind::Noida => (None, Some(Broker::start()?)),
+        };
+        let address = match (&cluster, &process) {
+            (Some(cluster), _) => cluster.bootstrap_servers(),
+            (_, Some(process)) => process.address.clone(),
+            _ => unreachable!("one broker is started"),
+        };
+        Ok(BenchBroker {
+            cluster,
+            process,
+            address,
+        })
+    }
+
+    pub(crate) fn is_process(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// noida-db answers a fetch with everything it has, past `fetch.max.bytes`: the
+    /// pipeline's consumer must take responses that large.
+    pub(crate) fn prepare(&self, pipeline: &mut crate::pipeline::Pipeline) {
+        if self.is_process() {
+            let crate::config::SourceConfig::Kafka(source) = &mut pipeline.config.source;
+            source.properties.insert(
+                RECEIVE_MAX.0.into(),
+                crate::config::PropertyValue::Text(RECEIVE_MAX.1.into()),
+            );
+        }
+    }
+
+    pub(crate) async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), DemoError> {
+        match (&self.cluster, &self.process) {
+            (Some(cluster), _) => cluster.create_topic(topic, partitions, 1)?,
+            (_, Some(process)) => process.create_topic(topic, partitions).await?,
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Payload bytes per partition the bench loads into the mock cluster at once; it keeps

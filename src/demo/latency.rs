@@ -23,8 +23,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::bench::{git_rev, BrokerKind, RECEIVE_MAX};
-use super::broker::Broker;
+use super::bench::{git_rev, BenchBroker, BrokerKind, RECEIVE_MAX};
 use super::feeds::feedback::FeedbackGenerator;
 use super::DemoError;
 use crate::chart::{self, Line};
@@ -126,23 +125,11 @@ struct Ledger {
 }
 
 pub async fn run(options: &LatencyOptions) -> Result<LatencyResult, DemoError> {
-    let (cluster, process) = match options.broker {
-        BrokerKind::Mock => (Some(rdkafka::mocking::MockCluster::new(1)?), None),
-        BrokerKind::Noida => (None, Some(Broker::start()?)),
-    };
-    let brokers = match (&cluster, &process) {
-        (Some(cluster), _) => cluster.bootstrap_servers(),
-        (_, Some(process)) => process.address.clone(),
-        _ => unreachable!("one broker is started"),
-    };
+    let broker = BenchBroker::start(options.broker)?;
+    let brokers = broker.address.clone();
     let mut pipeline = super::load_pipeline(&options.pipeline_file, &brokers, &options.out)?;
-    let SourceConfig::Kafka(source) = &mut pipeline.config.source;
-    if process.is_some() {
-        source.properties.insert(
-            RECEIVE_MAX.0.into(),
-            crate::config::PropertyValue::Text(RECEIVE_MAX.1.into()),
-        );
-    }
+    broker.prepare(&mut pipeline);
+    let SourceConfig::Kafka(source) = &pipeline.config.source;
     let max_wait = source.batch.max_wait;
     if !matches!(
         super::Feed::of(&pipeline),
@@ -161,11 +148,7 @@ pub async fn run(options: &LatencyOptions) -> Result<LatencyResult, DemoError> {
         })
         .ok_or_else(|| DemoError::NoOutputTopic(pipeline.name().to_owned()))?;
     for topic in [&input, &output] {
-        match (&cluster, &process) {
-            (Some(cluster), _) => cluster.create_topic(topic, options.partitions, 1)?,
-            (_, Some(process)) => process.create_topic(topic, options.partitions).await?,
-            _ => {}
-        }
+        broker.create_topic(topic, options.partitions).await?;
     }
 
     let stats = Arc::new(Stats::default());
