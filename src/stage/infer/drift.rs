@@ -26,8 +26,6 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray};
 use arrow::datatypes::{DataType, Float32Type};
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-
 use crate::config::DriftConfig;
 use crate::model::{Profile, Registry};
 use crate::telemetry::Stats;
@@ -68,7 +66,7 @@ pub struct DriftMonitor {
     stage: String,
     model: String,
     config: DriftConfig,
-    events: Option<ThreadedProducer<DefaultProducerContext>>,
+    events: super::topic_rows::TopicRows,
     registry: Registry,
     stats: Arc<Stats>,
     /// The column feeding the profiled input (a vector column, or the stacked numeric
@@ -97,10 +95,7 @@ impl DriftMonitor {
         stats: Arc<Stats>,
         inputs: Vec<usize>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let events = match &config.topic {
-            Some(_) => Some(producer.create()?),
-            None => None,
-        };
+        let events = super::topic_rows::TopicRows::new(config.topic.as_deref(), producer)?;
         Ok(DriftMonitor {
             stage,
             model,
@@ -226,9 +221,6 @@ impl DriftMonitor {
             tracing::info!(stage = %self.stage, model = %self.model, version, signal, psi, rows, "drift cleared");
         }
         self.stats.record_drift_event(&self.stage, signal, state);
-        let (Some(producer), Some(topic)) = (&self.events, &self.config.topic) else {
-            return;
-        };
         let row = serde_json::json!({
             "stage": self.stage,
             "model": self.model,
@@ -240,20 +232,9 @@ impl DriftMonitor {
             "raise_above": self.config.raise_above,
             "clear_below": self.config.clear_below,
             "at": chrono::Utc::now().to_rfc3339(),
-        })
-        .to_string();
+        });
         let key = format!("{}/{version}", self.model);
-        if let Err((e, _)) = producer.send(BaseRecord::to(topic).key(&key).payload(&row)) {
-            tracing::warn!(stage = %self.stage, topic, error = %e, "could not send a drift event");
-        }
-    }
-}
-
-impl Drop for DriftMonitor {
-    fn drop(&mut self) {
-        if let Some(producer) = &self.events {
-            let _ = producer.flush(std::time::Duration::from_secs(5));
-        }
+        self.events.send(&self.stage, &key, &row);
     }
 }
 

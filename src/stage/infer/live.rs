@@ -16,7 +16,6 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float32Type};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::join::{Joined, Joiner, Prediction};
@@ -40,7 +39,7 @@ struct Shared {
     classes: Vec<String>,
     config: AccuracyConfig,
     joiner: Mutex<Joiner>,
-    rows: Option<ThreadedProducer<DefaultProducerContext>>,
+    rows: super::topic_rows::TopicRows,
     stats: Arc<Stats>,
 }
 
@@ -66,10 +65,7 @@ impl LiveAccuracy {
         producer: &rdkafka::ClientConfig,
         stats: Arc<Stats>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let rows = match &config.topic {
-            Some(_) => Some(producer.create()?),
-            None => None,
-        };
+        let rows = super::topic_rows::TopicRows::new(config.topic.as_deref(), producer)?;
         let consumer: BaseConsumer = consumer.create()?;
         let shared = Arc::new(Shared {
             joiner: Mutex::new(Joiner::new(
@@ -226,9 +222,6 @@ impl Shared {
                 ("calibration_error", calibration_error),
             ],
         );
-        let (Some(producer), Some(topic)) = (&self.rows, &self.config.topic) else {
-            return;
-        };
         let row = serde_json::json!({
             "stage": self.stage,
             "model": self.model,
@@ -240,20 +233,9 @@ impl Shared {
             "per_class": metrics.per_class,
             "confusion": metrics.confusion,
             "at": chrono::Utc::now().to_rfc3339(),
-        })
-        .to_string();
+        });
         let key = format!("{}/{short}", self.model);
-        if let Err((e, _)) = producer.send(BaseRecord::to(topic).key(&key).payload(&row)) {
-            tracing::warn!(stage = %self.stage, topic, error = %e, "could not send a live accuracy row");
-        }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(producer) = &self.rows {
-            let _ = producer.flush(Duration::from_secs(5));
-        }
+        self.rows.send(&self.stage, &key, &row);
     }
 }
 

@@ -15,6 +15,7 @@ mod live;
 mod plan;
 pub mod serving;
 pub mod tensors;
+mod topic_rows;
 pub mod worker;
 
 use crate::telemetry::Stats;
