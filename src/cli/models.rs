@@ -203,6 +203,10 @@ fn show(manifest: &Manifest) -> String {
                 edges.join(" ")
             );
         }
+        if let Some(tokens) = &profile.tokens {
+            let edges: Vec<String> = tokens.edges.iter().map(|d| format!("{d:.0}")).collect();
+            out += &format!("    tokens per row, deciles {}\n", edges.join(" "));
+        }
     }
     out
 }

@@ -200,6 +200,33 @@ pub struct TrainConfig {
     /// Seed for initialisation and shuffling. Default: 7.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Fine-tune a whole text encoder with the head instead of training a head on stored
+    /// features (`dataset.features` then names the text column). Default: off.
+    #[serde(default)]
+    pub fine_tune: Option<FineTuneConfig>,
+}
+
+/// `trainer.fine_tune`: start from a served BERT encoder and train all of its weights with
+/// a softmax head on the labelled texts; the result is one ONNX model from token ids to
+/// probabilities, published with the encoder's tokenizer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FineTuneConfig {
+    /// Registry model to start from (its current version): a BERT encoder ONNX as
+    /// `scripts/models/build_encoder.py` writes it, with its `tokenizer.json`, or a model
+    /// an earlier fine-tuning published.
+    pub encoder: String,
+    /// Tokens per text; longer texts are cut. Default: 128.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// AdamW step size of the encoder's weights (the head's is `trainer.learning_rate`,
+    /// its weight decay `trainer.l2`). Default: 3e-5.
+    #[serde(default = "default_encoder_learning_rate")]
+    pub encoder_learning_rate: f64,
+    /// Share of the steps over which the step sizes warm up from 0; they then decay
+    /// linearly to 0. Default: 0.1.
+    #[serde(default = "default_warmup")]
+    pub warmup: f64,
 }
 
 impl Default for TrainConfig {
@@ -212,6 +239,7 @@ impl Default for TrainConfig {
             batch_size: default_batch_size(),
             standardize: true,
             seed: default_seed(),
+            fine_tune: None,
         }
     }
 }
@@ -233,4 +261,13 @@ fn default_true() -> bool {
 }
 fn default_seed() -> u64 {
     7
+}
+fn default_max_len() -> usize {
+    128
+}
+fn default_encoder_learning_rate() -> f64 {
+    3e-5
+}
+fn default_warmup() -> f64 {
+    0.1
 }

@@ -97,6 +97,10 @@ pub struct DemoOptions {
     /// The MFPT bearing recordings, replayed for pipelines that window `vibration`.
     #[arg(long, default_value = "data/signals")]
     pub signals: PathBuf,
+    /// Draw every infer stage's drift gauges (PSI per signal, window after window) into
+    /// this PNG when the run ends.
+    #[arg(long)]
+    pub drift_plot: Option<PathBuf>,
 }
 
 impl DemoOptions {
@@ -372,6 +376,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         ),
     };
     let timeout = Duration::from_secs(300);
+    let live = Arc::new(Stats::default());
     let (produced, stats) = if feed == Feed::Bearings {
         // Vibration chunks are large: replay them beside the pipeline, not all up front.
         let (produced, stats, _) = run_replaying(
@@ -381,7 +386,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
             records,
             BEARING_RECORDS_AHEAD,
             timeout,
-            Arc::new(Stats::default()),
+            live.clone(),
         )
         .await?;
         (produced, stats)
@@ -390,11 +395,19 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         tracing::info!(produced, topic, "sample records produced");
         (
             produced,
-            run_until_consumed(pipeline.clone(), produced, timeout, Arc::default())
+            run_until_consumed(pipeline.clone(), produced, timeout, live.clone())
                 .await?
                 .0,
         )
     };
+    if let Some(path) = &options.drift_plot {
+        draw_drift(path, &pipeline.config.name, &live.drift_history()).map_err(|source| {
+            DemoError::Output {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
     let (rows_read_back, dead_letters_read_back) = read_back(&pipeline)?;
     let labels = match (feed, truth) {
         (Feed::Reviews, Some(truth)) => Some(compare_labels(&pipeline, &|batch, row| {
@@ -434,6 +447,58 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
         labels,
         alerts,
     })
+}
+
+/// One line per (stage, version, signal): its PSI window after window.
+fn draw_drift(
+    path: &Path,
+    pipeline: &str,
+    history: &[crate::telemetry::stats::DriftWindow],
+) -> std::io::Result<()> {
+    const COLOURS: [plotters::style::RGBColor; 6] = [
+        plotters::style::RGBColor(31, 119, 180),
+        plotters::style::RGBColor(255, 127, 14),
+        plotters::style::RGBColor(44, 160, 44),
+        plotters::style::RGBColor(214, 39, 40),
+        plotters::style::RGBColor(148, 103, 189),
+        plotters::style::RGBColor(140, 86, 75),
+    ];
+    let mut lines: Vec<crate::chart::Line> = Vec::new();
+    let mut windows: std::collections::HashMap<(String, String), f64> = Default::default();
+    for window in history {
+        let key = (window.stage.clone(), window.version.clone());
+        let n = windows.entry(key).or_insert(0.0);
+        *n += 1.0;
+        for (signal, psi) in &window.signals {
+            let name = format!("{} v{} {signal}", window.model, window.version);
+            let at = match lines.iter().position(|l| l.name == name) {
+                Some(at) => at,
+                None => {
+                    lines.push(crate::chart::Line {
+                        name,
+                        points: Vec::new(),
+                        colour: COLOURS[lines.len() % COLOURS.len()],
+                    });
+                    lines.len() - 1
+                }
+            };
+            lines[at].points.push((*n, *psi));
+        }
+    }
+    if lines.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "--drift-plot: no drift window filled in this run (does a served version have a \
+             reference profile, and were there `drift.window` rows?); {} not written",
+            path.display()
+        )));
+    }
+    crate::chart::lines(
+        path,
+        &format!("{pipeline}: drift (PSI) per window"),
+        "window",
+        "PSI against the reference profile",
+        &lines,
+    )
 }
 
 /// Alerts sent to `topic`, counted by machine.

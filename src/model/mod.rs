@@ -12,8 +12,8 @@ pub mod registry;
 pub mod session;
 
 pub use registry::{
-    Dim, EmbeddingProfile, FeatureProfile, Manifest, ModelVersion, Profile, Registry,
-    RegistryError, TensorSpec,
+    BinnedProfile, Dim, EmbeddingProfile, FeatureProfile, Manifest, ModelVersion, Profile,
+    Registry, RegistryError, TensorSpec,
 };
 pub use session::{DevicePlan, ModelError, Placement};
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::job::{LabelConfig, RetrainJob};
+use crate::config::job::{FeatureColumns, LabelConfig, RetrainJob};
 use crate::config::{limits, typed, ConfigError, ConfigIssue, YamlFile};
 
 /// Retrain jobs live beside pipelines as `retrain-*.yaml`.
@@ -87,6 +87,32 @@ pub fn load(
             issue(
                 key,
                 format!("expected a finite number of at least 0, found {value}"),
+            );
+        }
+    }
+    if let Some(fine) = &trainer.fine_tune {
+        if let Err(out_of_range) = limits::count(fine.max_len, 2, 1 << 14) {
+            issue("trainer.fine_tune.max_len", out_of_range.to_string());
+        }
+        if !fine.encoder_learning_rate.is_finite() || fine.encoder_learning_rate < 0.0 {
+            issue(
+                "trainer.fine_tune.encoder_learning_rate",
+                format!(
+                    "expected a finite number of at least 0, found {}",
+                    fine.encoder_learning_rate
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&fine.warmup) {
+            issue(
+                "trainer.fine_tune.warmup",
+                format!("expected a share between 0 and 1, found {}", fine.warmup),
+            );
+        }
+        if let FeatureColumns::Columns(columns) = &job.dataset.features {
+            issue(
+                "dataset.features",
+                format!("fine-tuning reads one text column, found a list {columns:?}"),
             );
         }
     }

@@ -57,7 +57,8 @@ fn millis(text: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Reads, labels and splits the dataset for classes `labels`.
+/// Reads, labels and splits the dataset for classes `labels`. With `text`, the one
+/// feature column is text, kept in [`Examples::text`] (fine-tuning).
 ///
 /// Long on purpose: one polars lazy query built step by step (scan, time range, filter,
 /// labels, dedup, balance, sample, split); each step needs the previous frame.
@@ -66,6 +67,7 @@ pub fn load(
     root: &Path,
     labels_path: Option<&Path>,
     labels: &[String],
+    text: bool,
 ) -> Result<Split, DatasetError> {
     let fail = |source: PolarsError| DatasetError::Polars {
         path: root.to_owned(),
@@ -178,10 +180,26 @@ pub fn load(
         .map(|l| l.unwrap_or_default())
         .map(|l| labels.iter().position(|known| known == l).unwrap_or(0))
         .collect();
-    let (x, width) = feature_matrix(&df, &features).map_err(|e| match e {
-        FeatureError::Polars(e) => fail(e),
-        FeatureError::Shape(m) => shape(m),
-    })?;
+    let (x, width, texts) = if text {
+        let column = df
+            .column(features[0].as_str())
+            .map_err(fail)?
+            .cast(&DataType::String)
+            .map_err(fail)?;
+        let texts: Vec<String> = column
+            .str()
+            .map_err(fail)?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_owned())
+            .collect();
+        (Vec::new(), 0, texts)
+    } else {
+        let (x, width) = feature_matrix(&df, &features).map_err(|e| match e {
+            FeatureError::Polars(e) => fail(e),
+            FeatureError::Shape(m) => shape(m),
+        })?;
+        (x, width, Vec::new())
+    };
 
     // Balance and sample deterministically, by the id hash order.
     let mut order: Vec<usize> = (0..ids.len()).collect();
@@ -227,6 +245,9 @@ pub fn load(
         };
         side.x.extend_from_slice(&x[i * width..(i + 1) * width]);
         side.y.push(row_labels[i]);
+        if let Some(text) = texts.get(i) {
+            side.text.push(text.clone());
+        }
     }
     Ok(split)
 }
@@ -419,11 +440,11 @@ mod tests {
             ],
         );
         let mut all = config(rules());
-        let split = load(&all, dir.path(), None, &labels()).unwrap();
+        let split = load(&all, dir.path(), None, &labels(), false).unwrap();
         assert_eq!(split.labelled_rows, 5, "a, b, c (once), f, g");
         assert_eq!(split.train.rows() + split.holdout.rows(), 5);
         assert_eq!(split.train.width, 2);
-        let again = load(&all, dir.path(), None, &labels()).unwrap();
+        let again = load(&all, dir.path(), None, &labels(), false).unwrap();
         assert_eq!(again.holdout_ids, split.holdout_ids, "the split is stable");
         // c's latest row: rating 1 -> neg, features [9, 9].
         let both: Vec<(Vec<f32>, usize)> = [&split.train, &split.holdout]
@@ -434,18 +455,18 @@ mod tests {
         assert!(!both.iter().any(|(x, _)| x == &vec![1.0, 2.0]));
 
         all.last = Some(std::time::Duration::from_secs(30 * 86_400));
-        let recent = load(&all, dir.path(), None, &labels()).unwrap();
+        let recent = load(&all, dir.path(), None, &labels(), false).unwrap();
         assert_eq!(recent.labelled_rows, 3, "c, f, g");
         all.filter = Some("id <> 'g'".into());
         assert_eq!(
-            load(&all, dir.path(), None, &labels())
+            load(&all, dir.path(), None, &labels(), false)
                 .unwrap()
                 .labelled_rows,
             2
         );
         all.filter = None;
         all.balance = true;
-        let balanced = load(&all, dir.path(), None, &labels()).unwrap();
+        let balanced = load(&all, dir.path(), None, &labels(), false).unwrap();
         assert_eq!(
             balanced.class_counts,
             vec![1, 1],
@@ -498,6 +519,7 @@ mod tests {
             &data,
             Some(&dir.path().join("labels")),
             &labels(),
+            false,
         )
         .unwrap();
         assert_eq!(split.labelled_rows, 2, "c has no label yet");

@@ -12,6 +12,7 @@
 //! `stage::infer::serving`); nothing here talks to them.
 
 pub mod dataset;
+pub(crate) mod finetune;
 pub mod onnx_export;
 pub mod onnx_proto;
 pub mod profile;
@@ -267,7 +268,14 @@ pub fn run(
     };
     // A dataset on an object store is read from a local copy of its committed files.
     let (dataset_root, _copy) = dataset_root(loaded)?;
-    let split = dataset::load(&job.dataset, &dataset_root, labels_path.as_deref(), labels)?;
+    let fine_tune = job.trainer.fine_tune.as_ref();
+    let split = dataset::load(
+        &job.dataset,
+        &dataset_root,
+        labels_path.as_deref(),
+        labels,
+        fine_tune.is_some(),
+    )?;
     if split.train.rows() < labels.len() || split.holdout.rows() == 0 {
         return Err(bad(format!(
             "too few labelled rows: {} train, {} holdout ({} labelled: {})",
@@ -279,49 +287,26 @@ pub fn run(
     }
     tracing::info!(job = %job.name, train = split.train.rows(), holdout = split.holdout.rows(), classes = %dataset::describe(&split.class_counts, labels), "dataset ready");
 
-    let epochs = job.trainer.epochs;
-    let candidate = trainer::train(
-        &split.train,
-        labels.clone(),
-        &job.model.input,
-        &job.trainer,
-        |epoch, loss| on_epoch(epoch, epochs, loss),
-    );
     let work = tempfile::tempdir().map_err(|source| RetrainError::Io {
         path: std::env::temp_dir(),
         source,
     })?;
-    let onnx_path = work.path().join("model.onnx");
-    std::fs::write(&onnx_path, candidate.to_onnx(&job.model.name)).map_err(|source| {
-        RetrainError::Io {
-            path: onnx_path.clone(),
-            source,
-        }
-    })?;
-
-    let plan = DevicePlan::resolve(Device::Cpu, 0, 0, None, &onnx_path, "retrain")?;
-    let holdout = &split.holdout;
-    let onnx_probs = predict_onnx(
-        &plan,
-        &onnx_path,
-        &job.model.input,
-        &holdout.x,
-        holdout.width,
-        labels.len(),
-    )?;
-    let own: Vec<f32> = (0..holdout.rows())
-        .flat_map(|r| candidate.predict_proba(holdout.row(r)))
-        .collect();
-    let onnx_max_abs_diff = own
-        .iter()
-        .zip(&onnx_probs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let epochs = job.trainer.epochs;
+    let on_epoch = |epoch, loss| on_epoch(epoch, epochs, loss);
+    let trained = match fine_tune {
+        None => train_head(job, &split, work.path(), on_epoch)?,
+        Some(fine) => train_text_model(&registry, job, fine, &split, work.path(), on_epoch)?,
+    };
+    let onnx_path = trained.onnx;
+    let onnx_probs = trained.probabilities;
+    let onnx_max_abs_diff = trained.onnx_max_abs_diff;
     if onnx_max_abs_diff > 1e-4 {
         return Err(bad(format!(
             "the exported ONNX model disagrees with the trainer by {onnx_max_abs_diff}"
         )));
     }
+    let plan = DevicePlan::resolve(Device::Cpu, 0, 0, None, &onnx_path, "retrain")?;
+    let holdout = &split.holdout;
     let candidate_metrics = Metrics::compute(labels, &holdout.y, &onnx_probs);
     let roc_curve = (labels.len() == 2).then(|| {
         let truth: Vec<bool> = holdout.y.iter().map(|&y| y == 1).collect();
@@ -330,9 +315,10 @@ pub fn run(
     });
 
     let current = match registry.current(&job.model.name) {
-        Ok(version) => Some(evaluate_current(
-            &registry, &plan, &version, loaded, holdout,
-        )?),
+        Ok(version) => Some(match fine_tune {
+            None => evaluate_current(&registry, &plan, &version, loaded, holdout)?,
+            Some(fine) => evaluate_current_text(&registry, &plan, &version, job, fine, holdout)?,
+        }),
         Err(RegistryError::NoCurrent { .. }) => None,
         Err(e) => return Err(e.into()),
     };
@@ -385,18 +371,11 @@ pub fn run(
         metrics.insert("holdout_log_loss".into(), candidate_metrics.log_loss.into());
         metrics.insert("train_rows".into(), split.train.rows().into());
         metrics.insert("holdout_rows".into(), holdout.rows().into());
-        let mut manifest = candidate.manifest(
-            &job.model.name,
+        let mut manifest = (trained.manifest)(
             metrics,
             &format!("trained by `sluice retrain` ({})", job.name),
         );
-        manifest.profile = Some(profile::compute(
-            &job.dataset.features,
-            &split.train,
-            holdout,
-            &onnx_probs,
-            labels.len(),
-        ));
+        manifest.profile = Some(trained.profile);
         let report_path = work.path().join("report.json");
         report.published = Some(format!(
             "{}/{}",
@@ -420,6 +399,7 @@ pub fn run(
             .as_ref()
             .map(|(points, auc)| (points.as_slice(), *auc));
         let mut extra: Vec<&Path> = vec![&report_path];
+        extra.extend(trained.extra.iter().map(PathBuf::as_path));
         match report::draw(&picture, &title, &candidate_metrics, labels, curve) {
             Ok(()) => extra.push(&picture),
             Err(e) => {
@@ -430,6 +410,217 @@ pub fn run(
         report.published = Some(version.label());
     }
     Ok(report)
+}
+
+/// Makes a candidate's manifest from its metrics and description.
+type ManifestFor =
+    Box<dyn FnOnce(serde_json::Map<String, serde_json::Value>, &str) -> crate::model::Manifest>;
+
+/// A trained candidate, exported and predicted on the holdout by ONNX Runtime.
+struct Trained {
+    onnx: PathBuf,
+    /// ONNX Runtime's holdout probabilities, row-major.
+    probabilities: Vec<f32>,
+    /// ONNX Runtime vs the trainer's own forward pass on the holdout.
+    onnx_max_abs_diff: f32,
+    /// The manifest, given its metrics and description.
+    manifest: ManifestFor,
+    profile: crate::model::Profile,
+    /// Files published beside the model (a tokenizer).
+    extra: Vec<PathBuf>,
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A head (softmax regression or MLP) on stored features.
+fn train_head(
+    job: &crate::config::job::RetrainJob,
+    split: &dataset::Split,
+    work: &Path,
+    on_epoch: impl FnMut(usize, f32),
+) -> Result<Trained, RetrainError> {
+    let labels = &job.model.labels;
+    let candidate = trainer::train(
+        &split.train,
+        labels.clone(),
+        &job.model.input,
+        &job.trainer,
+        on_epoch,
+    );
+    let onnx = work.join("model.onnx");
+    std::fs::write(&onnx, candidate.to_onnx(&job.model.name)).map_err(|source| {
+        RetrainError::Io {
+            path: onnx.clone(),
+            source,
+        }
+    })?;
+    let plan = DevicePlan::resolve(Device::Cpu, 0, 0, None, &onnx, "retrain")?;
+    let holdout = &split.holdout;
+    let probabilities = predict_onnx(
+        &plan,
+        &onnx,
+        &job.model.input,
+        &holdout.x,
+        holdout.width,
+        labels.len(),
+    )?;
+    let own: Vec<f32> = (0..holdout.rows())
+        .flat_map(|r| candidate.predict_proba(holdout.row(r)))
+        .collect();
+    let profile = profile::compute(
+        &job.dataset.features,
+        &split.train,
+        holdout,
+        &probabilities,
+        labels.len(),
+    );
+    let name = job.model.name.clone();
+    Ok(Trained {
+        onnx,
+        onnx_max_abs_diff: max_abs_diff(&own, &probabilities),
+        probabilities,
+        manifest: Box::new(move |metrics, description| {
+            candidate.manifest(&name, metrics, description)
+        }),
+        profile,
+        extra: Vec::new(),
+    })
+}
+
+/// The whole text model (`trainer.fine_tune`), from the current version of its encoder.
+fn train_text_model(
+    registry: &Registry,
+    job: &crate::config::job::RetrainJob,
+    fine: &crate::config::job::FineTuneConfig,
+    split: &dataset::Split,
+    work: &Path,
+    on_epoch: impl FnMut(usize, f32),
+) -> Result<Trained, RetrainError> {
+    let bad = |message: String| RetrainError::Job {
+        job: job.name.clone(),
+        message,
+    };
+    let labels = &job.model.labels;
+    let start = registry.current(&fine.encoder)?;
+    let start_path = start.model_path();
+    let bytes = std::fs::read(&start_path).map_err(|source| RetrainError::Io {
+        path: start_path.clone(),
+        source,
+    })?;
+    let weights = finetune::onnx::read(&bytes, labels.len())
+        .map_err(|m| bad(format!("{}: {m}", start_path.display())))?;
+    let tokenizer = finetune::tokenizer_file(&start.dir);
+    let max_len = fine.max_len.min(weights.shape.positions);
+    let tokenize = |texts: &[String]| {
+        finetune::tokenize(&tokenizer, texts, max_len).map_err(|m| bad(format!("tokenizer: {m}")))
+    };
+    let train_tokens = tokenize(&split.train.text)?;
+    let holdout_tokens = tokenize(&split.holdout.text)?;
+    let shape = weights.shape;
+    let model = finetune::bert::Bert::from_values(shape, weights.values, &candle_core::Device::Cpu)
+        .map_err(|m| bad(format!("{}: {m}", start_path.display())))?;
+    tracing::info!(job = %job.name, encoder = %start.label(), ?shape, rows = train_tokens.ids.len(), epochs = job.trainer.epochs, "fine-tuning the encoder with its head");
+    let started = std::time::Instant::now();
+    let candle = |e: candle_core::Error| bad(format!("fine-tuning: {e}"));
+    finetune::train(
+        &model,
+        &train_tokens,
+        &split.train.y,
+        &job.trainer,
+        fine,
+        on_epoch,
+    )
+    .map_err(candle)?;
+    tracing::info!(job = %job.name, seconds = started.elapsed().as_secs_f64(), "fine-tuning done");
+    let values = model.values().map_err(candle)?;
+    let onnx = work.join("model.onnx");
+    std::fs::write(
+        &onnx,
+        finetune::onnx::export(&shape, &values, &job.model.name),
+    )
+    .map_err(|source| RetrainError::Io {
+        path: onnx.clone(),
+        source,
+    })?;
+    let published_tokenizer = work.join("tokenizer.json");
+    std::fs::copy(&tokenizer, &published_tokenizer).map_err(|source| RetrainError::Io {
+        path: tokenizer.clone(),
+        source,
+    })?;
+    let plan = DevicePlan::resolve(Device::Cpu, 0, 0, None, &onnx, "retrain")?;
+    let probabilities = finetune::predict_onnx(&plan, &onnx, &holdout_tokens, labels.len())?;
+    let (own, _) = finetune::predict(&model, &holdout_tokens).map_err(candle)?;
+    // The reference profile: predictions, and the holdout's tokens per row (the `tokens`
+    // drift signal of a stage serving this model).
+    let mut profile = profile::compute(
+        &crate::config::job::FeatureColumns::Columns(Vec::new()),
+        &split.train,
+        &split.holdout,
+        &probabilities,
+        labels.len(),
+    );
+    let lengths: Vec<usize> = holdout_tokens.ids.iter().map(Vec::len).collect();
+    profile.tokens = Some(profile::tokens(&lengths));
+    let name = job.model.name.clone();
+    let labels = labels.clone();
+    Ok(Trained {
+        onnx,
+        onnx_max_abs_diff: max_abs_diff(&own, &probabilities),
+        probabilities,
+        manifest: Box::new(move |metrics, description| {
+            finetune::manifest(&name, &shape, &labels, metrics, description)
+        }),
+        profile,
+        extra: vec![published_tokenizer],
+    })
+}
+
+/// The serving version of a text model, on the holdout texts (tokenized with its own
+/// tokenizer), or why it cannot be compared.
+fn evaluate_current_text(
+    registry: &Registry,
+    plan: &DevicePlan,
+    version: &ModelVersion,
+    job: &crate::config::job::RetrainJob,
+    fine: &crate::config::job::FineTuneConfig,
+    holdout: &trainer::Examples,
+) -> Result<(String, Result<Metrics, String>), RetrainError> {
+    let manifest = registry.manifest(version)?;
+    let label = version.label();
+    if manifest.labels.as_ref() != Some(&job.model.labels) {
+        return Ok((
+            label,
+            Err(format!(
+                "its labels {:?} differ from the job's {:?}",
+                manifest.labels, job.model.labels
+            )),
+        ));
+    }
+    if !finetune::takes_tokens(&manifest) {
+        return Ok((label, Err("it does not take token ids".into())));
+    }
+    let tokens = match finetune::tokenize(
+        &finetune::tokenizer_file(&version.dir),
+        &holdout.text,
+        fine.max_len,
+    ) {
+        Ok(tokens) => tokens,
+        Err(why) => return Ok((label, Err(format!("its tokenizer: {why}")))),
+    };
+    let probs =
+        finetune::predict_onnx(plan, &version.model_path(), &tokens, job.model.labels.len())?;
+    Ok((
+        label,
+        Ok(Metrics::compute(&job.model.labels, &holdout.y, &probs)),
+    ))
 }
 
 /// The serving version's metrics on the holdout, or why it cannot be compared.

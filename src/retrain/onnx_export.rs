@@ -101,6 +101,7 @@ impl Classifier {
                 name: "axis".into(),
                 i: -1,
                 r#type: ATTRIBUTE_INT,
+                ..Default::default()
             }],
         ));
         let model = ModelProto {
@@ -166,10 +167,16 @@ fn tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
         data_type: FLOAT,
         float_data: data,
         name: name.into(),
+        ..Default::default()
     }
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| (*s).to_owned()).collect(),
         output: vec![output.to_owned()],
@@ -180,20 +187,34 @@ fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>)
 }
 
 fn value_info(name: &str, width: i64) -> ValueInfoProto {
+    value_info_dims(
+        name,
+        FLOAT,
+        &[
+            DimensionValue::Named("batch".into()),
+            DimensionValue::Fixed(width),
+        ],
+    )
+}
+
+/// A tensor input or output of element type `elem_type` (`FLOAT`, `INT64`).
+pub(crate) fn value_info_dims(
+    name: &str,
+    elem_type: i32,
+    dims: &[DimensionValue],
+) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             tensor_type: Some(TensorTypeProto {
-                elem_type: FLOAT,
+                elem_type,
                 shape: Some(TensorShapeProto {
-                    dim: vec![
-                        Dimension {
-                            value: Some(DimensionValue::Named("batch".into())),
-                        },
-                        Dimension {
-                            value: Some(DimensionValue::Fixed(width)),
-                        },
-                    ],
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(d.clone()),
+                        })
+                        .collect(),
                 }),
             }),
         }),

@@ -1,6 +1,7 @@
 //! The subset of the ONNX protobuf schema (`onnx.proto`, IR version 8) that sluice writes,
 //! as prost messages. Field numbers are the ones in onnx.proto; only what the exporters
-//! use is declared (protobuf readers skip nothing here, since we only write).
+//! use is declared; reading a model with these messages skips the rest (the fine-tuning
+//! trainer reads only initializers and LayerNormalization's epsilon).
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {
@@ -67,20 +68,27 @@ pub struct NodeProto {
 }
 
 /// `AttributeProto.AttributeType` values used here.
+pub const ATTRIBUTE_FLOAT: i32 = 1;
 pub const ATTRIBUTE_INT: i32 = 2;
+pub const ATTRIBUTE_INTS: i32 = 7;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(float, tag = "2")]
+    pub f: f32,
     #[prost(int64, tag = "3")]
     pub i: i64,
+    #[prost(int64, repeated, tag = "8")]
+    pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]
     pub r#type: i32,
 }
 
 /// `TensorProto.DataType` values used here.
 pub const FLOAT: i32 = 1;
+pub const INT64: i32 = 7;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {
@@ -90,8 +98,13 @@ pub struct TensorProto {
     pub data_type: i32,
     #[prost(float, repeated, tag = "4")]
     pub float_data: Vec<f32>,
+    #[prost(int64, repeated, tag = "7")]
+    pub int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
+    /// Little-endian values (what numpy-built models use for every initializer).
+    #[prost(bytes = "vec", tag = "9")]
+    pub raw_data: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -71,10 +71,25 @@ pub fn compute(
         top_score,
         features,
         embedding,
+        tokens: None,
     }
 }
 
 /// The nine cut points of ten equal-mass bins (nearest rank); empty for no values.
+/// The reference distribution of token counts per row (`lengths`).
+pub fn tokens(lengths: &[usize]) -> crate::model::BinnedProfile {
+    let edges = deciles(lengths.iter().map(|&n| n as f64).collect());
+    let mut profile = crate::model::BinnedProfile {
+        shares: vec![0.0; edges.len() + 1],
+        edges,
+    };
+    for &n in lengths {
+        let bin = profile.bin(n as f64);
+        profile.shares[bin] += 1.0 / lengths.len().max(1) as f64;
+    }
+    profile
+}
+
 pub fn deciles(mut values: Vec<f64>) -> Vec<f64> {
     values.retain(|v| v.is_finite());
     if values.is_empty() {
@@ -103,6 +118,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn token_counts_keep_the_share_of_each_bin_even_where_edges_repeat() {
+        let lengths: Vec<usize> = (0..100)
+            .map(|i| if i < 60 { 12 } else { 12 + i % 7 })
+            .collect();
+        let profile = tokens(&lengths);
+        assert_eq!(profile.edges.len(), 9);
+        assert!((profile.shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let mut live = vec![0_u64; profile.shares.len()];
+        for &n in &lengths {
+            live[profile.bin(n as f64)] += 1;
+        }
+        assert!(crate::stage::infer::drift::psi(&live, &profile.shares).abs() < 1e-9);
+    }
+
+    #[test]
     fn deciles_cut_ten_equal_bins() {
         let d = deciles((0..1000).map(f64::from).collect());
         assert_eq!(
@@ -118,6 +148,7 @@ mod tests {
             x: rows.iter().flatten().copied().collect(),
             width: 2,
             y: vec![0; rows.len()],
+            ..Default::default()
         };
         let train = examples(&[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]);
         let holdout = examples(&[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]);

@@ -22,6 +22,8 @@ pub struct Examples {
     pub x: Vec<f32>,
     pub width: usize,
     pub y: Vec<usize>,
+    /// The text of each row, when the job fine-tunes a text model (`x` is then empty).
+    pub text: Vec<String>,
 }
 
 impl Examples {

@@ -352,6 +352,26 @@ async fn a_shifted_feature_raises_its_drift_gauge_and_a_like_stream_does_not() {
     handle.await.unwrap().unwrap();
     assert!(Path::new(&root.join("out/rows")).is_dir());
 
+    // The window history (what `sluice demo --drift-plot` draws) saw the three phases:
+    // f1 low, then over 0.25, then low again.
+    let f1: Vec<f64> = stats
+        .drift_history()
+        .iter()
+        .filter(|w| w.stage == STAGE)
+        .filter_map(|w| {
+            w.signals
+                .iter()
+                .find(|(s, _)| s == "feature:f1")
+                .map(|(_, psi)| *psi)
+        })
+        .collect();
+    let first_high = f1
+        .iter()
+        .position(|&psi| psi > 0.25)
+        .expect("a window over 0.25");
+    assert!(f1[..first_high].iter().all(|&psi| psi < 0.1), "{f1:?}");
+    assert!(f1.last().is_some_and(|&psi| psi < 0.1), "{f1:?}");
+
     // The drift topic holds the events as rows: each raised signal raised once after the
     // shift, then cleared (the moved feature drags the predictions along; f2 never moved).
     let raised: u64 = ["feature:f1", "predicted", "top_score"]

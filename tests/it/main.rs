@@ -15,6 +15,7 @@ mod delta;
 mod demo_readers;
 mod deploy_files;
 mod drift;
+mod finetune;
 mod formats;
 mod hostile;
 mod inference;

@@ -284,6 +284,7 @@ fn demo_options(pipeline: &str, out: &Path, records: Option<u64>) -> DemoOptions
         reviews: repo("data/reviews.jsonl"),
         split: "holdout".into(),
         signals: repo("data/signals"),
+        drift_plot: None,
     }
 }
 

@@ -129,6 +129,26 @@ pub struct Profile {
     /// rows' cosine similarity to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<EmbeddingProfile>,
+    /// For a model fed token ids (a text model): the number of tokens per row, after
+    /// truncation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<BinnedProfile>,
+}
+
+/// A discrete quantity's reference distribution: bin edges (its deciles, which repeat
+/// where many rows share a value) and the share of rows that fell in each bin, so that a
+/// stable stream scores PSI 0 even where the bins are not equal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BinnedProfile {
+    pub edges: Vec<f64>,
+    pub shares: Vec<f64>,
+}
+
+impl BinnedProfile {
+    /// The bin of `value`: how many edges are at or below it (0..=edges.len()).
+    pub fn bin(&self, value: f64) -> usize {
+        self.edges.partition_point(|edge| *edge <= value)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

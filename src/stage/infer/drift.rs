@@ -11,6 +11,8 @@
 //!   10% of the holdout);
 //! - `embedding_cosine`: a vector input's cosine similarity to the training centroid, in
 //!   the profile's decile bins.
+//! - `tokens`: for a model fed token ids, the number of tokens per row (the length of the
+//!   first input's lists), in the profile's decile bins.
 //!
 //! PSI = sum over bins of (live - reference) * ln(live / reference), shares smoothed by
 //! 1e-4; under 0.1 is usually read as no shift, over 0.25 as a large one.
@@ -27,7 +29,7 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray};
 use arrow::datatypes::{DataType, Float32Type};
 
 use crate::config::DriftConfig;
-use crate::model::{Profile, Registry};
+use crate::model::{BinnedProfile, Profile, Registry};
 use crate::telemetry::Stats;
 
 /// Shares below this are taken as this (PSI's logarithm needs no zero).
@@ -59,6 +61,7 @@ struct Window {
     top_score: Vec<u64>,
     features: Vec<Vec<u64>>,
     cosine: Vec<u64>,
+    tokens: Vec<u64>,
 }
 
 /// What the stage knows to measure drift with.
@@ -138,6 +141,7 @@ impl DriftMonitor {
             window.top_score = vec![0; 10];
             window.features = vec![vec![0; 10]; profile.features.len()];
             window.cosine = vec![0; 10];
+            window.tokens = vec![0; profile.tokens.as_ref().map_or(0, |t| t.shares.len())];
         }
         let rows = input_rows.first().map_or(0, |c| c.len());
         if let Some(list) = probabilities.and_then(|p| p.as_fixed_size_list_opt()) {
@@ -148,6 +152,9 @@ impl DriftMonitor {
             .iter()
             .filter_map(|&i| input_rows.get(i))
             .collect();
+        if let (Some(tokens), Some(column)) = (&profile.tokens, columns.first()) {
+            count_tokens(window, column, tokens);
+        }
         if let Some(embedding) = &profile.embedding {
             if let Some(list) = columns.first().and_then(|c| c.as_fixed_size_list_opt()) {
                 count_cosine(window, list, &embedding.centroid, &embedding.cosine_deciles);
@@ -188,6 +195,9 @@ impl DriftMonitor {
         }
         if profile.embedding.is_some() {
             signals.push(("embedding_cosine".to_owned(), psi(&full.cosine, &uniform)));
+        }
+        if let Some(tokens) = &profile.tokens {
+            signals.push(("tokens".to_owned(), psi(&full.tokens, &tokens.shares)));
         }
         let version = label.rsplit_once('/').map_or(label, |(_, v)| v);
         tracing::debug!(stage = %self.stage, version, rows = full.rows, ?signals, "drift window");
@@ -275,9 +285,58 @@ fn count_cosine(window: &mut Window, list: &FixedSizeListArray, centroid: &[f32]
     }
 }
 
+/// Counts the rows of a list column (token ids) by their length.
+fn count_tokens(window: &mut Window, column: &ArrayRef, profile: &BinnedProfile) {
+    let lengths: Vec<usize> = match column.data_type() {
+        DataType::List(_) => {
+            let list = column.as_list::<i32>();
+            (0..list.len())
+                .filter(|&r| list.is_valid(r))
+                .map(|r| list.value_length(r) as usize)
+                .collect()
+        }
+        DataType::LargeList(_) => {
+            let list = column.as_list::<i64>();
+            (0..list.len())
+                .filter(|&r| list.is_valid(r))
+                .map(|r| list.value_length(r) as usize)
+                .collect()
+        }
+        _ => return,
+    };
+    for length in lengths {
+        if let Some(count) = window.tokens.get_mut(profile.bin(length as f64)) {
+            *count += 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_counts_fall_into_the_profiles_bins() {
+        let mut window = Window {
+            tokens: vec![0; 10],
+            ..Default::default()
+        };
+        // Short texts repeat lengths: edges repeat, the shares say what each bin held.
+        let profile = BinnedProfile {
+            edges: vec![10.0, 10.0, 10.0, 20.0, 20.0, 30.0, 40.0, 50.0, 90.0],
+            shares: vec![0.0, 0.0, 0.3, 0.0, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1],
+        };
+        let rows = [5_usize, 15, 15, 95, 200];
+        let list = arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(
+            rows.iter().map(|&n| Some(vec![Some(1_i64); n])),
+        );
+        let column: ArrayRef = Arc::new(list);
+        count_tokens(&mut window, &column, &profile);
+        assert_eq!(window.tokens, [1, 0, 0, 2, 0, 0, 0, 0, 0, 2]);
+        // The same mix as the reference scores 0; long texts only, a large shift.
+        assert!(psi(&[0, 0, 30, 0, 20, 10, 10, 10, 10, 10], &profile.shares).abs() < 1e-9);
+        assert!(psi(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 50], &profile.shares) > 0.5);
+    }
 
     #[test]
     fn psi_is_zero_for_the_reference_and_large_for_a_shift() {

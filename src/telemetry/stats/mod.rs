@@ -52,6 +52,8 @@ pub struct Stats {
     model_rejected: Family<ModelLabels, Counter>,
     drift: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     drift_rows: Family<ModelLabels, Gauge>,
+    /// The last drift windows, oldest first (at most `DRIFT_HISTORY`): for plots.
+    drift_history: Mutex<std::collections::VecDeque<DriftWindow>>,
     drift_events: Family<DriftEventLabels, Counter>,
     live_accuracy: Family<LiveAccuracyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     live_accuracy_rows: Family<ModelLabels, Gauge>,
@@ -101,6 +103,7 @@ impl Default for Stats {
             model_info: Family::default(),
             drift: Family::default(),
             drift_rows: Family::default(),
+            drift_history: Mutex::default(),
             drift_events: Family::default(),
             live_accuracy: Family::default(),
             live_accuracy_rows: Family::default(),
@@ -129,6 +132,19 @@ impl Default for Stats {
             http_addr: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// How many drift windows [`Stats::drift_history`] keeps.
+const DRIFT_HISTORY: usize = 4096;
+
+/// One full drift window of one model version: PSI per signal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftWindow {
+    pub stage: String,
+    pub model: String,
+    pub version: String,
+    pub rows: u64,
+    pub signals: Vec<(String, f64)>,
 }
 
 /// The metrics an infer stage updates for each model run.

@@ -61,6 +61,23 @@ impl Stats {
                 version: version.to_owned(),
             })
             .set(rows as i64);
+        let mut history = self.drift_history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.len() == super::DRIFT_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(super::DriftWindow {
+            stage: stage.to_owned(),
+            model: model.to_owned(),
+            version: version.to_owned(),
+            rows,
+            signals: signals.to_vec(),
+        });
+    }
+
+    /// The last drift windows (up to 4,096), oldest first.
+    pub fn drift_history(&self) -> Vec<super::DriftWindow> {
+        let history = self.drift_history.lock().unwrap_or_else(|p| p.into_inner());
+        history.iter().cloned().collect()
     }
 
     /// The live accuracy of `version` on its last window of `rows` labelled predictions:
