@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real drift run for the README (issue 17): the sentiment pipeline serves held-out movie
 # reviews (Rotten Tomatoes, the domain most of its head's training rows come from), then
-# held-out tweets, through `sluice demo` on the in-process cluster, with drift windows of
-# WINDOW rows on the head's stage; the demo draws every drift gauge, window after window,
+# held-out tweets, through `sluice demo` on the in-process cluster (one partition, so the
+# stages see that order), with drift windows of WINDOW rows on the encoder's stage (tokens
+# per review) and the head's (predictions, embedding similarity); the demo draws every drift gauge, window after window,
 # into docs/drift-sentiment.png (`sluice demo --drift-plot`).
 #
 # Usage: scripts/drift_plot.sh [PER_SOURCE] [WINDOW]   (default 2500 250)
@@ -23,13 +24,11 @@ for source in ("rotten_tomatoes", "tweets"):
         print(json.dumps(r))
 PY
 pipeline="pipelines/.drift-plot-sentiment.yaml"
-# Small fetches: the partitions are read in turn, a few records each, so the stream the
-# stage sees keeps the replay's order (movie reviews first) instead of a partition at once.
 sed -e "/^      model: sentiment-head$/a\\      drift: {window: $window}" \
-  -e "/^      session.timeout.ms: 6000$/a\\      max.partition.fetch.bytes: 8192" \
+  -e "/^      model: minilm-l6$/a\\      drift: {window: $window}" \
   pipelines/sentiment.yaml >"$pipeline"
 trap 'rm -f "$pipeline"' EXIT
 SLUICE_DEVICE="${SLUICE_DEVICE:-cpu}" "$sluice" demo --pipeline "$pipeline" --reviews "$work/reviews.jsonl" \
-  --split holdout --records $((2 * per_source)) --malformed-rate 0 --out "$work/out" \
+  --split holdout --records $((2 * per_source)) --malformed-rate 0 --out "$work/out" --partitions 1 \
   --drift-plot docs/drift-sentiment.png
 echo "drift plot: docs/drift-sentiment.png"

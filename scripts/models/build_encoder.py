@@ -250,9 +250,18 @@ def main():
         }))
         tokenizer_json = WEIGHTS / "tokenizer.json"
         metrics = {"parity_max_abs_diff_vs_numpy": diff}
+        # What the encoder is fed: tokens per review of the train split (the `tokens`
+        # drift signal of the stage serving it).
+        reviews = ROOT / "data" / "reviews.jsonl"
+        profile = None
+        if reviews.is_file():
+            with open(reviews, encoding="utf-8") as f:
+                texts = [r["text"] for r in map(json.loads, f) if r["split"] == "train"]
+            profile = registry.token_profile(tok, texts)
         if args.force or registry.current(args.registry, "minilm-l6") is None:
             version = registry.publish(args.registry, "minilm-l6", fp32, metrics=metrics, extra_files=[tokenizer_json, ref],
-                                       description="all-MiniLM-L6-v2 sentence encoder, fp32, built from safetensors")
+                                       description="all-MiniLM-L6-v2 sentence encoder, fp32, built from safetensors",
+                                       profile=profile)
             print(f"encoder: published minilm-l6 version {version}")
 
         if args.int8 and (args.force or registry.current(args.registry, "minilm-l6-int8") is None):
@@ -270,7 +279,7 @@ def main():
             cosine = float((q * got).sum(1).min())
             print(f"encoder: int8 vs fp32 minimum cosine similarity {cosine:.4f}")
             version = registry.publish(args.registry, "minilm-l6-int8", int8, metrics={"min_cosine_vs_fp32": cosine},
-                                       extra_files=[tokenizer_json],
+                                       extra_files=[tokenizer_json], profile=profile,
                                        description="all-MiniLM-L6-v2, int8 dynamic quantization (per-channel)")
             print(f"encoder: published minilm-l6-int8 version {version}")
 

@@ -22,8 +22,12 @@ def tensor_spec(value_info):
     return {"name": value_info.name, "dtype": dtype, "shape": shape}
 
 
-def publish(root, name, model_path, labels=None, metrics=None, extra_files=(), make_current=True, description=""):
-    """Copy a model into ROOT/NAME/<next version>/ with its manifest; switch `current`."""
+def publish(root, name, model_path, labels=None, metrics=None, extra_files=(), make_current=True, description="",
+            profile=None):
+    """Copy a model into ROOT/NAME/<next version>/ with its manifest; switch `current`.
+
+    `profile`: the reference profile drift is measured against (src/model/registry:
+    Profile), e.g. an encoder's tokens per row."""
     import onnx
 
     model_dir = Path(root) / name
@@ -48,6 +52,8 @@ def publish(root, name, model_path, labels=None, metrics=None, extra_files=(), m
         "labels": labels,
         "metrics": metrics or {},
     }
+    if profile is not None:
+        manifest["profile"] = profile
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     os.rename(staging, model_dir / version)
     if make_current:
@@ -65,3 +71,18 @@ def set_current(root, name, version):
 def current(root, name):
     pointer = Path(root) / name / "current"
     return pointer.read_text().strip() if pointer.exists() else None
+
+
+def token_profile(tokenizer, texts):
+    """Tokens per text as a drift reference: its deciles as bin edges and the share of
+    texts in each bin (a bin holds the lengths with that many edges at or below them), as
+    `sluice retrain` writes it for fine-tuned models (`profile.tokens`)."""
+    import bisect
+
+    lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(list(texts)))
+    n = len(lengths)
+    edges = [float(lengths[min(k * n // 10, n - 1)]) for k in range(1, 10)]
+    shares = [0.0] * (len(edges) + 1)
+    for length in lengths:
+        shares[bisect.bisect_right(edges, length)] += 1.0 / n
+    return {"rows": n, "predicted": [], "top_score": [], "tokens": {"edges": edges, "shares": shares}}

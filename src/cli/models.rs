@@ -182,11 +182,16 @@ fn show(manifest: &Manifest) -> String {
         out += &format!("  {key:<24} {}\n", scalar(value));
     }
     if let Some(profile) = &manifest.profile {
-        out += &format!(
-            "  profile ({} holdout rows): predicted {}\n",
-            profile.rows,
-            shares(manifest, &profile.predicted)
-        );
+        if profile.predicted.is_empty() {
+            // An encoder's: what it is fed, no predictions.
+            out += &format!("  profile ({} rows)\n", profile.rows);
+        } else {
+            out += &format!(
+                "  profile ({} holdout rows): predicted {}\n",
+                profile.rows,
+                shares(manifest, &profile.predicted)
+            );
+        }
         for feature in &profile.features {
             let edges: Vec<String> = feature.deciles.iter().map(|d| format!("{d:.3}")).collect();
             out += &format!("    {} deciles {}\n", feature.name, edges.join(" "));

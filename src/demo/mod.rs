@@ -97,6 +97,9 @@ pub struct DemoOptions {
     /// The MFPT bearing recordings, replayed for pipelines that window `vibration`.
     #[arg(long, default_value = "data/signals")]
     pub signals: PathBuf,
+    /// Partitions of the demo's source topic (1 keeps the replay's order end to end).
+    #[arg(long, default_value_t = DEMO_PARTITIONS)]
+    pub partitions: i32,
     /// Draw every infer stage's drift gauges (PSI per signal, window after window) into
     /// this PNG when the run ends.
     #[arg(long)]
@@ -326,7 +329,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let pipeline = load_pipeline(&options.pipeline_file(), &brokers, &out)?;
     clear_earlier_output(&pipeline)?;
     let topic = source_topic(&pipeline);
-    cluster.create_topic(&topic, DEMO_PARTITIONS, 1)?;
+    cluster.create_topic(&topic, options.partitions.clamp(1, 1_000), 1)?;
 
     let feed = Feed::of(&pipeline);
     let now = chrono::Utc::now().timestamp_millis();
@@ -464,11 +467,13 @@ fn draw_drift(
         plotters::style::RGBColor(140, 86, 75),
     ];
     let mut lines: Vec<crate::chart::Line> = Vec::new();
-    let mut windows: std::collections::HashMap<(String, String), f64> = Default::default();
+    // x: the rows the stage had served with that version when the window closed, so that
+    // stages with different window sizes line up.
+    let mut served: std::collections::HashMap<(String, String), f64> = Default::default();
     for window in history {
         let key = (window.stage.clone(), window.version.clone());
-        let n = windows.entry(key).or_insert(0.0);
-        *n += 1.0;
+        let n = served.entry(key).or_insert(0.0);
+        *n += window.rows as f64;
         for (signal, psi) in &window.signals {
             let name = format!("{} v{} {signal}", window.model, window.version);
             let at = match lines.iter().position(|l| l.name == name) {
@@ -495,7 +500,7 @@ fn draw_drift(
     crate::chart::lines(
         path,
         &format!("{pipeline}: drift (PSI) per window"),
-        "window",
+        "rows served",
         "PSI against the reference profile",
         &lines,
     )

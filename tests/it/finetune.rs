@@ -75,16 +75,18 @@ fn fine_tuning_trains_the_whole_encoder_exports_matching_onnx_and_the_gate_refus
     )
     .unwrap();
     let out = tempfile::tempdir().unwrap();
-    feedback_dataset(out.path(), 240);
+    feedback_dataset(out.path(), 160);
     let vars = |name: &str| match name {
         "SLUICE_OUT" => Some(out.path().display().to_string()),
         "SLUICE_MODELS" => Some(registry_dir.path().display().to_string()),
-        "SLUICE_FINETUNE_EPOCHS" => Some("3".into()),
+        "SLUICE_FINETUNE_EPOCHS" => Some("2".into()),
         _ => None,
     };
     let job_file = Path::new(ROOT).join("pipelines/retrain-sentiment-tuned.yaml");
     let mut loaded = job::load(&job_file, &vars).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(loaded.job.trainer.epochs, 3);
+    assert_eq!(loaded.job.trainer.epochs, 2);
+    // Few rows and steps: a larger step size for the head than the shipped job's.
+    loaded.job.trainer.learning_rate = 0.01;
     loaded.job.trainer.fine_tune.as_mut().unwrap().max_len = 32;
 
     let mut losses = Vec::new();
@@ -92,9 +94,9 @@ fn fine_tuning_trains_the_whole_encoder_exports_matching_onnx_and_the_gate_refus
         losses.push(loss)
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(losses.len(), 3);
+    assert_eq!(losses.len(), 2);
     assert!(
-        losses[2] < losses[0],
+        losses[1] < losses[0],
         "the loss decreases over the epochs: {losses:?}"
     );
     assert!(
@@ -125,18 +127,10 @@ fn fine_tuning_trains_the_whole_encoder_exports_matching_onnx_and_the_gate_refus
     let serving = Path::new(ROOT).join("pipelines/tuned/sentiment-tuned.yaml");
     sluice::pipeline::load_with_vars(&serving, &vars).unwrap_or_else(|e| panic!("{e}"));
 
-    // A worse candidate (nothing learnt: a zero head gives 50/50 everywhere) is compared
+    // A worse candidate (no epoch: a zero head gives 50/50 everywhere) is compared
     // with version 1 on the same holdout texts and refused.
     let mut worse = loaded.clone();
-    worse.job.trainer.epochs = 1;
-    worse.job.trainer.learning_rate = 0.0;
-    worse
-        .job
-        .trainer
-        .fine_tune
-        .as_mut()
-        .unwrap()
-        .encoder_learning_rate = 0.0;
+    worse.job.trainer.epochs = 0;
     let rejected = retrain::run(&worse, &RetrainOptions::default(), |_, _, _| {})
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rejected.published, None, "{rejected}");

@@ -285,6 +285,7 @@ fn demo_options(pipeline: &str, out: &Path, records: Option<u64>) -> DemoOptions
         split: "holdout".into(),
         signals: repo("data/signals"),
         drift_plot: None,
+        partitions: sluice::demo::DEMO_PARTITIONS,
     }
 }
 

@@ -146,7 +146,7 @@ impl Graph {
             dims: dims.iter().map(|&d| d as i64).collect(),
             data_type: FLOAT,
             name: name.into(),
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data: little_endian(data),
             ..Default::default()
         });
         name.into()
@@ -199,6 +199,14 @@ impl Graph {
             vec![int("axis", -1), float("epsilon", eps)],
         )
     }
+}
+
+fn little_endian(data: &[f32]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(data.len() * 4);
+    for v in data {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
+    raw
 }
 
 fn int(name: &str, i: i64) -> AttributeProto {

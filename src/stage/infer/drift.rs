@@ -11,8 +11,8 @@
 //!   10% of the holdout);
 //! - `embedding_cosine`: a vector input's cosine similarity to the training centroid, in
 //!   the profile's decile bins.
-//! - `tokens`: for a model fed token ids, the number of tokens per row (the length of the
-//!   first input's lists), in the profile's decile bins.
+//! - `tokens`: for a model fed token ids, the number of tokens per row (the non-zero
+//!   entries of the first input's lists), in the profile's bins.
 //!
 //! PSI = sum over bins of (live - reference) * ln(live / reference), shares smoothed by
 //! 1e-4; under 0.1 is usually read as no shift, over 0.25 as a large one.
@@ -56,6 +56,8 @@ fn bin(value: f64, deciles: &[f64]) -> usize {
 /// Counts of one version's current window.
 #[derive(Debug, Default)]
 struct Window {
+    /// The count vectors are sized to the profile.
+    sized: bool,
     rows: u64,
     predicted: Vec<u64>,
     top_score: Vec<u64>,
@@ -136,7 +138,8 @@ impl DriftMonitor {
             return;
         };
         let window = state.windows.entry(label.to_owned()).or_default();
-        if window.predicted.is_empty() {
+        if !window.sized {
+            window.sized = true;
             window.predicted = vec![0; profile.predicted.len()];
             window.top_score = vec![0; 10];
             window.features = vec![vec![0; 10]; profile.features.len()];
@@ -179,16 +182,18 @@ impl DriftMonitor {
             return;
         }
         let full = std::mem::take(window);
-        let mut signals = vec![
-            (
+        let mut signals = Vec::new();
+        // An encoder's profile has no predictions, only what it is fed.
+        if !profile.predicted.is_empty() {
+            signals.push((
                 "predicted".to_owned(),
                 psi(&full.predicted, &profile.predicted),
-            ),
-            (
+            ));
+            signals.push((
                 "top_score".to_owned(),
                 psi(&full.top_score, &profile.top_score),
-            ),
-        ];
+            ));
+        }
         let uniform = [0.1; 10];
         for (feature, counts) in profile.features.iter().zip(&full.features) {
             signals.push((format!("feature:{}", feature.name), psi(counts, &uniform)));
@@ -285,27 +290,38 @@ fn count_cosine(window: &mut Window, list: &FixedSizeListArray, centroid: &[f32]
     }
 }
 
-/// Counts the rows of a list column (token ids) by their length.
+/// Counts the rows of a list column of token ids (or an attention mask) by their number of
+/// tokens: the non-zero entries, since the tokenize stage pads a micro-batch to its
+/// longest row with 0 (BERT's `[PAD]`).
 fn count_tokens(window: &mut Window, column: &ArrayRef, profile: &BinnedProfile) {
-    let lengths: Vec<usize> = match column.data_type() {
+    let (offsets, values): (Vec<usize>, &ArrayRef) = match column.data_type() {
         DataType::List(_) => {
             let list = column.as_list::<i32>();
-            (0..list.len())
-                .filter(|&r| list.is_valid(r))
-                .map(|r| list.value_length(r) as usize)
-                .collect()
+            let offsets = list.value_offsets().iter().map(|&o| o as usize).collect();
+            (offsets, list.values())
         }
         DataType::LargeList(_) => {
             let list = column.as_list::<i64>();
-            (0..list.len())
-                .filter(|&r| list.is_valid(r))
-                .map(|r| list.value_length(r) as usize)
-                .collect()
+            let offsets = list.value_offsets().iter().map(|&o| o as usize).collect();
+            (offsets, list.values())
         }
         _ => return,
     };
-    for length in lengths {
-        if let Some(count) = window.tokens.get_mut(profile.bin(length as f64)) {
+    let Ok(values) = arrow::compute::cast(values, &DataType::Int64) else {
+        return;
+    };
+    let values = values
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .values();
+    for (row, bounds) in offsets.windows(2).enumerate() {
+        if column.is_null(row) {
+            continue;
+        }
+        let tokens = values[bounds[0]..bounds[1]]
+            .iter()
+            .filter(|&&v| v != 0)
+            .count();
+        if let Some(count) = window.tokens.get_mut(profile.bin(tokens as f64)) {
             *count += 1;
         }
     }
@@ -318,6 +334,7 @@ mod tests {
     #[test]
     fn token_counts_fall_into_the_profiles_bins() {
         let mut window = Window {
+            sized: true,
             tokens: vec![0; 10],
             ..Default::default()
         };
@@ -326,9 +343,14 @@ mod tests {
             edges: vec![10.0, 10.0, 10.0, 20.0, 20.0, 30.0, 40.0, 50.0, 90.0],
             shares: vec![0.0, 0.0, 0.3, 0.0, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1],
         };
+        // Padded to the longest row with 0, as the tokenize stage does.
         let rows = [5_usize, 15, 15, 95, 200];
         let list = arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(
-            rows.iter().map(|&n| Some(vec![Some(1_i64); n])),
+            rows.iter().map(|&n| {
+                let mut ids = vec![Some(101_i64); n];
+                ids.resize(200, Some(0));
+                Some(ids)
+            }),
         );
         let column: ArrayRef = Arc::new(list);
         count_tokens(&mut window, &column, &profile);
