@@ -7,8 +7,9 @@
 //! at-least-once recipe: `enable.auto.offset.store=false`, the source stores `last + 1`
 //! for a partition once the [`AckTracker`] says every batch up to it is durable, and
 //! auto-commit sends stored offsets every second. On revoke and on shutdown the source
-//! flushes the sinks and waits for the tracker to drain; on shutdown it then commits
-//! synchronously, on revoke it stores the offsets and librdkafka commits them as it
+//! flushes the sinks and waits for the tracker to drain; on shutdown it then commits and
+//! waits for the coordinator's answer for at most 15 s (librdkafka's synchronous commit
+//! would wait for ever with the brokers gone), on revoke it stores the offsets and librdkafka commits them as it
 //! unassigns the partitions (so a slow coordinator never blocks the poll thread).
 //! A partition whose committed offset was deleted by retention is reported ([`super::gaps`]).
 //! Records buffered for a revoked partition but not yet sent are dropped: they were never
@@ -52,6 +53,10 @@ use crate::telemetry::Stats;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long reading committed offsets or watermarks may take.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the commit at shutdown may wait for the group coordinator. librdkafka's
+/// synchronous commit waits for it without limit, so a pipeline whose brokers are gone
+/// would never stop; past this the records are read again after a restart.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -83,6 +88,8 @@ struct SourceContext {
     stored_since: Mutex<Option<Instant>>,
     /// A synchronous commit is in progress (its callback is timed by the caller).
     committing_sync: AtomicBool,
+    /// The shutdown commit waiting for its callback: its offsets and where the result goes.
+    final_commit: Mutex<Option<FinalCommit>>,
     /// Logs, errors and broker health (rate-limited, counted).
     events: ClientEvents,
     /// Next expected offset per assigned partition (records lost to retention).
@@ -94,6 +101,12 @@ struct SourceContext {
 
 /// When the last checkpoint went out, and whether batches were sent since.
 type Checkpoints = (Instant, bool);
+
+/// The offsets of the shutdown commit and the channel its result goes to.
+type FinalCommit = (
+    Vec<(TopicPartition, i64)>,
+    std::sync::mpsc::Sender<KafkaResult<()>>,
+);
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -163,7 +176,23 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        {
+            let mut waiting = self.final_commit.lock().unwrap_or_else(|p| p.into_inner());
+            let ours = waiting.as_ref().is_some_and(|(expected, _)| {
+                expected.iter().all(|(tp, offset)| {
+                    offsets
+                        .find_partition(&tp.topic, tp.partition)
+                        .is_some_and(|e| e.offset() == Offset::Offset(*offset))
+                })
+            });
+            if ours {
+                if let Some((_, done)) = waiting.take() {
+                    let _ = done.send(result);
+                }
+                return;
+            }
+        }
         if self.committing_sync.load(Ordering::Relaxed) {
             return;
         }
@@ -184,6 +213,41 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Commits `offsets` (as `list`) and waits at most `timeout` for the coordinator's
+    /// answer, serving the consumer's callbacks meanwhile. A record that poll returns here
+    /// is dropped unprocessed: its offset is never stored, so it is read again.
+    fn commit_within(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        offsets: &[(TopicPartition, i64)],
+        list: &TopicPartitionList,
+        timeout: Duration,
+    ) -> KafkaResult<()> {
+        let (done, result) = std::sync::mpsc::channel();
+        *self.final_commit.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((offsets.to_vec(), done));
+        let outcome = consumer.commit(list, CommitMode::Async).and_then(|()| {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Ok(outcome) = result.try_recv() {
+                    return outcome;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(KafkaError::ConsumerCommit(
+                        RDKafkaErrorCode::OperationTimedOut,
+                    ));
+                }
+                let _ = consumer.poll(left.min(Duration::from_millis(100)));
+            }
+        });
+        self.final_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        outcome
+    }
+
     fn lock_gaps(&self) -> std::sync::MutexGuard<'_, Gaps> {
         self.gaps.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -344,14 +408,14 @@ impl SourceContext {
             let list = offset_list(&offsets);
             self.committing_sync.store(true, Ordering::Relaxed);
             let started = Instant::now();
-            let committed = consumer.commit(&list, CommitMode::Sync);
+            let committed = self.commit_within(consumer, &offsets, &list, FINAL_COMMIT_TIMEOUT);
             self.committing_sync.store(false, Ordering::Relaxed);
             self.stats
                 .record_commit("sync", committed.is_ok(), started.elapsed());
             match committed {
                 Ok(()) => tracing::info!(offsets = ?describe(&offsets), "committed offsets"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "synchronous offset commit failed; these records will be read again")
+                    tracing::warn!(error = %e, "the offset commit at shutdown failed or timed out; these records will be read again")
                 }
             }
         }
@@ -412,6 +476,7 @@ impl KafkaSource {
             stats: stats.clone(),
             stored_since: Mutex::new(None),
             committing_sync: AtomicBool::new(false),
+            final_commit: Mutex::new(None),
             events: ClientEvents::new("source", stats.clone()),
             gaps: Mutex::new(Gaps::default()),
             exactly_once: link.map(|link| (link, Mutex::new((Instant::now(), false)))),

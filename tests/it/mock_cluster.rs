@@ -201,6 +201,33 @@ async fn a_restarted_pipeline_resumes_from_its_commits_without_duplicates() {
     assert!(ids.values().all(|&n| n == 1));
 }
 
+/// With its brokers gone at shutdown the pipeline still stops: the final offset commit
+/// waits for the coordinator only until its deadline (librdkafka's synchronous commit would
+/// wait for ever), and what the sinks made durable stays written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_whose_brokers_are_gone_still_stops() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    produce(&brokers, "feedback", records(2, 200, 0.0))
+        .await
+        .unwrap();
+    let running =
+        spawn_pipeline(TestPipeline::parquet_only(&brokers, "feedback", "gone", out.path()).load());
+    let written = || running.stats.snapshot().parquet_rows >= 200;
+    assert!(eventually(Duration::from_secs(60), written).await);
+    drop(cluster);
+    running.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), running.handle).await;
+    assert!(
+        stopped.is_ok(),
+        "the pipeline did not stop within 60 s of losing its brokers"
+    );
+    let ids = count_strings(&read_dataset(&out.path().join("feedback")), "id");
+    assert_eq!(ids.len(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_between_two_members_loses_and_duplicates_nothing() {
     let cluster = MockCluster::new(1).unwrap();

@@ -87,7 +87,23 @@ pub struct TestPipeline<'a> {
     pub properties: &'a [(&'a str, &'a str)],
 }
 
-impl TestPipeline<'_> {
+impl<'a> TestPipeline<'a> {
+    /// `topic` to Parquet under `out` only (no output or dead-letter topic), micro-batches
+    /// of 100 rows, files rolled every second.
+    pub fn parquet_only(brokers: &'a str, topic: &'a str, group: &'a str, out: &'a Path) -> Self {
+        TestPipeline {
+            brokers,
+            topic,
+            group,
+            out,
+            output_topic: None,
+            dead_letter_topic: None,
+            max_rows: 100,
+            roll_age: "1s",
+            properties: &[],
+        }
+    }
+
     /// Writes the pipeline file under `out` and returns its path.
     pub fn write(&self) -> PathBuf {
         let mut sinks = format!(
