@@ -2,23 +2,25 @@
 # The sentiment pipeline on the CPU against the same job written in Python, on the same
 # records in the same run (issue 16): held-out reviews as feedback records in a JSON-lines
 # file; sluice runs pipelines/sentiment.yaml over it as a backfill (Parquet only, model
-# loading included; with SLUICE_CPU_ENCODER, a copy whose encoder stage serves that model
-# on the CPU via `cpu_model`),
+# loading included; its encoder stage serves `cpu_model` on the CPU: minilm-l6-int8 as
+# shipped, or with SLUICE_CPU_ENCODER a copy of the file serving that model instead),
 # then benches/python_baseline/sentiment.py does the same work three ways: the typical
 # Python job (fp32 encoder, batches of 32 in arrival order), the same with sluice's encoder,
 # and that sorted by length over the whole input (the bare ONNX Runtime limit).
 # Appends one line per side and one comparison line to benches/results/e2e.jsonl.
 #
 # Usage: scripts/bench_sentiment.sh [RECORDS]   (default 1000)
-# Environment: SLUICE_CPU_ENCODER (default minilm-l6, fp32; minilm-l6-int8 for int8).
+# Environment: SLUICE_CPU_ENCODER (default minilm-l6-int8, what sentiment.yaml serves on the
+# CPU; minilm-l6 for the fp32 encoder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-1000}"
-encoder="${SLUICE_CPU_ENCODER:-minilm-l6}"
+encoder="${SLUICE_CPU_ENCODER:-minilm-l6-int8}"
 pipeline=pipelines/sentiment.yaml
-if [[ "$encoder" != minilm-l6 ]]; then
+grep -q "^      cpu_model: minilm-l6-int8$" "$pipeline" || { echo "$pipeline no longer serves minilm-l6-int8 on the CPU" >&2; exit 1; }
+if [[ "$encoder" != minilm-l6-int8 ]]; then
   pipeline="pipelines/.bench-sentiment-$encoder.yaml"
-  sed "/^      model: minilm-l6$/a\\      cpu_model: $encoder" pipelines/sentiment.yaml >"$pipeline"
+  sed "s/^      cpu_model: minilm-l6-int8$/      cpu_model: $encoder/" pipelines/sentiment.yaml >"$pipeline"
   trap 'rm -f "$pipeline"' EXIT
 fi
 results=benches/results/e2e.jsonl

@@ -249,6 +249,12 @@ pub struct BatchConfig {
     /// Cut a batch this long after its first record arrived. Default: `250ms`.
     #[serde(default = "default_batch_wait", with = "humantime_serde")]
     pub max_wait: Duration,
+    /// Also cut a partition's batch as soon as the consumer has no further record
+    /// buffered (natural batching): at low rates a record does not wait for `max_wait`,
+    /// under load (records queue up while the pipeline is busy) batches still fill to
+    /// `max_rows`. For latency-bound pipelines; a backfill ignores it. Default: false.
+    #[serde(default)]
+    pub close_when_idle: bool,
 }
 
 impl Default for BatchConfig {
@@ -256,6 +262,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_rows: default_batch_rows(),
             max_wait: default_batch_wait(),
+            close_when_idle: false,
         }
     }
 }

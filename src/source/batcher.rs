@@ -42,8 +42,12 @@ impl Batcher {
         }
     }
 
-    /// How long `poll` may block before a buffer is due.
+    /// How long `poll` may block before a buffer is due: not at all while a buffer is
+    /// open and `close_when_idle` asks for it to be cut once the consumer runs dry.
     pub(super) fn poll_timeout(&self) -> Duration {
+        if self.config.close_when_idle && !self.pending.is_empty() {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         self.pending
             .values()
@@ -114,6 +118,15 @@ impl Batcher {
             .filter_map(|tp| self.pending.remove(tp))
             .map(|p| p.batch)
             .collect()
+    }
+
+    /// The open batches when `close_when_idle` is on: called when a poll found nothing.
+    pub(super) fn take_idle(&mut self) -> Vec<RawBatch> {
+        if self.config.close_when_idle {
+            self.take_all()
+        } else {
+            Vec::new()
+        }
     }
 
     pub(super) fn take_all(&mut self) -> Vec<RawBatch> {

@@ -27,7 +27,7 @@ use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::Flush;
 use crate::batch::{RawBatch, TopicPartition};
-use crate::config::KafkaSourceConfig;
+use crate::config::{BatchConfig, KafkaSourceConfig};
 use crate::kafka_client::{check_reachable, client_config, ClientEvents, Quiet, Unreachable};
 use crate::telemetry::Stats;
 
@@ -312,7 +312,14 @@ impl BoundedSource {
         stats.readiness.set_assigned();
         Ok(BoundedSource {
             consumer,
-            batcher: Batcher::new(config.batch.clone(), super::batcher::header_names(config)),
+            // A backfill reads a backlog: batches fill, never cut early.
+            batcher: Batcher::new(
+                BatchConfig {
+                    close_when_idle: false,
+                    ..config.batch.clone()
+                },
+                super::batcher::header_names(config),
+            ),
             output: BoundedOutput {
                 out,
                 tracker,

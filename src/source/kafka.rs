@@ -507,7 +507,11 @@ impl KafkaSource {
             let message = self.consumer.poll(self.batcher.poll_timeout());
             self.batcher.drop_partitions(context.take_revoked());
             match message {
-                None => {}
+                None => {
+                    for batch in self.batcher.take_idle() {
+                        context.send(batch, &self.stats)?;
+                    }
+                }
                 // Counted, rate-limited and (authentication, brokers down) in /health.
                 Some(Err(e)) => context.events.on_error(e, ""),
                 Some(Ok(message)) => {

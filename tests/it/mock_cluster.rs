@@ -228,6 +228,45 @@ async fn a_pipeline_whose_brokers_are_gone_still_stops() {
     assert_eq!(ids.len(), 200);
 }
 
+/// `batch.close_when_idle`: a batch is cut as soon as the consumer has nothing more to
+/// hand over, long before its `max_wait` (10 minutes here) or `max_rows`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_when_idle_cuts_a_batch_when_the_consumer_runs_dry() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("feedback", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let out = tempfile::tempdir().unwrap();
+    let all = records(4, 10, 0.0);
+    produce(&brokers, "feedback", all[..5].to_vec())
+        .await
+        .unwrap();
+    let file = TestPipeline {
+        max_rows: 1000,
+        ..TestPipeline::parquet_only(&brokers, "feedback", "idle", out.path())
+    }
+    .write();
+    patch(
+        &file,
+        "      max_wait: 100ms\n",
+        "      max_wait: 10m\n      close_when_idle: true\n",
+    );
+    let running = spawn_pipeline(sluice::pipeline::load(&file).unwrap());
+    let stats = running.stats.clone();
+    let decoded = |n: u64| {
+        let stats = stats.clone();
+        move || stats.snapshot().rows_decoded >= n
+    };
+    assert!(eventually(Duration::from_secs(60), decoded(5)).await);
+    produce(&brokers, "feedback", all[5..].to_vec())
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(60), decoded(10)).await);
+    running.shutdown.cancel();
+    running.handle.await.unwrap().unwrap();
+    let ids = count_strings(&read_dataset(&out.path().join("feedback")), "id");
+    assert_eq!(ids.len(), 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_between_two_members_loses_and_duplicates_nothing() {
     let cluster = MockCluster::new(1).unwrap();
