@@ -279,15 +279,9 @@ async fn a_rebalance_between_two_members_loses_and_duplicates_nothing() {
         // Both members write the same dataset; the files say which member they came from
         // only through their offsets.
         let file = TestPipeline {
-            brokers: &brokers,
-            topic: "feedback",
-            group: "rebalance",
-            out: out.path(),
-            output_topic: None,
-            dead_letter_topic: None,
             max_rows: 200,
             roll_age: "300ms",
-            properties: &[],
+            ..TestPipeline::parquet_only(&brokers, "feedback", "rebalance", out.path())
         }
         .write();
         let renamed = member_out.join("pipeline.yaml");

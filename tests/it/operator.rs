@@ -41,15 +41,8 @@ fn pipeline_file(
     extra_source: &str,
 ) -> std::path::PathBuf {
     TestPipeline {
-        brokers,
-        topic,
-        group,
-        out,
-        output_topic: None,
-        dead_letter_topic: None,
-        max_rows: 100,
         roll_age: "200ms",
-        properties: &[],
+        ..TestPipeline::parquet_only(brokers, topic, group, out)
     }
     .write_with(extra_source, &[])
 }
