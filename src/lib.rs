@@ -39,6 +39,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod ack;
+#[cfg(test)]
+mod alloc_count;
 pub mod backfill;
 pub mod batch;
 pub mod chart;

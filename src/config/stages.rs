@@ -195,6 +195,12 @@ pub struct InferConfig {
     /// ONNX Runtime intra-op threads per session. Default: 0 (ONNX Runtime decides).
     #[serde(default)]
     pub intra_threads: usize,
+    /// Whether ONNX Runtime's intra-op threads spin waiting for the next run instead of
+    /// sleeping. Default: false: spinning threads take the cores the host side (decode,
+    /// tokenize, Parquet) needs, and between runs of a GPU model they spin for nothing
+    /// (benches/RESULTS.md, "The host side").
+    #[serde(default)]
+    pub intra_spinning: bool,
     /// Sessions (one worker thread each) serving this stage. Default: 1.
     #[serde(default = "default_workers")]
     pub workers: usize,

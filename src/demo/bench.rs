@@ -110,6 +110,9 @@ pub async fn run(
     let broker = BenchBroker::start(kind)?;
     let brokers = broker.address.clone();
     let mut pipeline = demo::load_pipeline(pipeline_file, &brokers, out)?;
+    // A dataset left by an earlier run would already hold these offsets (a fresh broker
+    // numbers them the same): the pipeline would skip every row and write nothing.
+    demo::clear_earlier_output(&pipeline)?;
     broker.prepare(&mut pipeline);
     let topic = demo::source_topic(&pipeline);
     broker.create_topic(&topic, partitions).await?;

@@ -128,6 +128,7 @@ pub async fn run(options: &LatencyOptions) -> Result<LatencyResult, DemoError> {
     let broker = BenchBroker::start(options.broker)?;
     let brokers = broker.address.clone();
     let mut pipeline = super::load_pipeline(&options.pipeline_file, &brokers, &options.out)?;
+    super::clear_earlier_output(&pipeline)?;
     broker.prepare(&mut pipeline);
     let SourceConfig::Kafka(source) = &pipeline.config.source;
     let max_wait = source.batch.max_wait;

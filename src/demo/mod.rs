@@ -292,7 +292,7 @@ fn whole_hour(ms: i64) -> i64 {
 /// cluster whose offsets begin at zero again, and the Parquet sink would skip those
 /// offsets as already written. Only directories sluice's Parquet sink made (with its
 /// `_sluice` bookkeeping) are removed; anything else in the way is an error.
-fn clear_earlier_output(pipeline: &Pipeline) -> Result<(), DemoError> {
+pub(crate) fn clear_earlier_output(pipeline: &Pipeline) -> Result<(), DemoError> {
     for dataset in pipeline.sinks.parquet_roots() {
         let io = |source| DemoError::Output {
             path: dataset.to_owned(),

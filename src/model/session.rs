@@ -51,6 +51,8 @@ impl std::fmt::Display for Placement {
 pub struct DevicePlan {
     pub placement: Placement,
     pub intra_threads: usize,
+    /// Intra-op threads spin between runs (ONNX Runtime's default) instead of sleeping.
+    pub intra_spinning: bool,
     environment: &'static ort::environment::Environment,
 }
 
@@ -73,6 +75,7 @@ impl DevicePlan {
         let mut plan = DevicePlan {
             placement: Placement::Cpu,
             intra_threads,
+            intra_spinning: false,
             environment,
         };
         if device == Device::Cpu {
@@ -116,6 +119,9 @@ impl DevicePlan {
         let mut builder = Session::builder(self.environment)
             .map_err(fail)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| fail(e.into()))?;
+        builder = builder
+            .with_intra_op_spinning(self.intra_spinning)
             .map_err(|e| fail(e.into()))?;
         if self.intra_threads > 0 {
             builder = builder

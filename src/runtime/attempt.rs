@@ -7,10 +7,11 @@
 //!       +------------------ AckTracker (durable -> committable) <-----------+
 //! ```
 //!
-//! The process task decodes and runs the stateful stages (`window`) one batch at a time in
-//! source order, then keeps up to [`STAGE_CONCURRENCY`] batches in flight through the
-//! other stages at once and hands them on in source order; having several in flight is
-//! what lets an `infer` stage merge small batches into one model run. A revoke reaches the
+//! The process task decodes up to [`DECODE_CONCURRENCY`] batches at once (each on a
+//! worker thread), runs the stateful stages (`window`) one batch at a time in source
+//! order, then keeps up to [`STAGE_CONCURRENCY`] batches in flight through the other
+//! stages at once (each on a worker thread) and hands them on in source order; having
+//! several in flight is what lets an `infer` stage merge small batches into one model run. A revoke reaches the
 //! stateful stages in order too, after the revoked partitions' last batch.
 //!
 //! Only the source watches the shutdown token; the rest ends as channels close. If a
@@ -44,6 +45,9 @@ const CHANNEL_CAPACITY: usize = 4;
 
 /// Batches in flight through the stages at once (results stay in source order).
 const STAGE_CONCURRENCY: usize = 4;
+
+/// Batches decoded at once (results stay in source order).
+const DECODE_CONCURRENCY: usize = 4;
 
 enum Source {
     Group(KafkaSource),
@@ -211,14 +215,27 @@ async fn supervise(
     first_error.map_or(Ok(()), Err)
 }
 
-/// A source message after the ordered part of the chain.
+/// A source message after decoding, or after the ordered part of the chain.
 enum Ordered {
     Batch(crate::batch::Batch),
     Flush(crate::batch::Flush),
 }
 
+/// Runs `work` as its own task, so that futures taken in order by `buffered` run on as
+/// many worker threads as there are cores, not all on the task that polls them.
+async fn on_a_worker<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, RunError>> + Send + 'static,
+) -> Result<T, RunError> {
+    tokio::spawn(work).await.map_err(RunError::Task)?
+}
+
 /// Decodes each raw batch, runs it through the stages and hands it to every sink;
 /// forwards flushes in order.
+///
+/// Three steps, each keeping source order: decoding ([`DECODE_CONCURRENCY`] batches at
+/// once, each on a worker thread: it is independent per batch), the stateful stages (one
+/// batch at a time), the other stages ([`STAGE_CONCURRENCY`] at once, each on a worker).
+/// Batches move between the steps; their columns are never copied.
 async fn process_task(
     decoder: RecordDecoder,
     shutdown: CancellationToken,
@@ -229,27 +246,38 @@ async fn process_task(
     stats: Arc<Stats>,
 ) -> Result<(), RunError> {
     let decoder = Arc::new(decoder);
-    let stats = &stats;
     let messages = futures::stream::unfold(input, |mut input| async move {
         input.recv().await.map(|message| (message, input))
     });
-    let ordered = {
-        let chain = chain.clone();
-        messages.then(move |message| {
-            let (chain, decoder, tracker) = (chain.clone(), decoder.clone(), tracker.clone());
-            let shutdown = shutdown.clone();
-            async move {
-                Ok::<_, RunError>(match message {
+    let decoded = messages
+        .map(move |message| {
+            let (decoder, shutdown) = (decoder.clone(), shutdown.clone());
+            on_a_worker(async move {
+                Ok(match message {
                     SourceMessage::Batch(raw) => {
                         decoder.prepare(&raw, &shutdown).await?;
-                        let batch = chain.process_ordered(decoder.decode(&raw)?).await?;
+                        Ordered::Batch(decoder.decode(&raw)?)
+                    }
+                    SourceMessage::Flush(flush) => Ordered::Flush(flush),
+                })
+            })
+        })
+        .buffered(DECODE_CONCURRENCY);
+    let ordered = {
+        let chain = chain.clone();
+        decoded.then(move |message| {
+            let (chain, tracker) = (chain.clone(), tracker.clone());
+            async move {
+                Ok::<_, RunError>(match message? {
+                    Ordered::Batch(batch) => {
+                        let batch = chain.process_ordered(batch).await?;
                         if let Some(offset) = batch.retain_from {
                             let prov = &batch.provenance;
                             tracker.retain(&prov.tp, prov.id, offset);
                         }
                         Ordered::Batch(batch)
                     }
-                    SourceMessage::Flush(flush) => {
+                    Ordered::Flush(flush) => {
                         if flush.ends_state() {
                             chain.revoke(flush.partitions.as_deref());
                         }
@@ -261,8 +289,8 @@ async fn process_task(
     };
     let processed = ordered
         .map(|message| {
-            let chain = chain.clone();
-            async move {
+            let (chain, stats) = (chain.clone(), stats.clone());
+            on_a_worker(async move {
                 match message? {
                     Ordered::Batch(batch) => {
                         let batch = chain.process_rest(batch).await?;
@@ -270,11 +298,11 @@ async fn process_task(
                         for letter in &batch.dead_letters {
                             tracing::debug!(topic = %letter.tp.topic, partition = letter.tp.partition, offset = letter.offset, stage = %letter.stage, reason = %letter.reason, "record sent to dead letters");
                         }
-                        Ok::<_, RunError>(SinkMessage::Batch(Arc::new(batch)))
+                        Ok(SinkMessage::Batch(Arc::new(batch)))
                     }
                     Ordered::Flush(flush) => Ok(SinkMessage::Flush(flush)),
                 }
-            }
+            })
         })
         .buffered(STAGE_CONCURRENCY);
     futures::pin_mut!(processed);

@@ -25,12 +25,12 @@
 //! statistics (`statistics.interval.ms`, 5 s by default), commit outcomes and latency, and
 //! its first assignment (readiness).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -86,10 +86,6 @@ struct SourceContext {
     stats: Arc<Stats>,
     /// When offsets were first stored since the last auto-commit (commit latency).
     stored_since: Mutex<Option<Instant>>,
-    /// A synchronous commit is in progress (its callback is timed by the caller).
-    committing_sync: AtomicBool,
-    /// The shutdown commit waiting for its callback: its offsets and where the result goes.
-    final_commit: Mutex<Option<FinalCommit>>,
     /// Logs, errors and broker health (rate-limited, counted).
     events: ClientEvents,
     /// Next expected offset per assigned partition (records lost to retention).
@@ -101,12 +97,6 @@ struct SourceContext {
 
 /// When the last checkpoint went out, and whether batches were sent since.
 type Checkpoints = (Instant, bool);
-
-/// The offsets of the shutdown commit and the channel its result goes to.
-type FinalCommit = (
-    Vec<(TopicPartition, i64)>,
-    std::sync::mpsc::Sender<KafkaResult<()>>,
-);
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -176,26 +166,7 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        {
-            let mut waiting = self.final_commit.lock().unwrap_or_else(|p| p.into_inner());
-            let ours = waiting.as_ref().is_some_and(|(expected, _)| {
-                expected.iter().all(|(tp, offset)| {
-                    offsets
-                        .find_partition(&tp.topic, tp.partition)
-                        .is_some_and(|e| e.offset() == Offset::Offset(*offset))
-                })
-            });
-            if ours {
-                if let Some((_, done)) = waiting.take() {
-                    let _ = done.send(result);
-                }
-                return;
-            }
-        }
-        if self.committing_sync.load(Ordering::Relaxed) {
-            return;
-        }
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         let stored_since = self
             .stored_since
             .lock()
@@ -213,38 +184,50 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
-    /// Commits `offsets` (as `list`) and waits at most `timeout` for the coordinator's
-    /// answer, serving the consumer's callbacks meanwhile. A record that poll returns here
-    /// is dropped unprocessed: its offset is never stored, so it is read again.
+    /// Commits `list` and waits at most `timeout` for the coordinator's answer, serving
+    /// the consumer's callbacks meanwhile. The answer comes back on a queue of its own
+    /// (`rd_kafka_commit_queue`, what librdkafka's synchronous commit does, minus the wait
+    /// without limit): the consumer's queue hands an async manual commit's result to the
+    /// application only when the consumer closes. A record that poll returns here is
+    /// dropped unprocessed: its offset is never stored, so it is read again.
     fn commit_within(
         &self,
         consumer: &BaseConsumer<Self>,
-        offsets: &[(TopicPartition, i64)],
         list: &TopicPartitionList,
         timeout: Duration,
     ) -> KafkaResult<()> {
-        let (done, result) = std::sync::mpsc::channel();
-        *self.final_commit.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((offsets.to_vec(), done));
-        let outcome = consumer.commit(list, CommitMode::Async).and_then(|()| {
+        let client = consumer.client().native_ptr();
+        // SAFETY: `client` is valid for the consumer's lifetime; the queue is ours until
+        // destroyed below (librdkafka keeps its own reference for a reply still in
+        // flight, so destroying it after a timeout is allowed).
+        let queue = unsafe { rdsys::rd_kafka_queue_new(client) };
+        // SAFETY: `list` outlives the call, which copies it; `queue` is live.
+        let sent = unsafe {
+            rdsys::rd_kafka_commit_queue(client, list.ptr(), queue, None, std::ptr::null_mut())
+        };
+        let outcome = if sent == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             let deadline = Instant::now() + timeout;
             loop {
-                if let Ok(outcome) = result.try_recv() {
-                    return outcome;
-                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(KafkaError::ConsumerCommit(
+                    break Err(KafkaError::ConsumerCommit(
                         RDKafkaErrorCode::OperationTimedOut,
                     ));
                 }
-                let _ = consumer.poll(left.min(Duration::from_millis(100)));
+                let wait = left.min(Duration::from_millis(100)).as_millis() as i32;
+                // SAFETY: `queue` is live; a returned event is ours to read and destroy.
+                let event = unsafe { rdsys::rd_kafka_queue_poll(queue, wait) };
+                if !event.is_null() {
+                    // SAFETY: `event` is non-null and destroyed right after reading it.
+                    break unsafe { commit_outcome(event) };
+                }
+                let _ = consumer.poll(Duration::ZERO);
             }
-        });
-        self.final_commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        } else {
+            Err(KafkaError::ConsumerCommit(sent.into()))
+        };
+        // SAFETY: created above, not used after this.
+        unsafe { rdsys::rd_kafka_queue_destroy(queue) };
         outcome
     }
 
@@ -406,10 +389,8 @@ impl SourceContext {
         }
         if !offsets.is_empty() {
             let list = offset_list(&offsets);
-            self.committing_sync.store(true, Ordering::Relaxed);
             let started = Instant::now();
-            let committed = self.commit_within(consumer, &offsets, &list, FINAL_COMMIT_TIMEOUT);
-            self.committing_sync.store(false, Ordering::Relaxed);
+            let committed = self.commit_within(consumer, &list, FINAL_COMMIT_TIMEOUT);
             self.stats
                 .record_commit("sync", committed.is_ok(), started.elapsed());
             match committed {
@@ -475,8 +456,6 @@ impl KafkaSource {
             revoked: Mutex::new(Vec::new()),
             stats: stats.clone(),
             stored_since: Mutex::new(None),
-            committing_sync: AtomicBool::new(false),
-            final_commit: Mutex::new(None),
             events: ClientEvents::new("source", stats.clone()),
             gaps: Mutex::new(Gaps::default()),
             exactly_once: link.map(|link| (link, Mutex::new((Instant::now(), false)))),
@@ -534,6 +513,34 @@ impl KafkaSource {
         context.drain_and_commit(&self.consumer, None);
         Ok(())
     }
+}
+
+/// What an `RD_KAFKA_EVENT_OFFSET_COMMIT` event says: its error, or the first
+/// partition's error. Destroys the event.
+///
+/// # Safety
+/// `event` must be a live event this caller owns; it is not valid after the call.
+unsafe fn commit_outcome(event: *mut rdsys::rd_kafka_event_t) -> KafkaResult<()> {
+    // SAFETY: the caller's contract: `event` is live until destroyed at the end.
+    let outcome = unsafe {
+        let error = rdsys::rd_kafka_event_error(event);
+        let partitions = rdsys::rd_kafka_event_topic_partition_list(event);
+        if error != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Err(KafkaError::ConsumerCommit(error.into()))
+        } else if partitions.is_null() {
+            Ok(())
+        } else {
+            let list = &*partitions;
+            let count = usize::try_from(list.cnt).unwrap_or(0);
+            (0..count)
+                .map(|i| (*list.elems.add(i)).err)
+                .find(|e| *e != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+                .map_or(Ok(()), |e| Err(KafkaError::ConsumerCommit(e.into())))
+        }
+    };
+    // SAFETY: read above, not used after this.
+    unsafe { rdsys::rd_kafka_event_destroy(event) };
+    outcome
 }
 
 /// The partition's log start as librdkafka last saw it in a fetch response (no request;

@@ -195,6 +195,18 @@ async fn a_restarted_pipeline_resumes_from_its_commits_without_duplicates() {
             summary.records_in, 1_000,
             "round {round} reads only what is new"
         );
+        // The commit at shutdown got the coordinator's answer (it once waited out its
+        // 15 s deadline and reported a failure while the commit had succeeded).
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &stats.registry("t")).unwrap();
+        let sync = |outcome: &str| {
+            metrics.lines().any(|l| {
+                l.contains("commits_total{")
+                    && l.contains("mode=\"sync\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+        };
+        assert!(sync("ok") && !sync("failed"), "round {round}:\n{metrics}");
     }
     let ids = count_strings(&read_dataset(&out.path().join("feedback")), "id");
     assert_eq!(ids.len(), 2_000);

@@ -21,6 +21,7 @@
 //! instead of its rows.
 
 pub mod commit;
+mod encoder;
 pub mod partition;
 pub mod read;
 pub mod rewrite;
@@ -39,6 +40,7 @@ use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
 use self::commit::{CommitError, DataFile, Dataset};
+use self::encoder::Encoder;
 use self::partition::{PartitionKey, Partitioner};
 use self::rewrite::{rows_between, TempWriter};
 use self::roll::Roll;
@@ -60,8 +62,8 @@ pub enum ParquetInput {
 struct OpenGroup {
     first: i64,
     last: i64,
-    /// One temp file per Hive directory.
-    files: BTreeMap<String, TempWriter>,
+    /// One temp file per Hive directory, each encoding on its own thread.
+    files: BTreeMap<String, Encoder>,
     rows: u64,
     batches: Vec<BatchId>,
     opened: Instant,
@@ -69,7 +71,7 @@ struct OpenGroup {
 
 impl OpenGroup {
     fn bytes(&self) -> u64 {
-        self.files.values().map(TempWriter::bytes).sum()
+        self.files.values().map(Encoder::bytes).sum()
     }
 }
 
@@ -341,7 +343,7 @@ impl ParquetSink {
                         self.file_schema.clone(),
                         &self.properties,
                     )?;
-                    entry.insert(writer)
+                    entry.insert(Encoder::start(&self.name, writer)?)
                 }
             };
             match &self.projection {

@@ -92,6 +92,14 @@ impl TempWriter {
         self.rows
     }
 
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Closes and fsyncs the file.
     pub fn finish(self) -> Result<TempFile, SinkError> {
         let buffered = self.writer.into_inner()?;

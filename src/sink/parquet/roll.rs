@@ -72,10 +72,7 @@ impl ParquetSink {
             Some(g) => (g.rows, g.batches, g.files),
             None => Default::default(),
         };
-        let written: Vec<(String, TempFile)> = files
-            .into_iter()
-            .map(|(dir, w)| w.finish().map(|f| (dir, f)))
-            .collect::<Result<_, _>>()?;
+        let written: Vec<(String, TempFile)> = super::encoder::finish_all(files)?;
         let (first, last) = match (covers, merge.first(), before) {
             (Some((first, last)), Some(earliest), _) => (earliest.first.min(first), last),
             (Some(range), None, _) => range,

@@ -116,10 +116,11 @@ impl InferStage {
             Some(cpu_model) => Some(registry.current(cpu_model)?),
             None => None,
         };
-        let (device, device_id, threads, workers) = (
+        let (device, device_id, threads, spinning, workers) = (
             config.device,
             config.device_id,
             config.intra_threads,
+            config.intra_spinning,
             config.workers,
         );
         let library = library.map(Path::to_owned);
@@ -127,7 +128,7 @@ impl InferStage {
         let startup_contract = contract.clone();
         let (plan, model, version) =
             tokio::task::spawn_blocking(move || -> Result<_, StageError> {
-                let plan = DevicePlan::resolve(
+                let mut plan = DevicePlan::resolve(
                     device,
                     device_id,
                     threads,
@@ -135,6 +136,7 @@ impl InferStage {
                     &version.model_path(),
                     &stage,
                 )?;
+                plan.intra_spinning = spinning;
                 // On the CPU, the CPU variant (`cpu_model`) serves instead.
                 let version = match cpu_version {
                     Some(cpu) if matches!(plan.placement, Placement::Cpu) => cpu,

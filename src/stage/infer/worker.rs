@@ -119,6 +119,30 @@ fn process(
     version: &Arc<str>,
     requests: &[Request],
 ) -> Vec<Reply> {
+    // Fast path: one request, one run, straight from the Arrow buffers; its reply takes
+    // the run's output buffers as they are (no zeroed buffers to copy them into).
+    if let [request] = requests {
+        if request.rows <= batching.max_batch && request.invalid.is_empty() {
+            let views = request
+                .inputs
+                .iter()
+                .map(|m| (m.clone(), request.rows))
+                .collect::<Vec<_>>();
+            match run_once(batching, session, &views) {
+                Ok(outputs) => {
+                    return vec![Reply {
+                        outputs,
+                        version: version.clone(),
+                        rejected: Vec::new(),
+                    }];
+                }
+                Err(e) => {
+                    tracing::warn!(stage = %batching.stage, error = %e, "model run failed; retrying row by row")
+                }
+            }
+        }
+    }
+
     let mut replies: Vec<Reply> = requests
         .iter()
         .map(|r| Reply {
@@ -136,26 +160,6 @@ fn process(
         })
         .collect();
 
-    // Fast path: one request, one run, straight from the Arrow buffers.
-    if let [request] = requests {
-        if request.rows <= batching.max_batch && request.invalid.is_empty() {
-            let views = request
-                .inputs
-                .iter()
-                .map(|m| (m.clone(), request.rows))
-                .collect::<Vec<_>>();
-            match run_once(batching, session, &views) {
-                Ok(outputs) => {
-                    replies[0].outputs = outputs;
-                    return replies;
-                }
-                Err(e) => {
-                    tracing::warn!(stage = %batching.stage, error = %e, "model run failed; retrying row by row")
-                }
-            }
-        }
-    }
-
     let mut items: Vec<Item> = Vec::new();
     for (r, request) in requests.iter().enumerate() {
         let lengths = batching
@@ -169,11 +173,13 @@ fn process(
                 .map(|row| (r, row, lengths[row])),
         );
     }
-    if batching.length_input.is_some()
-        && padded_cells(&sorted(&items), batching.max_batch) * 10
+    if batching.length_input.is_some() {
+        let by_length = sorted(&items);
+        if padded_cells(&by_length, batching.max_batch) * 10
             <= padded_cells(&items, batching.max_batch) * 9
-    {
-        items = sorted(&items);
+        {
+            items = by_length;
+        }
     }
     for chunk in items.chunks(batching.max_batch.max(1)) {
         match run_chunk(batching, session, requests, chunk) {
