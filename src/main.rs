@@ -56,6 +56,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cli::memory::cap_malloc_arenas();
     let cli = Cli::parse();
     init_logging("info", cli.log_json);
     let runtime = match tokio::runtime::Runtime::new() {

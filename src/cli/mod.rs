@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod bench;
 pub mod demo;
 pub mod generate;
+pub mod memory;
 pub mod models;
 pub mod retrain;
 pub mod run;
