@@ -36,14 +36,7 @@ fn predict_onnx(
                 ort::session::SessionInputValue::from(tensor),
             )])
             .map_err(fail)?;
-        let value = outputs
-            .get("probabilities")
-            .ok_or_else(|| ModelError::Incompatible {
-                path: model.to_owned(),
-                message: "the model has no `probabilities` output".into(),
-            })?;
-        let (_, data) = value.try_extract_tensor::<f32>().map_err(fail)?;
-        out.extend_from_slice(data);
+        out.extend_from_slice(finetune::probabilities(&outputs, model)?);
     }
     Ok(out)
 }
@@ -231,14 +224,8 @@ pub(super) fn evaluate_current_text(
 ) -> Result<(String, Result<Metrics, String>), RetrainError> {
     let manifest = registry.manifest(version)?;
     let label = version.label();
-    if manifest.labels.as_ref() != Some(&job.model.labels) {
-        return Ok((
-            label,
-            Err(format!(
-                "its labels {:?} differ from the job's {:?}",
-                manifest.labels, job.model.labels
-            )),
-        ));
+    if let Some(why) = other_labels(&manifest, job) {
+        return Ok((label, Err(why)));
     }
     if !finetune::takes_tokens(&manifest) {
         return Ok((label, Err("it does not take token ids".into())));
@@ -259,6 +246,19 @@ pub(super) fn evaluate_current_text(
     ))
 }
 
+/// Why the serving version cannot be compared when its labels are not the job's.
+fn other_labels(
+    manifest: &crate::model::Manifest,
+    job: &crate::config::job::RetrainJob,
+) -> Option<String> {
+    (manifest.labels.as_ref() != Some(&job.model.labels)).then(|| {
+        format!(
+            "its labels {:?} differ from the job's {:?}",
+            manifest.labels, job.model.labels
+        )
+    })
+}
+
 /// The serving version's metrics on the holdout, or why it cannot be compared.
 pub(super) fn evaluate_current(
     registry: &Registry,
@@ -270,14 +270,8 @@ pub(super) fn evaluate_current(
     let job = &loaded.job;
     let manifest = registry.manifest(version)?;
     let label = version.label();
-    if manifest.labels.as_ref() != Some(&job.model.labels) {
-        return Ok((
-            label,
-            Err(format!(
-                "its labels {:?} differ from the job's {:?}",
-                manifest.labels, job.model.labels
-            )),
-        ));
+    if let Some(why) = other_labels(&manifest, job) {
+        return Ok((label, Err(why)));
     }
     let input = manifest
         .input(&job.model.input)

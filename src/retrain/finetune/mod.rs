@@ -244,13 +244,7 @@ pub(crate) fn predict_onnx(
                     .collect::<Vec<_>>(),
             )
             .map_err(fail)?;
-        let value = outputs
-            .get("probabilities")
-            .ok_or_else(|| ModelError::Incompatible {
-                path: model.to_owned(),
-                message: "the model has no `probabilities` output".into(),
-            })?;
-        let (_, data_out) = value.try_extract_tensor::<f32>().map_err(fail)?;
+        let data_out = probabilities(&outputs, model)?;
         if data_out.len() != rows.len() * classes {
             return Err(ModelError::Incompatible {
                 path: model.to_owned(),
@@ -318,6 +312,26 @@ pub(crate) fn manifest(
 /// Where a version keeps its tokenizer.
 pub(crate) fn tokenizer_file(version_dir: &Path) -> PathBuf {
     version_dir.join("tokenizer.json")
+}
+
+/// A classifier run's `probabilities` output, row-major.
+pub(crate) fn probabilities<'a>(
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    model: &Path,
+) -> Result<&'a [f32], ModelError> {
+    let value = outputs
+        .get("probabilities")
+        .ok_or_else(|| ModelError::Incompatible {
+            path: model.to_owned(),
+            message: "the model has no `probabilities` output".into(),
+        })?;
+    let (_, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ModelError::Load {
+            path: model.to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok(data)
 }
 
 #[cfg(test)]
