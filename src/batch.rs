@@ -168,6 +168,12 @@ impl RawBatch {
         self.buf.len()
     }
 
+    /// Makes room for `bytes` more of keys, payloads and header values, so that the
+    /// buffer is not grown (and copied) step by step while records come in.
+    pub fn reserve_bytes(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
     pub fn records(&self) -> impl ExactSizeIterator<Item = RawRecord<'_>> + '_ {
         self.entries.iter().enumerate().map(|(index, e)| RawRecord {
             index,

@@ -29,6 +29,11 @@ pub struct Args {
     /// runs: millions of records).
     #[arg(long, default_value = "mock")]
     broker: bench::BrokerKind,
+    /// Throughput mode: how many times each side runs, alternating (a raw read, then the
+    /// pipeline, each round; on a broker process one more raw read at the end); the
+    /// medians are compared.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    rounds: u16,
     /// Partitions of the input topic.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
     partitions: i32,
@@ -88,6 +93,7 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
         args.export_input.as_deref(),
         args.broker,
         args.partitions,
+        usize::from(args.rounds),
     )
     .await
     .context("bench failed")?;

@@ -5,8 +5,10 @@
 //! and group-join time excluded): the in-process mock cluster by default (quick; it keeps
 //! only 5 MB per partition), or with `--broker noida` a noida-db broker process the bench
 //! starts itself, loaded with every record first, for long runs (millions of records, many
-//! partitions). The raw rate is a plain consumer that
-//! reads every message and touches its payload: the ceiling sluice's source could reach.
+//! partitions). The raw rate is a plain group consumer (rdkafka's defaults) that reads
+//! every message and touches its payload: the ceiling sluice's source could reach. A broker
+//! process shares the machine's cores with both sides, so each side starts once it is
+//! quiet and its CPU seconds during each are reported beside the rates.
 //! Results are appended as one JSON line to a results file so runs can be compared.
 
 use std::io::Write;
@@ -16,12 +18,13 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde::Serialize;
 
 use crate::demo::broker::Broker;
 use crate::demo::feeds::feedback::{self, FeedbackGenerator};
 use crate::demo::{self, DemoError};
+use crate::telemetry::StatsSnapshot;
 
 /// Where the bench's topic lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,19 +61,58 @@ pub struct BenchResult {
     pub partitions: i32,
     pub records: u64,
     pub payload_bytes: u64,
-    /// None when the records were produced beside the pipeline (too many to load first).
-    /// On a broker process, the faster of [`Self::raw_consume_runs`].
+    /// The median of [`Self::raw_consume_runs`]; None when the records were produced
+    /// beside the pipeline (too many to load first).
     pub raw_consume_records_per_s: Option<f64>,
-    /// Each raw read's rate: before the pipeline, and on a broker process also after it.
+    /// Each raw read's rate: one before each pipeline run and, on a broker process, one
+    /// after the last.
     pub raw_consume_runs: Vec<f64>,
+    /// The median of [`Self::pipeline_runs`].
     pub pipeline_records_per_s: f64,
+    /// Each pipeline run's rate (one per round).
+    pub pipeline_runs: Vec<f64>,
+    /// The two medians' ratio.
     pub pipeline_over_raw: Option<f64>,
     pub parquet_files: u64,
     pub parquet_bytes: u64,
     /// Where each infer stage ran (`stages[1].infer=cuda:0`); empty without models.
     pub inference: Vec<String>,
+    /// CPU seconds used while each side ran (on the mock cluster, the raw side's only).
+    pub cpu_s: CpuSeconds,
     /// CPUs the process could use, to tell machines apart when comparing runs.
     pub host_cpus: usize,
+}
+
+/// CPU seconds used while each side ran: by the broker process, which shares the
+/// machine's cores with both sides, and by this process (the raw reader, or the
+/// pipeline). Broker figures are missing on the mock cluster, which runs in this process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuSeconds {
+    /// The broker during each raw read, in [`BenchResult::raw_consume_runs`]'s order.
+    pub raw: Vec<f64>,
+    /// The broker during each pipeline run.
+    pub pipeline: Vec<f64>,
+    /// This process during each raw read.
+    pub sluice_raw: Vec<f64>,
+    /// This process during each pipeline run.
+    pub sluice_pipeline: Vec<f64>,
+}
+
+impl CpuSeconds {
+    fn add_raw(&mut self, broker: &BenchBroker, start: (Option<Duration>, Option<Duration>)) {
+        self.raw.extend(broker.cpu_since(start.0));
+        self.sluice_raw.extend(cpu_since(start.1));
+    }
+}
+
+/// This process's CPU time so far (every thread).
+fn own_cpu_time() -> Option<Duration> {
+    crate::demo::broker::process_cpu_time(std::process::id())
+}
+
+/// CPU seconds of this process since `start` (an [`own_cpu_time`]).
+fn cpu_since(start: Option<Duration>) -> Option<f64> {
+    Some(own_cpu_time()?.saturating_sub(start?).as_secs_f64())
 }
 
 impl std::fmt::Display for BenchResult {
@@ -79,16 +121,44 @@ impl std::fmt::Display for BenchResult {
         if !self.inference.is_empty() {
             writeln!(f, "inference               {}", self.inference.join(", "))?;
         }
+        let each = |values: &[f64], precision: usize| {
+            let values: Vec<String> = values.iter().map(|v| format!("{v:.precision$}")).collect();
+            values.join(" / ")
+        };
         if let Some(raw) = self.raw_consume_records_per_s {
-            writeln!(f, "raw rdkafka consume     {raw:.0} records/s")?;
+            writeln!(
+                f,
+                "raw rdkafka consume     {raw:.0} records/s (median of {})",
+                each(&self.raw_consume_runs, 0)
+            )?;
         }
         write!(
             f,
             "sluice {:<16} {:.0} records/s",
             self.bench, self.pipeline_records_per_s
         )?;
+        if self.pipeline_runs.len() > 1 {
+            write!(f, " (median of {})", each(&self.pipeline_runs, 0))?;
+        }
         if let Some(ratio) = self.pipeline_over_raw {
             write!(f, "\nratio pipeline/raw      {ratio:.3}")?;
+        }
+        let cpu = &self.cpu_s;
+        if !cpu.sluice_pipeline.is_empty() {
+            write!(
+                f,
+                "\nCPU s, this process     raw {}, pipeline {}",
+                each(&cpu.sluice_raw, 2),
+                each(&cpu.sluice_pipeline, 2)
+            )?;
+        }
+        if !cpu.pipeline.is_empty() {
+            write!(
+                f,
+                "\nCPU s, broker process   raw {}, pipeline {}",
+                each(&cpu.raw, 2),
+                each(&cpu.pipeline, 2)
+            )?;
         }
         Ok(())
     }
@@ -105,7 +175,9 @@ pub async fn run(
     export_input: Option<&Path>,
     broker: BrokerKind,
     partitions: i32,
+    rounds: usize,
 ) -> Result<BenchResult, DemoError> {
+    let rounds = rounds.max(1);
     let kind = broker;
     let broker = BenchBroker::start(kind)?;
     let brokers = broker.address.clone();
@@ -133,12 +205,16 @@ pub async fn run(
     let payload_bytes: u64 = generated.iter().map(|r| r.payload.len() as u64).sum();
     let bench = format!("e2e/{}", pipeline.name());
     let timeout = Duration::from_secs(3600);
-    let counters = std::sync::Arc::new(crate::telemetry::Stats::default());
+    // Each pipeline run counts afresh (the run ends when its count reaches the records).
+    let mut counters = std::sync::Arc::new(crate::telemetry::Stats::default());
     let fits = broker.is_process() || payload_bytes <= PARTITION_BUDGET * partitions as u64;
     let mut raw_runs = Vec::new();
-    let (produced, raw_rate, stats, pipeline_elapsed) = if fits {
-        // Everything fits in the broker's log: load the topic, read it raw, then run
-        // the pipeline over it.
+    let mut pipeline_runs = Vec::new();
+    let mut cpu_s = CpuSeconds::default();
+    let (produced, raw_rate, stats) = if fits {
+        // Everything fits in the broker's log: load the topic, then, each round, read it
+        // raw and run the pipeline over it; on a broker process also read it raw once
+        // more at the end, so that every pipeline run lies between two raw reads.
         let mut produced = 0;
         let mut rest = generated;
         while !rest.is_empty() {
@@ -146,30 +222,56 @@ pub async fn run(
             produced += feedback::produce(&brokers, &topic, rest).await?;
             rest = tail;
         }
-        let raw_rate = || {
-            let (brokers, topic) = (brokers.clone(), topic.clone());
+        // Each side starts against a quiet broker and its CPU time is counted (see
+        // `Broker::wait_quiet`); both sides read as a group member does.
+        let quiet = Duration::from_secs(120);
+        let raw_read = |run: usize| {
+            let (brokers, topic, broker) = (brokers.clone(), topic.clone(), &broker);
             async move {
+                broker.wait_quiet(quiet).await;
+                let start = (broker.cpu_time(), own_cpu_time());
                 let elapsed = tokio::task::spawn_blocking(move || {
-                    raw_consume(&brokers, &topic, partitions, produced)
+                    raw_consume(&brokers, &topic, run, produced)
                 })
                 .await
                 .map_err(crate::runtime::RunError::Task)??;
-                Ok::<f64, DemoError>(produced as f64 / elapsed.as_secs_f64().max(1e-9))
+                Ok::<_, DemoError>((produced as f64 / elapsed.as_secs_f64().max(1e-9), start))
             }
         };
-        let before = raw_rate().await?;
-        let (stats, elapsed) =
-            demo::run_until_consumed(pipeline, produced, timeout, counters.clone()).await?;
-        // A broker process serves a second read faster (its files are in the page cache
-        // then): the faster of a read before and one after the pipeline is the ceiling.
-        let after = match broker.is_process() {
-            true => Some(raw_rate().await?),
-            false => None,
-        };
-        raw_runs = std::iter::once(before).chain(after).collect();
-        let raw = raw_runs.iter().copied().fold(0.0, f64::max);
-        (produced, Some(raw), stats, elapsed)
+        let mut stats = StatsSnapshot::default();
+        for round in 0..rounds {
+            let (rate, start) = raw_read(round).await?;
+            raw_runs.push(rate);
+            cpu_s.add_raw(&broker, start);
+            let mut pipeline = pipeline.clone();
+            if round > 0 {
+                // A group of its own (the last round's committed every offset) and an
+                // empty output (the last round's files hold every offset already).
+                let group = format!("{}-{round}", pipeline.config.group_id());
+                let crate::config::SourceConfig::Kafka(source) = &mut pipeline.config.source;
+                source.group_id = Some(group);
+                demo::clear_earlier_output(&pipeline)?;
+            }
+            broker.wait_quiet(quiet).await;
+            counters = std::sync::Arc::new(crate::telemetry::Stats::default());
+            let start = (broker.cpu_time(), own_cpu_time());
+            let (round_stats, elapsed) =
+                demo::run_until_consumed(pipeline, produced, timeout, counters.clone()).await?;
+            cpu_s.pipeline.extend(broker.cpu_since(start.0));
+            cpu_s.sluice_pipeline.extend(cpu_since(start.1));
+            pipeline_runs.push(produced as f64 / elapsed.as_secs_f64().max(1e-9));
+            stats = round_stats;
+        }
+        if broker.is_process() {
+            let (rate, start) = raw_read(rounds).await?;
+            raw_runs.push(rate);
+            cpu_s.add_raw(&broker, start);
+        }
+        (produced, median(&raw_runs), stats)
     } else {
+        if rounds > 1 {
+            return Err(DemoError::RoundsNeedLoadedTopic);
+        }
         // More than the mock cluster keeps (5 MB per partition): produce beside the
         // pipeline, half a partition budget ahead of it. A raw read of the whole topic is
         // impossible then, so there is no raw rate.
@@ -185,9 +287,10 @@ pub async fn run(
             counters.clone(),
         )
         .await?;
-        (produced, None, stats, elapsed)
+        pipeline_runs.push(produced as f64 / elapsed.as_secs_f64().max(1e-9));
+        (produced, None, stats)
     };
-    let pipeline_rate = produced as f64 / pipeline_elapsed.as_secs_f64().max(1e-9);
+    let pipeline_rate = median(&pipeline_runs).unwrap_or_default();
     Ok(BenchResult {
         bench,
         out: out.display().to_string(),
@@ -205,10 +308,12 @@ pub async fn run(
         raw_consume_records_per_s: raw_rate,
         raw_consume_runs: raw_runs,
         pipeline_records_per_s: pipeline_rate,
+        pipeline_runs,
         pipeline_over_raw: raw_rate.map(|raw| pipeline_rate / raw),
         parquet_files: stats.parquet_files,
         parquet_bytes: stats.parquet_bytes,
         inference: counters.inference_devices(),
+        cpu_s,
         host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
@@ -255,6 +360,25 @@ impl BenchBroker {
         }
     }
 
+    /// The broker process's CPU time so far (None on the mock cluster).
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        self.process.as_ref().and_then(Broker::cpu_time)
+    }
+
+    /// Its CPU seconds since `start` (a [`Self::cpu_time`]).
+    fn cpu_since(&self, start: Option<Duration>) -> Option<f64> {
+        Some(self.cpu_time()?.saturating_sub(start?).as_secs_f64())
+    }
+
+    /// Waits for a broker process to go quiet (see [`Broker::wait_quiet`]).
+    pub(crate) async fn wait_quiet(&self, limit: Duration) {
+        if let Some(process) = &self.process {
+            if !process.wait_quiet(limit).await {
+                tracing::warn!(?limit, "the broker process stayed busy; measuring anyway");
+            }
+        }
+    }
+
     pub(crate) async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), DemoError> {
         match (&self.cluster, &self.process) {
             (Some(cluster), _) => cluster.create_topic(topic, partitions, 1)?,
@@ -275,6 +399,18 @@ pub(crate) const RECEIVE_MAX: (&str, &str) = ("receive.message.max.bytes", "2147
 /// Records handed to the producer at once while loading the topic.
 const PRODUCE_CHUNK: usize = 100_000;
 
+/// The middle value (the mean of the two middle ones for an even count); None for none.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
+}
+
 /// Writes each record's payload as one line.
 fn export(file: &Path, records: &[feedback::SampleRecord]) -> std::io::Result<()> {
     if let Some(dir) = file.parent() {
@@ -288,24 +424,22 @@ fn export(file: &Path, records: &[feedback::SampleRecord]) -> std::io::Result<()
     writer.flush()
 }
 
-/// Reads every message of `topic` with a plain consumer; time from first to last.
+/// Reads every message of `topic` with a plain group consumer (rdkafka's defaults:
+/// subscribe, auto-commit), as the pipeline's source reads it, in a group of its own
+/// (`run` numbers it); time from the first message to the last.
 fn raw_consume(
     brokers: &str,
     topic: &str,
-    partitions: i32,
+    run: usize,
     expected: u64,
 ) -> Result<Duration, rdkafka::error::KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "sluice-bench-raw")
+        .set("group.id", format!("sluice-bench-raw-{run}"))
+        .set("auto.offset.reset", "earliest")
         .set(RECEIVE_MAX.0, RECEIVE_MAX.1)
-        .set("enable.auto.commit", "false")
         .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
+    consumer.subscribe(&[topic])?;
     let (mut seen, mut bytes, mut first) = (0u64, 0usize, None);
     let deadline = Instant::now() + Duration::from_secs(1800);
     while seen < expected && Instant::now() < deadline {
@@ -322,7 +456,7 @@ fn raw_consume(
 
 pub(crate) fn git_rev() -> Option<String> {
     let output = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .output()
         .ok()?;
     output
@@ -341,4 +475,17 @@ pub fn append_result(file: &Path, result: &impl Serialize) -> std::io::Result<()
         .append(true)
         .open(file)?;
     writeln!(handle, "{}", serde_json::to_string(result)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[9.0, 1.0, 4.0]), Some(4.0));
+        assert_eq!(median(&[2.0, 8.0, 1.0, 4.0]), Some(3.0));
+    }
 }

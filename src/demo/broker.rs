@@ -69,6 +69,36 @@ impl Broker {
         Ok(())
     }
 
+    /// CPU time (user and system) the process has used so far; None where
+    /// `/proc/PID/stat` cannot be read (not Linux).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        process_cpu_time(self.child.id())
+    }
+
+    /// Waits until the process has used under 5% of a core over a quarter of a second,
+    /// at most `limit`; whether it went quiet. noida-db rewrites its whole state file
+    /// (every record, as JSON) a moment after any change (produced records, a group join,
+    /// an offset commit), which takes a core for seconds: a measurement that starts
+    /// while it does shares the CPUs with it.
+    pub async fn wait_quiet(&self, limit: Duration) -> bool {
+        const WINDOW: Duration = Duration::from_millis(250);
+        let deadline = Instant::now() + limit;
+        let Some(mut before) = self.cpu_time() else {
+            return false;
+        };
+        while Instant::now() < deadline {
+            tokio::time::sleep(WINDOW).await;
+            let Some(now) = self.cpu_time() else {
+                return false;
+            };
+            if now.saturating_sub(before) < WINDOW / 20 {
+                return true;
+            }
+            before = now;
+        }
+        false
+    }
+
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
         let error = |message: String| BrokerError::Topic {
             topic: topic.to_owned(),
@@ -130,6 +160,19 @@ fn spawn(binary: &Path, port: u16, data: &Path) -> Result<Child, BrokerError> {
     Ok(child)
 }
 
+/// User plus system CPU time of process `pid`, from fields 14 and 15 of
+/// `/proc/PID/stat` (in clock ticks).
+pub(crate) fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
+}
+
 /// SIGTERM, then SIGKILL if the process has not exited within `grace`; its exit status
 /// when it exited by itself.
 pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
@@ -163,4 +206,40 @@ fn binary() -> Option<PathBuf> {
         .ok()?;
     let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     (output.status.success() && path.exists()).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's user plus system time as the kernel reports it to getrusage.
+    fn rusage_cpu_time() -> Duration {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Duration::from_secs_f64(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+    }
+
+    #[test]
+    fn a_process_cpu_time_is_what_the_kernel_counts_for_it() {
+        let start = Instant::now();
+        let mut x = 0u64;
+        while rusage_cpu_time() < Duration::from_millis(200) && start.elapsed().as_secs() < 10 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let from_proc = process_cpu_time(std::process::id()).expect("this process's stat");
+        let from_rusage = rusage_cpu_time();
+        // /proc counts in clock ticks (10 ms); other tests' threads run in between.
+        let apart = from_proc.abs_diff(from_rusage);
+        assert!(
+            apart < Duration::from_millis(100),
+            "{from_proc:?} vs {from_rusage:?}"
+        );
+        assert!(from_proc >= Duration::from_millis(150), "{from_proc:?}");
+        assert_eq!(process_cpu_time(u32::MAX), None);
+    }
 }

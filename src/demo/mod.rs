@@ -64,6 +64,8 @@ pub enum DemoError {
     OutputInUse(PathBuf),
     #[error("`sluice bench` has no generated feed for pipeline `{0}` (bearing recordings are replayed by `sluice demo`)")]
     NoBenchFeed(String),
+    #[error("`sluice bench --rounds` above 1 needs every record loaded first: use `--broker noida`, or fewer records (the mock cluster keeps 5 MB per partition)")]
+    RoundsNeedLoadedTopic,
     #[error("`sluice bench --rate` measures latency up to an output topic, and pipeline `{0}` writes to none (add a `kafka` sink)")]
     NoOutputTopic(String),
     #[error("the pipeline consumed {consumed} of {expected} records within {timeout:?}")]

@@ -1,9 +1,11 @@
 //! Dictionary encoding only where it pays. Parquet writers dictionary-encode every column
-//! by default: for a column of mostly distinct strings (ids, free text) every value is
-//! hashed into a dictionary that grows to its page limit, is thrown away, and the chunk is
-//! written plain after all. The profile of `sluice bench --broker noida` put 10% of
-//! sluice's CPU in that interner. The first batch a sink sees decides, per top-level
-//! string or binary column, from a sample of its values: mostly distinct -> written plain.
+//! by default: for a column of mostly distinct values (ids, free text, offsets,
+//! timestamps, measurements) every value is hashed into a dictionary that grows to its
+//! page limit, is thrown away, and the chunk is written plain after all. Profiles of
+//! `sluice bench --broker noida` put 10% of sluice's CPU in that interner for strings
+//! and, once those were plain, 9% for numbers. The first batch a sink sees decides, per
+//! top-level string, binary or fixed-width column, from a sample of its values: mostly
+//! distinct -> written plain.
 
 use std::collections::HashSet;
 
@@ -19,8 +21,9 @@ const MIN_SAMPLE: usize = 64;
 /// Distinct share of the sample at or above which a column is written plain.
 const DISTINCT: f64 = 0.9;
 
-/// `properties` with dictionary encoding turned off for the string and binary columns of
-/// `rows` whose sampled values are mostly distinct; also returns those columns' names.
+/// `properties` with dictionary encoding turned off for the string, binary and
+/// fixed-width columns of `rows` whose sampled values are mostly distinct; also returns
+/// those columns' names.
 pub fn tune(properties: &WriterProperties, rows: &RecordBatch) -> (WriterProperties, Vec<String>) {
     let mut plain = Vec::new();
     for (field, column) in rows.schema().fields().iter().zip(rows.columns()) {
@@ -57,8 +60,10 @@ pub(crate) fn tune_once(
     *properties = tuned_properties;
 }
 
-/// Whether the first non-null values of a string or binary column are mostly distinct.
+/// Whether the first non-null values of a string, binary or fixed-width (numbers, times,
+/// decimals) column are mostly distinct.
 fn mostly_distinct(column: &ArrayRef) -> bool {
+    let data = column.to_data();
     let values: Vec<&[u8]> = match column.data_type() {
         DataType::Utf8 => sample(
             column
@@ -76,6 +81,21 @@ fn mostly_distinct(column: &ArrayRef) -> bool {
         DataType::Binary => sample(column.as_binary::<i32>().iter()),
         DataType::LargeBinary => sample(column.as_binary::<i64>().iter()),
         DataType::BinaryView => sample(column.as_binary_view().iter()),
+        DataType::FixedSizeBinary(_) => sample(column.as_fixed_size_binary().iter()),
+        kind if kind.is_primitive() => {
+            let (Some(width), Some(buffer)) = (kind.primitive_width(), data.buffers().first())
+            else {
+                return false;
+            };
+            let bytes = buffer.as_slice();
+            sample((0..column.len()).map(|i| {
+                let at = (data.offset() + i) * width;
+                column
+                    .is_valid(i)
+                    .then(|| bytes.get(at..at + width))
+                    .flatten()
+            }))
+        }
         _ => return false,
     };
     if values.len() < MIN_SAMPLE {
@@ -92,7 +112,7 @@ fn sample<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
     use std::sync::Arc;
 
     #[test]
@@ -115,13 +135,36 @@ mod tests {
                 "rating",
                 Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 5))) as ArrayRef,
             ),
+            (
+                "offset",
+                Arc::new(Int64Array::from_iter_values(1_000..1_000 + n as i64)) as ArrayRef,
+            ),
+            (
+                "reading",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| (i as f64 * 0.37).sin()),
+                )) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    (0..n as i64).map(|i| 1_700_000_000_000 + i / 100),
+                )) as ArrayRef,
+            ),
         ])
         .unwrap();
         let (properties, plain) = tune(&WriterProperties::builder().build(), &rows);
-        assert_eq!(plain, ["id"]);
+        assert_eq!(plain, ["id", "offset", "reading"]);
         assert!(!properties.dictionary_enabled(&ColumnPath::from("id")));
+        assert!(!properties.dictionary_enabled(&ColumnPath::from("offset")));
         assert!(properties.dictionary_enabled(&ColumnPath::from("channel")));
         assert!(properties.dictionary_enabled(&ColumnPath::from("rating")));
+        // Timestamps that repeat (100 rows a millisecond) keep theirs.
+        assert!(properties.dictionary_enabled(&ColumnPath::from("ts")));
+        // A slice is sampled from its own first value on.
+        let sliced = rows.slice(n / 2, n / 2);
+        let (_, plain) = tune(&WriterProperties::builder().build(), &sliced);
+        assert_eq!(plain, ["id", "offset", "reading"]);
         // Too few rows to tell: nothing changes.
         let (_, plain) = tune(&WriterProperties::builder().build(), &rows.slice(0, 10));
         assert!(plain.is_empty());

@@ -28,7 +28,40 @@ pub(super) struct Batcher {
     config: BatchConfig,
     headers: Vec<String>,
     pending: HashMap<TopicPartition, Pending>,
+    /// When the oldest open buffer is due (None: none is open), so that the per-message
+    /// checks need not look at every buffer.
+    next_due: Option<Instant>,
+    /// Bytes the last batch cut at `max_rows` held: a new batch reserves as much.
+    bytes_hint: usize,
     next_id: u64,
+}
+
+/// The most a new batch reserves up front.
+const MAX_BYTES_HINT: usize = 8 << 20;
+
+/// The topic-partition of each message, without allocating one per message: the
+/// partitions seen so far are kept and handed out again (a consumer has a handful).
+#[derive(Default)]
+pub(super) struct PartitionNames {
+    known: Vec<TopicPartition>,
+}
+
+impl PartitionNames {
+    pub(super) fn of(&mut self, message: &BorrowedMessage<'_>) -> &TopicPartition {
+        let (topic, partition) = (message.topic(), message.partition());
+        let at = match self
+            .known
+            .iter()
+            .position(|tp| tp.partition == partition && &*tp.topic == topic)
+        {
+            Some(at) => at,
+            None => {
+                self.known.push(TopicPartition::new(topic, partition));
+                self.known.len() - 1
+            }
+        };
+        &self.known[at]
+    }
 }
 
 impl Batcher {
@@ -37,6 +70,8 @@ impl Batcher {
         Batcher {
             config,
             pending: HashMap::new(),
+            next_due: None,
+            bytes_hint: 0,
             next_id: 0,
             headers,
         }
@@ -44,34 +79,35 @@ impl Batcher {
 
     /// How long `poll` may block before a buffer is due: not at all while a buffer is
     /// open and `close_when_idle` asks for it to be cut once the consumer runs dry.
-    pub(super) fn poll_timeout(&self) -> Duration {
+    pub(super) fn poll_timeout(&self, now: Instant) -> Duration {
         if self.config.close_when_idle && !self.pending.is_empty() {
             return Duration::ZERO;
         }
-        let now = Instant::now();
-        self.pending
-            .values()
-            .map(|p| {
-                p.started
-                    .checked_add(self.config.max_wait)
-                    .map_or(POLL_INTERVAL, |due| due.saturating_duration_since(now))
-            })
-            .min()
-            .map_or(POLL_INTERVAL, |due| due.min(POLL_INTERVAL))
+        self.next_due.map_or(POLL_INTERVAL, |due| {
+            due.saturating_duration_since(now).min(POLL_INTERVAL)
+        })
     }
 
-    /// Adds a record; returns the partition's batch when it is full.
-    pub(super) fn push(&mut self, message: &BorrowedMessage<'_>) -> Option<RawBatch> {
-        let tp = TopicPartition::new(message.topic(), message.partition());
+    /// Adds a record of partition `tp`; returns the partition's batch when it is full.
+    pub(super) fn push(
+        &mut self,
+        tp: &TopicPartition,
+        message: &BorrowedMessage<'_>,
+    ) -> Option<RawBatch> {
         let max_rows = self.config.max_rows;
-        let next_id = &mut self.next_id;
-        let pending = self.pending.entry(tp.clone()).or_insert_with(|| {
-            *next_id += 1;
-            Pending {
-                batch: RawBatch::new(BatchId(*next_id), tp.clone(), max_rows.min(65_536)),
-                started: Instant::now(),
-            }
-        });
+        if !self.pending.contains_key(tp) {
+            self.next_id += 1;
+            let started = Instant::now();
+            let due = started.checked_add(self.config.max_wait);
+            self.next_due = match (self.next_due, due) {
+                (Some(next), Some(due)) => Some(next.min(due)),
+                (next, due) => next.or(due),
+            };
+            let mut batch = RawBatch::new(BatchId(self.next_id), tp.clone(), max_rows.min(65_536));
+            batch.reserve_bytes(self.bytes_hint);
+            self.pending.insert(tp.clone(), Pending { batch, started });
+        }
+        let pending = self.pending.get_mut(tp)?;
         if self.headers.is_empty() {
             pending.batch.push(
                 message.offset(),
@@ -98,26 +134,48 @@ impl Batcher {
             );
         }
         if pending.batch.len() >= max_rows {
-            self.pending.remove(&tp).map(|p| p.batch)
+            self.bytes_hint = pending.batch.byte_size().min(MAX_BYTES_HINT);
+            self.remove(tp)
         } else {
             None
         }
     }
 
-    /// Batches whose first record waited `max_wait`.
-    pub(super) fn take_expired(&mut self) -> Vec<RawBatch> {
+    /// Takes `tp`'s open batch out.
+    fn remove(&mut self, tp: &TopicPartition) -> Option<RawBatch> {
+        let removed = self.pending.remove(tp)?;
+        self.recompute_due();
+        Some(removed.batch)
+    }
+
+    fn recompute_due(&mut self) {
+        let max_wait = self.config.max_wait;
+        self.next_due = self
+            .pending
+            .values()
+            .filter_map(|p| p.started.checked_add(max_wait))
+            .min();
+    }
+
+    /// Batches whose first record waited `max_wait` by `now`.
+    pub(super) fn take_expired(&mut self, now: Instant) -> Vec<RawBatch> {
+        if self.next_due.is_none_or(|due| now < due) {
+            return Vec::new();
+        }
         let max_wait = self.config.max_wait;
         let expired: Vec<TopicPartition> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.started.elapsed() >= max_wait)
+            .filter(|(_, p)| now.saturating_duration_since(p.started) >= max_wait)
             .map(|(tp, _)| tp.clone())
             .collect();
-        expired
+        let batches = expired
             .iter()
             .filter_map(|tp| self.pending.remove(tp))
             .map(|p| p.batch)
-            .collect()
+            .collect();
+        self.recompute_due();
+        batches
     }
 
     /// The open batches when `close_when_idle` is on: called when a poll found nothing.
@@ -130,13 +188,14 @@ impl Batcher {
     }
 
     pub(super) fn take_all(&mut self) -> Vec<RawBatch> {
+        self.next_due = None;
         self.pending.drain().map(|(_, p)| p.batch).collect()
     }
 
     pub(super) fn drop_partitions(&mut self, revoked: Vec<TopicPartition>) {
         for tp in revoked {
-            if let Some(dropped) = self.pending.remove(&tp) {
-                tracing::debug!(partition = %tp, records = dropped.batch.len(), "dropped unsent records of a revoked partition");
+            if let Some(dropped) = self.remove(&tp) {
+                tracing::debug!(partition = %tp, records = dropped.len(), "dropped unsent records of a revoked partition");
             }
         }
     }

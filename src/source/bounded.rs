@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -22,7 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batcher::Batcher;
+use super::batcher::{Batcher, PartitionNames};
 use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::Flush;
@@ -33,6 +33,9 @@ use crate::telemetry::Stats;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often, at most, positions are checked for ends without records while records
+/// keep coming (always when a poll comes back empty).
+const POSITION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoundedError {
@@ -343,44 +346,56 @@ impl BoundedSource {
             .enumerate()
             .map(|(i, r)| (r.tp.clone(), i))
             .collect();
+        let mut partitions = PartitionNames::default();
+        // One clock reading per message: the poll's timeout uses the last one.
+        let mut now = Instant::now();
+        let mut next_position_check = now;
         while !shutdown.is_cancelled()
             && !self.output.progress.ranges.iter().all(PartitionRange::done)
         {
-            match self.consumer.poll(self.batcher.poll_timeout()) {
+            let message = self.consumer.poll(self.batcher.poll_timeout(now));
+            let idle = message.is_none();
+            match message {
                 None => {}
                 Some(Err(e)) => self.consumer.context().on_error(e, ""),
                 Some(Ok(message)) => {
-                    let tp = TopicPartition::new(message.topic(), message.partition());
-                    if let Some(range) = index.get(&tp).map(|&i| &self.output.progress.ranges[i]) {
+                    let tp = partitions.of(&message);
+                    if let Some(range) = index.get(tp).map(|&i| &self.output.progress.ranges[i]) {
                         if message.offset() < range.end {
                             range
                                 .position
                                 .store(message.offset() + 1, Ordering::Relaxed);
-                            if let Some(full) = self.batcher.push(&message) {
+                            if let Some(full) = self.batcher.push(tp, &message) {
                                 self.send(full)?;
                             }
                         }
                         if message.offset() + 1 >= range.end {
                             range.position.store(range.end, Ordering::Relaxed);
-                            self.pause(&tp);
+                            self.pause(tp);
                         }
                     }
                 }
             }
-            // Offsets without records (transaction markers, compacted away) at the end.
-            for range in self.output.progress.ranges.iter().filter(|r| !r.done()) {
-                if let Ok(list) = self.consumer.position() {
-                    if let Some(Offset::Offset(at)) = list
-                        .find_partition(&range.tp.topic, range.tp.partition)
-                        .map(|e| e.offset())
-                    {
-                        if at >= range.end {
-                            range.position.store(range.end, Ordering::Relaxed);
+            now = Instant::now();
+            // Offsets without records (transaction markers, compacted away) at the end:
+            // they show once a partition has nothing more to give, so looking while
+            // records keep coming in would only cost time.
+            if idle || now >= next_position_check {
+                next_position_check = now + POSITION_CHECK_INTERVAL;
+                for range in self.output.progress.ranges.iter().filter(|r| !r.done()) {
+                    if let Ok(list) = self.consumer.position() {
+                        if let Some(Offset::Offset(at)) = list
+                            .find_partition(&range.tp.topic, range.tp.partition)
+                            .map(|e| e.offset())
+                        {
+                            if at >= range.end {
+                                range.position.store(range.end, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
             }
-            for batch in self.batcher.take_expired() {
+            for batch in self.batcher.take_expired(now) {
                 self.send(batch)?;
             }
         }

@@ -58,7 +58,11 @@ impl Gaps {
         offset: i64,
         log_start: impl FnOnce() -> Option<i64>,
     ) -> Option<Gap> {
-        let expected = self.expected.insert(tp.clone(), offset.saturating_add(1));
+        let next = offset.saturating_add(1);
+        let expected = match self.expected.get_mut(tp) {
+            Some(expected) => Some(std::mem::replace(expected, next)),
+            None => self.expected.insert(tp.clone(), next),
+        };
         let expected = expected.filter(|e| offset > *e)?;
         let low = log_start()?;
         (low > expected).then(|| Gap {

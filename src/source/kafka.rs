@@ -38,7 +38,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batcher::Batcher;
+use super::batcher::{Batcher, PartitionNames};
 use super::gaps::{Gap, Gaps};
 use super::SourceMessage;
 use crate::ack::AckTracker;
@@ -57,6 +57,11 @@ const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// synchronous commit waits for it without limit, so a pipeline whose brokers are gone
 /// would never stop; past this the records are read again after a restart.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often, at most, the poll loop stores the offsets the sinks made durable while
+/// messages keep coming (always when a poll comes back empty); auto-commit sends them
+/// every `auto.commit.interval.ms` (5 s by default) anyway.
+const STORE_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -482,9 +487,14 @@ impl KafkaSource {
     /// it with `spawn_blocking`.
     pub fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
         let context = self.consumer.context().clone();
+        let mut partitions = PartitionNames::default();
+        // One clock reading per message: the poll's timeout uses the last one.
+        let mut now = Instant::now();
+        let mut next_store = now;
         while !shutdown.is_cancelled() {
-            let message = self.consumer.poll(self.batcher.poll_timeout());
+            let message = self.consumer.poll(self.batcher.poll_timeout(now));
             self.batcher.drop_partitions(context.take_revoked());
+            let idle = message.is_none();
             match message {
                 None => {
                     for batch in self.batcher.take_idle() {
@@ -494,17 +504,23 @@ impl KafkaSource {
                 // Counted, rate-limited and (authentication, brokers down) in /health.
                 Some(Err(e)) => context.events.on_error(e, ""),
                 Some(Ok(message)) => {
-                    let tp = TopicPartition::new(message.topic(), message.partition());
-                    context.check_gap(&self.consumer, &tp, message.offset(), self.on_reset)?;
-                    if let Some(full) = self.batcher.push(&message) {
+                    let tp = partitions.of(&message);
+                    context.check_gap(&self.consumer, tp, message.offset(), self.on_reset)?;
+                    if let Some(full) = self.batcher.push(tp, &message) {
                         context.send(full, &self.stats)?;
                     }
                 }
             }
-            for batch in self.batcher.take_expired() {
+            now = Instant::now();
+            for batch in self.batcher.take_expired(now) {
                 context.send(batch, &self.stats)?;
             }
-            context.store_offsets(&self.consumer)?;
+            // Acknowledgements come in per batch: looking for them after every message
+            // would cost more than the message itself.
+            if idle || now >= next_store {
+                context.store_offsets(&self.consumer)?;
+                next_store = now + STORE_INTERVAL;
+            }
         }
         tracing::info!("shutting down: flushing buffered records and committing offsets");
         for batch in self.batcher.take_all() {

@@ -373,7 +373,9 @@ fn exactly_once_mistakes_name_their_key() {
 
 /// `sluice bench --broker noida` starts its own broker process, loads every record into a
 /// topic of the partitions asked for, and reports the raw consume rate and the pipeline's
-/// rate over the same messages; the broker process is gone afterwards.
+/// rate over the same messages, each round (a raw read before each pipeline run and one
+/// after the last), with the CPU seconds of both processes; the broker process is gone
+/// afterwards.
 #[test]
 fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
     let out = tempfile::tempdir().unwrap();
@@ -387,6 +389,8 @@ fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
             "6",
             "--records",
             "20000",
+            "--rounds",
+            "2",
             "--out",
         ])
         .arg(out.path().join("bench"))
@@ -411,6 +415,27 @@ fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
     );
     assert!(
         result["pipeline_over_raw"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    let count = |key: &str| result[key].as_array().map_or(0, Vec::len);
+    assert_eq!(count("raw_consume_runs"), 3, "{result}");
+    assert_eq!(count("pipeline_runs"), 2, "{result}");
+    let cpu = &result["cpu_s"];
+    for (side, runs) in [
+        ("raw", 3),
+        ("pipeline", 2),
+        ("sluice_raw", 3),
+        ("sluice_pipeline", 2),
+    ] {
+        let seconds = cpu[side]
+            .as_array()
+            .unwrap_or_else(|| panic!("{side}: {result}"));
+        assert_eq!(seconds.len(), runs, "{side}: {result}");
+        assert!(seconds.iter().all(|s| s.as_f64().is_some_and(|s| s >= 0.0)));
+    }
+    // The pipeline decodes and writes Parquet: it uses CPU in this process.
+    assert!(
+        cpu["sluice_pipeline"][0].as_f64().unwrap() > 0.0,
         "{result}"
     );
     let rows: usize = read_dataset(&out.path().join("bench/feedback"))

@@ -2,17 +2,21 @@
 //!
 //! Expressions are `date(COL)` and `hour(COL)` (UTC, of a timestamp column) or a plain
 //! column; `name=expr` renames the key. A batch is split with Arrow kernels, not per row:
-//! each key becomes an array (`cast` to Date32, `date_part(Hour)`, or the column itself),
+//! each key becomes an array (the day by integer division, `date_part(Hour)`, or the
+//! column itself),
 //! the key arrays are turned into comparable rows with the row format, rows are grouped,
 //! and each group is cut out with `take`. Values are rendered once per group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::kernels::cast::cast;
 use arrow::compute::{date_part, take_record_batch, DatePart};
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Date32Type, Schema, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -183,6 +187,11 @@ impl Partitioner {
                 .collect(),
         )?;
         let rows = converter.convert_columns(&key_arrays)?;
+        // Most batches fall in one partition (a day, one region): compared, not hashed.
+        let first = rows.row(0);
+        if rows.iter().all(|row| row == first) {
+            return Ok(vec![(self.directory(&key_arrays, 0)?, batch.clone())]);
+        }
         let mut groups: HashMap<_, Vec<u32>> = HashMap::new();
         let mut order = Vec::new();
         for (i, row) in rows.iter().enumerate() {
@@ -191,9 +200,6 @@ impl Partitioner {
                 Vec::new()
             });
             members.push(i as u32);
-        }
-        if order.len() == 1 {
-            return Ok(vec![(self.directory(&key_arrays, 0)?, batch.clone())]);
         }
         order
             .into_iter()
@@ -234,9 +240,37 @@ impl Partitioner {
 
 fn key_array(expr: &Expr, column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     match expr {
-        Expr::Date(_) => cast(column, &DataType::Date32),
+        Expr::Date(_) => match column.data_type() {
+            DataType::Timestamp(unit, tz) if tz.as_deref().is_none_or(is_utc) => {
+                Ok(utc_dates(column, *unit))
+            }
+            _ => cast(column, &DataType::Date32),
+        },
         Expr::Hour(_) => date_part(column.as_ref(), DatePart::Hour),
         Expr::Column(_) => Ok(Arc::clone(column)),
+    }
+}
+
+/// Whether a timestamp's time zone is UTC by another name.
+fn is_utc(tz: &str) -> bool {
+    matches!(tz, "UTC" | "Etc/UTC" | "Z" | "+00:00" | "+0000" | "+00")
+}
+
+/// The UTC day of each timestamp, as `cast` to `Date32` gives it, by integer division
+/// (the cast goes through a time-zone conversion per value: 40 ns a row in a profile).
+fn utc_dates(column: &ArrayRef, unit: TimeUnit) -> ArrayRef {
+    fn days<T: ArrowPrimitiveType<Native = i64>>(column: &ArrayRef, per_day: i64) -> ArrayRef {
+        Arc::new(
+            column
+                .as_primitive::<T>()
+                .unary::<_, Date32Type>(|t| t.div_euclid(per_day) as i32),
+        )
+    }
+    match unit {
+        TimeUnit::Second => days::<TimestampSecondType>(column, 86_400),
+        TimeUnit::Millisecond => days::<TimestampMillisecondType>(column, 86_400_000),
+        TimeUnit::Microsecond => days::<TimestampMicrosecondType>(column, 86_400_000_000),
+        TimeUnit::Nanosecond => days::<TimestampNanosecondType>(column, 86_400_000_000_000),
     }
 }
 
@@ -257,8 +291,43 @@ fn escape_into(value: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
-    use arrow::datatypes::{Field, TimeUnit};
+    use arrow::array::{Int64Array, PrimitiveArray, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::Field;
+
+    #[test]
+    fn utc_days_by_division_are_the_days_the_cast_gives() {
+        // Around the epoch, before it, at day boundaries, and far from it, in every unit.
+        let seconds = [
+            0i64,
+            -1,
+            1,
+            86_399,
+            86_400,
+            -86_400,
+            -86_401,
+            1_795_305_599,
+            1_795_305_600,
+            -6_000_000_000,
+            9_000_000_000,
+        ];
+        fn check<T: ArrowPrimitiveType<Native = i64>>(values: Vec<i64>, unit: TimeUnit) {
+            for tz in [None, Some("UTC"), Some("+00:00")] {
+                let array: PrimitiveArray<T> =
+                    PrimitiveArray::from_iter(values.iter().map(|v| Some(*v)).chain([None]));
+                let column: ArrayRef =
+                    Arc::new(array.with_data_type(DataType::Timestamp(unit, tz.map(Into::into))));
+                let expected = cast(&column, &DataType::Date32).unwrap();
+                let fast = key_array(&Expr::Date("t".into()), &column).unwrap();
+                assert_eq!(fast.as_ref(), expected.as_ref(), "{unit:?} {tz:?}");
+            }
+        }
+        check::<TimestampSecondType>(seconds.to_vec(), TimeUnit::Second);
+        let scaled = |f: i64| seconds.iter().map(|s| s * f + f / 3).collect::<Vec<_>>();
+        check::<TimestampMillisecondType>(scaled(1_000), TimeUnit::Millisecond);
+        check::<TimestampMicrosecondType>(scaled(1_000_000), TimeUnit::Microsecond);
+        let nanos = seconds.iter().map(|s| s * 1_000_000_000 - 7).collect();
+        check::<TimestampNanosecondType>(nanos, TimeUnit::Nanosecond);
+    }
 
     fn batch() -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
