@@ -77,7 +77,7 @@ pub struct BenchResult {
     pub parquet_bytes: u64,
     /// Where each infer stage ran (`stages[1].infer=cuda:0`); empty without models.
     pub inference: Vec<String>,
-    /// CPU seconds used while each side ran (on the mock cluster, the raw side's only).
+    /// CPU seconds used while each side ran, per process.
     pub cpu_s: CpuSeconds,
     /// CPUs the process could use, to tell machines apart when comparing runs.
     pub host_cpus: usize,
@@ -85,34 +85,67 @@ pub struct BenchResult {
 
 /// CPU seconds used while each side ran: by the broker process, which shares the
 /// machine's cores with both sides, and by this process (the raw reader, or the
-/// pipeline). Broker figures are missing on the mock cluster, which runs in this process.
+/// pipeline).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuSeconds {
-    /// The broker during each raw read, in [`BenchResult::raw_consume_runs`]'s order.
-    pub raw: Vec<f64>,
-    /// The broker during each pipeline run.
-    pub pipeline: Vec<f64>,
-    /// This process during each raw read.
-    pub sluice_raw: Vec<f64>,
-    /// This process during each pipeline run.
-    pub sluice_pipeline: Vec<f64>,
+    /// The broker process (empty on the mock cluster, which runs in this process).
+    pub broker: SideSeconds,
+    /// This process.
+    pub sluice: SideSeconds,
 }
 
-impl CpuSeconds {
-    fn add_raw(&mut self, broker: &BenchBroker, start: (Option<Duration>, Option<Duration>)) {
-        self.raw.extend(broker.cpu_since(start.0));
-        self.sluice_raw.extend(cpu_since(start.1));
+/// One process's CPU seconds during each run of each side.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SideSeconds {
+    /// During each raw read, in [`BenchResult::raw_consume_runs`]'s order.
+    pub raw: Vec<f64>,
+    /// During each pipeline run, in [`BenchResult::pipeline_runs`]'s order.
+    pub pipeline: Vec<f64>,
+}
+
+/// The two sides of the comparison.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Raw,
+    Pipeline,
+}
+
+impl SideSeconds {
+    fn of(&mut self, side: Side) -> &mut Vec<f64> {
+        match side {
+            Side::Raw => &mut self.raw,
+            Side::Pipeline => &mut self.pipeline,
+        }
     }
 }
+
+/// Runs `run` as one run of `side`: once the broker is quiet, counting both processes'
+/// CPU seconds into `cpu`.
+async fn measured<T>(
+    broker: &BenchBroker,
+    cpu: &mut CpuSeconds,
+    side: Side,
+    run: impl std::future::Future<Output = T>,
+) -> T {
+    broker.wait_quiet(QUIET_LIMIT).await;
+    let start = (broker.cpu_time(), own_cpu_time());
+    let output = run.await;
+    let since = |now: Option<Duration>, then: Option<Duration>| {
+        Some(now?.saturating_sub(then?).as_secs_f64())
+    };
+    cpu.broker
+        .of(side)
+        .extend(since(broker.cpu_time(), start.0));
+    cpu.sluice.of(side).extend(since(own_cpu_time(), start.1));
+    output
+}
+
+/// The longest a run waits for the broker process to go quiet.
+const QUIET_LIMIT: Duration = Duration::from_secs(120);
 
 /// This process's CPU time so far (every thread).
 fn own_cpu_time() -> Option<Duration> {
     crate::demo::broker::process_cpu_time(std::process::id())
-}
-
-/// CPU seconds of this process since `start` (an [`own_cpu_time`]).
-fn cpu_since(start: Option<Duration>) -> Option<f64> {
-    Some(own_cpu_time()?.saturating_sub(start?).as_secs_f64())
 }
 
 impl std::fmt::Display for BenchResult {
@@ -143,22 +176,18 @@ impl std::fmt::Display for BenchResult {
         if let Some(ratio) = self.pipeline_over_raw {
             write!(f, "\nratio pipeline/raw      {ratio:.3}")?;
         }
-        let cpu = &self.cpu_s;
-        if !cpu.sluice_pipeline.is_empty() {
-            write!(
-                f,
-                "\nCPU s, this process     raw {}, pipeline {}",
-                each(&cpu.sluice_raw, 2),
-                each(&cpu.sluice_pipeline, 2)
-            )?;
-        }
-        if !cpu.pipeline.is_empty() {
-            write!(
-                f,
-                "\nCPU s, broker process   raw {}, pipeline {}",
-                each(&cpu.raw, 2),
-                each(&cpu.pipeline, 2)
-            )?;
+        for (process, seconds) in [
+            ("this process", &self.cpu_s.sluice),
+            ("broker process", &self.cpu_s.broker),
+        ] {
+            if !seconds.pipeline.is_empty() {
+                write!(
+                    f,
+                    "\nCPU s, {process:<17}raw {}, pipeline {}",
+                    each(&seconds.raw, 2),
+                    each(&seconds.pipeline, 2)
+                )?;
+            }
         }
         Ok(())
     }
@@ -222,27 +251,22 @@ pub async fn run(
             produced += feedback::produce(&brokers, &topic, rest).await?;
             rest = tail;
         }
-        // Each side starts against a quiet broker and its CPU time is counted (see
+        // Each run starts against a quiet broker and its CPU time is counted (see
         // `Broker::wait_quiet`); both sides read as a group member does.
-        let quiet = Duration::from_secs(120);
         let raw_read = |run: usize| {
-            let (brokers, topic, broker) = (brokers.clone(), topic.clone(), &broker);
+            let (brokers, topic) = (brokers.clone(), topic.clone());
             async move {
-                broker.wait_quiet(quiet).await;
-                let start = (broker.cpu_time(), own_cpu_time());
                 let elapsed = tokio::task::spawn_blocking(move || {
                     raw_consume(&brokers, &topic, run, produced)
                 })
                 .await
                 .map_err(crate::runtime::RunError::Task)??;
-                Ok::<_, DemoError>((produced as f64 / elapsed.as_secs_f64().max(1e-9), start))
+                Ok::<_, DemoError>(produced as f64 / elapsed.as_secs_f64().max(1e-9))
             }
         };
         let mut stats = StatsSnapshot::default();
         for round in 0..rounds {
-            let (rate, start) = raw_read(round).await?;
-            raw_runs.push(rate);
-            cpu_s.add_raw(&broker, start);
+            raw_runs.push(measured(&broker, &mut cpu_s, Side::Raw, raw_read(round)).await?);
             let mut pipeline = pipeline.clone();
             if round > 0 {
                 // A group of its own (the last round's committed every offset) and an
@@ -252,20 +276,14 @@ pub async fn run(
                 source.group_id = Some(group);
                 demo::clear_earlier_output(&pipeline)?;
             }
-            broker.wait_quiet(quiet).await;
             counters = std::sync::Arc::new(crate::telemetry::Stats::default());
-            let start = (broker.cpu_time(), own_cpu_time());
-            let (round_stats, elapsed) =
-                demo::run_until_consumed(pipeline, produced, timeout, counters.clone()).await?;
-            cpu_s.pipeline.extend(broker.cpu_since(start.0));
-            cpu_s.sluice_pipeline.extend(cpu_since(start.1));
+            let run = demo::run_until_consumed(pipeline, produced, timeout, counters.clone());
+            let (round_stats, elapsed) = measured(&broker, &mut cpu_s, Side::Pipeline, run).await?;
             pipeline_runs.push(produced as f64 / elapsed.as_secs_f64().max(1e-9));
             stats = round_stats;
         }
         if broker.is_process() {
-            let (rate, start) = raw_read(rounds).await?;
-            raw_runs.push(rate);
-            cpu_s.add_raw(&broker, start);
+            raw_runs.push(measured(&broker, &mut cpu_s, Side::Raw, raw_read(rounds)).await?);
         }
         (produced, median(&raw_runs), stats)
     } else {
@@ -363,11 +381,6 @@ impl BenchBroker {
     /// The broker process's CPU time so far (None on the mock cluster).
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         self.process.as_ref().and_then(Broker::cpu_time)
-    }
-
-    /// Its CPU seconds since `start` (a [`Self::cpu_time`]).
-    fn cpu_since(&self, start: Option<Duration>) -> Option<f64> {
-        Some(self.cpu_time()?.saturating_sub(start?).as_secs_f64())
     }
 
     /// Waits for a broker process to go quiet (see [`Broker::wait_quiet`]).

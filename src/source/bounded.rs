@@ -377,23 +377,11 @@ impl BoundedSource {
                 }
             }
             now = Instant::now();
-            // Offsets without records (transaction markers, compacted away) at the end:
-            // they show once a partition has nothing more to give, so looking while
-            // records keep coming in would only cost time.
+            // Ends without records show once a partition has nothing more to give:
+            // looking while records keep coming in would only cost time.
             if idle || now >= next_position_check {
                 next_position_check = now + POSITION_CHECK_INTERVAL;
-                for range in self.output.progress.ranges.iter().filter(|r| !r.done()) {
-                    if let Ok(list) = self.consumer.position() {
-                        if let Some(Offset::Offset(at)) = list
-                            .find_partition(&range.tp.topic, range.tp.partition)
-                            .map(|e| e.offset())
-                        {
-                            if at >= range.end {
-                                range.position.store(range.end, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
+                self.finish_ranges_past_their_end();
             }
             for batch in self.batcher.take_expired(now) {
                 self.send(batch)?;
@@ -404,6 +392,35 @@ impl BoundedSource {
         }
         self.output.finish();
         Ok(())
+    }
+
+    /// Marks done the ranges the consumer's position has passed although no record at or
+    /// after their end came (offsets without records at the end: transaction markers,
+    /// records compacted away).
+    fn finish_ranges_past_their_end(&self) {
+        let mut open = self
+            .output
+            .progress
+            .ranges
+            .iter()
+            .filter(|r| !r.done())
+            .peekable();
+        if open.peek().is_none() {
+            return;
+        }
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for range in open {
+            if let Some(Offset::Offset(at)) = positions
+                .find_partition(&range.tp.topic, range.tp.partition)
+                .map(|e| e.offset())
+            {
+                if at >= range.end {
+                    range.position.store(range.end, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     fn pause(&self, tp: &TopicPartition) {

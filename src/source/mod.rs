@@ -8,6 +8,7 @@ pub mod bounded;
 pub mod files;
 pub mod gaps;
 pub mod kafka;
+mod native;
 
 use crate::batch::Flush;
 use crate::batch::RawBatch;

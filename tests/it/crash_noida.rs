@@ -421,21 +421,18 @@ fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
     assert_eq!(count("raw_consume_runs"), 3, "{result}");
     assert_eq!(count("pipeline_runs"), 2, "{result}");
     let cpu = &result["cpu_s"];
-    for (side, runs) in [
-        ("raw", 3),
-        ("pipeline", 2),
-        ("sluice_raw", 3),
-        ("sluice_pipeline", 2),
-    ] {
-        let seconds = cpu[side]
-            .as_array()
-            .unwrap_or_else(|| panic!("{side}: {result}"));
-        assert_eq!(seconds.len(), runs, "{side}: {result}");
-        assert!(seconds.iter().all(|s| s.as_f64().is_some_and(|s| s >= 0.0)));
+    for process in ["broker", "sluice"] {
+        for (side, runs) in [("raw", 3), ("pipeline", 2)] {
+            let seconds = cpu[process][side]
+                .as_array()
+                .unwrap_or_else(|| panic!("{process}.{side}: {result}"));
+            assert_eq!(seconds.len(), runs, "{process}.{side}: {result}");
+            assert!(seconds.iter().all(|s| s.as_f64().is_some_and(|s| s >= 0.0)));
+        }
     }
     // The pipeline decodes and writes Parquet: it uses CPU in this process.
     assert!(
-        cpu["sluice_pipeline"][0].as_f64().unwrap() > 0.0,
+        cpu["sluice"]["pipeline"][0].as_f64().unwrap() > 0.0,
         "{result}"
     );
     let rows: usize = read_dataset(&out.path().join("bench/feedback"))
