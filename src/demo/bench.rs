@@ -455,6 +455,10 @@ fn raw_consume(
         .set("group.id", format!("sluice-bench-raw-{run}"))
         .set("auto.offset.reset", "earliest")
         .set(RECEIVE_MAX.0, RECEIVE_MAX.1)
+        // Tansu completes a group join after half the session timeout (22 s at the
+        // default 45 s): a shorter one (as `pipelines/bench.yaml` sets) spares the wait,
+        // which is outside the timed span anyway.
+        .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&[topic])?;
     let (mut seen, mut bytes, mut first) = (0u64, 0usize, None);
@@ -471,15 +475,33 @@ fn raw_consume(
     Ok(first.map(|t| t.elapsed()).unwrap_or_default())
 }
 
+/// The checkout's commit, `-dirty` when a tracked file other than the benches' own
+/// outputs has changed; None outside a git checkout.
 pub(crate) fn git_rev() -> Option<String> {
-    let output = std::process::Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=7"])
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git").args(args).output().ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=7", "HEAD"])?;
+    // What the benches write themselves (results, pictures) does not make a build dirty:
+    // otherwise every run after the first on a commit would say so.
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ":/",
+        ":(top,exclude)benches/results",
+        ":(top,exclude,glob)benches/*.png",
+    ])?;
+    Some(if changed.is_empty() {
+        commit
+    } else {
+        format!("{commit}-dirty")
+    })
 }
 
 /// Appends `result` as one JSON line to `file`.
