@@ -27,7 +27,9 @@ pub struct Args {
     /// `mock`: librdkafka's in-process cluster (quick; 5 MB per partition); `noida` or
     /// `tansu`: a noida-db or Tansu broker process started for the run, loaded with every
     /// record first (long runs: millions of records). noida-db rewrites its state file
-    /// after every change (a core for seconds); Tansu (memory storage) uses little CPU.
+    /// after every change (a core for seconds); Tansu (memory storage) uses little CPU on
+    /// a topic loaded in large batches, but more the more batches it holds: for latency
+    /// runs (`--rate`, a batch every few records) use noida.
     #[arg(long, default_value = "mock")]
     broker: bench::BrokerKind,
     /// Throughput mode: how many times each side runs, alternating (a raw read, then the

