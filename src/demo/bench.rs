@@ -258,9 +258,10 @@ pub async fn run(
         // `Broker::wait_quiet`); both sides read as a group member does.
         let raw_read = |run: usize| {
             let (brokers, topic) = (brokers.clone(), topic.clone());
+            let settings = broker.consumer_settings();
             async move {
                 let elapsed = tokio::task::spawn_blocking(move || {
-                    raw_consume(&brokers, &topic, run, produced)
+                    raw_consume(&brokers, settings, &topic, run, produced)
                 })
                 .await
                 .map_err(crate::runtime::RunError::Task)??;
@@ -342,6 +343,7 @@ pub async fn run(
 /// The broker a bench runs against: the in-process mock cluster or a broker process
 /// (stopped when dropped), and its bootstrap address.
 pub(crate) struct BenchBroker {
+    kind: BrokerKind,
     cluster: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
     process: Option<Broker>,
     pub(crate) address: String,
@@ -360,6 +362,7 @@ impl BenchBroker {
             _ => unreachable!("one broker is started"),
         };
         Ok(BenchBroker {
+            kind,
             cluster,
             process,
             address,
@@ -370,15 +373,30 @@ impl BenchBroker {
         self.process.is_some()
     }
 
-    /// noida-db answers a fetch with everything it has, past `fetch.max.bytes`: the
-    /// pipeline's consumer must take responses that large.
+    /// What every consumer of this broker needs (the pipeline's, the raw reader's, the
+    /// latency bench's reader):
+    /// - a broker process answers a fetch with everything it has, past
+    ///   `fetch.max.bytes`: consumers must take responses that large;
+    /// - Tansu completes a group join after half the session timeout (22 s at the default
+    ///   45 s); a shorter one spares the wait, which is outside the timed span anyway.
+    pub(crate) fn consumer_settings(&self) -> &'static [(&'static str, &'static str)] {
+        const RECEIVE_MAX: (&str, &str) = ("receive.message.max.bytes", "2147483647");
+        match self.kind {
+            BrokerKind::Mock => &[],
+            BrokerKind::Noida => &[RECEIVE_MAX],
+            BrokerKind::Tansu => &[RECEIVE_MAX, ("session.timeout.ms", "6000")],
+        }
+    }
+
+    /// Gives the pipeline's consumer [`Self::consumer_settings`] the pipeline does not set
+    /// itself.
     pub(crate) fn prepare(&self, pipeline: &mut crate::pipeline::Pipeline) {
-        if self.is_process() {
-            let crate::config::SourceConfig::Kafka(source) = &mut pipeline.config.source;
-            source.properties.insert(
-                RECEIVE_MAX.0.into(),
-                crate::config::PropertyValue::Text(RECEIVE_MAX.1.into()),
-            );
+        let crate::config::SourceConfig::Kafka(source) = &mut pipeline.config.source;
+        for (key, value) in self.consumer_settings() {
+            source
+                .properties
+                .entry((*key).to_owned())
+                .or_insert_with(|| crate::config::PropertyValue::Text((*value).to_owned()));
         }
     }
 
@@ -409,9 +427,6 @@ impl BenchBroker {
 /// Payload bytes per partition the bench loads into the mock cluster at once; it keeps
 /// 5 MB per partition and drops older log segments beyond that.
 const PARTITION_BUDGET: u64 = 4 << 20;
-
-/// For a noida-db broker: its fetch responses are not capped by `fetch.max.bytes`.
-pub(crate) const RECEIVE_MAX: (&str, &str) = ("receive.message.max.bytes", "2147483647");
 
 /// Records handed to the producer at once while loading the topic.
 const PRODUCE_CHUNK: usize = 100_000;
@@ -446,20 +461,20 @@ fn export(file: &Path, records: &[feedback::SampleRecord]) -> std::io::Result<()
 /// (`run` numbers it); time from the first message to the last.
 fn raw_consume(
     brokers: &str,
+    settings: &[(&str, &str)],
     topic: &str,
     run: usize,
     expected: u64,
 ) -> Result<Duration, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("sluice-bench-raw-{run}"))
-        .set("auto.offset.reset", "earliest")
-        .set(RECEIVE_MAX.0, RECEIVE_MAX.1)
-        // Tansu completes a group join after half the session timeout (22 s at the
-        // default 45 s): a shorter one (as `pipelines/bench.yaml` sets) spares the wait,
-        // which is outside the timed span anyway.
-        .set("session.timeout.ms", "6000")
-        .create()?;
+        .set("auto.offset.reset", "earliest");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(&[topic])?;
     let (mut seen, mut bytes, mut first) = (0u64, 0usize, None);
     let deadline = Instant::now() + Duration::from_secs(1800);

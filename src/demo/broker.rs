@@ -84,35 +84,34 @@ impl Program {
 
     /// The command line serving Kafka on `port` (noida-db with its data in `data`).
     fn command(self, binary: &Path, port: u16, data: &Path) -> Command {
-        let mut command = Command::new(binary);
         match self {
             Program::NoidaDb => {
+                let mut command = Command::new(binary);
                 command
-                    .args([
-                        "start",
-                        "--only",
-                        "kafka",
-                        "--kafka-port",
-                        &port.to_string(),
-                    ])
+                    .args(["start", "--only", "kafka", "--kafka-port"])
+                    .arg(port.to_string())
                     .arg("--data-dir")
                     .arg(data);
+                command
             }
-            Program::Tansu => {
-                let url = format!("tcp://127.0.0.1:{port}");
-                command.args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ]);
-            }
+            Program::Tansu => tansu_command(binary, port, port),
         }
-        command
     }
+}
+
+/// Tansu with memory storage listening on `listen` and telling clients to connect to
+/// `advertise` (a TLS proxy's port in front of it, or `listen` itself).
+pub fn tansu_command(binary: &Path, listen: u16, advertise: u16) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://127.0.0.1:{listen}")])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertise}"),
+        ])
+        .args(["--storage-engine", "memory://tansu/"]);
+    command
 }
 
 /// A running broker process.

@@ -23,7 +23,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::bench::{git_rev, BenchBroker, BrokerKind, RECEIVE_MAX};
+use super::bench::{git_rev, BenchBroker, BrokerKind};
 use super::feeds::feedback::FeedbackGenerator;
 use super::DemoError;
 use crate::chart::{self, Line};
@@ -170,9 +170,11 @@ pub async fn run(options: &LatencyOptions) -> Result<LatencyResult, DemoError> {
             ledger.clone(),
             done.clone(),
         );
-        let partitions = options.partitions;
+        let (partitions, settings) = (options.partitions, broker.consumer_settings());
         std::thread::spawn(move || {
-            read_outputs(&brokers, &output, partitions, start, &ledger, &done)
+            read_outputs(
+                &brokers, settings, &output, partitions, start, &ledger, &done,
+            )
         })
     };
     let rss = {
@@ -320,19 +322,23 @@ fn offer(
 /// Reads the output topic from its start; each message's key finds its send time.
 fn read_outputs(
     brokers: &str,
+    settings: &[(&str, &str)],
     topic: &str,
     partitions: i32,
     start: Instant,
     ledger: &Mutex<Ledger>,
     done: &AtomicBool,
 ) -> Result<(), DemoError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", "sluice-bench-latency")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set(RECEIVE_MAX.0, RECEIVE_MAX.1)
-        .create()?;
+        .set("fetch.wait.max.ms", "10");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 use super::noida::terminate;
-use sluice::demo::broker::Program;
+use sluice::demo::broker::{tansu_command, Program};
 
 /// A Tansu broker (plus a TLS proxy); everything stops when dropped.
 pub struct Tansu {
@@ -89,17 +89,8 @@ impl Drop for Tansu {
 }
 
 fn start_broker(listen: u16, advertise: u16, authentication: bool) -> Child {
-    let mut command = Command::new(tansu_binary());
-    command
-        .arg("broker")
-        .args(["--listener-url", &format!("tcp://127.0.0.1:{listen}")])
-        .args([
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{advertise}"),
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut command = tansu_command(&tansu_binary(), listen, advertise);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
     if authentication {
         command.arg("--authentication");
     }
