@@ -8,11 +8,13 @@
 //! ```
 //!
 //! The process task decodes up to [`DECODE_CONCURRENCY`] batches at once (each on a
-//! worker thread), runs the stateful stages (`window`) one batch at a time in source
-//! order, then keeps up to [`STAGE_CONCURRENCY`] batches in flight through the other
-//! stages at once (each on a worker thread) and hands them on in source order; having
-//! several in flight is what lets an `infer` stage merge small batches into one model run. A revoke reaches the
-//! stateful stages in order too, after the revoked partitions' last batch.
+//! worker thread); runs the stateful stages (`window`) on up to [`ORDERED_CONCURRENCY`]
+//! batches of different partitions at once, a partition's batches one at a time in source
+//! order (`order`); then keeps up to [`STAGE_CONCURRENCY`] batches in flight through the
+//! other stages at once (each on a worker thread) and hands them on in source order;
+//! having several in flight is what lets an `infer` stage merge small batches into one
+//! model run. A revoke or the end of a run reaches the stateful stages after every batch
+//! before it and before every batch after it.
 //!
 //! Only the source watches the shutdown token; the rest ends as channels close. If a
 //! component fails, the tracker is marked failed and the attempt's token cancelled: the
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::order::PartitionOrder;
 use super::{check_brokers, retrain_task, RunError, SourceMode};
 use crate::ack::AckTracker;
 use crate::config::SourceConfig;
@@ -43,7 +46,11 @@ use crate::telemetry::{Stats, StatsSnapshot};
 /// slow the consumer down quickly.
 const CHANNEL_CAPACITY: usize = 4;
 
-/// Batches in flight through the stages at once (results stay in source order).
+/// Batches in flight through the stateful stages at once, of different partitions
+/// (results stay in source order).
+const ORDERED_CONCURRENCY: usize = 16;
+
+/// Batches in flight through the other stages at once (results stay in source order).
 const STAGE_CONCURRENCY: usize = 4;
 
 /// Batches decoded at once (results stay in source order).
@@ -232,9 +239,10 @@ async fn on_a_worker<T: Send + 'static>(
 /// Decodes each raw batch, runs it through the stages and hands it to every sink;
 /// forwards flushes in order.
 ///
-/// Three steps, each keeping source order: decoding ([`DECODE_CONCURRENCY`] batches at
-/// once, each on a worker thread: it is independent per batch), the stateful stages (one
-/// batch at a time), the other stages ([`STAGE_CONCURRENCY`] at once, each on a worker).
+/// Three steps, each handing on in source order: decoding ([`DECODE_CONCURRENCY`] batches
+/// at once, each on a worker thread: it is independent per batch), the stateful stages
+/// (a partition's batches one at a time, partitions at once: [`PartitionOrder`]), the
+/// other stages ([`STAGE_CONCURRENCY`] at once, each on a worker).
 /// Batches move between the steps; their columns are never copied.
 async fn process_task(
     decoder: RecordDecoder,
@@ -263,12 +271,20 @@ async fn process_task(
             })
         })
         .buffered(DECODE_CONCURRENCY);
-    let ordered = {
-        let chain = chain.clone();
-        decoded.then(move |message| {
-            let (chain, tracker) = (chain.clone(), tracker.clone());
-            async move {
-                Ok::<_, RunError>(match message? {
+    let mut order = PartitionOrder::default();
+    let stateful = chain.clone();
+    let ordered = decoded
+        .map(move |message| {
+            let (wait, turn) = match &message {
+                Ok(Ordered::Batch(batch)) => order.batch(&batch.provenance.tp),
+                Ok(Ordered::Flush(flush)) if flush.ends_state() => order.barrier(),
+                _ => order.free(),
+            };
+            let (chain, tracker) = (stateful.clone(), tracker.clone());
+            on_a_worker(async move {
+                wait.await;
+                let _turn = turn;
+                Ok(match message? {
                     Ordered::Batch(batch) => {
                         let batch = chain.process_ordered(batch).await?;
                         if let Some(offset) = batch.retain_from {
@@ -284,9 +300,9 @@ async fn process_task(
                         Ordered::Flush(flush)
                     }
                 })
-            }
+            })
         })
-    };
+        .buffered(ORDERED_CONCURRENCY);
     let processed = ordered
         .map(|message| {
             let (chain, stats) = (chain.clone(), stats.clone());

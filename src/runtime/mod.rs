@@ -33,6 +33,7 @@ use crate::telemetry::http::MetricsServer;
 use crate::telemetry::{Stats, StatsSnapshot};
 
 mod attempt;
+mod order;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -2,12 +2,11 @@
 //! cut when it reaches `batch.max_rows` or its first record has waited `batch.max_wait`.
 //! Shared by the group source and the bounded (backfill) source.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::batch::{BatchId, RawBatch, TopicPartition};
+use crate::batch::{BatchId, RawBatch, RecordMap, TopicPartition};
 use crate::config::BatchConfig;
 
 /// The longest a poll blocks when no buffer is due.
@@ -27,7 +26,7 @@ pub(super) fn header_names(config: &crate::config::KafkaSourceConfig) -> Vec<Str
 pub(super) struct Batcher {
     config: BatchConfig,
     headers: Vec<String>,
-    pending: HashMap<TopicPartition, Pending>,
+    pending: RecordMap<TopicPartition, Pending>,
     /// When the oldest open buffer is due (None: none is open), so that the per-message
     /// checks need not look at every buffer.
     next_due: Option<Instant>,
@@ -69,7 +68,7 @@ impl Batcher {
     pub(super) fn new(config: BatchConfig, headers: Vec<String>) -> Self {
         Batcher {
             config,
-            pending: HashMap::new(),
+            pending: RecordMap::default(),
             next_due: None,
             bytes_hint: 0,
             next_id: 0,

@@ -10,9 +10,7 @@
 //! skipped. Jumps the log start does not explain (compaction, transaction markers) are
 //! not gaps.
 
-use std::collections::HashMap;
-
-use crate::batch::TopicPartition;
+use crate::batch::{RecordMap, TopicPartition};
 
 /// Records of one partition that were deleted before they were read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +31,7 @@ impl Gap {
 /// Each assigned partition's next expected offset.
 #[derive(Debug, Default)]
 pub struct Gaps {
-    expected: HashMap<TopicPartition, i64>,
+    expected: RecordMap<TopicPartition, i64>,
 }
 
 impl Gaps {

@@ -9,8 +9,8 @@
 //!
 //! Stateful stages (`window`) must see a partition's batches in offset order, so the chain
 //! is run in two parts: [`Chain::process_ordered`] (every stage up to the last stateful
-//! one, one batch at a time, in source order) and [`Chain::process_rest`] (the others,
-//! several batches at once). A stateful stage also says how far back a restart must
+//! one: a partition's batches one at a time, in source order; different partitions at
+//! once) and [`Chain::process_rest`] (the others, several batches at once). A stateful stage also says how far back a restart must
 //! re-read to rebuild its state; the batch carries that as `retain_from`, and offsets are
 //! never committed past it.
 //!
@@ -242,8 +242,9 @@ impl Chain {
         self.process_rest(batch).await
     }
 
-    /// The stages up to the last stateful one. Call it for one batch at a time, in the
-    /// order the source sent them.
+    /// The stages up to the last stateful one. Call it for one batch of a partition at a
+    /// time, in the order the source sent them; batches of different partitions may run
+    /// at once. A revoke must not overlap a batch of the partitions it names.
     pub async fn process_ordered(&self, batch: Batch) -> Result<Batch, StageError> {
         let mut batch = self.run_stages(batch, 0..self.ordered).await?;
         batch.retain_from = self

@@ -39,7 +39,7 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use self::features::Spectra;
 use self::schema::timestamp_type;
 use super::{Rejection, StageError, StageOutput};
-use crate::batch::{DeadLetterKind, TopicPartition};
+use crate::batch::{DeadLetterKind, RecordMap, TopicPartition};
 use crate::config::{WindowConfig, WindowField};
 use crate::schema::{OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_COLUMN};
 
@@ -54,10 +54,30 @@ pub(crate) const RECORDS_COLUMN: &str = "records";
 struct Entry {
     time: i64,
     offset: i64,
-    /// Per configured field: the record's values (one for a number, a chunk for a list)
-    /// and the chunk's sample rate.
-    values: Vec<(Vec<f64>, Option<f64>)>,
+    /// Per configured field, the record's value.
+    values: Vec<Value>,
     carry: Vec<Option<String>>,
+}
+
+/// One field of one record.
+#[derive(Debug)]
+enum Value {
+    /// Null in this record.
+    Missing,
+    Number(f64),
+    /// Samples (a list column) and the rate they were taken at, per second.
+    Chunk(Vec<f64>, f64),
+}
+
+impl Value {
+    /// The samples and their rate (`None` for a number).
+    fn samples(&self) -> (&[f64], Option<f64>) {
+        match self {
+            Value::Missing => (&[], None),
+            Value::Number(x) => (std::slice::from_ref(x), None),
+            Value::Chunk(samples, rate) => (samples, Some(*rate)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -82,7 +102,21 @@ struct Closed {
 
 #[derive(Debug, Default)]
 struct PartitionState {
-    keys: HashMap<Vec<String>, KeyState>,
+    /// By [`key_id`], so a record finds its key without allocating.
+    keys: RecordMap<String, KeyState>,
+    /// Scratch for the key id of the record being added.
+    id: String,
+}
+
+/// One string per key (each part as `length:part`, so no two keys share one), written
+/// into `id`.
+fn key_id<'a>(id: &mut String, parts: impl Iterator<Item = &'a str>) {
+    use std::fmt::Write;
+    id.clear();
+    for part in parts {
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{}:{part}", part.len());
+    }
 }
 
 pub struct WindowStage {
@@ -93,7 +127,9 @@ pub struct WindowStage {
     lateness: i64,
     spectra: Spectra,
     output_schema: SchemaRef,
-    state: Mutex<HashMap<TopicPartition, PartitionState>>,
+    /// One lock per partition, so batches of different partitions are windowed at once
+    /// (the runtime sends a partition's batches one at a time, in offset order).
+    state: Mutex<HashMap<TopicPartition, Arc<Mutex<PartitionState>>>>,
 }
 
 /// The columns a batch is read from, typed once per batch.
@@ -135,16 +171,21 @@ impl WindowStage {
         &self.name
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<TopicPartition, PartitionState>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TopicPartition, Arc<Mutex<PartitionState>>>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of `tp`, made empty if there is none yet.
+    fn partition(&self, tp: &TopicPartition) -> Arc<Mutex<PartitionState>> {
+        self.lock().entry(tp.clone()).or_default().clone()
     }
 
     /// The earliest offset of `tp` that a restart must re-read to rebuild the open
     /// windows; `None` when no window of `tp` is open.
     pub fn retain_from(&self, tp: &TopicPartition) -> Option<i64> {
-        let state = self.lock();
+        let partition = self.lock().get(tp)?.clone();
+        let state = partition.lock().unwrap_or_else(|p| p.into_inner());
         state
-            .get(tp)?
             .keys
             .values()
             .flat_map(|k| k.entries.iter().map(|e| e.offset))
@@ -244,13 +285,13 @@ impl WindowStage {
         let columns = self.columns(&rows)?;
         let mut rejected = Vec::new();
         let mut closed = Vec::new();
-        let mut state = self.lock();
-        let partition_state = state.entry(tp.clone()).or_default();
+        let partition = self.partition(&tp);
+        let mut state = partition.lock().unwrap_or_else(|p| p.into_inner());
         for row in 0..rows.num_rows() {
             if columns.only_with.iter().any(|c| c.is_null(row)) {
                 continue;
             }
-            if let Some((kind, reason)) = self.add(partition_state, &columns, row, &mut closed) {
+            if let Some((kind, reason)) = self.add(&mut state, &columns, row, &mut closed) {
                 rejected.push(Rejection::new(row, kind, reason));
             }
         }
@@ -273,7 +314,6 @@ impl WindowStage {
         row: usize,
         closed: &mut Vec<Closed>,
     ) -> Option<(DeadLetterKind, String)> {
-        let mut key = Vec::with_capacity(columns.keys.len());
         for (name, keys) in self.config.key.iter().zip(&columns.keys) {
             if keys.is_null(row) {
                 return Some((
@@ -281,7 +321,6 @@ impl WindowStage {
                     format!("key column `{name}` is null"),
                 ));
             }
-            key.push(keys.value(row).to_owned());
         }
         if columns.time.is_null(row) {
             return Some((
@@ -293,9 +332,9 @@ impl WindowStage {
         let mut values = Vec::with_capacity(columns.fields.len());
         for (field, column) in self.config.fields.iter().zip(&columns.fields) {
             values.push(match column {
-                FieldColumn::Numbers(numbers) if numbers.is_null(row) => (Vec::new(), None),
-                FieldColumn::Numbers(numbers) => (vec![numbers.value(row)], None),
-                FieldColumn::Chunks { list, .. } if list.is_null(row) => (Vec::new(), None),
+                FieldColumn::Numbers(numbers) if numbers.is_null(row) => Value::Missing,
+                FieldColumn::Numbers(numbers) => Value::Number(numbers.value(row)),
+                FieldColumn::Chunks { list, .. } if list.is_null(row) => Value::Missing,
                 FieldColumn::Chunks {
                     list,
                     values,
@@ -323,28 +362,41 @@ impl WindowStage {
                             format!("`{}` has null samples", field.input),
                         ));
                     }
-                    (chunk.values().to_vec(), Some(rates.value(row)))
+                    Value::Chunk(chunk.values().to_vec(), rates.value(row))
                 }
             });
         }
         let offset = columns.offsets.value(row);
-        let state = partition
-            .keys
-            .entry(key.clone())
-            .or_insert_with(|| KeyState {
-                key,
-                watermark: i64::MIN,
-                entries: Vec::new(),
-                open: BTreeSet::new(),
-            });
-        let starts = self.starts_containing(time);
-        let open_now: Vec<i64> = starts
-            .into_iter()
-            .filter(|&s| {
-                s.saturating_add(self.size.saturating_add(self.lateness)) > state.watermark
-            })
-            .collect();
-        if open_now.is_empty() {
+        key_id(
+            &mut partition.id,
+            columns.keys.iter().map(|keys| keys.value(row)),
+        );
+        if !partition.keys.contains_key(partition.id.as_str()) {
+            let key = columns
+                .keys
+                .iter()
+                .map(|k| k.value(row).to_owned())
+                .collect();
+            partition.keys.insert(
+                partition.id.clone(),
+                KeyState {
+                    key,
+                    watermark: i64::MIN,
+                    entries: Vec::new(),
+                    open: BTreeSet::new(),
+                },
+            );
+        }
+        let state = partition.keys.get_mut(partition.id.as_str())?;
+        let closes = self.size.saturating_add(self.lateness);
+        let mut still_open = false;
+        for start in self.starts_containing(time) {
+            if start.saturating_add(closes) > state.watermark {
+                still_open = true;
+                state.open.insert(start);
+            }
+        }
+        if !still_open {
             return Some((
                 DeadLetterKind::LateEvent,
                 format!(
@@ -354,7 +406,6 @@ impl WindowStage {
                 ),
             ));
         }
-        state.open.extend(open_now);
         state.entries.push(Entry {
             time,
             offset,
@@ -366,40 +417,35 @@ impl WindowStage {
                 .collect(),
         });
         state.watermark = state.watermark.max(time);
-        let due: Vec<i64> = state
+        let mut any_closed = false;
+        while let Some(start) = state
             .open
-            .iter()
+            .first()
             .copied()
-            .take_while(|&s| {
-                s.saturating_add(self.size.saturating_add(self.lateness)) <= state.watermark
-            })
-            .collect();
-        for start in due {
+            .filter(|s| s.saturating_add(closes) <= state.watermark)
+        {
             state.open.remove(&start);
             closed.push(self.summarize(state, start, offset));
+            any_closed = true;
         }
-        // Keep only the records an open window still needs.
-        match state.open.first().copied() {
-            Some(earliest) => state.entries.retain(|e| e.time >= earliest),
-            None => state.entries.clear(),
+        // Keep only the records an open window still needs (only a window that closed
+        // can leave records behind: adding one opens windows, it never closes the
+        // earliest).
+        if any_closed {
+            match state.open.first().copied() {
+                Some(earliest) => state.entries.retain(|e| e.time >= earliest),
+                None => state.entries.clear(),
+            }
         }
         None
     }
 
     /// Starts of every window containing `time`, latest first (`size / slide` of them; the
     /// plan bounds that ratio).
-    fn starts_containing(&self, time: i64) -> Vec<i64> {
+    fn starts_containing(&self, time: i64) -> impl Iterator<Item = i64> + '_ {
         let last = time.div_euclid(self.slide) * self.slide;
-        let mut starts = Vec::new();
-        let mut start = last;
-        while start.saturating_add(self.size) > time {
-            starts.push(start);
-            match start.checked_sub(self.slide) {
-                Some(earlier) => start = earlier,
-                None => break,
-            }
-        }
-        starts
+        std::iter::successors(Some(last), |start| start.checked_sub(self.slide))
+            .take_while(move |start| start.saturating_add(self.size) > time)
     }
 
     fn summarize(&self, state: &KeyState, start: i64, trigger_offset: i64) -> Closed {
@@ -418,11 +464,11 @@ impl WindowStage {
             times.clear();
             let mut rate = None;
             for entry in &inside {
-                let (chunk, chunk_rate) = &entry.values[i];
+                let (chunk, chunk_rate) = entry.values[i].samples();
                 let t0 = (entry.time - start) as f64 / 1000.0;
                 match chunk_rate {
                     Some(r) => {
-                        rate = rate.or(Some(*r));
+                        rate = rate.or(Some(r));
                         times.extend((0..chunk.len()).map(|j| t0 + j as f64 / r));
                     }
                     None => times.extend(std::iter::repeat_n(t0, chunk.len())),
@@ -516,8 +562,9 @@ fn format_ms(ms: i64) -> String {
     if ms == i64::MIN {
         return "none".into();
     }
+    // `to_rfc3339_opts` rather than `format`: no format string parsed per window.
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| ms.to_string())
 }
 
