@@ -387,6 +387,7 @@ impl WindowStage {
                 },
             );
         }
+        // There now, whether it was before or not.
         let state = partition.keys.get_mut(partition.id.as_str())?;
         let closes = self.size.saturating_add(self.lateness);
         let mut still_open = false;
