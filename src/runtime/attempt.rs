@@ -272,13 +272,14 @@ async fn process_task(
         })
         .buffered(DECODE_CONCURRENCY);
     let mut order = PartitionOrder::default();
+    let has_state = chain.has_stateful_stages();
     let stateful = chain.clone();
     let ordered = decoded
         .map(move |message| {
             let (wait, turn) = match &message {
-                Ok(Ordered::Batch(batch)) => order.batch(&batch.provenance.tp),
-                Ok(Ordered::Flush(flush)) if flush.ends_state() => order.barrier(),
-                _ => order.free(),
+                Ok(Ordered::Batch(batch)) if has_state => order.batch(&batch.provenance.tp),
+                Ok(Ordered::Flush(flush)) if has_state && flush.ends_state() => order.barrier(),
+                _ => PartitionOrder::free(),
             };
             let (chain, tracker) = (stateful.clone(), tracker.clone());
             on_a_worker(async move {

@@ -22,12 +22,14 @@ pub(super) type Wait = JoinAll<Done>;
 
 /// Held while a message runs; dropping it releases its successors.
 pub(super) struct Turn {
-    _done: oneshot::Sender<()>,
+    /// `None` for a message nothing waits for.
+    _done: Option<oneshot::Sender<()>>,
 }
 
 fn turn() -> (Turn, Done) {
     let (done, released) = oneshot::channel::<()>();
-    (Turn { _done: done }, released.map(|_| ()).boxed().shared())
+    let turn = Turn { _done: Some(done) };
+    (turn, released.map(|_| ()).boxed().shared())
 }
 
 /// Who waits for whom; see the module doc.
@@ -64,10 +66,10 @@ impl PartitionOrder {
         (join_all(before), turn)
     }
 
-    /// A message that touches no state (a checkpoint, an error): it waits for nothing and
-    /// nothing waits for it.
-    pub(super) fn free(&mut self) -> (Wait, Turn) {
-        (join_all(Vec::new()), turn().0)
+    /// A message that touches no state (a checkpoint, an error, any batch of a chain
+    /// without stateful stages): it waits for nothing and nothing waits for it.
+    pub(super) fn free() -> (Wait, Turn) {
+        (join_all(Vec::new()), Turn { _done: None })
     }
 }
 
@@ -139,7 +141,7 @@ mod tests {
     fn free_messages_wait_for_nothing_and_hold_nothing() {
         let mut order = PartitionOrder::default();
         let (_, running) = order.batch(&tp(0));
-        let (mut free, _free_turn) = order.free();
+        let (mut free, _free_turn) = PartitionOrder::free();
         assert!(ready(&mut free));
         let (mut barrier, _) = order.barrier();
         assert!(!ready(&mut barrier));

@@ -10,9 +10,9 @@
 //! Stateful stages (`window`) must see a partition's batches in offset order, so the chain
 //! is run in two parts: [`Chain::process_ordered`] (every stage up to the last stateful
 //! one: a partition's batches one at a time, in source order; different partitions at
-//! once) and [`Chain::process_rest`] (the others, several batches at once). A stateful stage also says how far back a restart must
-//! re-read to rebuild its state; the batch carries that as `retain_from`, and offsets are
-//! never committed past it.
+//! once) and [`Chain::process_rest`] (the others, several batches at once). A stateful
+//! stage also says how far back a restart must re-read to rebuild its state; the batch
+//! carries that as `retain_from`, and offsets are never committed past it.
 //!
 //! Every stage's output schema is computed from its input schema and its config by
 //! [`plan`], at load time (`sluice validate` included), so a pipeline whose stages do not
@@ -222,6 +222,11 @@ impl Chain {
 
     pub fn is_empty(&self) -> bool {
         self.stages.is_empty()
+    }
+
+    /// Whether any stage keeps state across batches ([`Chain::process_ordered`] has work).
+    pub fn has_stateful_stages(&self) -> bool {
+        self.ordered > 0
     }
 
     /// `STAGE=DEVICE` for each infer stage (`stages[1].infer=cuda:0`).

@@ -371,24 +371,19 @@ impl WindowStage {
             &mut partition.id,
             columns.keys.iter().map(|keys| keys.value(row)),
         );
-        if !partition.keys.contains_key(partition.id.as_str()) {
-            let key = columns
-                .keys
-                .iter()
-                .map(|k| k.value(row).to_owned())
-                .collect();
-            partition.keys.insert(
-                partition.id.clone(),
-                KeyState {
-                    key,
-                    watermark: i64::MIN,
-                    entries: Vec::new(),
-                    open: BTreeSet::new(),
-                },
-            );
-        }
-        // There now, whether it was before or not.
-        let state = partition.keys.get_mut(partition.id.as_str())?;
+        let state = partition
+            .keys
+            .entry_ref(partition.id.as_str())
+            .or_insert_with(|| KeyState {
+                key: columns
+                    .keys
+                    .iter()
+                    .map(|k| k.value(row).to_owned())
+                    .collect(),
+                watermark: i64::MIN,
+                entries: Vec::new(),
+                open: BTreeSet::new(),
+            });
         let closes = self.size.saturating_add(self.lateness);
         let mut still_open = false;
         for start in self.starts_containing(time) {
