@@ -177,3 +177,36 @@ fn bad_records_anywhere_in_a_large_batch_are_isolated_and_the_rest_keep_their_or
         .collect();
     assert_eq!(offsets.values().to_vec(), good_offsets);
 }
+
+#[test]
+fn a_kept_decoder_decodes_the_next_batches_as_a_new_one_would() {
+    let json = decoder(UnknownFields::Ignore);
+    let clean = raw(&[
+        Some(br#"{"id":"a","rating":1}"#),
+        Some(br#"{"id":"b","rating":2}"#),
+        Some(br#"{"id":"c","rating":3}"#),
+    ]);
+    assert_eq!(ids(&json.decode(&clean).unwrap()), ["a", "b", "c"]);
+    // The clean batch's decoder was kept; a clone shares it.
+    let kept = |json: &JsonDecoder| json.kept.0.lock().unwrap().len();
+    assert_eq!(kept(&json), 1);
+    let shared = json.clone();
+    // Its next batch breaks the JSON stream: the decoder that read it is not kept (it
+    // may hold half a row), and the one taken out for it is gone from the shelf.
+    let broken = raw(&[
+        Some(br#"{"id":"d","rating":4}"#),
+        Some(br#"{"id":"e","#),
+        Some(br#"{"id":"f","rating":6}"#),
+    ]);
+    let batch = shared.decode(&broken).unwrap();
+    assert_eq!(ids(&batch), ["d", "f"]);
+    assert_eq!(batch.dead_letters.len(), 1);
+    assert_eq!(kept(&json), 0);
+    // Larger batches than a kept decoder takes get a new one; every row comes out.
+    assert_eq!(ids(&json.decode(&clean).unwrap()), ["a", "b", "c"]);
+    let v: &[u8] = br#"{"id":"v"}"#;
+    let five = raw(&[Some(v); 5]);
+    assert_eq!(json.decode(&five).unwrap().rows.num_rows(), 5);
+    assert_eq!(kept(&json), 2);
+    assert_eq!(ids(&json.decode(&clean).unwrap()), ["a", "b", "c"]);
+}

@@ -24,6 +24,13 @@ pub(crate) trait Rolling {
     /// Commits the partition's open group: `early` when a limit cut it (more of its
     /// segment follows), not on a flush.
     fn roll_group(&mut self, tp: &TopicPartition, early: bool) -> Result<(), SinkError>;
+    /// [`Self::roll_group`] for each of `tps`, in order; a sink may do their work at once.
+    fn roll_groups(&mut self, tps: &[TopicPartition], early: bool) -> Result<(), SinkError> {
+        for tp in tps {
+            self.roll_group(tp, early)?;
+        }
+        Ok(())
+    }
     /// Where flushes are reported handled.
     fn acks(&self) -> &AckTracker;
 
@@ -31,10 +38,12 @@ pub(crate) trait Rolling {
     /// them when they are revoked. A checkpoint commits like a size limit does (the
     /// segment stays open); the others end the segment's merge.
     fn flush(&mut self, flush: &Flush) -> Result<(), SinkError> {
-        for tp in targets(flush, self.partitions()) {
-            self.roll_group(&tp, flush.kind == FlushKind::Checkpoint)?;
-            if flush.kind == FlushKind::Revoke {
-                self.partitions().remove(&tp);
+        let tps = targets(flush, self.partitions());
+        self.roll_groups(&tps, flush.kind == FlushKind::Checkpoint)?;
+        if flush.kind == FlushKind::Revoke {
+            let partitions = self.partitions();
+            for tp in &tps {
+                partitions.remove(tp);
             }
         }
         Ok(())

@@ -219,13 +219,10 @@ pub fn resolve(
 
 /// A consumer for assigned reading: no group, no commits.
 fn plain_consumer(config: &KafkaSourceConfig) -> ClientConfig {
-    let pacing = super::kafka::fetch_pacing_ms(config);
+    let pacing = super::kafka::FetchPacing::of(config);
     let mut client = client_config(
         &config.brokers,
-        &[
-            ("fetch.wait.max.ms", pacing.as_str()),
-            ("fetch.queue.backoff.ms", pacing.as_str()),
-        ],
+        &pacing.settings(),
         &config.properties,
         &[
             ("enable.auto.commit", "false"),

@@ -25,6 +25,7 @@
 //! statistics (`statistics.interval.ms`, 5 s by default), commit outcomes and latency, and
 //! its first assignment (readiness).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,10 @@ const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// every `auto.commit.interval.ms` (5 s by default) anyway.
 const STORE_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often, at most, the poll loop looks for a shutdown (the token's lock) while
+/// messages keep coming; a poll that waited has taken longer than this.
+const CANCEL_CHECK: Duration = Duration::from_millis(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("creating the Kafka consumer: {0}")]
@@ -88,6 +93,9 @@ struct SourceContext {
     tracker: Arc<AckTracker>,
     /// Partitions revoked during the last poll; the loop drops their unsent buffers.
     revoked: Mutex<Vec<TopicPartition>>,
+    /// Whether `revoked` holds any: the loop looks at this after every message, and
+    /// takes the lock only when it is set.
+    any_revoked: AtomicBool,
     stats: Arc<Stats>,
     /// When offsets were first stored since the last auto-commit (commit latency).
     stored_since: Mutex<Option<Instant>>,
@@ -139,6 +147,7 @@ impl ConsumerContext for SourceContext {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(tps);
+                self.any_revoked.store(true, Ordering::Release);
             }
             Rebalance::Assign(list) => {
                 let tps = partitions_of(list);
@@ -247,6 +256,9 @@ impl SourceContext {
     }
 
     fn take_revoked(&self) -> Vec<TopicPartition> {
+        if !self.any_revoked.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -361,21 +373,45 @@ impl SourceContext {
     }
 }
 
-/// How long (ms) the source's consumers let a fetch wait, and postpone one: as long as a
-/// micro-batch may wait (`batch.max_wait`), at most 500 ms. Sets both
-/// `fetch.wait.max.ms` and `fetch.queue.backoff.ms` (the pipeline's `properties` override
-/// either):
-/// - brokers answer a fetch as soon as data arrives, but some (librdkafka's mock cluster
-///   among them) hold an empty one for the whole wait, which then adds up to librdkafka's
-///   500 ms to every record's latency (`sluice bench --rate`: p50 566 ms -> 132 ms at 60
-///   records/s);
-/// - librdkafka postpones the next fetch of a partition whose local queue is over its
-///   thresholds (`queued.min.messages`, 100,000; `queued.max.messages.kbytes`) by
-///   `fetch.queue.backoff.ms`, 1000 ms by default: longer than sluice takes to work
-///   through that queue, so a pipeline at full speed sat idle for ~0.7 s of every 1.3 s
-///   (`sluice bench --broker tansu`, 2,000,000 records: 357k -> 892k records/s).
-pub(crate) fn fetch_pacing_ms(config: &KafkaSourceConfig) -> String {
-    config.batch.max_wait.as_millis().clamp(1, 500).to_string()
+/// How the source's consumers pace their fetches (the pipeline's `properties` override
+/// either setting):
+/// - `fetch.wait.max.ms`: as long as a micro-batch may wait (`batch.max_wait`), at most
+///   500 ms. Brokers answer a fetch as soon as data arrives, but some (librdkafka's mock
+///   cluster among them) hold an empty one for the whole wait, which then adds up to
+///   librdkafka's 500 ms to every record's latency (`sluice bench --rate`: p50 566 ms ->
+///   132 ms at 60 records/s);
+/// - `fetch.queue.backoff.ms`: 10 ms (or `max_wait` when shorter). librdkafka postpones
+///   the next fetch of a partition whose local queue is over its thresholds
+///   (`queued.min.messages`, 100,000, counted over the whole consumer queue;
+///   `queued.max.messages.kbytes`) by this long. librdkafka's 1000 ms left a pipeline at
+///   full speed idle for ~0.7 s of every 1.3 s (`sluice bench --broker tansu`, 2,000,000
+///   records: 357k -> 892k records/s); `max_wait` (100 ms) still let the queue run dry
+///   before the next fetch at a million records/s (idle slices every ~0.45 s); 10 ms
+///   looks again long before 100,000 records are gone.
+pub(crate) struct FetchPacing {
+    wait_ms: String,
+    backoff_ms: String,
+}
+
+/// The longest `fetch.queue.backoff.ms` the source sets.
+const QUEUE_BACKOFF: Duration = Duration::from_millis(10);
+
+impl FetchPacing {
+    pub(crate) fn of(config: &KafkaSourceConfig) -> Self {
+        let ms = |d: Duration| d.as_millis().clamp(1, 500).to_string();
+        FetchPacing {
+            wait_ms: ms(config.batch.max_wait),
+            backoff_ms: ms(config.batch.max_wait.min(QUEUE_BACKOFF)),
+        }
+    }
+
+    /// The two librdkafka settings, as defaults under the pipeline's `properties`.
+    pub(crate) fn settings(&self) -> [(&'static str, &str); 2] {
+        [
+            ("fetch.wait.max.ms", self.wait_ms.as_str()),
+            ("fetch.queue.backoff.ms", self.backoff_ms.as_str()),
+        ]
+    }
 }
 
 /// The group member's librdkafka configuration: sluice's defaults, the pipeline's
@@ -385,15 +421,16 @@ pub fn consumer_config(config: &KafkaSourceConfig, group_id: &str) -> ClientConf
         StartFrom::Earliest => "earliest",
         StartFrom::Latest => "latest",
     };
-    let pacing = fetch_pacing_ms(config);
+    let pacing = FetchPacing::of(config);
+    let [wait, backoff] = pacing.settings();
     let defaults = [
         ("group.id", group_id),
         ("auto.offset.reset", reset),
         ("enable.auto.commit", "true"),
         ("auto.commit.interval.ms", "1000"),
         ("statistics.interval.ms", "5000"),
-        ("fetch.wait.max.ms", pacing.as_str()),
-        ("fetch.queue.backoff.ms", pacing.as_str()),
+        wait,
+        backoff,
     ];
     let fixed = [("enable.auto.offset.store", "false")];
     client_config(&config.brokers, &defaults, &config.properties, &fixed)
@@ -426,6 +463,7 @@ impl KafkaSource {
             out,
             tracker,
             revoked: Mutex::new(Vec::new()),
+            any_revoked: AtomicBool::new(false),
             stats: stats.clone(),
             stored_since: Mutex::new(None),
             events: ClientEvents::new("source", stats.clone()),
@@ -458,7 +496,15 @@ impl KafkaSource {
         // One clock reading per message: the poll's timeout uses the last one.
         let mut now = Instant::now();
         let mut next_store = now;
-        while !shutdown.is_cancelled() {
+        // Looking at the token takes a lock: while records flow, once per CANCEL_CHECK.
+        let mut next_cancel_check = now;
+        loop {
+            if now >= next_cancel_check {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                next_cancel_check = now + CANCEL_CHECK;
+            }
             let message = self.consumer.poll(self.batcher.poll_timeout(now));
             self.batcher.drop_partitions(context.take_revoked());
             let idle = message.is_none();
@@ -527,25 +573,29 @@ mod tests {
     }
 
     #[test]
-    fn fetches_wait_and_back_off_as_long_as_a_batch_may_wait_unless_properties_say_otherwise() {
-        let get = |config: &ClientConfig, key: &str| config.get(key).map(str::to_owned);
-        let quick = source("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 100ms}\n");
-        let config = consumer_config(&quick, "g");
-        assert_eq!(get(&config, "fetch.wait.max.ms").as_deref(), Some("100"));
-        // librdkafka's own default (1000 ms) idles a pipeline that drains its queue faster.
+    fn fetches_wait_as_long_as_a_batch_may_and_a_full_queue_is_looked_at_again_soon() {
+        // (fetch.wait.max.ms, fetch.queue.backoff.ms) for a source section.
+        let pacing = |yaml: &str| {
+            let config = consumer_config(&source(yaml), "g");
+            let get = |key: &str| config.get(key).map(str::to_owned).unwrap_or_default();
+            (get("fetch.wait.max.ms"), get("fetch.queue.backoff.ms"))
+        };
+        let pair = |wait: &str, backoff: &str| (wait.to_owned(), backoff.to_owned());
+        // librdkafka's own back-off (1000 ms), and even 100 ms, let a fast pipeline drain
+        // its queue and idle before the next fetch.
         assert_eq!(
-            get(&config, "fetch.queue.backoff.ms").as_deref(),
-            Some("100")
+            pacing("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 100ms}\n"),
+            pair("100", "10")
         );
-        let slow = source("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 10s}\n");
         assert_eq!(
-            get(&consumer_config(&slow, "g"), "fetch.queue.backoff.ms").as_deref(),
-            Some("500")
+            pacing("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 10s}\n"),
+            pair("500", "10")
         );
-        let own = source("brokers: b:9092\ntopics: [t]\nproperties: {fetch.queue.backoff.ms: 5}\n");
         assert_eq!(
-            get(&consumer_config(&own, "g"), "fetch.queue.backoff.ms").as_deref(),
-            Some("5")
+            pacing("brokers: b:9092\ntopics: [t]\nbatch: {max_wait: 2ms}\n"),
+            pair("2", "2")
         );
+        let own = "brokers: b:9092\ntopics: [t]\nproperties: {fetch.queue.backoff.ms: 5}\n";
+        assert_eq!(pacing(own).1, "5");
     }
 }

@@ -435,6 +435,11 @@ impl Rolling for ParquetSink {
     fn roll_group(&mut self, tp: &TopicPartition, early: bool) -> Result<(), SinkError> {
         self.roll(tp, if early { Roll::Early } else { Roll::Flush })
     }
+
+    /// The partitions' files are finished and merged at once (see [`Self::roll_all`]).
+    fn roll_groups(&mut self, tps: &[TopicPartition], early: bool) -> Result<(), SinkError> {
+        self.roll_all(tps, if early { Roll::Early } else { Roll::Flush })
+    }
 }
 
 /// The dataset at `path` (a directory or an object-store URL), as writer `writer` sees

@@ -4,8 +4,12 @@
 //! acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
 use super::commit::{DataFile, Dataset, StagedFile};
+use super::encoder::Encoder;
 use super::rewrite::{keep_outside, merge_files, MergeTarget, TempFile};
 use super::{ParquetSink, SinkError};
 use crate::batch::{BatchId, TopicPartition};
@@ -22,19 +26,80 @@ pub(super) enum Roll {
     Flush,
 }
 
+/// A partition's commit, planned: what its open group newly covers, and which committed
+/// files it merges and replaces.
+pub(super) struct Plan {
+    tp: TopicPartition,
+    roll: Roll,
+    /// How far the partition was durable before.
+    before: Option<i64>,
+    covers: Option<(i64, i64)>,
+    merge: Vec<DataFile>,
+    replace: Vec<DataFile>,
+    group_rows: u64,
+    batches: Vec<BatchId>,
+    files: BTreeMap<String, Encoder>,
+}
+
+/// A plan after its file work (the group's files finished, the segment's files merged):
+/// what is left to commit.
+pub(super) enum Prepared {
+    /// Nothing to commit: the group's batches are acknowledged as they are.
+    Acknowledge {
+        tp: TopicPartition,
+        durable_through: Option<i64>,
+        batches: Vec<BatchId>,
+    },
+    Commit {
+        plan: Box<Plan>,
+        /// The offsets the committed files hold.
+        range: (i64, i64),
+        staged: Vec<StagedFile>,
+        replaces: Vec<DataFile>,
+        /// The group's temps that went into a merged file (removed after the commit).
+        merged_temps: Vec<PathBuf>,
+    },
+}
+
 impl ParquetSink {
     /// Commits the open group of `tp` (merging the segment's earlier files when `roll`
     /// says so, replacing files of other writers it overlaps), then acknowledges its
     /// batches.
-    ///
-    /// Long on purpose: one commit of the protocol (which files to merge, which to replace,
-    /// stage, manifest, rename, acknowledge); its steps share the state of one commit and
-    /// must stay in this order.
     pub(super) fn roll(&mut self, tp: &TopicPartition, roll: Roll) -> Result<(), SinkError> {
-        let segment = self.segment;
-        let Some(state) = self.partitions.get_mut(tp) else {
+        let Some(plan) = self.plan(tp, roll) else {
             return Ok(());
         };
+        let prepared = self.prepare(plan)?;
+        self.commit_prepared(prepared)
+    }
+
+    /// [`Self::roll`] for several partitions at once: the file work of each (finishing
+    /// its files, merging its segment: reading and writing whole files) runs on a thread
+    /// pool, partitions at the same time; the commits follow one by one in `tps`' order.
+    /// A flush of many partitions (a revoke, the end of a run) took the sum of their
+    /// merges before.
+    pub(super) fn roll_all(&mut self, tps: &[TopicPartition], roll: Roll) -> Result<(), SinkError> {
+        let plans: Vec<Plan> = tps.iter().filter_map(|tp| self.plan(tp, roll)).collect();
+        let prepared: Vec<Result<Prepared, SinkError>> = if plans.len() > 1 {
+            let this = &*self;
+            plans
+                .into_par_iter()
+                .map(|plan| this.prepare(plan))
+                .collect()
+        } else {
+            plans.into_iter().map(|plan| self.prepare(plan)).collect()
+        };
+        for prepared in prepared {
+            self.commit_prepared(prepared?)?;
+        }
+        Ok(())
+    }
+
+    /// Takes `tp`'s open group and decides what its commit covers, merges and replaces.
+    /// `None` when the sink does not hold `tp`.
+    fn plan(&mut self, tp: &TopicPartition, roll: Roll) -> Option<Plan> {
+        let segment = self.segment;
+        let state = self.partitions.get_mut(tp)?;
         let group = state.open.take();
         state.rolled |= group.is_some();
         let before = state.durable_through;
@@ -72,28 +137,50 @@ impl ParquetSink {
             Some(g) => (g.rows, g.batches, g.files),
             None => Default::default(),
         };
-        let written: Vec<(String, TempFile)> = super::encoder::finish_all(files)?;
-        let (first, last) = match (covers, merge.first(), before) {
+        Some(Plan {
+            tp: tp.clone(),
+            roll,
+            before,
+            covers,
+            merge,
+            replace,
+            group_rows,
+            batches,
+            files,
+        })
+    }
+
+    /// The file work of `plan`: waits for the group's files and merges the segment's
+    /// files when that is worth it. Writes temp files only; nothing is visible yet.
+    fn prepare(&self, mut plan: Plan) -> Result<Prepared, SinkError> {
+        let written: Vec<(String, TempFile)> =
+            super::encoder::finish_all(std::mem::take(&mut plan.files))?;
+        let acknowledge = |plan: Plan| Prepared::Acknowledge {
+            tp: plan.tp,
+            durable_through: plan.before,
+            batches: plan.batches,
+        };
+        let (first, last) = match (plan.covers, plan.merge.first(), plan.before) {
             (Some((first, last)), Some(earliest), _) => (earliest.first.min(first), last),
             (Some(range), None, _) => range,
             (None, Some(earliest), Some(d)) => (earliest.first, d),
-            (None, _, _) => return self.acknowledge(tp, before, &batches),
+            (None, _, _) => return Ok(acknowledge(plan)),
         };
-        let ranges: BTreeSet<(i64, i64)> = merge.iter().map(|f| (f.first, f.last)).collect();
+        let ranges: BTreeSet<(i64, i64)> = plan.merge.iter().map(|f| (f.first, f.last)).collect();
         let worth_merging = if written.is_empty() {
             ranges.len() > 1 || ranges.first().is_some_and(|r| *r != (first, last))
         } else {
             !ranges.is_empty()
         };
         let merged = if worth_merging {
-            self.merge(tp, (first, last), &merge, &written)?
+            self.merge(&plan.tp, (first, last), &plan.merge, &written)?
         } else {
             None
         };
-        let (mut staged, mut replaces, merged_temps) = match (merged, covers) {
+        let (staged, replaces, merged_temps) = match (merged, plan.covers) {
             (Some(staged), _) => {
                 let temps: Vec<_> = written.into_iter().map(|(_, f)| f.path).collect();
-                (staged, merge, temps)
+                (staged, std::mem::take(&mut plan.merge), temps)
             }
             // The group's files as they are, named for what they cover.
             (None, Some((group_first, group_last))) => {
@@ -102,14 +189,55 @@ impl ParquetSink {
                     .map(|(dir, f)| StagedFile {
                         dir,
                         tmp_path: f.path,
-                        name: Dataset::file_name(tp, group_first, group_last),
+                        name: Dataset::file_name(&plan.tp, group_first, group_last),
                         rows: f.rows,
                     })
                     .collect();
                 (staged, Vec::new(), Vec::new())
             }
-            (None, None) => return self.acknowledge(tp, before, &batches),
+            (None, None) => return Ok(acknowledge(plan)),
         };
+        Ok(Prepared::Commit {
+            plan: Box::new(plan),
+            range: (first, last),
+            staged,
+            replaces,
+            merged_temps,
+        })
+    }
+
+    /// Commits a prepared roll and acknowledges its batches.
+    ///
+    /// Long on purpose: one commit of the protocol (which files to replace, stage,
+    /// manifest, rename, acknowledge); its steps share the state of one commit and must
+    /// stay in this order.
+    fn commit_prepared(&mut self, prepared: Prepared) -> Result<(), SinkError> {
+        let (plan, (first, last), mut staged, mut replaces, merged_temps) = match prepared {
+            Prepared::Acknowledge {
+                tp,
+                durable_through,
+                batches,
+            } => return self.acknowledge(&tp, durable_through, &batches),
+            Prepared::Commit {
+                plan,
+                range,
+                staged,
+                replaces,
+                merged_temps,
+            } => (plan, range, staged, replaces, merged_temps),
+        };
+        let Plan {
+            tp,
+            roll,
+            before,
+            covers,
+            replace,
+            group_rows,
+            batches,
+            ..
+        } = *plan;
+        let tp = &tp;
+        let segment = self.segment;
         // Files of other writers under the newly covered offsets give way; their rows
         // outside those offsets are kept.
         let mut kept = Vec::new();

@@ -192,3 +192,43 @@ fn common_temp_files(root: &Path) -> Vec<std::path::PathBuf> {
         .map(|e| e.into_path())
         .collect()
 }
+
+#[test]
+fn a_flush_merges_every_partitions_segment_at_once_into_the_same_files() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let of = |partition: i32, id: u64, first: i64, last: i64| {
+        let mut batch = batch(id, first, last, "v");
+        batch.provenance.tp = TopicPartition::new("t", partition);
+        batch
+    };
+    // Three partitions, each with early-rolled files of its open segment: one flush
+    // finishes and merges all three (on the thread pool) and commits them.
+    let mut merged = sink(a.path(), None);
+    for (id, first) in (0..130).step_by(10).enumerate() {
+        for partition in 0..3 {
+            merged
+                .write(&of(partition, id as u64, first, first + 9))
+                .unwrap();
+            if id % 4 == 3 {
+                merged
+                    .roll(&TopicPartition::new("t", partition), Roll::Early)
+                    .unwrap();
+            }
+        }
+    }
+    merged.flush(&Flush::all()).unwrap();
+    // The same rows in one batch per partition and segment, no early rolls.
+    let mut whole = sink(b.path(), None);
+    for partition in 0..3 {
+        whole.write(&of(partition, 0, 0, 99)).unwrap();
+        whole.write(&of(partition, 1, 100, 129)).unwrap();
+    }
+    whole.flush(&Flush::all()).unwrap();
+    let files = dataset(a.path());
+    assert_eq!(files, dataset(b.path()));
+    // Per partition and directory: the closed segment and the open one's 100..=129.
+    assert_eq!(files.len(), 3 * 2 * 2);
+    assert!(files.contains_key("d=b/t-2-00000000000000000100-00000000000000000129.parquet"));
+    assert_eq!(files.values().map(Vec::len).sum::<usize>(), 3 * 130);
+    assert!(common_temp_files(a.path()).is_empty());
+}
