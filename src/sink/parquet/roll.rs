@@ -1,7 +1,10 @@
 //! Committing a partition's open group (see [`super::commit`]): at a segment's end or a
 //! flush the segment's earlier files are merged in, files of other writers under the newly
 //! covered offsets are replaced (their other rows kept), and then the group's batches are
-//! acknowledged.
+//! acknowledged. A roll is planned (`&mut`: the group taken out, the files to merge and
+//! replace chosen), prepared (`&`: the group's files finished, the merge written to temp
+//! files) and committed (`&mut`, in order), so that a flush of several partitions
+//! prepares them on a thread pool at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ pub(super) enum Roll {
 
 /// A partition's commit, planned: what its open group newly covers, and which committed
 /// files it merges and replaces.
-pub(super) struct Plan {
+struct Plan {
     tp: TopicPartition,
     roll: Roll,
     /// How far the partition was durable before.
@@ -43,7 +46,7 @@ pub(super) struct Plan {
 
 /// A plan after its file work (the group's files finished, the segment's files merged):
 /// what is left to commit.
-pub(super) enum Prepared {
+enum Prepared {
     /// Nothing to commit: the group's batches are acknowledged as they are.
     Acknowledge {
         tp: TopicPartition,
