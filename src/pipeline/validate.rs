@@ -304,7 +304,7 @@ fn check_clients(config: &PipelineConfig, issues: &mut Issues) {
     let SourceConfig::Kafka(source) = &config.source;
     let mut clients = vec![(
         "source.kafka".to_owned(),
-        crate::source::kafka::consumer_config(source, &config.group_id()),
+        crate::source::settings::consumer_config(source, &config.group_id()),
         false,
     )];
     let producer = |brokers: &Option<String>, properties| {

@@ -181,7 +181,7 @@ fn build_source(
 fn transactional_id(pipeline: &Pipeline) -> String {
     let SourceConfig::Kafka(kafka) = &pipeline.config.source;
     let group = pipeline.group_id();
-    let consumer = crate::source::kafka::consumer_config(kafka, &group);
+    let consumer = crate::source::settings::consumer_config(kafka, &group);
     match consumer.get("group.instance.id") {
         Some(member) => format!("sluice.{group}.{member}"),
         None => {

@@ -104,7 +104,7 @@ async fn check_brokers(
     let mut clients = pipeline.sinks.kafka_clients();
     if matches!(mode, SourceMode::Group) {
         // The member's own configuration (check_reachable leaves the group out).
-        let consumer = crate::source::kafka::consumer_config(kafka, &pipeline.group_id());
+        let consumer = crate::source::settings::consumer_config(kafka, &pipeline.group_id());
         clients.push(("source.kafka.brokers".into(), consumer));
     }
     let timeout = kafka.connect_timeout;

@@ -219,7 +219,7 @@ pub fn resolve(
 
 /// A consumer for assigned reading: no group, no commits.
 fn plain_consumer(config: &KafkaSourceConfig) -> ClientConfig {
-    let pacing = super::kafka::FetchPacing::of(config);
+    let pacing = super::settings::FetchPacing::of(config);
     let mut client = client_config(
         &config.brokers,
         &pacing.settings(),

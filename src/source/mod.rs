@@ -9,6 +9,7 @@ pub mod files;
 pub mod gaps;
 pub mod kafka;
 mod native;
+pub(crate) mod settings;
 
 use crate::batch::Flush;
 use crate::batch::RawBatch;
