@@ -6,23 +6,24 @@
 //! only 5 MB per partition), or with `--broker noida` / `--broker tansu` a broker process
 //! the bench starts itself, loaded with every record first, for long runs (millions of
 //! records, many partitions). The raw rate is a plain group consumer (rdkafka's defaults) that reads
-//! every message and touches its payload: the ceiling sluice's source could reach. A broker
+//! every message and touches its payload: the ceiling sluice's source could reach. It is
+//! measured both ways a consumer can read ([`raw_read`]): one `poll` per message, the usual
+//! way (the ratio's denominator, as the issue defines it), and many messages per call from
+//! a fetch queue of its own, as sluice's source reads (reported beside it). A broker
 //! process shares the machine's cores with both sides, so each side starts once it is
 //! quiet and its CPU seconds during each are reported beside the rates.
 //! Results are appended as one JSON line to a results file so runs can be compared.
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::ClientConfig;
 use serde::Serialize;
 
 use crate::demo::broker::{Broker, Program};
 use crate::demo::feeds::feedback::{self, FeedbackGenerator};
+use crate::demo::raw_read::{self, ReadMode};
 use crate::demo::{self, DemoError};
 use crate::telemetry::StatsSnapshot;
 
@@ -70,12 +71,19 @@ pub struct BenchResult {
     /// Each raw read's rate: one before each pipeline run and, on a broker process, one
     /// after the last.
     pub raw_consume_runs: Vec<f64>,
+    /// The median of [`Self::raw_batch_runs`].
+    pub raw_batch_records_per_s: Option<f64>,
+    /// Each raw read's rate when it takes many messages per call, as sluice's source
+    /// does; right after each raw read above.
+    pub raw_batch_runs: Vec<f64>,
     /// The median of [`Self::pipeline_runs`].
     pub pipeline_records_per_s: f64,
     /// Each pipeline run's rate (one per round).
     pub pipeline_runs: Vec<f64>,
-    /// The two medians' ratio.
+    /// The pipeline's median over the raw reads' (one poll per message).
     pub pipeline_over_raw: Option<f64>,
+    /// The pipeline's median over the batched raw reads'.
+    pub pipeline_over_raw_batch: Option<f64>,
     pub parquet_files: u64,
     pub parquet_bytes: u64,
     /// Where each infer stage ran (`stages[1].infer=cuda:0`); empty without models.
@@ -102,6 +110,8 @@ pub struct CpuSeconds {
 pub struct SideSeconds {
     /// During each raw read, in [`BenchResult::raw_consume_runs`]'s order.
     pub raw: Vec<f64>,
+    /// During each batched raw read, in [`BenchResult::raw_batch_runs`]'s order.
+    pub raw_batch: Vec<f64>,
     /// During each pipeline run, in [`BenchResult::pipeline_runs`]'s order.
     pub pipeline: Vec<f64>,
 }
@@ -110,6 +120,7 @@ pub struct SideSeconds {
 #[derive(Debug, Clone, Copy)]
 enum Side {
     Raw,
+    RawBatch,
     Pipeline,
 }
 
@@ -117,6 +128,7 @@ impl SideSeconds {
     fn of(&mut self, side: Side) -> &mut Vec<f64> {
         match side {
             Side::Raw => &mut self.raw,
+            Side::RawBatch => &mut self.raw_batch,
             Side::Pipeline => &mut self.pipeline,
         }
     }
@@ -168,6 +180,13 @@ impl std::fmt::Display for BenchResult {
                 each(&self.raw_consume_runs, 0)
             )?;
         }
+        if let Some(raw) = self.raw_batch_records_per_s {
+            writeln!(
+                f,
+                "raw, batched reads      {raw:.0} records/s (median of {})",
+                each(&self.raw_batch_runs, 0)
+            )?;
+        }
         write!(
             f,
             "sluice {:<16} {:.0} records/s",
@@ -179,6 +198,9 @@ impl std::fmt::Display for BenchResult {
         if let Some(ratio) = self.pipeline_over_raw {
             write!(f, "\nratio pipeline/raw      {ratio:.3}")?;
         }
+        if let Some(ratio) = self.pipeline_over_raw_batch {
+            write!(f, "\nratio pipeline/batched  {ratio:.3}")?;
+        }
         for (process, seconds) in [
             ("this process", &self.cpu_s.sluice),
             ("broker process", &self.cpu_s.broker),
@@ -186,8 +208,9 @@ impl std::fmt::Display for BenchResult {
             if !seconds.pipeline.is_empty() {
                 write!(
                     f,
-                    "\nCPU s, {process:<17}raw {}, pipeline {}",
+                    "\nCPU s, {process:<17}raw {}, batched {}, pipeline {}",
                     each(&seconds.raw, 2),
+                    each(&seconds.raw_batch, 2),
                     each(&seconds.pipeline, 2)
                 )?;
             }
@@ -241,6 +264,7 @@ pub async fn run(
     let mut counters = std::sync::Arc::new(crate::telemetry::Stats::default());
     let fits = broker.is_process() || payload_bytes <= PARTITION_BUDGET * partitions as u64;
     let mut raw_runs = Vec::new();
+    let mut batch_runs = Vec::new();
     let mut pipeline_runs = Vec::new();
     let mut cpu_s = CpuSeconds::default();
     let (produced, raw_rate, stats) = if fits {
@@ -256,12 +280,12 @@ pub async fn run(
         }
         // Each run starts against a quiet broker and its CPU time is counted (see
         // `Broker::wait_quiet`); both sides read as a group member does.
-        let raw_read = |run: usize| {
+        let raw_read = |mode: ReadMode, run: usize| {
             let (brokers, topic) = (brokers.clone(), topic.clone());
             let settings = broker.consumer_settings();
             async move {
                 let elapsed = tokio::task::spawn_blocking(move || {
-                    raw_consume(&brokers, settings, &topic, run, produced)
+                    raw_read::read(mode, &brokers, settings, &topic, run, produced)
                 })
                 .await
                 .map_err(crate::runtime::RunError::Task)??;
@@ -269,8 +293,22 @@ pub async fn run(
             }
         };
         let mut stats = StatsSnapshot::default();
-        for round in 0..rounds {
-            raw_runs.push(measured(&broker, &mut cpu_s, Side::Raw, raw_read(round)).await?);
+        // Raw reads before each round and, on a broker process, once more after the last.
+        let last = if broker.is_process() {
+            rounds
+        } else {
+            rounds - 1
+        };
+        for round in 0..=last {
+            for (mode, side, runs) in [
+                (ReadMode::Poll, Side::Raw, &mut raw_runs),
+                (ReadMode::Batch, Side::RawBatch, &mut batch_runs),
+            ] {
+                runs.push(measured(&broker, &mut cpu_s, side, raw_read(mode, round)).await?);
+            }
+            if round == rounds {
+                break;
+            }
             let mut pipeline = pipeline.clone();
             if round > 0 {
                 // A group of its own (the last round's committed every offset) and an
@@ -285,9 +323,6 @@ pub async fn run(
             let (round_stats, elapsed) = measured(&broker, &mut cpu_s, Side::Pipeline, run).await?;
             pipeline_runs.push(produced as f64 / elapsed.as_secs_f64().max(1e-9));
             stats = round_stats;
-        }
-        if broker.is_process() {
-            raw_runs.push(measured(&broker, &mut cpu_s, Side::Raw, raw_read(rounds)).await?);
         }
         (produced, median(&raw_runs), stats)
     } else {
@@ -313,6 +348,7 @@ pub async fn run(
         (produced, None, stats)
     };
     let pipeline_rate = median(&pipeline_runs).unwrap_or_default();
+    let batch_rate = median(&batch_runs);
     Ok(BenchResult {
         bench,
         out: out.display().to_string(),
@@ -329,9 +365,12 @@ pub async fn run(
         payload_bytes,
         raw_consume_records_per_s: raw_rate,
         raw_consume_runs: raw_runs,
+        raw_batch_records_per_s: batch_rate,
+        raw_batch_runs: batch_runs,
         pipeline_records_per_s: pipeline_rate,
         pipeline_runs,
         pipeline_over_raw: raw_rate.map(|raw| pipeline_rate / raw),
+        pipeline_over_raw_batch: batch_rate.map(|raw| pipeline_rate / raw),
         parquet_files: stats.parquet_files,
         parquet_bytes: stats.parquet_bytes,
         inference: counters.inference_devices(),
@@ -454,40 +493,6 @@ fn export(file: &Path, records: &[feedback::SampleRecord]) -> std::io::Result<()
         writer.write_all(b"\n")?;
     }
     writer.flush()
-}
-
-/// Reads every message of `topic` with a plain group consumer (rdkafka's defaults:
-/// subscribe, auto-commit), as the pipeline's source reads it, in a group of its own
-/// (`run` numbers it); time from the first message to the last.
-fn raw_consume(
-    brokers: &str,
-    settings: &[(&str, &str)],
-    topic: &str,
-    run: usize,
-    expected: u64,
-) -> Result<Duration, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("sluice-bench-raw-{run}"))
-        .set("auto.offset.reset", "earliest");
-    for (key, value) in settings {
-        config.set(*key, *value);
-    }
-    let consumer: BaseConsumer = config.create()?;
-    consumer.subscribe(&[topic])?;
-    let (mut seen, mut bytes, mut first) = (0u64, 0usize, None);
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    while seen < expected && Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message?;
-            first.get_or_insert_with(Instant::now);
-            bytes += message.payload().map_or(0, <[u8]>::len);
-            seen += 1;
-        }
-    }
-    tracing::debug!(seen, bytes, "raw consume done");
-    Ok(first.map(|t| t.elapsed()).unwrap_or_default())
 }
 
 /// The checkout's commit, `-dirty` when a tracked file other than the benches' own

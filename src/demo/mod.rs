@@ -32,6 +32,7 @@ pub mod broker;
 mod drift_plot;
 pub mod feeds;
 pub mod latency;
+mod raw_read;
 mod summary;
 
 pub use self::summary::{DemoSummary, LabelReport};

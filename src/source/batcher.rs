@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use super::fetch_queue::RawMessage;
+
 use crate::batch::{BatchId, RawBatch, RecordMap, TopicPartition};
 use crate::config::BatchConfig;
 
@@ -40,28 +42,54 @@ pub(super) struct Batcher {
 /// The most a new batch reserves up front.
 const MAX_BYTES_HINT: usize = 8 << 20;
 
-/// The topic-partition of each message, without allocating one per message: the
-/// partitions seen so far are kept and handed out again (a consumer has a handful).
-#[derive(Default)]
-pub(super) struct PartitionNames {
-    known: Vec<TopicPartition>,
+/// What the batcher reads of a consumed record: a message from rust-rdkafka's `poll`
+/// or from the source's own [`super::fetch_queue::FetchQueue`].
+pub(super) trait Record {
+    fn offset(&self) -> i64;
+    fn timestamp_millis(&self) -> Option<i64>;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    /// Calls `each` with every header's name and value, in the record's order.
+    fn for_each_header<'m>(&'m self, each: impl FnMut(&str, Option<&'m [u8]>));
 }
 
-impl PartitionNames {
-    pub(super) fn of(&mut self, message: &BorrowedMessage<'_>) -> &TopicPartition {
-        let (topic, partition) = (message.topic(), message.partition());
-        let at = match self
-            .known
-            .iter()
-            .position(|tp| tp.partition == partition && &*tp.topic == topic)
-        {
-            Some(at) => at,
-            None => {
-                self.known.push(TopicPartition::new(topic, partition));
-                self.known.len() - 1
+impl Record for BorrowedMessage<'_> {
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn timestamp_millis(&self) -> Option<i64> {
+        Message::timestamp(self).to_millis()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+    fn for_each_header<'m>(&'m self, mut each: impl FnMut(&str, Option<&'m [u8]>)) {
+        if let Some(headers) = Message::headers(self) {
+            for header in headers.iter() {
+                each(header.key, header.value);
             }
-        };
-        &self.known[at]
+        }
+    }
+}
+
+impl Record for RawMessage<'_> {
+    fn offset(&self) -> i64 {
+        RawMessage::offset(self)
+    }
+    fn timestamp_millis(&self) -> Option<i64> {
+        RawMessage::timestamp(self).to_millis()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        RawMessage::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        RawMessage::payload(self)
+    }
+    fn for_each_header<'m>(&'m self, each: impl FnMut(&str, Option<&'m [u8]>)) {
+        RawMessage::for_each_header(self, each);
     }
 }
 
@@ -90,11 +118,7 @@ impl Batcher {
     }
 
     /// Adds a record of partition `tp`; returns the partition's batch when it is full.
-    pub(super) fn push(
-        &mut self,
-        tp: &TopicPartition,
-        message: &BorrowedMessage<'_>,
-    ) -> Option<RawBatch> {
+    pub(super) fn push(&mut self, tp: &TopicPartition, message: &impl Record) -> Option<RawBatch> {
         let max_rows = self.config.max_rows;
         if !self.pending.contains_key(tp) {
             self.next_id += 1;
@@ -112,23 +136,21 @@ impl Batcher {
         if self.headers.is_empty() {
             pending.batch.push(
                 message.offset(),
-                message.timestamp().to_millis(),
+                message.timestamp_millis(),
                 message.key(),
                 message.payload(),
             );
         } else {
             // The last value of a header that is repeated, as Kafka clients' lastHeader().
             let mut values: Vec<Option<&[u8]>> = vec![None; self.headers.len()];
-            if let Some(headers) = message.headers() {
-                for header in headers.iter() {
-                    if let Some(at) = self.headers.iter().position(|h| h == header.key) {
-                        values[at] = header.value;
-                    }
+            message.for_each_header(|name, value| {
+                if let Some(at) = self.headers.iter().position(|h| h == name) {
+                    values[at] = value;
                 }
-            }
+            });
             pending.batch.push_with_headers(
                 message.offset(),
-                message.timestamp().to_millis(),
+                message.timestamp_millis(),
                 message.key(),
                 message.payload(),
                 &values,

@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batcher::{Batcher, PartitionNames};
+use super::batcher::{Batcher, Record};
+use super::fetch_queue::{FetchQueue, Router};
+use super::reader::Reader;
 use super::SourceMessage;
 use crate::ack::AckTracker;
 use crate::batch::Flush;
@@ -287,6 +288,8 @@ impl From<Closed> for BoundedError {
 
 /// Reads the ranges of `progress` and sends them downstream as micro-batches.
 pub struct BoundedSource {
+    /// Declared before the consumer: dropped first, as librdkafka requires.
+    reader: Reader,
     consumer: BaseConsumer<ClientEvents>,
     batcher: Batcher,
     output: BoundedOutput,
@@ -312,9 +315,17 @@ impl BoundedSource {
             )
             .map_err(kafka("assigning"))?;
         }
+        // Routed before the assignment starts fetching, so that all of it comes through
+        // the fetch queue.
+        let router = Arc::new(Router::default());
+        let fetch = FetchQueue::new(&consumer, router.clone());
+        for (topic, partition) in router.route(&consumer, &list) {
+            tracing::warn!(topic, partition, "could not route a partition to the fetch queue: its records come one poll at a time");
+        }
         consumer.assign(&list).map_err(kafka("assigning"))?;
         stats.readiness.set_assigned();
         Ok(BoundedSource {
+            reader: Reader::new(fetch),
             consumer,
             // A backfill reads a backlog: batches fill, never cut early.
             batcher: Batcher::new(
@@ -347,36 +358,20 @@ impl BoundedSource {
             .enumerate()
             .map(|(i, r)| (r.tp.clone(), i))
             .collect();
-        let mut partitions = PartitionNames::default();
         // One clock reading per message: the poll's timeout uses the last one.
         let mut now = Instant::now();
         let mut next_position_check = now;
         while !shutdown.is_cancelled()
             && !self.output.progress.ranges.iter().all(PartitionRange::done)
         {
-            let message = self.consumer.poll(self.batcher.poll_timeout(now));
-            let idle = message.is_none();
-            match message {
-                None => {}
-                Some(Err(e)) => self.consumer.context().on_error(e, ""),
-                Some(Ok(message)) => {
-                    let tp = partitions.of(&message);
-                    if let Some(range) = index.get(tp).map(|&i| &self.output.progress.ranges[i]) {
-                        if message.offset() < range.end {
-                            range
-                                .position
-                                .store(message.offset() + 1, Ordering::Relaxed);
-                            if let Some(full) = self.batcher.push(tp, &message) {
-                                self.send(full)?;
-                            }
-                        }
-                        if message.offset() + 1 >= range.end {
-                            range.position.store(range.end, Ordering::Relaxed);
-                            self.pause(tp);
-                        }
-                    }
-                }
-            }
+            let wait = self.batcher.poll_timeout(now);
+            let (batcher, output, consumer) = (&mut self.batcher, &self.output, &self.consumer);
+            let idle = self.reader.turn(
+                consumer,
+                wait,
+                |e| consumer.context().on_error(e, ""),
+                |tp, message| take_record(batcher, output, consumer, &index, tp, message),
+            )?;
             now = Instant::now();
             // Ends without records show once a partition has nothing more to give:
             // looking while records keep coming in would only cost time.
@@ -423,12 +418,35 @@ impl BoundedSource {
             }
         }
     }
+}
 
-    fn pause(&self, tp: &TopicPartition) {
+/// Buffers a record of `tp` if it lies in the partition's range (sending a batch that
+/// is full), and marks the range done (pausing the partition) once it is reached.
+fn take_record(
+    batcher: &mut Batcher,
+    output: &BoundedOutput,
+    consumer: &BaseConsumer<ClientEvents>,
+    index: &HashMap<TopicPartition, usize>,
+    tp: &TopicPartition,
+    message: &impl Record,
+) -> Result<(), BoundedError> {
+    let Some(range) = index.get(tp).map(|&i| &output.progress.ranges[i]) else {
+        return Ok(());
+    };
+    let offset = message.offset();
+    if offset < range.end {
+        range.position.store(offset + 1, Ordering::Relaxed);
+        if let Some(full) = batcher.push(tp, message) {
+            output.send(full)?;
+        }
+    }
+    if offset + 1 >= range.end {
+        range.position.store(range.end, Ordering::Relaxed);
         let mut list = TopicPartitionList::new();
         list.add_partition(&tp.topic, tp.partition);
-        if let Err(e) = self.consumer.pause(&list) {
+        if let Err(e) = consumer.pause(&list) {
             tracing::debug!(error = %e, partition = %tp, "pausing a finished partition");
         }
     }
+    Ok(())
 }

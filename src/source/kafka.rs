@@ -32,15 +32,16 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batcher::{Batcher, PartitionNames};
+use super::batcher::{Batcher, Record};
+use super::fetch_queue::{FetchQueue, Router};
 use super::gaps::{Gap, Gaps};
 use super::native;
+use super::reader::Reader;
 use super::settings::consumer_config;
 use super::SourceMessage;
 use crate::ack::AckTracker;
@@ -107,6 +108,8 @@ struct SourceContext {
     /// With an exactly-once output topic: what its sink needs from this consumer, and
     /// when the last checkpoint went out and whether batches were sent since.
     exactly_once: Option<(Arc<Link>, Mutex<Checkpoints>)>,
+    /// Routes newly assigned partitions to the source's fetch queue.
+    router: Arc<Router>,
 }
 
 /// When the last checkpoint went out, and whether batches were sent since.
@@ -153,6 +156,11 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(list) => {
                 let tps = partitions_of(list);
                 tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions assigned");
+                // Before the assignment starts fetching, so that all of it comes through
+                // the fetch queue.
+                for (topic, partition) in self.router.route(consumer, list) {
+                    tracing::warn!(topic, partition, "could not route a partition to the fetch queue: its records come one poll at a time");
+                }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -376,6 +384,8 @@ impl SourceContext {
 
 /// A subscribed consumer, ready to run on its own thread.
 pub struct KafkaSource {
+    /// Declared before the consumer: dropped first, as librdkafka requires.
+    reader: Reader,
     consumer: BaseConsumer<SourceContext>,
     batcher: Batcher,
     stats: Arc<Stats>,
@@ -407,10 +417,12 @@ impl KafkaSource {
             events: ClientEvents::new("source", stats.clone()),
             gaps: Mutex::new(Gaps::default()),
             exactly_once: link.map(|link| (link, Mutex::new((Instant::now(), false)))),
+            router: Arc::default(),
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
             .map_err(SourceError::Create)?;
+        let fetch = FetchQueue::new(&consumer, consumer.context().router.clone());
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -419,6 +431,7 @@ impl KafkaSource {
                 source,
             })?;
         Ok(KafkaSource {
+            reader: Reader::new(fetch),
             consumer,
             batcher: Batcher::new(config.batch.clone(), super::batcher::header_names(config)),
             stats,
@@ -430,7 +443,6 @@ impl KafkaSource {
     /// it with `spawn_blocking`.
     pub fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
         let context = self.consumer.context().clone();
-        let mut partitions = PartitionNames::default();
         // One clock reading per message: the poll's timeout uses the last one.
         let mut now = Instant::now();
         let mut next_store = now;
@@ -443,23 +455,29 @@ impl KafkaSource {
                 }
                 next_cancel_check = now + CANCEL_CHECK;
             }
-            let message = self.consumer.poll(self.batcher.poll_timeout(now));
-            self.batcher.drop_partitions(context.take_revoked());
-            let idle = message.is_none();
-            match message {
-                None => {
-                    for batch in self.batcher.take_idle() {
-                        context.send(batch, &self.stats)?;
-                    }
-                }
+            let wait = self.batcher.poll_timeout(now);
+            let (batcher, stats, on_reset) = (&mut self.batcher, &self.stats, self.on_reset);
+            let consumer = &self.consumer;
+            let idle = self.reader.turn(
+                consumer,
+                wait,
                 // Counted, rate-limited and (authentication, brokers down) in /health.
-                Some(Err(e)) => context.events.on_error(e, ""),
-                Some(Ok(message)) => {
-                    let tp = partitions.of(&message);
-                    context.check_gap(&self.consumer, tp, message.offset(), self.on_reset)?;
-                    if let Some(full) = self.batcher.push(tp, &message) {
-                        context.send(full, &self.stats)?;
+                |e| context.events.on_error(e, ""),
+                |tp, message| {
+                    context.check_gap(consumer, tp, message.offset(), on_reset)?;
+                    match batcher.push(tp, message) {
+                        Some(full) => context.send(full, stats),
+                        None => Ok(()),
                     }
+                },
+            )?;
+            // A revoke runs in the turn's poll of the consumer's queue: the revoked
+            // partitions' buffers go before any can be cut (librdkafka discards what
+            // was fetched for them, so the turn added nothing to them).
+            self.batcher.drop_partitions(context.take_revoked());
+            if idle {
+                for batch in self.batcher.take_idle() {
+                    context.send(batch, &self.stats)?;
                 }
             }
             now = Instant::now();

@@ -5,10 +5,12 @@
 
 mod batcher;
 pub mod bounded;
+pub(crate) mod fetch_queue;
 pub mod files;
 pub mod gaps;
 pub mod kafka;
 mod native;
+mod reader;
 pub(crate) mod settings;
 
 use crate::batch::Flush;

@@ -427,12 +427,22 @@ fn bench_on_a_broker_process(broker: &str) {
         result["pipeline_over_raw"].as_f64().unwrap() > 0.0,
         "{result}"
     );
+    // The batched raw reader ran beside the usual one, each round.
+    assert!(
+        result["raw_batch_records_per_s"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+    assert!(
+        result["pipeline_over_raw_batch"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
     let count = |key: &str| result[key].as_array().map_or(0, Vec::len);
     assert_eq!(count("raw_consume_runs"), 3, "{result}");
+    assert_eq!(count("raw_batch_runs"), 3, "{result}");
     assert_eq!(count("pipeline_runs"), 2, "{result}");
     let cpu = &result["cpu_s"];
     for process in ["broker", "sluice"] {
-        for (side, runs) in [("raw", 3), ("pipeline", 2)] {
+        for (side, runs) in [("raw", 3), ("raw_batch", 3), ("pipeline", 2)] {
             let seconds = cpu[process][side]
                 .as_array()
                 .unwrap_or_else(|| panic!("{process}.{side}: {result}"));
