@@ -4,10 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-
-use super::fetch_queue::RawMessage;
-
 use crate::batch::{BatchId, RawBatch, RecordMap, TopicPartition};
 use crate::config::BatchConfig;
 
@@ -42,8 +38,8 @@ pub(super) struct Batcher {
 /// The most a new batch reserves up front.
 const MAX_BYTES_HINT: usize = 8 << 20;
 
-/// What the batcher reads of a consumed record: a message from rust-rdkafka's `poll`
-/// or from the source's own [`super::fetch_queue::FetchQueue`].
+/// What the batcher reads of a consumed record ([`super::reader::Consumed`]: from
+/// rust-rdkafka's `poll` or from the source's own fetch queue).
 pub(super) trait Record {
     fn offset(&self) -> i64;
     fn timestamp_millis(&self) -> Option<i64>;
@@ -51,46 +47,6 @@ pub(super) trait Record {
     fn payload(&self) -> Option<&[u8]>;
     /// Calls `each` with every header's name and value, in the record's order.
     fn for_each_header<'m>(&'m self, each: impl FnMut(&str, Option<&'m [u8]>));
-}
-
-impl Record for BorrowedMessage<'_> {
-    fn offset(&self) -> i64 {
-        Message::offset(self)
-    }
-    fn timestamp_millis(&self) -> Option<i64> {
-        Message::timestamp(self).to_millis()
-    }
-    fn key(&self) -> Option<&[u8]> {
-        Message::key(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        Message::payload(self)
-    }
-    fn for_each_header<'m>(&'m self, mut each: impl FnMut(&str, Option<&'m [u8]>)) {
-        if let Some(headers) = Message::headers(self) {
-            for header in headers.iter() {
-                each(header.key, header.value);
-            }
-        }
-    }
-}
-
-impl Record for RawMessage<'_> {
-    fn offset(&self) -> i64 {
-        RawMessage::offset(self)
-    }
-    fn timestamp_millis(&self) -> Option<i64> {
-        RawMessage::timestamp(self).to_millis()
-    }
-    fn key(&self) -> Option<&[u8]> {
-        RawMessage::key(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        RawMessage::payload(self)
-    }
-    fn for_each_header<'m>(&'m self, each: impl FnMut(&str, Option<&'m [u8]>)) {
-        RawMessage::for_each_header(self, each);
-    }
 }
 
 impl Batcher {

@@ -28,7 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Timestamp, TopicPartitionList};
 
 /// The most messages one read takes.
-pub(crate) const READ_AT_MOST: usize = 1024;
+const READ_AT_MOST: usize = 1024;
 
 /// A queue of the consumer's own that its partitions' messages are forwarded to.
 /// Must be dropped before the consumer (librdkafka's destroy waits for every queue

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::batcher::Record;
 use super::fetch_queue::{FetchQueue, RawMessage};
@@ -23,31 +23,35 @@ pub(super) enum Consumed<'a, 'c> {
 impl Record for Consumed<'_, '_> {
     fn offset(&self) -> i64 {
         match self {
-            Consumed::Polled(m) => Record::offset(*m),
-            Consumed::Fetched(m) => Record::offset(m),
+            Consumed::Polled(m) => Message::offset(*m),
+            Consumed::Fetched(m) => m.offset(),
         }
     }
     fn timestamp_millis(&self) -> Option<i64> {
         match self {
-            Consumed::Polled(m) => m.timestamp_millis(),
-            Consumed::Fetched(m) => m.timestamp_millis(),
+            Consumed::Polled(m) => Message::timestamp(*m).to_millis(),
+            Consumed::Fetched(m) => m.timestamp().to_millis(),
         }
     }
     fn key(&self) -> Option<&[u8]> {
         match self {
-            Consumed::Polled(m) => Record::key(*m),
-            Consumed::Fetched(m) => Record::key(m),
+            Consumed::Polled(m) => Message::key(*m),
+            Consumed::Fetched(m) => m.key(),
         }
     }
     fn payload(&self) -> Option<&[u8]> {
         match self {
-            Consumed::Polled(m) => Record::payload(*m),
-            Consumed::Fetched(m) => Record::payload(m),
+            Consumed::Polled(m) => Message::payload(*m),
+            Consumed::Fetched(m) => m.payload(),
         }
     }
-    fn for_each_header<'m>(&'m self, each: impl FnMut(&str, Option<&'m [u8]>)) {
+    fn for_each_header<'m>(&'m self, mut each: impl FnMut(&str, Option<&'m [u8]>)) {
         match self {
-            Consumed::Polled(m) => m.for_each_header(each),
+            Consumed::Polled(m) => {
+                for header in Message::headers(*m).into_iter().flat_map(|h| h.iter()) {
+                    each(header.key, header.value);
+                }
+            }
             Consumed::Fetched(m) => m.for_each_header(each),
         }
     }
